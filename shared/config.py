@@ -1,0 +1,131 @@
+"""Settings read from environment variables, with defaults that run with no servers.
+
+With no DATABASE_URL and no BROKER_URL, imgq keeps everything under one local data
+directory: a SQLite database and kombu's filesystem transport as the message queue
+(a real queue between separate processes, not Celery's eager mode).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value imgq cannot use."""
+
+
+def _int(env: dict, name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: dict, name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, got {value}")
+    return value
+
+
+def _paths(raw: str) -> tuple[Path, ...]:
+    return tuple(Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str
+    broker_url: str
+    broker_transport_options: dict = field(hash=False)
+    data_roots: tuple[Path, ...]
+    upload_dir: Path
+    model_store: Path
+    chunk_size: int
+    batch_size: int
+    decode_threads: int
+    max_image_pixels: int
+    max_image_bytes: int
+    max_attempts: int
+    heartbeat_timeout: float
+    requeue_after: float
+    sweep_interval: float
+    model_cache_size: int
+
+    @property
+    def embedded(self) -> bool:
+        return self.broker_url.startswith("filesystem://")
+
+    @property
+    def readable_roots(self) -> tuple[Path, ...]:
+        """Folders a job may read images from: the configured roots and the upload folder."""
+        return (*self.data_roots, self.upload_dir)
+
+
+def load_settings(env: dict | None = None) -> Settings:
+    env = dict(os.environ if env is None else env)
+    data_dir = Path(env.get("IMGQ_HOME") or Path.cwd() / ".imgq").expanduser().resolve()
+    database_url = env.get("DATABASE_URL") or f"sqlite:///{data_dir / 'imgq.db'}"
+    if database_url.startswith("postgres://"):
+        database_url = "postgresql://" + database_url[len("postgres://"):]
+    if database_url.startswith("postgresql://"):
+        database_url = "postgresql+psycopg://" + database_url[len("postgresql://"):]
+    broker_url = env.get("BROKER_URL") or "filesystem://"
+    heartbeat_timeout = _float(env, "IMGQ_HEARTBEAT_TIMEOUT", 120.0)
+    options: dict = {}
+    if broker_url.startswith("filesystem://"):
+        queue_dir = str(data_dir / "broker")
+        options = {"data_folder_in": queue_dir, "data_folder_out": queue_dir,
+                   "control_folder": str(data_dir / "broker-control")}
+    elif broker_url.startswith(("redis://", "rediss://")):
+        # Far longer than the longest chunk: a message is redelivered by Redis only when
+        # its consumer is truly gone; the sweeper usually takes a dead chunk up first.
+        options = {"visibility_timeout": _int(env, "IMGQ_VISIBILITY_TIMEOUT", 6 * 3600)}
+    data_roots = _paths(env.get("IMGQ_DATA_ROOTS", "")) or (data_dir / "data",)
+    return Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        broker_url=broker_url,
+        broker_transport_options=options,
+        data_roots=data_roots,
+        upload_dir=Path(env.get("IMGQ_UPLOAD_DIR") or data_dir / "uploads").expanduser().resolve(),
+        model_store=Path(env.get("IMGQ_MODEL_STORE") or data_dir / "models").expanduser().resolve(),
+        chunk_size=_int(env, "IMGQ_CHUNK_SIZE", 256),
+        batch_size=_int(env, "IMGQ_BATCH_SIZE", 64),
+        decode_threads=_int(env, "IMGQ_DECODE_THREADS", max(2, os.cpu_count() or 2)),
+        max_image_pixels=_int(env, "IMGQ_MAX_IMAGE_PIXELS", 40_000_000),
+        max_image_bytes=_int(env, "IMGQ_MAX_IMAGE_BYTES", 50 * 1024 * 1024),
+        max_attempts=_int(env, "IMGQ_MAX_ATTEMPTS", 3),
+        heartbeat_timeout=heartbeat_timeout,
+        requeue_after=_float(env, "IMGQ_REQUEUE_AFTER", 3600.0),
+        sweep_interval=_float(env, "IMGQ_SWEEP_INTERVAL", 15.0),
+        model_cache_size=_int(env, "IMGQ_MODEL_CACHE_SIZE", 3),
+    )
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return load_settings()
+
+
+def ensure_dirs(s: Settings) -> None:
+    for path in (s.data_dir, s.upload_dir, s.model_store, *s.data_roots):
+        path.mkdir(parents=True, exist_ok=True)
+    if s.embedded:
+        for key in ("data_folder_in", "control_folder"):
+            Path(s.broker_transport_options[key]).mkdir(parents=True, exist_ok=True)

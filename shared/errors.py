@@ -1,0 +1,33 @@
+"""Errors that carry their meaning; web/errors.py is the one place that maps them to HTTP."""
+
+
+class ImgqError(Exception):
+    """Base class; `http_status` says how the web front reports it."""
+    http_status = 400
+
+    def __init__(self, message: str, **details):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class InvalidRequest(ImgqError):
+    http_status = 400
+
+
+class NotFound(ImgqError):
+    http_status = 404
+
+
+class Conflict(ImgqError):
+    http_status = 409
+
+
+class Unprocessable(ImgqError):
+    """Well-formed, but imgq cannot do it (e.g. an Idempotency-Key reused for another request)."""
+    http_status = 422
+
+
+class ModelRejected(ImgqError):
+    """A model file that cannot be registered: unreadable, unsafe, or not matching its signature."""
+    http_status = 422
