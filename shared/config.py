@@ -65,6 +65,7 @@ class Settings:
     requeue_after: float
     sweep_interval: float
     model_cache_size: int
+    max_upload_bytes: int
 
     @property
     def embedded(self) -> bool:
@@ -114,6 +115,7 @@ def load_settings(env: dict | None = None) -> Settings:
         requeue_after=_float(env, "IMGQ_REQUEUE_AFTER", 3600.0),
         sweep_interval=_float(env, "IMGQ_SWEEP_INTERVAL", 15.0),
         model_cache_size=_int(env, "IMGQ_MODEL_CACHE_SIZE", 3),
+        max_upload_bytes=_int(env, "IMGQ_MAX_UPLOAD_BYTES", 2 * 1024 ** 3),
     )
 
 

@@ -1,0 +1,221 @@
+"""The `imgq` command: serve, worker, beat, db, models, demo.
+
+Nothing here imports TensorFlow at module level: `imgq worker` must pin its GPU first.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _settings():
+    from shared.config import ensure_dirs, settings
+
+    s = settings()
+    ensure_dirs(s)
+    return s
+
+
+def cmd_db_upgrade(args) -> int:
+    from shared.migrate import upgrade
+
+    upgrade(_settings().database_url)
+    print("database is at the latest revision")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    s = _settings()
+    if os.environ.get("IMGQ_AUTO_MIGRATE", "1") != "0":
+        from shared.migrate import upgrade
+
+        upgrade(s.database_url)
+    argv = [sys.executable, "-m", "gunicorn", "web.wsgi:app", "--bind", f"{args.host}:{args.port}",
+            "--workers", str(args.workers), "--threads", str(args.threads), "--timeout", "300",
+            "--access-logfile", "-" if args.access_log else "/dev/null"]
+    os.execv(sys.executable, argv)
+    return 0  # not reached
+
+
+def worker_argv(args) -> list[str]:
+    queues = args.queues or "score,maintenance"
+    name = f"cpu@%h" if args.gpu is None else f"gpu{args.gpu}@%h"
+    argv = ["worker", "-Q", queues, "--pool", "prefork", "-c", str(args.concurrency), "-n", name,
+            "--without-mingle", "--without-gossip", "-l", args.loglevel]
+    if args.beat:
+        argv += ["-B", "-s", str(_settings().data_dir / "celerybeat-schedule")]
+    return argv
+
+
+def cmd_worker(args) -> int:
+    from worker.device import pin
+
+    pin(None if args.cpu else args.gpu)
+    _settings()
+    from shared.celery_app import app
+
+    app.worker_main(argv=worker_argv(args))
+    return 0
+
+
+def cmd_beat(args) -> int:
+    s = _settings()
+    from shared.celery_app import app
+
+    app.start(argv=["beat", "-s", str(s.data_dir / "celerybeat-schedule"), "-l", args.loglevel])
+    return 0
+
+
+def _parse_list(raw: str | None) -> list[str] | None:
+    if raw is None:
+        return None
+    raw = raw.strip()
+    return json.loads(raw) if raw.startswith("[") else [p.strip() for p in raw.split(",") if p.strip()]
+
+
+def cmd_models_import(args) -> int:
+    from shared import model_registry as registry
+    from shared.db import session_scope
+    from shared.errors import ImgqError
+
+    s = _settings()
+    transform = json.loads(args.target_transform) if args.target_transform.startswith("{") \
+        else {"kind": args.target_transform}
+    sig = registry.Signature(task=args.task, input_height=args.input_height or args.input_size,
+                             input_width=args.input_width or args.input_size, resize_mode=args.resize_mode,
+                             pixel_scale=args.pixel_scale, output_names=_parse_list(args.output_names),
+                             class_names=_parse_list(args.class_names), target_transform=transform)
+    try:
+        with session_scope() as session:
+            row = registry.import_model(session, Path(args.file), args.name, sig, s.model_store,
+                                        description=args.description, promote=args.promote)
+            print(json.dumps(registry.version_dict(row, registry.aliases_by_version(session, args.name)
+                                                   .get(row.id)), indent=2))
+    except ImgqError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_models_list(args) -> int:
+    from shared import model_registry as registry
+    from shared.db import session_scope
+    from shared.errors import ImgqError
+
+    _settings()
+    try:
+        with session_scope() as session:
+            if args.name:
+                aliases = registry.aliases_by_version(session, args.name)
+                for v in registry.list_versions(session, args.name):
+                    tags = ",".join(aliases.get(v.id, []))
+                    print(f"{v.name}@{v.version}\t{v.task}\t{v.input_height}x{v.input_width}\t{tags}")
+            else:
+                for v in registry.production_versions(session):
+                    print(f"{v.name}\tproduction={v.version}\t{v.task}")
+    except ImgqError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_models_promote(args) -> int:
+    from shared import model_registry as registry
+    from shared.db import session_scope
+    from shared.errors import ImgqError
+
+    _settings()
+    try:
+        with session_scope() as session:
+            registry.set_alias(session, args.name, args.alias, args.version)
+    except ImgqError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    print(f"{args.name}@{args.alias} -> version {args.version}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from shared.demo import run_demo
+
+    return run_demo(images=args.images, port=args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="imgq", description="Asynchronous scoring and fine-tuning of image models")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run web + worker on the embedded default and score a synthetic catalog")
+    demo.add_argument("--images", type=int, default=300)
+    demo.add_argument("--port", type=int, default=8765)
+    demo.set_defaults(func=cmd_demo)
+
+    serve = sub.add_parser("serve", help="run the HTTP API (gunicorn)")
+    serve.add_argument("--host", default=os.environ.get("IMGQ_HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("IMGQ_PORT", "8000")))
+    serve.add_argument("--workers", type=int, default=2)
+    serve.add_argument("--threads", type=int, default=4)
+    serve.add_argument("--access-log", action="store_true")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run a scoring worker pinned to one GPU or the CPU")
+    where = worker.add_mutually_exclusive_group()
+    where.add_argument("--gpu", type=int, help="GPU index to pin this worker to")
+    where.add_argument("--cpu", action="store_true", help="run on the CPU (the default without --gpu)")
+    worker.add_argument("--queues", help="comma-separated queues (default: score,maintenance)")
+    worker.add_argument("--concurrency", type=int, default=1)
+    worker.add_argument("--beat", action="store_true", help="also run the periodic scheduler in this worker")
+    worker.add_argument("--loglevel", default="INFO")
+    worker.set_defaults(func=cmd_worker)
+
+    beat = sub.add_parser("beat", help="run the periodic scheduler (sweeper)")
+    beat.add_argument("--loglevel", default="INFO")
+    beat.set_defaults(func=cmd_beat)
+
+    db = sub.add_parser("db", help="database migrations").add_subparsers(dest="db_command", required=True)
+    db.add_parser("upgrade", help="apply all migrations").set_defaults(func=cmd_db_upgrade)
+
+    models = sub.add_parser("models", help="the model registry").add_subparsers(dest="models_command",
+                                                                               required=True)
+    imp = models.add_parser("import", help="register a .keras file as a new version")
+    imp.add_argument("file")
+    imp.add_argument("--name", required=True)
+    imp.add_argument("--task", required=True, choices=["regression", "classification", "keypoints"])
+    imp.add_argument("--input-size", type=int)
+    imp.add_argument("--input-height", type=int)
+    imp.add_argument("--input-width", type=int)
+    imp.add_argument("--resize-mode", default="stretch", choices=["stretch", "letterbox"])
+    imp.add_argument("--pixel-scale", default="unit", choices=["unit", "raw", "symmetric"])
+    imp.add_argument("--class-names", help="comma-separated, or a JSON list")
+    imp.add_argument("--output-names", help="comma-separated, or a JSON list")
+    imp.add_argument("--target-transform", default="none",
+                     help="none, log1p, log1p_arctan, or JSON such as {\"kind\":\"standardise\",\"mean\":3,\"std\":2}")
+    imp.add_argument("--description")
+    imp.add_argument("--promote", action=argparse.BooleanOptionalAction, default=None,
+                     help="point the production alias at it (default: only for a name's first version)")
+    imp.set_defaults(func=cmd_models_import)
+    lst = models.add_parser("list", help="production versions, or all versions of NAME")
+    lst.add_argument("name", nargs="?")
+    lst.set_defaults(func=cmd_models_list)
+    prom = models.add_parser("promote", help="point an alias (production by default) at a version")
+    prom.add_argument("name")
+    prom.add_argument("version", type=int)
+    prom.add_argument("--alias", default="production")
+    prom.set_defaults(func=cmd_models_promote)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "input_size", None) is None and getattr(args, "models_command", None) == "import" \
+            and not (args.input_height and args.input_width):
+        print("error: give --input-size, or --input-height and --input-width", file=sys.stderr)
+        return 2
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

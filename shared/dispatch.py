@@ -1,0 +1,32 @@
+"""Putting committed chunks on the queue (the outbox's relay). Never called inside a transaction."""
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import update
+
+from shared.celery_app import SCORE_CHUNK_TASK, SCORE_QUEUE, app
+from shared.db import session_scope
+from shared.tables import Chunk, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def enqueue_chunks(job_id: str, chunk_nos: list[int]) -> int:
+    """Send one task per chunk, then record when. A chunk the broker did not take stays
+    without `enqueued_at`, and the sweeper sends it later. Returns how many were sent."""
+    sent: list[int] = []
+    try:
+        with app.producer_or_acquire() as producer:
+            for no in chunk_nos:
+                app.send_task(SCORE_CHUNK_TASK, args=[job_id, no], queue=SCORE_QUEUE, producer=producer)
+                sent.append(no)
+    except Exception:  # broker down: the sweeper retries from the database
+        log.exception("could not enqueue chunks of job %s; the sweeper will retry", job_id)
+    if sent:
+        with session_scope() as s:
+            s.execute(update(Chunk)
+                      .where(Chunk.job_id == job_id, Chunk.chunk_no.in_(sent),
+                             Chunk.state.in_(("pending", "queued")))
+                      .values(state="queued", enqueued_at=utcnow()))
+    return len(sent)

@@ -1,0 +1,274 @@
+"""Decoding and preprocessing of untrusted image bytes into model inputs (Pillow + numpy only).
+
+The worker calls :func:`load_for_model` once per item. Anything that cannot become a model input raises
+:class:`ImageError` with a human-readable reason; programming errors (bad arguments) raise ``ValueError``.
+
+Coordinates: a point at original pixel ``(x, y)`` (continuous coordinates, pixel ``i`` spans ``[i, i+1)``)
+lands at model pixel ``(x * scale_x + pad_x, y * scale_y + pad_y)``; see :class:`Geometry`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+from io import BytesIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL.ExifTags import Base as ExifBase
+
+RESIZE_MODES = ("stretch", "letterbox")
+PIXEL_SCALES = ("unit", "raw", "symmetric")
+
+_RESAMPLE = Image.Resampling.BILINEAR
+_WHITE = (255, 255, 255, 255)
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+_WIDE_GREY_MODES = {"I", "F"}  # I;16 variants are handled by prefix
+
+# What Pillow raises on broken or hostile files (its fuzzers see all of these).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError,
+                  ZeroDivisionError, struct.error)
+
+# EXIF Orientation -> transpose, as in PIL.ImageOps.exif_transpose.
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+Box = tuple[float, float, float, float]
+
+
+class ImageError(Exception):
+    """An item cannot be turned into a model input; ``str(e)`` is a clear reason for a human."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a decoded RGB image becomes a model input of shape (height, width, 3)."""
+
+    height: int
+    width: int
+    resize_mode: str = "stretch"  # "stretch" | "letterbox" (keep aspect ratio, pad)
+    pixel_scale: str = "unit"  # "unit" -> [0,1]; "raw" -> [0,255]; "symmetric" -> [-1,1]
+    pad_value: int = 0  # letterbox fill, 0..255 for all 3 channels
+
+    def __post_init__(self) -> None:
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if not _is_int(value) or value <= 0:
+                raise ValueError(f"Preprocessing.{name} must be a positive integer, got {value!r}")
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"Preprocessing.resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        if self.pixel_scale not in PIXEL_SCALES:
+            raise ValueError(f"Preprocessing.pixel_scale must be one of {PIXEL_SCALES}, got {self.pixel_scale!r}")
+        if not _is_int(self.pad_value) or not 0 <= self.pad_value <= 255:
+            raise ValueError(f"Preprocessing.pad_value must be an integer in 0..255, got {self.pad_value!r}")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How the original image's pixel frame maps onto the model input."""
+
+    orig_width: int
+    orig_height: int
+    scale_x: float  # model px per original px (equal in letterbox up to rounding)
+    scale_y: float
+    pad_x: float  # letterbox offset in model px (0 for stretch)
+    pad_y: float
+    input_width: int
+    input_height: int
+
+    def to_original(self, x_norm, y_norm) -> tuple[np.ndarray, np.ndarray]:
+        """Coordinates normalised to [0,1] of the model input -> original image pixels. Scalars or arrays."""
+        x_model = np.asarray(x_norm, dtype=np.float64) * self.input_width
+        y_model = np.asarray(y_norm, dtype=np.float64) * self.input_height
+        return (x_model - self.pad_x) / self.scale_x, (y_model - self.pad_y) / self.scale_y
+
+    def to_normalised(self, x, y) -> tuple[np.ndarray, np.ndarray]:
+        """Original image pixels -> coordinates normalised to [0,1] of the model input (inverse of to_original)."""
+        x_model = np.asarray(x, dtype=np.float64) * self.scale_x + self.pad_x
+        y_model = np.asarray(y, dtype=np.float64) * self.scale_y + self.pad_y
+        return x_model / self.input_width, y_model / self.input_height
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """A decoded RGB image plus where the original (oriented) image lies in it.
+
+    JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale; the original frame then covers ``content_box``
+    of ``image`` (fractional when the size is not a multiple of the scale).
+    """
+
+    image: Image.Image
+    orig_size: tuple[int, int]
+    content_box: Box
+
+
+def content_hash(data: bytes) -> str:
+    """sha256 hex of the bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def decode_rgb(data: bytes, *, max_pixels: int, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Bytes -> fully loaded RGB image with EXIF orientation applied and alpha composited on white.
+
+    ``draft_size`` (width, height) is the eventual target; JPEGs are then decoded at a reduced scale that is
+    still at least that large in both dimensions whatever the EXIF rotation. Raises :class:`ImageError`.
+    """
+    return _decode(data, max_pixels=max_pixels, draft_size=draft_size).image
+
+
+def preprocess(img: Image.Image, prep: Preprocessing) -> tuple[np.ndarray, Geometry]:
+    """RGB image -> float32 array (height, width, 3) scaled per ``prep.pixel_scale``, plus its Geometry."""
+    return _preprocess(img, prep, orig_size=img.size, content_box=(0.0, 0.0, *map(float, img.size)))
+
+
+def load_for_model(data: bytes, prep: Preprocessing, *, max_pixels: int) -> tuple[np.ndarray, Geometry]:
+    """Decode (with JPEG draft) and preprocess one item; Geometry refers to the full-size original image."""
+    decoded = _decode(data, max_pixels=max_pixels, draft_size=(prep.width, prep.height))
+    return _preprocess(decoded.image, prep, orig_size=decoded.orig_size, content_box=decoded.content_box)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB; transparency composited on white, 16/32-bit grey scaled to 8 bits."""
+    if img.mode in _ALPHA_MODES or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, _WHITE), rgba).convert("RGB")
+    if img.mode.startswith("I;16") or img.mode in _WIDE_GREY_MODES:
+        return _wide_grey_to_l(img).convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _decode(data: bytes, *, max_pixels: int, draft_size: tuple[int, int] | None) -> _Decoded:
+    if not data:
+        raise ImageError("empty file")
+    try:
+        # Our own pixel limit is checked before decoding (no process-wide warning filter: decoding runs in threads).
+        with Image.open(BytesIO(data)) as img:
+            _check_pixels(img.size, max_pixels)
+            stored_size = img.size
+            box = _apply_draft(img, draft_size)
+            img.load()
+            decoded_size = img.size
+            orientation = img.getexif().get(ExifBase.Orientation, 1)
+            oriented = ImageOps.exif_transpose(img)
+            rgb = to_rgb(oriented)
+            rgb.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"too many pixels: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError("not an image (cannot identify image file)") from exc
+    except _DECODE_ERRORS as exc:
+        raise ImageError(_describe_decode_error(exc)) from exc
+
+    method = _ORIENTATION_TRANSPOSE.get(orientation)
+    orig_size = _transposed_size(stored_size, method)
+    content_box = _transpose_box(box, decoded_size, method)
+    return _Decoded(rgb, orig_size, content_box)
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ImageError(f"image has no pixels: {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageError(f"too many pixels: {width}x{height} = {width * height} > limit {max_pixels}")
+
+
+def _apply_draft(img: Image.Image, draft_size: tuple[int, int] | None) -> Box:
+    """Ask a JPEG to decode reduced; returns where the full image lies in the (possibly reduced) frame."""
+    full_box = (0.0, 0.0, float(img.width), float(img.height))
+    if draft_size is None or img.format != "JPEG":
+        return full_box
+    side = max(draft_size)  # square request: safe for any EXIF rotation
+    result = img.draft("RGB", (side, side))
+    if result is None:
+        return full_box
+    _, box = result
+    return tuple(float(v) for v in box)
+
+
+def _transposed_size(size: tuple[int, int], method: Image.Transpose | None) -> tuple[int, int]:
+    if method in (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270,
+                  Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE):
+        return size[1], size[0]
+    return size
+
+
+def _transpose_box(box: Box, frame_size: tuple[int, int], method: Image.Transpose | None) -> Box:
+    """Where ``box`` (in a frame of ``frame_size``, before transposing) lies after ``img.transpose(method)``."""
+    if method is None:
+        return box
+    w, h = frame_size
+    mapping = {
+        Image.Transpose.FLIP_LEFT_RIGHT: lambda x, y: (w - x, y),
+        Image.Transpose.FLIP_TOP_BOTTOM: lambda x, y: (x, h - y),
+        Image.Transpose.ROTATE_180: lambda x, y: (w - x, h - y),
+        Image.Transpose.ROTATE_90: lambda x, y: (y, w - x),  # counter-clockwise
+        Image.Transpose.ROTATE_270: lambda x, y: (h - y, x),  # clockwise
+        Image.Transpose.TRANSPOSE: lambda x, y: (y, x),
+        Image.Transpose.TRANSVERSE: lambda x, y: (h - y, w - x),
+    }[method]
+    (x0, y0), (x1, y1) = mapping(box[0], box[1]), mapping(box[2], box[3])
+    return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
+
+
+def _describe_decode_error(exc: BaseException) -> str:
+    reason = str(exc) or type(exc).__name__
+    if "truncated" in reason.lower():
+        return f"truncated image: {reason}"
+    return f"cannot decode image: {reason}"
+
+
+def _wide_grey_to_l(img: Image.Image) -> Image.Image:
+    """16/32-bit or float grey -> 8-bit L. I;16 always uses the 16-bit range; I and F only if values exceed 255."""
+    values = np.asarray(img).astype(np.float64)
+    if img.mode.startswith("I;16") or (values.size and values.max() > 255):
+        values = np.clip(values, 0, 65535) / 257.0
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+
+
+def _preprocess(img: Image.Image, prep: Preprocessing, *, orig_size: tuple[int, int],
+                content_box: Box) -> tuple[np.ndarray, Geometry]:
+    """Resize the part of ``img`` in ``content_box`` (the whole original frame) to the model input."""
+    if img.mode != "RGB":
+        raise ValueError(f"preprocess expects an RGB image, got mode {img.mode!r} (use decode_rgb/to_rgb)")
+    orig_w, orig_h = orig_size
+    if prep.resize_mode == "stretch":
+        canvas = img.resize((prep.width, prep.height), _RESAMPLE, box=content_box)
+        pad_x = pad_y = 0
+        new_w, new_h = prep.width, prep.height
+    else:
+        scale = min(prep.width / orig_w, prep.height / orig_h)
+        new_w = min(prep.width, max(1, round(orig_w * scale)))
+        new_h = min(prep.height, max(1, round(orig_h * scale)))
+        pad_x, pad_y = (prep.width - new_w) // 2, (prep.height - new_h) // 2
+        canvas = Image.new("RGB", (prep.width, prep.height), (prep.pad_value,) * 3)
+        canvas.paste(img.resize((new_w, new_h), _RESAMPLE, box=content_box), (pad_x, pad_y))
+    geometry = Geometry(
+        orig_width=orig_w, orig_height=orig_h,
+        scale_x=new_w / orig_w, scale_y=new_h / orig_h,
+        pad_x=float(pad_x), pad_y=float(pad_y),
+        input_width=prep.width, input_height=prep.height,
+    )
+    return _scale_pixels(np.asarray(canvas, dtype=np.float32), prep.pixel_scale), geometry
+
+
+def _scale_pixels(pixels: np.ndarray, pixel_scale: str) -> np.ndarray:
+    if pixel_scale == "unit":
+        return pixels / np.float32(255.0)
+    if pixel_scale == "symmetric":
+        return pixels / np.float32(127.5) - np.float32(1.0)
+    return pixels
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

@@ -1,0 +1,190 @@
+"""Score jobs as the web front sees them: create (outbox first), cancel, describe, list, results."""
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+from datetime import datetime
+from typing import Iterable, Iterator
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from shared import model_registry
+from shared.errors import InvalidRequest, NotFound, Unprocessable
+from shared.outputs import output_columns
+from shared.tables import Chunk, Job, JobItem, ModelVersion, Result, utcnow
+
+STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+FINAL = ("succeeded", "failed", "canceled")
+MAX_ID_LENGTH = 500
+
+
+def find_by_idempotency_key(session: Session, key: str, fingerprint: str) -> Job | None:
+    job = session.scalar(select(Job).where(Job.idempotency_key == key))
+    if job is not None and job.request_fingerprint != fingerprint:
+        raise Unprocessable("this Idempotency-Key was already used for a different request",
+                            field="Idempotency-Key")
+    return job
+
+
+def create_score_job(session: Session, *, model_ref: str, pieces: Iterable[list[tuple[str, str]]],
+                     source: dict, use_cache: bool, chunk_size: int,
+                     idempotency_key: str | None = None, fingerprint: str | None = None) -> Job:
+    """Insert the job, its items and its chunks in the caller's transaction. Nothing is enqueued
+    here: the caller commits first, then calls shared.dispatch.enqueue_chunks."""
+    version = model_registry.resolve(session, model_ref)
+    job = Job(id=str(uuid.uuid4()), kind="score", status="queued", model_version_id=version.id,
+              model_ref=model_ref, idempotency_key=idempotency_key, request_fingerprint=fingerprint,
+              source=source, use_cache=use_cache, total_items=0, done_items=0, failed_items=0,
+              cached_items=0, total_chunks=0)
+    session.add(job)
+    session.flush()
+    total = 0
+    for piece in pieces:
+        rows = []
+        for item_id, uri in piece:
+            if not item_id or len(item_id) > MAX_ID_LENGTH:
+                raise InvalidRequest(f"item id must be 1-{MAX_ID_LENGTH} characters: {item_id[:50]!r}",
+                                     field="id")
+            rows.append({"job_id": job.id, "item_id": item_id, "uri": uri, "chunk_no": total // chunk_size})
+            total += 1
+        if rows:
+            try:
+                with session.begin_nested():
+                    session.execute(insert(JobItem), rows)
+            except IntegrityError:
+                raise InvalidRequest("item ids must be unique within a job; "
+                                     f"a duplicate is among {rows[0]['item_id']!r}..{rows[-1]['item_id']!r}",
+                                     field="id") from None
+    if total == 0:
+        raise InvalidRequest("the job has no items", field="items")
+    n_chunks = -(-total // chunk_size)
+    session.execute(insert(Chunk), [
+        {"job_id": job.id, "chunk_no": no, "state": "pending", "attempts": 0,
+         "item_count": min(chunk_size, total - no * chunk_size)} for no in range(n_chunks)])
+    job.total_items, job.total_chunks = total, n_chunks
+    return job
+
+
+def get_job(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    return job
+
+
+def cancel_job(session: Session, job_id: str) -> Job:
+    """Stop handing out chunks. A chunk already running finishes; its results are kept."""
+    job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    if job.status in FINAL:
+        return job
+    session.execute(update(Chunk).where(Chunk.job_id == job_id, Chunk.state.in_(("pending", "queued")))
+                    .values(state="canceled", finished_at=utcnow()))
+    job.status, job.finished_at = "canceled", utcnow()
+    return job
+
+
+def _seconds(a: datetime | None, b: datetime | None) -> float | None:
+    if a is None or b is None:
+        return None
+    if a.tzinfo is None:  # SQLite returns naive datetimes
+        a = a.replace(tzinfo=b.tzinfo)
+    return max(0.0, (b - a).total_seconds())
+
+
+def _iso(t: datetime | None) -> str | None:
+    return None if t is None else t.isoformat()
+
+
+def describe(session: Session, job: Job) -> dict:
+    version = session.get(ModelVersion, job.model_version_id)
+    chunk_states = dict(session.execute(
+        select(Chunk.state, func.count()).where(Chunk.job_id == job.id).group_by(Chunk.state)).all())
+    now = utcnow()
+    end = job.finished_at or now
+    elapsed = _seconds(job.started_at, end)
+    done = job.done_items
+    rate = done / elapsed if elapsed and done else None
+    remaining = job.total_items - done
+    eta = remaining / rate if rate and job.status not in FINAL else None
+    return {
+        "id": job.id, "kind": job.kind, "status": job.status,
+        "model": {"requested": job.model_ref, "ref": f"{version.name}@{version.version}", "task": version.task},
+        "progress": {
+            "total": job.total_items, "done": done, "succeeded": done - job.failed_items,
+            "failed": job.failed_items, "from_cache": job.cached_items, "remaining": remaining,
+            "percent": round(100.0 * done / job.total_items, 2) if job.total_items else 0.0,
+            "images_per_second": round(rate, 2) if rate else None,
+            "eta_seconds": round(eta, 1) if eta is not None else None,
+        },
+        "chunks": {"total": job.total_chunks, **{s: chunk_states.get(s, 0) for s in
+                                                 ("pending", "queued", "running", "done", "failed", "canceled")}},
+        "timings": {"created_at": _iso(job.created_at), "started_at": _iso(job.started_at),
+                    "finished_at": _iso(job.finished_at), "last_heartbeat_at": _iso(job.heartbeat_at),
+                    "seconds_since_heartbeat": _seconds(job.heartbeat_at, now),
+                    "elapsed_seconds": elapsed},
+        "cache": job.use_cache, "source": job.source, "error": job.error,
+        "links": {"self": f"/api/v1/jobs/{job.id}", "results": f"/api/v1/jobs/{job.id}/results",
+                  "cancel": f"/api/v1/jobs/{job.id}/cancel"},
+    }
+
+
+def list_jobs(session: Session, *, status: str | None, model: str | None, kind: str | None,
+              limit: int, before: str | None) -> list[Job]:
+    q = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    if status:
+        if status not in STATUSES:
+            raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}", field="status")
+        q = q.where(Job.status == status)
+    if kind:
+        q = q.where(Job.kind == kind)
+    if model:
+        name, _, _ = model.partition("@")
+        q = q.join(ModelVersion, ModelVersion.id == Job.model_version_id).where(ModelVersion.name == name)
+    if before:
+        anchor = session.get(Job, before)
+        if anchor is None:
+            raise InvalidRequest(f"no job {before} to page from", field="before")
+        q = q.where((Job.created_at < anchor.created_at)
+                    | ((Job.created_at == anchor.created_at) & (Job.id < anchor.id)))
+    return list(session.scalars(q))
+
+
+def result_dict(r: Result) -> dict:
+    return {"id": r.item_id, "status": r.status, "outputs": r.outputs, "error": r.error,
+            "from_cache": r.from_cache, "content_hash": r.content_hash}
+
+
+def results_page(session: Session, job: Job, *, after: str | None, limit: int,
+                 status: str | None = None) -> tuple[list[dict], str | None]:
+    q = select(Result).where(Result.job_id == job.id).order_by(Result.item_id).limit(limit)
+    if after is not None:
+        q = q.where(Result.item_id > after)
+    if status:
+        q = q.where(Result.status == status)
+    rows = [result_dict(r) for r in session.scalars(q)]
+    return rows, (rows[-1]["id"] if len(rows) == limit else None)
+
+
+def results_csv(session: Session, job: Job) -> Iterator[str]:
+    """CSV text in pieces, read from the database a thousand rows at a time."""
+    version = session.get(ModelVersion, job.model_version_id)
+    columns = output_columns(version.task, version.output_names, version.class_names)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["id", "status", "error", "from_cache", *columns])
+    q = (select(Result.item_id, Result.status, Result.error, Result.from_cache, Result.outputs)
+         .where(Result.job_id == job.id).order_by(Result.item_id).execution_options(yield_per=1000))
+    for n, (item_id, status, error, from_cache, outputs) in enumerate(session.execute(q), 1):
+        outputs = outputs or {}
+        writer.writerow([item_id, status, error or "", int(bool(from_cache)),
+                         *[outputs.get(c, "") for c in columns]])
+        if n % 1000 == 0:
+            yield buf.getvalue()
+            buf.seek(0)
+            buf.truncate()
+    yield buf.getvalue()

@@ -1,0 +1,221 @@
+"""The registry of model versions: import files into the model store, resolve names, move aliases."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from shared import targets
+from shared.outputs import default_output_names
+from shared.errors import InvalidRequest, ModelRejected, NotFound
+from shared.tables import ModelAlias, ModelVersion, utcnow
+
+TASKS = ("regression", "classification", "keypoints")
+RESIZE_MODES = ("stretch", "letterbox")
+PIXEL_SCALES = ("unit", "raw", "symmetric")
+PRODUCTION = "production"
+
+
+@dataclass
+class Signature:
+    """What a model needs as input and what its outputs mean."""
+    task: str
+    input_height: int
+    input_width: int
+    resize_mode: str = "stretch"
+    pixel_scale: str = "unit"
+    output_names: list[str] | None = None
+    class_names: list[str] | None = None
+    target_transform: dict = field(default_factory=lambda: {"kind": "none"})
+
+    def validated(self) -> "Signature":
+        if self.task not in TASKS:
+            raise InvalidRequest(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.resize_mode not in RESIZE_MODES:
+            raise InvalidRequest(f"resize_mode must be one of {', '.join(RESIZE_MODES)}")
+        if self.pixel_scale not in PIXEL_SCALES:
+            raise InvalidRequest(f"pixel_scale must be one of {', '.join(PIXEL_SCALES)}")
+        if not (8 <= self.input_height <= 4096 and 8 <= self.input_width <= 4096):
+            raise InvalidRequest("input size must be between 8 and 4096 pixels")
+        if self.task == "classification" and not self.class_names:
+            raise InvalidRequest("a classification model needs class_names")
+        try:
+            self.target_transform = targets.validate(self.target_transform or {"kind": "none"})
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+        return self
+
+    def check_shapes(self, shapes: dict) -> None:
+        """Refuse a file whose input/output shapes contradict the signature."""
+        if len(shapes["inputs"]) != 1 or len(shapes["outputs"]) != 1:
+            raise ModelRejected("imgq scores models with exactly one image input and one output")
+        inp, out = shapes["inputs"][0], shapes["outputs"][0]
+        if len(inp) != 4 or inp[3] not in (3, None):
+            raise ModelRejected(f"the model input must be (batch, height, width, 3), got {inp}")
+        for axis, want in ((1, self.input_height), (2, self.input_width)):
+            if inp[axis] not in (None, want):
+                raise ModelRejected(
+                    f"the model input is {inp[1]}x{inp[2]} but the signature says "
+                    f"{self.input_height}x{self.input_width}")
+        if len(out) != 2 or out[1] is None:
+            raise ModelRejected(f"the model output must be (batch, n), got {out}")
+        n = out[1]
+        if self.task == "classification":
+            k = len(self.class_names or [])
+            if not (n == k or (k == 2 and n == 1)):
+                raise ModelRejected(f"the model has {n} outputs but {k} class names")
+        elif self.task == "keypoints":
+            if n % 2:
+                raise ModelRejected(f"a keypoint model needs an even number of outputs (x, y per point), got {n}")
+            if self.output_names and len(self.output_names) != n // 2:
+                raise ModelRejected(f"{len(self.output_names)} point names for {n // 2} points")
+        elif self.output_names and len(self.output_names) != n:
+            raise ModelRejected(f"{len(self.output_names)} output names for {n} outputs")
+
+    def as_columns(self) -> dict:
+        return {"task": self.task, "input_height": self.input_height, "input_width": self.input_width,
+                "resize_mode": self.resize_mode, "pixel_scale": self.pixel_scale,
+                "output_names": self.output_names, "class_names": self.class_names,
+                "target_transform": self.target_transform}
+
+
+def signature_of(v: ModelVersion) -> Signature:
+    return Signature(task=v.task, input_height=v.input_height, input_width=v.input_width,
+                     resize_mode=v.resize_mode, pixel_scale=v.pixel_scale,
+                     output_names=v.output_names, class_names=v.class_names,
+                     target_transform=v.target_transform)
+
+
+def inspect_file(path: Path, timeout: float = 300) -> dict:
+    """Shapes of a Keras file, read in a fresh process with safe_mode on."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-m", "shared.model_inspect", str(path)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise ModelRejected(f"cannot inspect the model file: {proc.stderr.strip()[-500:]}")
+    info = json.loads(lines[-1])
+    if "error" in info:
+        raise ModelRejected(info["error"])
+    return info
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def validate_name(name: str) -> str:
+    if not name or len(name) > 100 or not all(c.isalnum() or c in "-_." for c in name) or "@" in name:
+        raise InvalidRequest("model name must be 1-100 letters, digits, '-', '_' or '.'")
+    return name
+
+
+def import_model(session: Session, src: Path, name: str, signature: Signature, store: Path,
+                 *, description: str | None = None, lineage: dict | None = None,
+                 promote: bool | None = None) -> ModelVersion:
+    """Store a copy of `src` and register it as the next version of `name`.
+
+    `promote=None` makes the first version of a name its production version.
+    """
+    validate_name(name)
+    signature.validated()
+    if not src.is_file():
+        raise InvalidRequest(f"model file not found: {src}")
+    if src.suffix != ".keras":
+        raise ModelRejected("imgq takes Keras 3 model files (.keras)")
+    shapes = inspect_file(src)
+    signature.check_shapes(shapes)
+    if signature.output_names is None:
+        signature.output_names = default_output_names(signature.task, shapes["outputs"][0][1])
+    digest = sha256_file(src)
+    version = (session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.name == name)) or 0) + 1
+    dest = store / name / f"v{version}-{digest[:12]}.keras"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
+    row = ModelVersion(name=name, version=version, path=str(dest), sha256=digest,
+                       size_bytes=dest.stat().st_size, description=description, lineage=lineage,
+                       **signature.as_columns())
+    session.add(row)
+    session.flush()
+    has_production = session.get(ModelAlias, (name, PRODUCTION)) is not None
+    if promote or (promote is None and not has_production):
+        set_alias(session, name, PRODUCTION, version)
+    return row
+
+
+def parse_ref(ref: str) -> tuple[str, str | int]:
+    """'pageviews' -> (pageviews, 'production'); 'pageviews@3' -> (pageviews, 3); 'x@staging' -> alias."""
+    name, _, tag = (ref or "").partition("@")
+    validate_name(name)
+    if not tag:
+        return name, PRODUCTION
+    return (name, int(tag)) if tag.isdigit() else (name, tag)
+
+
+def resolve(session: Session, ref: str) -> ModelVersion:
+    name, tag = parse_ref(ref)
+    if isinstance(tag, int):
+        row = session.scalar(select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == tag))
+        if row is None:
+            raise NotFound(f"model {name!r} has no version {tag}")
+        return row
+    alias = session.get(ModelAlias, (name, tag))
+    if alias is None:
+        if session.scalar(select(ModelVersion.id).where(ModelVersion.name == name).limit(1)) is None:
+            raise NotFound(f"no model named {name!r}")
+        raise NotFound(f"model {name!r} has no alias {tag!r}")
+    return session.get(ModelVersion, alias.version_id)
+
+
+def set_alias(session: Session, name: str, alias: str, version: int) -> ModelAlias:
+    target = session.scalar(select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version))
+    if target is None:
+        raise NotFound(f"model {name!r} has no version {version}")
+    row = session.get(ModelAlias, (name, alias))
+    if row is None:
+        row = ModelAlias(name=name, alias=alias, version_id=target.id)
+        session.add(row)
+    else:
+        row.version_id, row.updated_at = target.id, utcnow()
+    session.flush()
+    return row
+
+
+def production_versions(session: Session) -> list[ModelVersion]:
+    return list(session.scalars(
+        select(ModelVersion).join(ModelAlias, ModelAlias.version_id == ModelVersion.id)
+        .where(ModelAlias.alias == PRODUCTION)))
+
+
+def list_versions(session: Session, name: str) -> list[ModelVersion]:
+    rows = list(session.scalars(select(ModelVersion).where(ModelVersion.name == name).order_by(ModelVersion.version)))
+    if not rows:
+        raise NotFound(f"no model named {name!r}")
+    return rows
+
+
+def aliases_by_version(session: Session, name: str) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for a in session.scalars(select(ModelAlias).where(ModelAlias.name == name)):
+        out.setdefault(a.version_id, []).append(a.alias)
+    return out
+
+
+def version_dict(v: ModelVersion, aliases: list[str] | None = None) -> dict:
+    return {"name": v.name, "version": v.version, "ref": f"{v.name}@{v.version}", "aliases": aliases or [],
+            **signature_of(v).as_columns(), "sha256": v.sha256, "size_bytes": v.size_bytes,
+            "description": v.description, "lineage": v.lineage, "created_at": v.created_at.isoformat()}

@@ -1,0 +1,34 @@
+"""Resolving user-given paths strictly inside the configured data roots."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class OutsideDataRoots(ValueError):
+    pass
+
+
+def resolve_inside(roots: tuple[Path, ...], uri: str) -> Path:
+    """A relative path is tried under each root in turn; an absolute one must lie inside a root.
+
+    Symlinks and '..' are resolved first, so neither can step outside.
+    """
+    if not uri or "\x00" in uri:
+        raise OutsideDataRoots("empty or invalid path")
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    if "://" in uri:
+        raise OutsideDataRoots(f"only local paths inside the data roots are read, not {uri.split('://')[0]} URLs")
+    given = Path(uri)
+    candidates = [given] if given.is_absolute() else [root / given for root in roots]
+    inside = None
+    for candidate in candidates:
+        real = candidate.resolve()
+        for root in roots:
+            if real == root or root in real.parents:
+                if real.exists():
+                    return real
+                inside = inside or real
+    if inside is not None:
+        return inside  # inside a root but missing: the caller reports "file not found"
+    raise OutsideDataRoots(f"path outside the data roots: {uri}")

@@ -1,0 +1,105 @@
+"""HTTP endpoints for score jobs."""
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+
+from shared import jobs
+from shared.db import session_scope
+from shared.errors import InvalidRequest
+from web.schemas import ScoreRequest
+from web.submit import submit_json, submit_upload
+
+bp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs")
+
+
+def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an integer", field=name) from None
+    if not lo <= value <= hi:
+        raise InvalidRequest(f"{name} must be between {lo} and {hi}", field=name)
+    return value
+
+
+@bp.post("/score")
+def create_score_job():
+    settings = current_app.config["IMGQ_SETTINGS"]
+    key = request.headers.get("Idempotency-Key") or None
+    if key is not None and len(key) > 200:
+        raise InvalidRequest("Idempotency-Key must be at most 200 characters", field="Idempotency-Key")
+    if request.mimetype == "multipart/form-data":
+        files = [f for name in request.files for f in request.files.getlist(name)]
+        description, created = submit_upload(settings, files, request.form.to_dict(), key)
+    elif request.is_json:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise InvalidRequest("the body must be a JSON object")
+        description, created = submit_json(settings, ScoreRequest.model_validate(body), key)
+    else:
+        raise InvalidRequest("send application/json or multipart/form-data")
+    response = jsonify(description)
+    response.status_code = 202
+    response.headers["Location"] = description["links"]["self"]
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+@bp.get("")
+def list_jobs():
+    with session_scope() as s:
+        rows = jobs.list_jobs(s, status=request.args.get("status"), model=request.args.get("model"),
+                              kind=request.args.get("kind"), limit=_int_arg("limit", 50, 1, 500),
+                              before=request.args.get("before"))
+        return jsonify({"jobs": [jobs.describe(s, j) for j in rows],
+                        "next_before": rows[-1].id if rows else None})
+
+
+@bp.get("/<job_id>")
+def get_job(job_id: str):
+    with session_scope() as s:
+        return jsonify(jobs.describe(s, jobs.get_job(s, job_id)))
+
+
+@bp.post("/<job_id>/cancel")
+def cancel_job(job_id: str):
+    with session_scope() as s:
+        job = jobs.cancel_job(s, job_id)
+        s.flush()
+        return jsonify(jobs.describe(s, job))
+
+
+@bp.get("/<job_id>/results")
+def get_results(job_id: str):
+    fmt = request.args.get("format", "json")
+    if fmt not in ("json", "csv"):
+        raise InvalidRequest("format must be json or csv", field="format")
+    if fmt == "csv":
+        with session_scope() as s:
+            jobs.get_job(s, job_id)  # 404 before streaming starts
+
+        def generate():
+            with session_scope() as s:
+                yield from jobs.results_csv(s, jobs.get_job(s, job_id))
+
+        return Response(stream_with_context(generate()), mimetype="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'})
+    status = request.args.get("status")
+    if status not in (None, "ok", "error"):
+        raise InvalidRequest("status must be ok or error", field="status")
+    limit = _int_arg("limit", 100, 1, 1000)
+    after = request.args.get("after")
+    with session_scope() as s:
+        job = jobs.get_job(s, job_id)
+        rows, next_after = jobs.results_page(s, job, after=after, limit=limit, status=status)
+    body = {"job_id": job_id, "results": rows, "next_after": next_after, "next": None}
+    if next_after is not None:
+        from urllib.parse import urlencode
+
+        query = {"limit": limit, "after": next_after, **({"status": status} if status else {})}
+        body["next"] = f"/api/v1/jobs/{job_id}/results?{urlencode(query)}"
+    return jsonify(body)

@@ -1,0 +1,92 @@
+"""HTTP endpoints for the model registry."""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from flask import Blueprint, current_app, jsonify, request
+from sqlalchemy import func, select
+
+from shared import model_registry as registry
+from shared.db import session_scope
+from shared.errors import InvalidRequest
+from shared.tables import ModelAlias, ModelVersion
+from web.schemas import AliasRequest, ModelImportForm
+
+bp = Blueprint("models", __name__, url_prefix="/api/v1/models")
+
+
+def _form_value(key: str, raw: str):
+    """Multipart fields are text: lists may be JSON or comma-separated, objects JSON."""
+    if key in ("class_names", "output_names"):
+        raw = raw.strip()
+        return json.loads(raw) if raw.startswith("[") else [p.strip() for p in raw.split(",") if p.strip()]
+    if key == "target_transform":
+        raw = raw.strip()
+        return json.loads(raw) if raw.startswith("{") else {"kind": raw}
+    return raw
+
+
+@bp.post("")
+def import_model():
+    upload = request.files.get("file")
+    if upload is None:
+        raise InvalidRequest("send the .keras file as the multipart part 'file'", field="file")
+    try:
+        fields = {k: _form_value(k, v) for k, v in request.form.items()}
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"a form field holds invalid JSON: {exc}") from None
+    form = ModelImportForm.model_validate(fields)
+    settings = current_app.config["IMGQ_SETTINGS"]
+    sig = registry.Signature(task=form.task, input_height=form.input_height, input_width=form.input_width,
+                             resize_mode=form.resize_mode, pixel_scale=form.pixel_scale,
+                             output_names=form.output_names, class_names=form.class_names,
+                             target_transform=form.target_transform)
+    with tempfile.TemporaryDirectory(dir=settings.model_store) as tmp:
+        path = Path(tmp) / "upload.keras"
+        upload.save(path)
+        with session_scope() as s:
+            row = registry.import_model(s, path, form.name, sig, settings.model_store,
+                                        description=form.description, promote=form.promote)
+            body = registry.version_dict(row, registry.aliases_by_version(s, form.name).get(row.id))
+    response = jsonify(body)
+    response.status_code = 201
+    response.headers["Location"] = f"/api/v1/models/{form.name}/versions/{body['version']}"
+    return response
+
+
+@bp.get("")
+def list_models():
+    with session_scope() as s:
+        counts = dict(s.execute(select(ModelVersion.name, func.count()).group_by(ModelVersion.name)).all())
+        production = {v.name: v.version for v in registry.production_versions(s)}
+        return jsonify({"models": [{"name": n, "versions": c, "production": production.get(n)}
+                                   for n, c in sorted(counts.items())]})
+
+
+@bp.get("/<name>/versions")
+def list_versions(name: str):
+    with session_scope() as s:
+        aliases = registry.aliases_by_version(s, name)
+        return jsonify({"name": name, "versions": [registry.version_dict(v, aliases.get(v.id))
+                                                   for v in registry.list_versions(s, name)]})
+
+
+@bp.get("/<name>/versions/<int:version>")
+def get_version(name: str, version: int):
+    with session_scope() as s:
+        row = registry.resolve(s, f"{name}@{version}")
+        return jsonify(registry.version_dict(row, registry.aliases_by_version(s, name).get(row.id)))
+
+
+@bp.post("/<name>/aliases/<alias>")
+def set_alias(name: str, alias: str):
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise InvalidRequest('send a JSON object such as {"version": 3}')
+    req = AliasRequest.model_validate(body)
+    with session_scope() as s:
+        row = registry.set_alias(s, name, alias, req.version)
+        return jsonify({"name": name, "alias": alias, "version": req.version,
+                        "updated_at": row.updated_at.isoformat()})

@@ -1,0 +1,34 @@
+"""The Flask application factory."""
+from __future__ import annotations
+
+from flask import Flask, jsonify
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import text
+
+from shared.config import Settings, ensure_dirs, settings as load
+from shared.db import session_scope
+from web import api_jobs, api_models, errors, metrics
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    s = settings or load()
+    ensure_dirs(s)
+    app = Flask("imgq")
+    app.config["IMGQ_SETTINGS"] = s
+    app.config["MAX_CONTENT_LENGTH"] = s.max_upload_bytes
+    app.json.sort_keys = False
+    errors.register(app)
+    app.register_blueprint(api_jobs.bp)
+    app.register_blueprint(api_models.bp)
+
+    @app.get("/healthz")
+    def healthz():
+        with session_scope() as session:
+            session.execute(text("SELECT 1"))
+        return jsonify({"status": "ok"})
+
+    @app.get("/metrics")
+    def prometheus_metrics():
+        return metrics.render(), 200, {"Content-Type": CONTENT_TYPE_LATEST}
+
+    return app

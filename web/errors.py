@@ -1,0 +1,48 @@
+"""The one place that maps errors to HTTP responses: always JSON, always saying what is wrong."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
+from werkzeug.exceptions import HTTPException
+
+from shared.errors import ImgqError
+
+log = logging.getLogger(__name__)
+
+
+def error_body(status: int, kind: str, message: str, **details):
+    body = {"error": {"type": kind, "message": message, **details}}
+    return jsonify(body), status
+
+
+def _field_path(loc) -> str:
+    return ".".join(str(p) for p in loc) or "body"
+
+
+def register(app: Flask) -> None:
+    @app.errorhandler(ImgqError)
+    def _imgq(exc: ImgqError):
+        return error_body(exc.http_status, type(exc).__name__, exc.message, **exc.details)
+
+    @app.errorhandler(ValidationError)
+    def _validation(exc: ValidationError):
+        problems = [{"field": _field_path(e["loc"]), "message": e["msg"]} for e in exc.errors()]
+        first = problems[0] if problems else {"field": "body", "message": "invalid"}
+        return error_body(400, "InvalidRequest", f"{first['field']}: {first['message']}", problems=problems)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException):
+        return error_body(exc.code or 500, type(exc).__name__, exc.description or exc.name)
+
+    @app.errorhandler(OperationalError)
+    def _db_down(exc: OperationalError):
+        log.error("database unavailable: %s", exc)
+        return error_body(503, "ServiceUnavailable", "the database is unavailable; retry later")
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return error_body(500, "InternalError", "internal error; see the server log")

@@ -1,0 +1,63 @@
+"""Request bodies, validated with pydantic (extra fields are refused, so typos are caught)."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+ItemId = Annotated[str, StringConstraints(min_length=1, max_length=500)]
+MAX_INLINE_ITEMS = 10_000
+
+
+class Item(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: ItemId
+    uri: Annotated[str, StringConstraints(min_length=1, max_length=4000)]
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model: Annotated[str, StringConstraints(min_length=1, max_length=120)]
+    items: list[Item] | None = Field(default=None, max_length=MAX_INLINE_ITEMS)
+    manifest: Annotated[str, StringConstraints(min_length=1, max_length=4000)] | None = None
+    id_column: str = "id"
+    image_column: str = "image"
+    cache: bool = True
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.items is None) == (self.manifest is None):
+            raise ValueError("give either 'items' or 'manifest', not both and not neither")
+        if self.items is not None and not self.items:
+            raise ValueError("'items' is empty")
+        return self
+
+
+class AliasRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(ge=1)
+
+
+class ModelImportForm(BaseModel):
+    """The multipart fields of POST /api/v1/models (the file itself is the `file` part)."""
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    task: str
+    input_size: int | None = Field(default=None, ge=8, le=4096)
+    input_height: int | None = Field(default=None, ge=8, le=4096)
+    input_width: int | None = Field(default=None, ge=8, le=4096)
+    resize_mode: str = "stretch"
+    pixel_scale: str = "unit"
+    class_names: list[str] | None = None
+    output_names: list[str] | None = None
+    target_transform: dict = Field(default_factory=lambda: {"kind": "none"})
+    description: str | None = None
+    promote: bool | None = None
+
+    @model_validator(mode="after")
+    def _size(self):
+        if self.input_size is None and (self.input_height is None or self.input_width is None):
+            raise ValueError("give input_size, or input_height and input_width")
+        self.input_height = self.input_height or self.input_size
+        self.input_width = self.input_width or self.input_size
+        return self

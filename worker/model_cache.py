@@ -1,0 +1,81 @@
+"""Models kept in memory by a worker process: loaded once, reused by every task (a small LRU)."""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from shared.imaging import Preprocessing
+from shared.model_inspect import load_keras_safely
+from shared.model_registry import sha256_file, signature_of
+from shared.tables import ModelVersion
+
+log = logging.getLogger(__name__)
+
+
+class LoadedModel:
+    """A Keras model ready for batched inference through one traced tf.function."""
+
+    def __init__(self, version: ModelVersion, model):
+        from worker.device import configure_tensorflow
+
+        tf = configure_tensorflow()
+        self.version_id = version.id
+        self.ref = f"{version.name}@{version.version}"
+        self.signature = signature_of(version)
+        self.preprocessing = Preprocessing(height=version.input_height, width=version.input_width,
+                                           resize_mode=version.resize_mode, pixel_scale=version.pixel_scale)
+        self.model = model
+        spec = tf.TensorSpec([None, version.input_height, version.input_width, 3], tf.float32)
+
+        @tf.function(input_signature=[spec], reduce_retracing=True)
+        def infer(x):
+            return model(x, training=False)
+
+        self._infer = infer
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        out = self._infer(batch.astype(np.float32, copy=False))
+        return out.numpy()
+
+
+def load(version: ModelVersion) -> LoadedModel:
+    path = Path(version.path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file of {version.name}@{version.version} is missing: {path}")
+    if sha256_file(path) != version.sha256:
+        raise ValueError(f"model file of {version.name}@{version.version} does not match its checksum")
+    from worker.device import configure_tensorflow
+
+    configure_tensorflow()
+    return LoadedModel(version, load_keras_safely(str(path)))
+
+
+class ModelCache:
+    def __init__(self, capacity: int, loader=load):
+        self.capacity = capacity
+        self._loader = loader
+        self._models: OrderedDict[int, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self.loads = 0
+
+    def get(self, version: ModelVersion) -> LoadedModel:
+        with self._lock:
+            model = self._models.get(version.id)
+            if model is not None:
+                self._models.move_to_end(version.id)
+                return model
+            log.info("loading model %s@%s", version.name, version.version)
+            model = self._loader(version)
+            self.loads += 1
+            self._models[version.id] = model
+            while len(self._models) > self.capacity:
+                evicted_id, _ = self._models.popitem(last=False)
+                log.info("evicted model version id %s from memory", evicted_id)
+            return model
+
+    def __contains__(self, version_id: int) -> bool:
+        return version_id in self._models

@@ -1,0 +1,167 @@
+"""Scoring a list of items with a loaded model: decode in threads while the model runs.
+
+Plain functions, no Celery and no database: the caller passes `lookup_cache` and `write_batch`.
+Batch k+1 is read, hashed, looked up in the score cache and decoded by a thread pool while
+the model predicts batch k, so decoding and inference overlap.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from shared.imaging import ImageError, content_hash, load_for_model
+from shared.outputs import interpret
+from shared.paths import OutsideDataRoots, resolve_inside
+
+
+@dataclass
+class Prepared:
+    """One batch ready for the model: inputs for the misses, finished results for the rest."""
+    results: list[dict] = field(default_factory=list)  # errors and cache hits, already final
+    ids: list[str] = field(default_factory=list)        # items to predict, in input order
+    hashes: list[str] = field(default_factory=list)
+    arrays: list[np.ndarray] = field(default_factory=list)
+    geometries: list = field(default_factory=list)
+
+
+@dataclass
+class ScoreOptions:
+    roots: tuple[Path, ...]
+    batch_size: int
+    max_pixels: int
+    max_bytes: int
+    threads: int
+    use_cache: bool = True
+
+
+def read_item(uri: str, roots: tuple[Path, ...], max_bytes: int) -> bytes:
+    try:
+        path = resolve_inside(roots, uri)
+    except OutsideDataRoots as exc:
+        raise ImageError(str(exc)) from None
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise ImageError(f"file too large: {size} bytes > limit {max_bytes}")
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(f"file not found: {uri}") from None
+    except IsADirectoryError:
+        raise ImageError(f"not a file: {uri}") from None
+    except PermissionError:
+        raise ImageError(f"permission denied: {uri}") from None
+
+
+def _fetch(item, opts):
+    item_id, uri = item
+    try:
+        data = read_item(uri, opts.roots, opts.max_bytes)
+        return item_id, data, content_hash(data), None
+    except ImageError as exc:
+        return item_id, None, None, str(exc)
+
+
+def _prepare(batch, model, opts, pool, lookup_cache) -> Prepared:
+    prepared = Prepared()
+    fetched = list(pool.map(lambda it: _fetch(it, opts), batch))
+    hits = lookup_cache([h for _, _, h, _ in fetched if h]) if opts.use_cache else {}
+    to_decode = []
+    for item_id, data, digest, error in fetched:
+        if error:
+            prepared.results.append({"item_id": item_id, "status": "error", "error": error})
+        elif digest in hits:
+            prepared.results.append({"item_id": item_id, "status": "ok", "outputs": hits[digest],
+                                     "content_hash": digest, "from_cache": True})
+        else:
+            to_decode.append((item_id, data, digest))
+
+    def decode(entry):
+        item_id, data, digest = entry
+        try:
+            return item_id, digest, load_for_model(data, model.preprocessing, max_pixels=opts.max_pixels), None
+        except ImageError as exc:
+            return item_id, digest, None, str(exc)
+
+    for item_id, digest, loaded, error in pool.map(decode, to_decode):
+        if error:
+            prepared.results.append({"item_id": item_id, "status": "error", "error": error,
+                                     "content_hash": digest})
+        else:
+            prepared.ids.append(item_id)
+            prepared.hashes.append(digest)
+            prepared.arrays.append(loaded[0])
+            prepared.geometries.append(loaded[1])
+    return prepared
+
+
+def _batches(items, size) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _prefetch(produce: Iterator[Prepared], depth: int = 2) -> Iterator[Prepared]:
+    """Run `produce` in a background thread, at most `depth` batches ahead of the consumer."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def run():
+        try:
+            for item in produce:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as exc:  # hand the error to the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=run, name="imgq-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def score_items(items: list[tuple[str, str]], model, opts: ScoreOptions,
+                lookup_cache: Callable[[list[str]], dict], write_batch: Callable[[list[dict], list[dict]], None]
+                ) -> None:
+    """Score `items` [(id, uri)] in batches; `write_batch(results, cache_rows)` once per batch."""
+    sig = model.signature
+    with ThreadPoolExecutor(max_workers=opts.threads, thread_name_prefix="imgq-io") as pool:
+        produce = (_prepare(b, model, opts, pool, lookup_cache) for b in _batches(items, opts.batch_size))
+        for prepared in _prefetch(produce):
+            results, cache_rows = prepared.results, []
+            if prepared.arrays:
+                raw = model.predict(np.stack(prepared.arrays))
+                finite = np.isfinite(raw).all(axis=1)
+                outputs = iter(interpret(sig.task, raw[finite], output_names=sig.output_names,
+                                         class_names=sig.class_names, target_transform=sig.target_transform,
+                                         geometries=[g for g, f in zip(prepared.geometries, finite) if f]))
+                for item_id, digest, ok in zip(prepared.ids, prepared.hashes, finite):
+                    if not ok:
+                        results.append({"item_id": item_id, "status": "error", "content_hash": digest,
+                                        "error": "the model output is not finite (NaN or infinity)"})
+                        continue
+                    out = next(outputs)
+                    results.append({"item_id": item_id, "status": "ok", "outputs": out, "content_hash": digest})
+                    cache_rows.append({"content_hash": digest, "model_version_id": model.version_id,
+                                       "outputs": out})
+            write_batch(results, cache_rows)

@@ -1,0 +1,58 @@
+"""The outbox relay and the watchdog, run periodically by Celery beat.
+
+- chunks committed but never sent (no `enqueued_at`) are sent;
+- chunks sent long ago and still not started are sent again (a lost message);
+- running chunks whose heartbeat stopped are taken back and sent again, or given up after
+  `max_attempts` with their items failed;
+- jobs whose chunks are all finished are closed.
+Sending twice is safe: a chunk is claimed in the database before it runs.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from shared.config import Settings
+from shared.db import session_scope
+from shared.tables import Chunk, Job, utcnow
+from worker import chunk_lifecycle as life
+
+SEND_GRACE_SECONDS = 10.0  # the web front sends right after commit; give it that long
+
+
+def sweep(settings: Settings, enqueue) -> dict:
+    """`enqueue(job_id, chunk_nos)` sends tasks; called after the database work is committed."""
+    now = utcnow()
+    to_send: dict[str, list[int]] = {}
+    given_up = closed = 0
+    with session_scope() as s:
+        stale = list(s.execute(select(Chunk.job_id, Chunk.chunk_no).where(
+            Chunk.state == "running", Chunk.heartbeat_at < now - timedelta(seconds=settings.heartbeat_timeout))))
+        for job_id, chunk_no in stale:
+            job = life.lock_job(s, job_id)
+            chunk = s.scalar(select(Chunk).where(Chunk.job_id == job_id, Chunk.chunk_no == chunk_no)
+                             .with_for_update())
+            if chunk.state != "running":
+                continue
+            if chunk.attempts >= settings.max_attempts:
+                life.give_up(s, job, chunk,
+                             f"gave up after {chunk.attempts} attempts: the worker scoring this chunk died or "
+                             "stopped responding each time (a poison item?)")
+                given_up += 1
+            else:
+                chunk.state, chunk.enqueued_at = "queued", None
+                to_send.setdefault(job_id, []).append(chunk_no)
+        unsent = s.execute(select(Chunk.job_id, Chunk.chunk_no).join(Job, Job.id == Chunk.job_id).where(
+            Chunk.state.in_(("pending", "queued")),
+            ((Chunk.enqueued_at.is_(None) & (Job.created_at < now - timedelta(seconds=SEND_GRACE_SECONDS)))
+             | (Chunk.enqueued_at < now - timedelta(seconds=settings.requeue_after)))))
+        for job_id, chunk_no in unsent:
+            to_send.setdefault(job_id, []).append(chunk_no)
+        open_jobs = list(s.scalars(select(Job.id).where(Job.status.in_(("queued", "running")))))
+    for job_id in open_jobs:
+        with session_scope() as s:
+            job = life.lock_job(s, job_id)
+            closed += life.finalize_if_complete(s, job)
+    sent = sum(enqueue(job_id, sorted(set(nos))) for job_id, nos in to_send.items())
+    return {"sent": sent, "given_up": given_up, "closed": closed}

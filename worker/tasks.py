@@ -1,0 +1,61 @@
+"""Celery tasks: thin wrappers over worker.run_chunk and worker.sweeper.
+
+This module is imported by the worker's main process, which forks the pool: it must not
+import TensorFlow. Models are loaded in each pool process after the fork (worker_process_init).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from celery.signals import worker_process_init
+
+from shared.celery_app import SCORE_CHUNK_TASK, SWEEP_TASK, app
+from shared.config import settings
+from shared.dispatch import enqueue_chunks
+
+log = logging.getLogger(__name__)
+_models = None
+
+
+def models():
+    """The process's model cache, created on first use (after the fork)."""
+    global _models
+    if _models is None:
+        from worker.model_cache import ModelCache
+
+        _models = ModelCache(settings().model_cache_size)
+    return _models
+
+
+@worker_process_init.connect
+def _preload_production_models(**_):
+    """Load the production version of each model name at start, so the first job does not wait."""
+    if os.environ.get("IMGQ_PRELOAD", "1") == "0":
+        return
+    from shared.db import session_scope
+    from shared.model_registry import production_versions
+
+    try:
+        with session_scope() as s:
+            versions = production_versions(s)[: settings().model_cache_size]
+        for v in versions:
+            models().get(v)
+    except Exception:  # a broken model must not keep the worker from starting
+        log.exception("preloading production models failed; they will load on first use")
+
+
+@app.task(name=SCORE_CHUNK_TASK, bind=True)
+def score_chunk(self, job_id: str, chunk_no: int) -> str:
+    from worker.run_chunk import run_chunk
+
+    worker = f"{self.request.hostname or socket.gethostname()}:{os.getpid()}"
+    return run_chunk(job_id, chunk_no, worker=worker, models=models(), settings=settings())
+
+
+@app.task(name=SWEEP_TASK)
+def sweep() -> dict:
+    from worker.sweeper import sweep as run_sweep
+
+    return run_sweep(settings(), enqueue_chunks)
