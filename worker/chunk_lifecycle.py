@@ -137,6 +137,13 @@ def give_up(session: Session, job: Job, chunk: Chunk, reason: str) -> None:
     finalize_if_complete(session, job)
 
 
+def release(session: Session, job_id: str, chunk_no: int, error: str) -> None:
+    """Hand a chunk back after an unexpected error, for the sweeper to send again (attempts stay counted)."""
+    session.execute(update(Chunk).where(Chunk.job_id == job_id, Chunk.chunk_no == chunk_no,
+                                        Chunk.state == "running")
+                    .values(state="pending", enqueued_at=None, error=error[:2000]))
+
+
 def fail_job(session: Session, job_id: str, reason: str) -> None:
     """A job-level failure (e.g. its model cannot be loaded): no chunk of it will run."""
     job = lock_job(session, job_id)
@@ -152,7 +159,7 @@ def lookup_cache(session: Session, model_version_id: int, hashes: list[str]) -> 
         return {}
     rows = session.execute(select(ScoreCache.content_hash, ScoreCache.outputs).where(
         ScoreCache.model_version_id == model_version_id, ScoreCache.content_hash.in_(set(hashes))))
-    return dict(rows.tuples())
+    return {digest: outputs for digest, outputs in rows}
 
 
 def stale_before(seconds: float):

@@ -40,7 +40,12 @@ def run_chunk(job_id: str, chunk_no: int, *, worker: str, models: ModelCache, se
     opts = ScoreOptions(roots=settings.readable_roots, batch_size=settings.batch_size,
                         max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes,
                         threads=settings.decode_threads, use_cache=claimed.use_cache)
-    score_items(claimed.items, model, opts, lookup, write)
+    try:
+        score_items(claimed.items, model, opts, lookup, write)
+    except BaseException as exc:  # results so far are kept; the rest is retried, attempts bounded
+        with session_scope() as s:
+            life.release(s, job_id, chunk_no, f"{type(exc).__name__}: {exc}")
+        raise
     with session_scope() as s:
         life.finish(s, job_id, chunk_no)
     return "done"

@@ -1,0 +1,152 @@
+"""`imgq demo`: the main job end to end on the embedded default, with no servers to install.
+
+Starts the web front and a worker as separate processes, registers a small VGG-style CNN,
+writes a synthetic catalog, submits a score job over HTTP, polls it with a progress bar,
+prints a summary and where the results are, and stops everything.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from shared.config import ensure_dirs, settings
+
+MODEL_NAME = "pageviews-demo"
+
+
+def _register_model(s) -> str:
+    from shared import model_registry as registry
+    from shared.db import session_scope
+
+    with session_scope() as session:
+        try:
+            v = registry.resolve(session, MODEL_NAME)
+            return f"{v.name}@{v.version}"
+        except Exception:
+            pass
+    from shared.architectures import vgg_regressor
+
+    path = s.data_dir / "demo" / "vgg_regressor_60.keras"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    vgg_regressor(60).save(path)
+    sig = registry.Signature(task="regression", input_height=60, input_width=60, output_names=["pageviews"],
+                             target_transform={"kind": "log1p"})
+    with session_scope() as session:
+        v = registry.import_model(session, path, MODEL_NAME, sig, s.model_store, promote=True,
+                                  description="imgq demo: untrained VGG-style page-view regressor")
+        return f"{v.name}@{v.version}"
+
+
+def _wait_healthy(base: str, procs, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"a demo process exited early with code {p.returncode}")
+        try:
+            if requests.get(f"{base}/healthz", timeout=2).ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError("the web front did not come up")
+
+
+def _bar(done: int, total: int, width: int = 30) -> str:
+    filled = int(width * done / total) if total else 0
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+def _stop(procs) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def run_demo(images: int = 300, port: int = 8765) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    s = settings()
+    if not s.embedded:
+        print("note: BROKER_URL is set; the demo uses it instead of the embedded broker")
+    ensure_dirs(s)
+    from shared.migrate import upgrade
+
+    upgrade(s.database_url)
+    print(f"imgq demo: data under {s.data_dir}")
+    model_ref = _register_model(s)
+    print(f"model registered: {model_ref} (production)")
+    catalog = s.data_roots[0] / "demo-catalog"
+    manifest = catalog / "items.csv"
+    if not manifest.exists() or sum(1 for _ in open(manifest)) != images + 4:
+        from shared.synthetic import write_catalog
+
+        manifest = write_catalog(catalog, images, size=(480, 640))
+    print(f"catalog: {images} JPEGs and 3 broken files in {catalog}")
+
+    env = dict(os.environ, IMGQ_HOME=str(s.data_dir), PYTHONUNBUFFERED="1")
+    logs = s.data_dir / "demo"
+    base = f"http://127.0.0.1:{port}"
+    cli = [sys.executable, "-m", "shared.cli"]
+    web_log, worker_log = open(logs / "web.log", "w"), open(logs / "worker.log", "w")
+    procs = [
+        subprocess.Popen([*cli, "serve", "--port", str(port), "--workers", "1"], env=env,
+                         stdout=web_log, stderr=subprocess.STDOUT),
+        subprocess.Popen([*cli, "worker", "--cpu", "--beat"], env=env, stdout=worker_log,
+                         stderr=subprocess.STDOUT),
+    ]
+    try:
+        _wait_healthy(base, procs)
+        rel = manifest.relative_to(s.data_roots[0])
+        resp = requests.post(f"{base}/api/v1/jobs/score", timeout=60,
+                             json={"model": MODEL_NAME, "manifest": str(rel), "id_column": "id",
+                                   "image_column": "image"})
+        resp.raise_for_status()
+        job = resp.json()
+        print(f"job {job['id']} submitted: {job['progress']['total']} items in {job['chunks']['total']} chunks")
+        last_line = ""
+        while job["status"] in ("queued", "running"):
+            time.sleep(0.5)
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError("a demo process died; see the logs in " + str(logs))
+            job = requests.get(f"{base}{resp.headers['Location']}", timeout=10).json()
+            p = job["progress"]
+            rate = f"{p['images_per_second']:.0f} img/s" if p["images_per_second"] else "starting"
+            line = f"{_bar(p['done'], p['total'])} {p['done']}/{p['total']} failed {p['failed']}  {rate}"
+            if sys.stdout.isatty():
+                sys.stdout.write(f"\r{line}  {job['status']}   ")
+                sys.stdout.flush()
+            elif line != last_line:
+                print(line, flush=True)
+            last_line = line
+        print()
+        out = logs / "results.csv"
+        with requests.get(f"{base}/api/v1/jobs/{job['id']}/results?format=csv", stream=True, timeout=60) as r:
+            r.raise_for_status()
+            with open(out, "wb") as fh:
+                for block in r.iter_content(1 << 16):
+                    fh.write(block)
+        errors = requests.get(f"{base}/api/v1/jobs/{job['id']}/results?status=error", timeout=10).json()
+        p = job["progress"]
+        print(f"status: {job['status']}; {p['succeeded']} scored, {p['failed']} failed, "
+              f"{p['from_cache']} from the score cache, {p['images_per_second']} img/s")
+        for row in errors["results"]:
+            print(f"  failed {row['id']}: {row['error']}")
+        print(f"results: {out}")
+        print(f"         {base}/api/v1/jobs/{job['id']}/results (while a server runs)")
+        return 0 if job["status"] == "succeeded" else 1
+    finally:
+        _stop(procs)
+        web_log.close()
+        worker_log.close()
