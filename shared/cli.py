@@ -42,7 +42,7 @@ def cmd_serve(args) -> int:
 
 def worker_argv(args) -> list[str]:
     queues = args.queues or "score,maintenance"
-    name = f"cpu@%h" if args.gpu is None else f"gpu{args.gpu}@%h"
+    name = "cpu@%h" if args.gpu is None else f"gpu{args.gpu}@%h"
     argv = ["worker", "-Q", queues, "--pool", "prefork", "-c", str(args.concurrency), "-n", name,
             "--without-mingle", "--without-gossip", "-l", args.loglevel]
     if args.beat:

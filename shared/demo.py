@@ -7,15 +7,13 @@ prints a summary and where the results are, and stops everything.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import requests
 
 from shared.config import ensure_dirs, settings
+from shared.local_stack import LocalStack
 
 MODEL_NAME = "pageviews-demo"
 
@@ -43,36 +41,9 @@ def _register_model(s) -> str:
         return f"{v.name}@{v.version}"
 
 
-def _wait_healthy(base: str, procs, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for p in procs:
-            if p.poll() is not None:
-                raise RuntimeError(f"a demo process exited early with code {p.returncode}")
-        try:
-            if requests.get(f"{base}/healthz", timeout=2).ok:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError("the web front did not come up")
-
-
 def _bar(done: int, total: int, width: int = 30) -> str:
     filled = int(width * done / total) if total else 0
     return "[" + "#" * filled + "." * (width - filled) + "]"
-
-
-def _stop(procs) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 def run_demo(images: int = 300, port: int = 8765) -> int:
@@ -95,19 +66,11 @@ def run_demo(images: int = 300, port: int = 8765) -> int:
         manifest = write_catalog(catalog, images, size=(480, 640))
     print(f"catalog: {images} JPEGs and 3 broken files in {catalog}")
 
-    env = dict(os.environ, IMGQ_HOME=str(s.data_dir), PYTHONUNBUFFERED="1")
     logs = s.data_dir / "demo"
-    base = f"http://127.0.0.1:{port}"
-    cli = [sys.executable, "-m", "shared.cli"]
-    web_log, worker_log = open(logs / "web.log", "w"), open(logs / "worker.log", "w")
-    procs = [
-        subprocess.Popen([*cli, "serve", "--port", str(port), "--workers", "1"], env=env,
-                         stdout=web_log, stderr=subprocess.STDOUT),
-        subprocess.Popen([*cli, "worker", "--cpu", "--beat"], env=env, stdout=worker_log,
-                         stderr=subprocess.STDOUT),
-    ]
+    stack = LocalStack({"IMGQ_HOME": str(s.data_dir)}, logs, port=port)
+    base = stack.base
     try:
-        _wait_healthy(base, procs)
+        stack.start()
         rel = manifest.relative_to(s.data_roots[0])
         resp = requests.post(f"{base}/api/v1/jobs/score", timeout=60,
                              json={"model": MODEL_NAME, "manifest": str(rel), "id_column": "id",
@@ -118,7 +81,7 @@ def run_demo(images: int = 300, port: int = 8765) -> int:
         last_line = ""
         while job["status"] in ("queued", "running"):
             time.sleep(0.5)
-            if any(p.poll() is not None for p in procs):
+            if any(p.poll() is not None for p in (stack.web, stack.worker)):
                 raise RuntimeError("a demo process died; see the logs in " + str(logs))
             job = requests.get(f"{base}{resp.headers['Location']}", timeout=10).json()
             p = job["progress"]
@@ -147,6 +110,4 @@ def run_demo(images: int = 300, port: int = 8765) -> int:
         print(f"         {base}/api/v1/jobs/{job['id']}/results (while a server runs)")
         return 0 if job["status"] == "succeeded" else 1
     finally:
-        _stop(procs)
-        web_log.close()
-        worker_log.close()
+        stack.stop()

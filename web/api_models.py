@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from shared import model_registry as registry
 from shared.db import session_scope
 from shared.errors import InvalidRequest
-from shared.tables import ModelAlias, ModelVersion
+from shared.tables import ModelVersion
 from web.schemas import AliasRequest, ModelImportForm
 
 bp = Blueprint("models", __name__, url_prefix="/api/v1/models")

@@ -1,0 +1,131 @@
+"""Start the web front and a worker as separate local processes, and stop them cleanly.
+
+Used by `imgq demo`, the integration tests and the benchmarks.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LocalStack:
+    def __init__(self, env: dict, log_dir: Path, *, port: int | None = None, web_workers: int = 1,
+                 beat: bool = True, worker_args: tuple[str, ...] = ()):
+        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.log_dir = log_dir
+        self.port = port or free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.web_workers = web_workers
+        self.beat = beat
+        self.worker_args = worker_args
+        self.web: subprocess.Popen | None = None
+        self.worker: subprocess.Popen | None = None
+        self._logs: list = []
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{name}.log", "ab")
+        self._logs.append(log)
+        return subprocess.Popen([sys.executable, "-m", "shared.cli", *args], env=self.env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+    def start_web(self) -> None:
+        self.web = self._spawn("web", ["serve", "--port", str(self.port), "--workers", str(self.web_workers)])
+
+    def start_worker(self) -> None:
+        self.worker = self._spawn("worker", ["worker", "--cpu", *(["--beat"] if self.beat else []),
+                                             *self.worker_args])
+
+    def start(self, timeout: float = 90) -> "LocalStack":
+        self.start_web()
+        self.start_worker()
+        self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float = 90) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            for p in (self.web, self.worker):
+                if p is not None and p.poll() is not None:
+                    raise RuntimeError(f"a process exited early with code {p.returncode}; logs in {self.log_dir}")
+            try:
+                if requests.get(f"{self.base}/healthz", timeout=2).ok:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"the web front did not come up; logs in {self.log_dir}")
+
+    @staticmethod
+    def _terminate(p: subprocess.Popen | None, sig=signal.SIGTERM, timeout: float = 30) -> None:
+        if p is None or p.poll() is not None:
+            return
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+    def kill_worker(self) -> None:
+        """SIGKILL the worker and all its children at once, as a crash would."""
+        self._terminate(self.worker, signal.SIGKILL)
+
+    def stop_worker(self) -> None:
+        self._terminate(self.worker)
+
+    def stop(self) -> None:
+        self._terminate(self.worker)
+        self._terminate(self.web)
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+
+    def __enter__(self) -> "LocalStack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # --- small HTTP helpers
+    def url(self, path: str) -> str:
+        return f"{self.base}{path}"
+
+    def wait_job(self, job_id: str, timeout: float = 300, poll: float = 0.3) -> dict:
+        deadline = time.time() + timeout
+        while True:
+            job = requests.get(self.url(f"/api/v1/jobs/{job_id}"), timeout=10).json()
+            if job["status"] not in ("queued", "running"):
+                return job
+            if time.time() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s: {job['progress']}")
+            for p in (self.web, self.worker):
+                if p is not None and p.poll() is not None:
+                    raise RuntimeError(f"a process exited with code {p.returncode}; logs in {self.log_dir}")
+            time.sleep(poll)
+
+    def all_results(self, job_id: str, page: int = 500) -> list[dict]:
+        out, after = [], None
+        while True:
+            params = {"limit": page, **({"after": after} if after else {})}
+            body = requests.get(self.url(f"/api/v1/jobs/{job_id}/results"), params=params, timeout=30).json()
+            out.extend(body["results"])
+            after = body["next_after"]
+            if after is None:
+                return out
