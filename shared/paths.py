@@ -1,6 +1,7 @@
 """Resolving user-given paths strictly inside the configured data roots."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -24,11 +25,12 @@ def resolve_inside(roots: tuple[Path, ...], uri: str) -> Path:
     inside = None
     for candidate in candidates:
         real = candidate.resolve()
-        for root in roots:
-            if real == root or root in real.parents:
-                if real.exists():
-                    return real
-                inside = inside or real
+        if any(real == root or root in real.parents for root in roots):
+            if real.exists():
+                return real
+            inside = inside or real
+        elif os.path.lexists(candidate):  # exists, but a link or '..' leads out of the roots
+            raise OutsideDataRoots(f"path outside the data roots: {uri}")
     if inside is not None:
         return inside  # inside a root but missing: the caller reports "file not found"
     raise OutsideDataRoots(f"path outside the data roots: {uri}")

@@ -1,0 +1,134 @@
+"""Shared fixtures: real PostgreSQL and Redis (127.0.0.1), SQLite files, small Keras models made here."""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+PG_ADMIN = os.environ.get("IMGQ_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_BASE = os.environ.get("IMGQ_TEST_REDIS", "redis://127.0.0.1:6379")
+
+
+def _pg_base() -> str:
+    return PG_ADMIN.rsplit("/", 1)[0]
+
+
+def create_pg_database() -> str:
+    name = f"imgq_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{_pg_base()}/{name}".replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def drop_pg_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh, empty PostgreSQL database for one test."""
+    url = create_pg_database()
+    yield url
+    from shared.db import engine_for
+
+    engine_for(url).dispose()
+    drop_pg_database(url)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'imgq.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path):
+    """The same test on the embedded SQLite database and on a fresh PostgreSQL database, migrated."""
+    from shared.migrate import upgrade
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'imgq.db'}"
+        upgrade(url)
+        yield url
+        return
+    url = create_pg_database()
+    upgrade(url)
+    yield url
+    from shared.db import engine_for
+
+    engine_for(url).dispose()
+    drop_pg_database(url)
+
+
+@pytest.fixture
+def configured(monkeypatch, tmp_path, db_url):
+    """Process settings pointed at `db_url` and temporary folders; returns the Settings."""
+    from shared.config import ensure_dirs, settings
+
+    monkeypatch.setenv("IMGQ_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.setenv("IMGQ_DATA_ROOTS", str(tmp_path / "data"))
+    monkeypatch.delenv("BROKER_URL", raising=False)
+    settings.cache_clear()
+    s = settings()
+    ensure_dirs(s)
+    yield s
+    settings.cache_clear()
+
+
+# ---------------------------------------------------------------- small models, built in the test
+
+def tiny_cnn(input_size: int, outputs: int, activation: str | None = None, seed: int = 0):
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((input_size, input_size, 3))
+    x = layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = layers.MaxPooling2D(2)(x)
+    x = layers.Conv2D(8, 3, activation="relu")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    out = layers.Dense(outputs, activation=activation)(x)
+    return keras.Model(inputs, out)
+
+
+@pytest.fixture(scope="session")
+def model_files(tmp_path_factory):
+    """Keras files for each task, plus one that asks for arbitrary code (a Lambda layer)."""
+    import keras
+
+    folder = tmp_path_factory.mktemp("models")
+    files = {}
+    for name, model in {"regression": tiny_cnn(32, 1), "classification": tiny_cnn(32, 3, "softmax"),
+                        "keypoints": tiny_cnn(32, 4, "sigmoid"), "regression_big": tiny_cnn(48, 1)}.items():
+        files[name] = folder / f"{name}.keras"
+        model.save(files[name])
+    inputs = keras.Input((32, 32, 3))
+    lam = keras.layers.Lambda(lambda t: t * 2.0)(inputs)
+    out = keras.layers.Dense(1)(keras.layers.GlobalAveragePooling2D()(lam))
+    files["unsafe"] = folder / "unsafe.keras"
+    keras.Model(inputs, out).save(files["unsafe"])
+    return files
+
+
+def write_jpeg(path: Path, size=(64, 48), seed: int = 0, mode: str = "RGB") -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "L": 1, "RGBA": 4, "CMYK": 4}[mode]
+    arr = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    img = Image.fromarray(arr[..., 0] if channels == 1 else arr, mode if mode != "CMYK" else None)
+    if mode == "CMYK":
+        img = Image.fromarray(arr[..., :4], "RGBA").convert("CMYK")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = "PNG" if mode == "RGBA" else "JPEG"
+    img.save(path, fmt)
+    return path

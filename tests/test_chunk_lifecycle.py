@@ -1,0 +1,189 @@
+"""Chunk claims, idempotent result writes, completion counting, cancel and the sweeper, on SQLite and
+PostgreSQL for real (no Celery: the sweeper's enqueue is a recording function)."""
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select, update
+
+from shared import jobs
+from shared.db import session_scope
+from shared.tables import Chunk, Job, ModelVersion, Result, ScoreCache, utcnow
+from worker import chunk_lifecycle as life
+from worker.sweeper import sweep
+
+
+@pytest.fixture
+def model_id(db_url):
+    with session_scope(db_url) as s:
+        v = ModelVersion(name="m", version=1, task="regression", input_height=32, input_width=32,
+                         resize_mode="stretch", pixel_scale="unit", output_names=["value"],
+                         target_transform={"kind": "none"}, path="/nowhere.keras", sha256="0" * 64, size_bytes=1)
+        s.add(v)
+        s.flush()
+        from shared.model_registry import set_alias
+
+        set_alias(s, "m", "production", 1)
+        return v.id
+
+
+def make_job(url, n=10, chunk_size=4, **kw):
+    with session_scope(url) as s:
+        job = jobs.create_score_job(s, model_ref="m", pieces=[[(f"i{k:02d}", f"{k}.jpg") for k in range(n)]],
+                                    source={"type": "items"}, use_cache=True, chunk_size=chunk_size, **kw)
+        return job.id
+
+
+def claim(url, job_id, no, timeout=60.0, attempts=3):
+    with session_scope(url) as s:
+        return life.claim(s, job_id, no, worker="test", heartbeat_timeout=timeout, max_attempts=attempts)
+
+
+def write(url, job_id, no, ids, status="ok"):
+    with session_scope(url) as s:
+        return life.record_batch(s, job_id, no, [
+            {"item_id": i, "status": status, "outputs": {"value": 1.0} if status == "ok" else None,
+             "error": None if status == "ok" else "broken", "content_hash": f"h{i}"} for i in ids],
+            [{"content_hash": f"h{i}", "model_version_id": 1, "outputs": {"value": 1.0}} for i in ids
+             if status == "ok"])
+
+
+def age(url, table, column, seconds, **where):
+    """Move a timestamp into the past (in Python: SQLite has no datetime arithmetic)."""
+    with session_scope(url) as s:
+        for row in s.scalars(select(table).filter_by(**where)):
+            value = getattr(row, column)
+            if value is not None:
+                setattr(row, column, value - timedelta(seconds=seconds))
+
+
+def job_row(url, job_id):
+    with session_scope(url) as s:
+        return s.get(Job, job_id)
+
+
+def test_job_is_split_into_chunks(db_url, model_id):
+    job_id = make_job(db_url, n=10, chunk_size=4)
+    with session_scope(db_url) as s:
+        counts = [c.item_count for c in s.scalars(select(Chunk).where(Chunk.job_id == job_id)
+                                                  .order_by(Chunk.chunk_no))]
+    assert counts == [4, 4, 2]
+    assert job_row(db_url, job_id).total_items == 10
+
+
+def test_a_chunk_delivered_twice_writes_and_counts_once(db_url, model_id):
+    job_id = make_job(db_url, n=4, chunk_size=4)
+    claimed = claim(db_url, job_id, 0)
+    assert [i for i, _ in claimed.items] == ["i00", "i01", "i02", "i03"]
+    assert write(db_url, job_id, 0, ["i00", "i01"]) == 2
+    assert write(db_url, job_id, 0, ["i00", "i01"]) == 0  # redelivered batch: nothing new
+    assert write(db_url, job_id, 0, ["i02"], status="error") == 1
+    job = job_row(db_url, job_id)
+    assert (job.done_items, job.failed_items, job.status) == (3, 1, "running")
+    with session_scope(db_url) as s:
+        assert s.scalar(select(func.count()).select_from(Result).where(Result.job_id == job_id)) == 3
+        assert s.scalar(select(func.count()).select_from(ScoreCache)) == 2
+    # the chunk's worker died; a second claim (after its heartbeat went stale) gets only the rest
+    age(db_url, Chunk, "heartbeat_at", 300)
+    again = claim(db_url, job_id, 0)
+    assert [i for i, _ in again.items] == ["i03"] and again.attempt == 2
+    write(db_url, job_id, 0, ["i03"])
+    with session_scope(db_url) as s:
+        life.finish(s, job_id, 0)
+    job = job_row(db_url, job_id)
+    assert (job.status, job.done_items, job.failed_items) == ("succeeded", 4, 1)
+    assert claim(db_url, job_id, 0) == "chunk already done"
+
+
+def test_a_running_chunk_with_a_live_heartbeat_is_not_taken(db_url, model_id):
+    job_id = make_job(db_url, n=2)
+    assert not isinstance(claim(db_url, job_id, 0), str)
+    assert claim(db_url, job_id, 0) == "chunk is running on another worker"
+
+
+def test_chunks_finishing_together_close_the_job_once(db_url, model_id):
+    job_id = make_job(db_url, n=8, chunk_size=1)
+    for no in range(8):
+        claim(db_url, job_id, no)
+    errors = []
+
+    def finish(no):
+        try:
+            with session_scope(db_url) as s:
+                life.finish(s, job_id, no)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=finish, args=(no,)) for no in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert job_row(db_url, job_id).status == "succeeded"
+
+
+def test_cancel_stops_pending_chunks_and_keeps_results(db_url, model_id):
+    job_id = make_job(db_url, n=12, chunk_size=4)
+    claim(db_url, job_id, 0)
+    write(db_url, job_id, 0, ["i00", "i01"])
+    with session_scope(db_url) as s:
+        jobs.cancel_job(s, job_id)
+    assert claim(db_url, job_id, 1) == "chunk already canceled"
+    write(db_url, job_id, 0, ["i02", "i03"])  # the running chunk finishes its work
+    with session_scope(db_url) as s:
+        life.finish(s, job_id, 0)
+        states = dict(s.execute(select(Chunk.chunk_no, Chunk.state).where(Chunk.job_id == job_id)).all())
+    job = job_row(db_url, job_id)
+    assert job.status == "canceled" and job.done_items == 4
+    assert states == {0: "done", 1: "canceled", 2: "canceled"}
+
+
+def test_sweeper_sends_unsent_chunks_and_retakes_dead_ones(db_url, model_id, configured):
+    sent = []
+
+    def enqueue(job_id, nos):
+        sent.append((job_id, nos))
+        return len(nos)
+
+    job_id = make_job(db_url, n=8, chunk_size=4)
+    assert sweep(configured, enqueue)["sent"] == 0  # too fresh: the web front is about to send them
+    age(db_url, Job, "created_at", 60)
+    assert sweep(configured, enqueue)["sent"] == 2
+    assert sent == [(job_id, [0, 1])]
+    with session_scope(db_url) as s:
+        s.execute(update(Chunk).values(state="queued", enqueued_at=utcnow()))
+    sent.clear()
+    claim(db_url, job_id, 0)
+    write(db_url, job_id, 0, ["i00"])
+    age(db_url, Chunk, "heartbeat_at", configured.heartbeat_timeout + 5, chunk_no=0)  # the worker died
+    assert sweep(configured, enqueue)["sent"] == 1
+    assert sent == [(job_id, [0])]
+
+
+def test_a_chunk_that_keeps_killing_its_worker_is_given_up(db_url, model_id, configured):
+    job_id = make_job(db_url, n=3, chunk_size=3)
+    for attempt in range(configured.max_attempts):
+        assert not isinstance(claim(db_url, job_id, 0, attempts=configured.max_attempts), str)
+        if attempt == 0:
+            write(db_url, job_id, 0, ["i00"])  # the first attempt scored one item before dying
+        age(db_url, Chunk, "heartbeat_at", 3600)
+    stats = sweep(configured, lambda job_id, nos: len(nos))
+    assert stats["given_up"] == 1
+    with session_scope(db_url) as s:
+        rows = {r.item_id: r for r in s.scalars(select(Result).where(Result.job_id == job_id))}
+    assert rows["i00"].status == "ok"
+    assert rows["i01"].status == rows["i02"].status == "error"
+    assert "gave up after 3 attempts" in rows["i01"].error
+    job = job_row(db_url, job_id)
+    assert (job.status, job.done_items, job.failed_items) == ("succeeded", 3, 2)
+
+
+def test_a_model_that_cannot_load_fails_the_job(db_url, model_id):
+    job_id = make_job(db_url, n=8, chunk_size=4)
+    claim(db_url, job_id, 0)
+    with session_scope(db_url) as s:
+        life.fail_job(s, job_id, "cannot load model m@1: file missing")
+    job = job_row(db_url, job_id)
+    assert job.status == "failed" and "file missing" in job.error
+    assert claim(db_url, job_id, 1) == "chunk already failed"
