@@ -26,12 +26,13 @@ WORKDIR /tmp/build
 
 # Third-party dependencies first, from pyproject.toml alone, so that this large layer
 # (TensorFlow, CUDA wheels) is rebuilt only when the dependencies change, not the code.
+# Flower is not a project dependency; the flower service in docker-compose.yml needs it.
+# On Linux x86_64 the base dependencies pull tensorflow-cpu and the gpu extra pulls
+# tensorflow: both wheels write the same `tensorflow` package, so tensorflow is reinstalled
+# last to make its CUDA-enabled files the ones on disk (a no-op when only one is present).
 COPY pyproject.toml ./
 RUN python -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; extras = [e.strip() for e in os.environ['EXTRAS'].split(',') if e.strip()]; print('\n'.join(p['dependencies'] + [d for e in extras for d in p['optional-dependencies'][e]]))" > requirements.txt \
     && pip install -r requirements.txt flower \
-    # On Linux x86_64 the base dependencies pull tensorflow-cpu and the gpu extra pulls
-    # tensorflow: both wheels write the same `tensorflow` package. Reinstall tensorflow
-    # last so that its CUDA-enabled files are the ones on disk.
     && if pip show tensorflow-cpu >/dev/null 2>&1 && pip show tensorflow >/dev/null 2>&1; then \
            pip install --no-deps --force-reinstall "tensorflow==$(pip show tensorflow | sed -n 's/^Version: //p')"; \
        fi

@@ -132,3 +132,81 @@ def write_jpeg(path: Path, size=(64, 48), seed: int = 0, mode: str = "RGB") -> P
     fmt = "PNG" if mode == "RGBA" else "JPEG"
     img.save(path, fmt)
     return path
+
+
+# ---------------------------------------------------------------- running stacks (web + worker processes)
+
+STACK_ENV = {
+    "IMGQ_CHUNK_SIZE": "16",
+    "IMGQ_BATCH_SIZE": "8",
+    "IMGQ_DECODE_THREADS": "2",
+    "IMGQ_HEARTBEAT_TIMEOUT": "8",
+    "IMGQ_SWEEP_INTERVAL": "2",
+    "IMGQ_MAX_ATTEMPTS": "3",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+}
+
+
+def _stack(tmp: Path, extra: dict):
+    from shared.local_stack import LocalStack
+
+    env = {**STACK_ENV, "IMGQ_HOME": str(tmp / "home"), "IMGQ_DATA_ROOTS": str(tmp / "data"), **extra}
+    for key in ("DATABASE_URL", "BROKER_URL"):
+        if key not in extra:
+            env[key] = ""
+    stack = LocalStack(env, tmp / "logs")
+    stack.data = tmp / "data"
+    stack.data.mkdir(parents=True, exist_ok=True)
+    return stack
+
+
+@pytest.fixture(scope="session")
+def pg_stack(tmp_path_factory):
+    """Web front and a Celery worker as real processes on PostgreSQL and Redis."""
+    import redis
+
+    from shared.migrate import upgrade
+
+    url = create_pg_database()
+    upgrade(url)
+    broker = f"{REDIS_BASE}/9"
+    redis.Redis.from_url(broker).flushdb()
+    stack = _stack(tmp_path_factory.mktemp("pg-stack"), {"DATABASE_URL": url, "BROKER_URL": broker})
+    stack.database_url = url
+    stack.start()
+    yield stack
+    stack.stop()
+    from shared.db import engine_for
+
+    engine_for(url).dispose()
+    drop_pg_database(url)
+
+
+@pytest.fixture(scope="session")
+def embedded_stack(tmp_path_factory):
+    """Web front and a worker on the embedded default: SQLite file and filesystem broker, no servers."""
+    stack = _stack(tmp_path_factory.mktemp("embedded-stack"), {})
+    stack.start()
+    yield stack
+    stack.stop()
+
+
+def import_model_http(stack, file: Path, name: str, **fields) -> dict:
+    import requests
+
+    data = {"name": name, "task": "regression", "input_size": "32", **fields}
+    with open(file, "rb") as fh:
+        resp = requests.post(stack.url("/api/v1/models"), data=data, files={"file": (file.name, fh)}, timeout=120)
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+def expected_scores(model_file: Path, paths: list[Path], size: int = 32, transform=np.expm1) -> np.ndarray:
+    """What model.predict says on the same preprocessed tensors, in target units."""
+    import keras
+
+    from shared.imaging import Preprocessing, load_for_model
+
+    model = keras.models.load_model(model_file)
+    x = np.stack([load_for_model(p.read_bytes(), Preprocessing(size, size), max_pixels=10**8)[0] for p in paths])
+    return transform(model.predict(x, verbose=0)[:, 0])

@@ -33,6 +33,20 @@ def lock_job(session: Session, job_id: str) -> Job | None:
     return session.scalar(select(Job).where(Job.id == job_id).with_for_update())
 
 
+def model_for(session: Session, job_id: str, chunk_no: int) -> ModelVersion | str:
+    """The model version a chunk needs (read only), or why the chunk need not run."""
+    row = session.execute(select(Job.status, Job.model_version_id, Chunk.state)
+                          .join(Chunk, Chunk.job_id == Job.id)
+                          .where(Job.id == job_id, Chunk.chunk_no == chunk_no)).first()
+    if row is None:
+        return "unknown chunk"
+    if row.state in TERMINAL_CHUNK_STATES:
+        return f"chunk already {row.state}"
+    version = session.get(ModelVersion, row.model_version_id)
+    session.expunge(version)
+    return version
+
+
 def claim(session: Session, job_id: str, chunk_no: int, *, worker: str,
           heartbeat_timeout: float, max_attempts: int) -> ClaimedChunk | str:
     """Take a chunk for this worker, or say why not (a string)."""

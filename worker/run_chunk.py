@@ -13,21 +13,30 @@ log = logging.getLogger(__name__)
 
 
 def run_chunk(job_id: str, chunk_no: int, *, worker: str, models: ModelCache, settings: Settings) -> str:
-    """Returns what happened, for the log: 'done', or why the chunk was skipped."""
+    """Returns what happened, for the log: 'done', or why the chunk was skipped.
+
+    The model is loaded before the chunk is claimed, so a slow first load never looks like a
+    dead worker to the sweeper.
+    """
+    with session_scope() as s:
+        version = life.model_for(s, job_id, chunk_no)
+    if isinstance(version, str):
+        log.info("chunk %s/%s skipped: %s", job_id, chunk_no, version)
+        return version
+    try:
+        model = models.get(version)
+    except Exception as exc:  # a model that cannot load fails the whole job, clearly
+        reason = f"cannot load model {version.name}@{version.version}: {exc}"
+        log.error("job %s: %s", job_id, reason)
+        with session_scope() as s:
+            life.fail_job(s, job_id, reason)
+        return "model failed to load"
     with session_scope() as s:
         claimed = life.claim(s, job_id, chunk_no, worker=worker, heartbeat_timeout=settings.heartbeat_timeout,
                              max_attempts=settings.max_attempts)
     if isinstance(claimed, str):
         log.info("chunk %s/%s skipped: %s", job_id, chunk_no, claimed)
         return claimed
-    try:
-        model = models.get(claimed.model_version)
-    except Exception as exc:  # a model that cannot load fails the whole job, clearly
-        reason = f"cannot load model {claimed.model_version.name}@{claimed.model_version.version}: {exc}"
-        log.error("job %s: %s", job_id, reason)
-        with session_scope() as s:
-            life.fail_job(s, job_id, reason)
-        return "model failed to load"
 
     def lookup(hashes):
         with session_scope() as s:

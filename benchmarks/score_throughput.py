@@ -1,0 +1,844 @@
+#!/usr/bin/env python
+"""Score-job throughput benchmark: how close does a real imgq job come to the hardware's limits?
+
+One run measures, on this machine:
+
+  (a) raw model throughput on pre-decoded tensors through worker.model_cache.LoadedModel.predict
+      (the tf.function the worker uses) for batch sizes 16/32/64/128;
+  (b) decode+resize throughput alone: shared.imaging.load_for_model over the catalog's bytes (already
+      in memory) in a ThreadPoolExecutor with the worker's thread count (settings().decode_threads);
+  (c) end-to-end images/s of a real score job: `imgq serve` + `imgq worker --cpu` (LocalStack), a
+      manifest job submitted over HTTP with cache=false, timed from the POST to the job's finished_at;
+  (d) the naive loop: per image decode + keras `model.predict(x[None])`;
+  (e) the worker pool process's memory (VmRSS/VmHWM) over consecutive small score jobs;
+  (f) latency of GET /api/v1/jobs/<id> while a job runs.
+
+Targets (reported as met / not met, never asserted): (c)/min(a,b) >= 0.8, (c)/(d) >= 10,
+RSS growth over the memory jobs < 5 %, p95 of GET /api/v1/jobs/<id> < 20 ms.
+
+Results: printed, and written to benchmarks/results/score_throughput-<timestamp>.json/.md and
+benchmarks/results/score_throughput-latest.json. The JPEG catalog is made once under
+benchmarks/.cache/ and reused.
+
+    python benchmarks/score_throughput.py            # full run (2,000 images; ~5-10 min on 2 cores)
+    python benchmarks/score_throughput.py --quick    # smaller, to check it works
+    python benchmarks/score_throughput.py --backend embedded   # SQLite + filesystem broker
+
+The postgres backend (the default when 127.0.0.1:5432 and Redis answer) creates a fresh database
+imgq_bench_<pid> and drops it at the end; it uses one Redis database number (flushed first and last).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE_DIR = ROOT / "benchmarks" / ".cache"
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+CATALOG_SIZE = (600, 800)  # width x height, as write_catalog takes it
+CATALOG_DIR = CACHE_DIR / "catalogs" / f"catalog-{CATALOG_SIZE[0]}x{CATALOG_SIZE[1]}"
+MODEL_NAME = "bench-vgg60"
+INPUT_SIZE = 60
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+PG_BENCH_URL = "postgresql://postgres@127.0.0.1:5432/{db}"
+
+TARGETS = {
+    "e2e_vs_min_ab": (">=", 0.8),
+    "e2e_vs_naive": (">=", 10.0),
+    "worker_rss_growth_pct": ("<", 5.0),
+    "job_get_p95_ms": ("<", 20.0),
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="a smaller run to check the benchmark works (300 images, 5 memory jobs)")
+    p.add_argument("--images", type=int, help="catalog images in the end-to-end job (default 2000; --quick 300)")
+    p.add_argument("--backend", choices=("embedded", "postgres"),
+                   help="default: postgres when 127.0.0.1:5432 and Redis are reachable, else embedded")
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/11",
+                   help="Redis database for the postgres backend's broker (flushed first and last)")
+    p.add_argument("--batch-sizes", default="16,32,64,128", help="batch sizes for (a)")
+    p.add_argument("--naive-images", type=int, help="images in the naive loop (d) (default 200; --quick 60)")
+    p.add_argument("--memory-jobs", type=int, help="consecutive jobs for (e) (default 20; --quick 5)")
+    p.add_argument("--memory-job-images", type=int, help="images per memory job (default 200; --quick 100)")
+    p.add_argument("--latency-requests", type=int,
+                   help="minimum GET /jobs/<id> samples while a job runs for (f) (default 300; --quick 100)")
+    p.add_argument("--e2e-runs", type=int, help="score jobs timed for (c), median reported (default 3; --quick 2)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary IMGQ_HOME (logs) and database")
+    args = p.parse_args(argv)
+    q = args.quick
+    args.images = args.images or (300 if q else 2000)
+    args.naive_images = args.naive_images or (60 if q else 200)
+    args.memory_jobs = args.memory_jobs or (5 if q else 20)
+    args.memory_job_images = args.memory_job_images or (100 if q else 200)
+    args.latency_requests = args.latency_requests or (100 if q else 300)
+    args.e2e_runs = max(1, args.e2e_runs or (2 if q else 3))
+    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    args.model_seconds = 1.5 if q else 4.0  # timed seconds per batch size in (a)
+    if args.images < 1 or args.memory_job_images < 1:
+        p.error("--images and --memory-job-images must be positive")
+    return args
+
+
+# --------------------------------------------------------------------------- backend
+
+
+def postgres_and_redis_reachable(redis_url: str) -> bool:
+    for port in (5432, int(redis_url.split("://", 1)[1].split("/")[0].rsplit(":", 1)[1])):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.5):
+                pass
+        except OSError:
+            return False
+    try:
+        import psycopg
+        import redis
+
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
+            pass
+        redis.Redis.from_url(redis_url, socket_timeout=3).ping()
+    except Exception:
+        return False
+    return True
+
+
+class Backend:
+    """The database + broker for this run; `env` goes to the benchmark process and to the stack."""
+
+    def __init__(self, kind: str, redis_url: str):
+        self.kind = kind
+        self.redis_url = redis_url
+        self.db_name = f"imgq_bench_{os.getpid()}"
+        self.env: dict[str, str] = {}
+        self.created = False
+
+    def setup(self) -> None:
+        if self.kind == "embedded":
+            return  # no DATABASE_URL / BROKER_URL: SQLite + kombu filesystem transport under IMGQ_HOME
+        import psycopg
+        import redis
+
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.db_name}"')
+        self.created = True
+        redis.Redis.from_url(self.redis_url).flushdb()
+        self.env = {"DATABASE_URL": PG_BENCH_URL.format(db=self.db_name), "BROKER_URL": self.redis_url}
+
+    def teardown(self) -> None:
+        if self.kind == "embedded":
+            return
+        try:
+            import redis
+
+            redis.Redis.from_url(self.redis_url).flushdb()
+        except Exception as exc:
+            log(f"warning: could not flush {self.redis_url}: {exc}")
+        if self.created:
+            try:
+                from shared.db import engine
+
+                engine().dispose()  # close this process's pooled connections
+            except Exception:
+                pass
+            import psycopg
+
+            try:
+                with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+            except Exception as exc:
+                log(f"warning: could not drop database {self.db_name}: {exc}")
+
+
+# --------------------------------------------------------------------------- catalog
+
+
+def ensure_catalog(n: int) -> Path:
+    """At least `n` JPEGs (~600x800) in the cache folder; made once, reused by later runs.
+
+    write_catalog draws image i from one seeded stream, so the first k images of any catalog are the
+    same: a bigger catalog serves every smaller run through a subset manifest.
+    """
+    from shared.synthetic import write_catalog
+
+    marker = CATALOG_DIR / "catalog.json"
+    have = 0
+    if marker.exists():
+        try:
+            have = int(json.loads(marker.read_text())["images"])
+        except (ValueError, KeyError):
+            have = 0
+    if have >= n and (CATALOG_DIR / "items.csv").exists():
+        log(f"catalog: reusing {have} JPEGs in {CATALOG_DIR.relative_to(ROOT)}")
+        return CATALOG_DIR
+    log(f"catalog: writing {n} JPEGs of about {CATALOG_SIZE[0]}x{CATALOG_SIZE[1]} to "
+        f"{CATALOG_DIR.relative_to(ROOT)} (once)")
+    t0 = time.perf_counter()
+    marker.unlink(missing_ok=True)
+    write_catalog(CATALOG_DIR, n, size=CATALOG_SIZE, broken=False)
+    marker.write_text(json.dumps({"images": n, "size": CATALOG_SIZE, "seed": 0}))
+    log(f"catalog: done in {time.perf_counter() - t0:.1f}s")
+    return CATALOG_DIR
+
+
+def catalog_rows() -> list[list[str]]:
+    with open(CATALOG_DIR / "items.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    return rows[1:]
+
+
+def subset_manifest(name: str, rows: list[list[str]]) -> str:
+    """Write a manifest of `rows` next to the images; returns its path relative to the data root."""
+    path = CATALOG_DIR / f"{name}.csv"
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "image", "pageviews"])
+        writer.writerows(rows)
+    os.replace(tmp, path)
+    return str(path.relative_to(CATALOG_DIR.parent))
+
+
+# --------------------------------------------------------------------------- model
+
+
+def register_model(store: Path):
+    """Build vgg_regressor(60), save it, import it as MODEL_NAME (production). Returns (keras model, version)."""
+    from shared import model_registry as registry
+    from shared.architectures import vgg_regressor
+    from shared.db import session_scope
+
+    model = vgg_regressor(INPUT_SIZE)
+    path = store.parent / "bench" / f"vgg_regressor_{INPUT_SIZE}.keras"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    sig = registry.Signature(task="regression", input_height=INPUT_SIZE, input_width=INPUT_SIZE,
+                             output_names=["pageviews"], target_transform={"kind": "log1p"})
+    with session_scope() as session:
+        version = registry.import_model(session, path, MODEL_NAME, sig, store, promote=True,
+                                        description="score_throughput benchmark: untrained VGG-style regressor")
+        session.flush()
+        session.expunge(version)
+    return model, version
+
+
+# --------------------------------------------------------------------------- (a) (b) (d)
+
+
+def bench_model(loaded, inputs, batch_sizes: list[int], seconds: float) -> dict:
+    import numpy as np
+
+    out = {}
+    for bs in batch_sizes:
+        reps = -(-bs // len(inputs))
+        batch = np.ascontiguousarray(np.concatenate([inputs] * reps)[:bs], dtype=np.float32)
+        for _ in range(5):  # trace + warm up
+            loaded.predict(batch)
+        rounds = []
+        for _ in range(2):  # best of two rounds: the first can still pay for thread pools warming up
+            n_batches, t0 = 0, time.perf_counter()
+            while True:
+                loaded.predict(batch)
+                n_batches += 1
+                elapsed = time.perf_counter() - t0
+                if elapsed >= seconds / 2 and n_batches >= 5:
+                    break
+            rounds.append(n_batches * bs / elapsed)
+        out[bs] = round(max(rounds), 1)
+        log(f"(a) batch {bs:>4}: {out[bs]:8.1f} images/s (rounds: {', '.join(f'{r:.0f}' for r in rounds)})")
+    return out
+
+
+def bench_pipeline(loaded, rows: list[list[str]], s) -> dict:
+    """Extra: worker.scoring.score_items in this process with no database and no queue (no-op callbacks).
+
+    Separates the decode/predict pipeline from the job machinery around it (claim, DB writes, broker)."""
+    from worker.scoring import ScoreOptions, score_items
+
+    items = [(r[0], str(CATALOG_DIR / r[1])) for r in rows]
+    opts = ScoreOptions(roots=(CATALOG_DIR.parent,), batch_size=s.batch_size, max_pixels=s.max_image_pixels,
+                        max_bytes=s.max_image_bytes, threads=s.decode_threads, use_cache=False)
+    count = [0]
+
+    def write(results, cache_rows):
+        count[0] += sum(r["status"] == "ok" for r in results)
+
+    score_items(items[: 2 * s.batch_size], loaded, opts, lambda h: {}, write)  # warm up
+    count[0] = 0
+    t0 = time.perf_counter()
+    score_items(items, loaded, opts, lambda h: {}, write)
+    elapsed = time.perf_counter() - t0
+    rate = count[0] / elapsed
+    log(f"(extra) score_items in-process, no DB/queue: {rate:.1f} images/s ({count[0]} ok in {elapsed:.2f}s)")
+    return {"images_per_s": round(rate, 1), "images": count[0], "seconds": round(elapsed, 3)}
+
+
+def bench_decode(blobs: list[bytes], prep, threads: int, max_pixels: int) -> dict:
+    from shared.imaging import load_for_model
+
+    def one(data):
+        return load_for_model(data, prep, max_pixels=max_pixels)[0]
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="bench-decode") as pool:
+        list(pool.map(one, blobs[: min(len(blobs), 64)]))  # warm up
+        t0 = time.perf_counter()
+        arrays = list(pool.map(one, blobs))
+        elapsed = time.perf_counter() - t0
+    rate = len(blobs) / elapsed
+    log(f"(b) decode+resize: {rate:.1f} images/s ({len(blobs)} images, {threads} threads, {elapsed:.2f}s)")
+    return {"images_per_s": round(rate, 1), "images": len(blobs), "threads": threads,
+            "seconds": round(elapsed, 3), "arrays": arrays}
+
+
+def bench_naive(model, paths: list[Path], prep, max_pixels: int) -> dict:
+    from shared.imaging import load_for_model
+
+    def one(path):
+        x, _ = load_for_model(path.read_bytes(), prep, max_pixels=max_pixels)
+        return model.predict(x[None], verbose=0)
+
+    for p in paths[:3]:  # builds keras' predict function
+        one(p)
+    t0 = time.perf_counter()
+    for p in paths:
+        one(p)
+    elapsed = time.perf_counter() - t0
+    rate = len(paths) / elapsed
+    log(f"(d) naive loop: {rate:.1f} images/s ({len(paths)} images, {elapsed:.2f}s)")
+    return {"images_per_s": round(rate, 2), "images": len(paths), "seconds": round(elapsed, 3)}
+
+
+# --------------------------------------------------------------------------- processes (/proc or psutil)
+
+
+def _child_pids(pid: int) -> list[int]:
+    try:
+        import psutil
+
+        return [c.pid for c in psutil.Process(pid).children(recursive=False)]
+    except ImportError:
+        pass
+    except Exception:
+        return []
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid:  # fields: state, ppid, ...
+            kids.append(int(entry.name))
+    return sorted(kids)
+
+
+def _status_kb(pid: int) -> dict:
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "Name"):
+                out[key] = value.strip() if key == "Name" else int(value.split()[0])
+    except OSError:
+        pass
+    return out
+
+
+def _uses_tensorflow(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/maps") as fh:
+            return any("tensorflow" in line for line in fh)
+    except OSError:
+        return False
+
+
+def worker_children(worker_pid: int) -> list[dict]:
+    """The `imgq worker` process's children: the prefork pool process(es) and, with -B, the beat process."""
+    out = []
+    for pid in _child_pids(worker_pid):
+        st = _status_kb(pid)
+        if not st:
+            continue
+        out.append({"pid": pid, "name": st.get("Name"), "rss_kb": st.get("VmRSS"), "hwm_kb": st.get("VmHWM"),
+                    "pool": _uses_tensorflow(pid)})
+    return out
+
+
+# --------------------------------------------------------------------------- HTTP helpers
+
+
+def submit(session, stack, manifest_rel: str) -> tuple[dict, float]:
+    t0 = time.time()
+    resp = session.post(stack.url("/api/v1/jobs/score"), timeout=120,
+                        json={"model": MODEL_NAME, "manifest": manifest_rel, "id_column": "id",
+                              "image_column": "image", "cache": False})
+    if resp.status_code != 202:
+        raise RuntimeError(f"submit failed: {resp.status_code} {resp.text[:500]}")
+    return resp.json(), t0
+
+
+def wait_final(session, stack, job_id: str, timeout: float, poll: float = 0.25) -> dict:
+    deadline = time.time() + timeout
+    while True:
+        job = session.get(stack.url(f"/api/v1/jobs/{job_id}"), timeout=30).json()
+        if job["status"] not in ("queued", "running"):
+            return job
+        if time.time() > deadline:
+            raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s: {job['progress']}")
+        for p in (stack.web, stack.worker):
+            if p is not None and p.poll() is not None:
+                raise RuntimeError(f"a process exited with code {p.returncode}; logs in {stack.log_dir}")
+        time.sleep(poll)
+
+
+def parse_ts(value: str | None) -> float | None:
+    if not value:
+        return None
+    t = datetime.fromisoformat(value)
+    if t.tzinfo is None:  # SQLite hands back naive UTC datetimes
+        t = t.replace(tzinfo=timezone.utc)
+    return t.timestamp()
+
+
+def last_result_at(job_id: str) -> float | None:
+    from sqlalchemy import func, select
+
+    from shared.db import session_scope
+    from shared.tables import Result
+
+    with session_scope() as s:
+        t = s.scalar(select(func.max(Result.created_at)).where(Result.job_id == job_id))
+    if t is None:
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return t.timestamp()
+
+
+def percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    if not s:
+        return float("nan")
+    k = (len(s) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def latency_summary(samples_s: list[float]) -> dict:
+    ms = [x * 1000 for x in samples_s]
+    if not ms:
+        return {"requests": 0}
+    return {"requests": len(ms), "p50_ms": round(percentile(ms, 0.5), 2), "p95_ms": round(percentile(ms, 0.95), 2),
+            "p99_ms": round(percentile(ms, 0.99), 2), "max_ms": round(max(ms), 2),
+            "mean_ms": round(statistics.fmean(ms), 2)}
+
+
+# --------------------------------------------------------------------------- stack phases
+
+
+def run_e2e(session, stack, manifest_rel: str, n: int, timeout: float) -> dict:
+    job, t_submit = submit(session, stack, manifest_rel)
+    t_accepted = time.time()
+    log(f"(c) job {job['id']}: {job['progress']['total']} items in {job['chunks']['total']} chunks "
+        f"(POST took {1000 * (t_accepted - t_submit):.0f} ms)")
+    final = wait_final(session, stack, job["id"], timeout)
+    t_seen = time.time()
+    p = final["progress"]
+    finished = parse_ts(final["timings"]["finished_at"])
+    started = parse_ts(final["timings"]["started_at"])
+    last_row = last_result_at(job["id"])
+    end = finished or last_row or t_seen
+    seconds = end - t_submit
+    rate = p["succeeded"] / seconds if seconds > 0 else None
+    log(f"(c) {final['status']}: {p['succeeded']} scored, {p['failed']} failed in {seconds:.2f}s "
+        f"submit->finished_at = {rate:.1f} images/s (job's own rate since started_at: {p['images_per_second']})")
+    return {
+        "job_id": job["id"], "status": final["status"], "images": n, "succeeded": p["succeeded"],
+        "failed": p["failed"], "from_cache": p["from_cache"], "chunks": final["chunks"]["total"],
+        "submit_http_ms": round(1000 * (t_accepted - t_submit), 1),
+        "seconds_submit_to_finished": round(seconds, 3),
+        "seconds_submit_to_started": round(started - t_submit, 3) if started else None,
+        "seconds_submit_to_last_result": round(last_row - t_submit, 3) if last_row else None,
+        "seconds_submit_to_seen_final": round(t_seen - t_submit, 3),
+        "images_per_s": round(rate, 1) if rate else None,
+        "job_reported_images_per_s": p["images_per_second"],
+    }
+
+
+def run_latency(session, stack, rows: list[list[str]], n_items: int, min_requests: int, timeout: float,
+                gap: float = 0.01, max_jobs: int = 5) -> dict:
+    """Poll GET /api/v1/jobs/<id> in a loop while score jobs run, until `min_requests` samples fell
+    while a job was running (a further job is submitted if one ends too soon)."""
+    reps = -(-n_items // len(rows))
+    manifest = subset_manifest(f"bench-latency-{n_items}",
+                               [[f"{r[0]}-{k}", r[1], r[2]] for k in range(reps) for r in rows][:n_items])
+    running, queued, statuses, job_ids = [], [], {}, []
+    for _ in range(max_jobs):
+        job, _ = submit(session, stack, manifest)
+        job_ids.append(job["id"])
+        job_url = stack.url(f"/api/v1/jobs/{job['id']}")
+        deadline = time.time() + timeout
+        while True:
+            t0 = time.perf_counter()
+            r = session.get(job_url, timeout=30)
+            dt = time.perf_counter() - t0
+            status = r.json()["status"]
+            statuses[status] = statuses.get(status, 0) + 1
+            if status == "running":
+                running.append(dt)
+            elif status == "queued":
+                queued.append(dt)
+            else:
+                break
+            if time.time() > deadline:
+                raise TimeoutError(f"latency job {job['id']} did not finish in {timeout}s")
+            time.sleep(gap)
+        if len(running) >= min_requests:
+            break
+    idle = []  # the same request with no job running, for comparison
+    for _ in range(100):
+        t0 = time.perf_counter()
+        session.get(job_url, timeout=30).raise_for_status()
+        idle.append(time.perf_counter() - t0)
+        time.sleep(gap)
+    out = {"job_ids": job_ids, "items_per_job": n_items, "poll_gap_ms": gap * 1000,
+           "while_running": latency_summary(running), "while_queued": latency_summary(queued),
+           "idle": latency_summary(idle), "responses_by_status": statuses}
+    w = out["while_running"]
+    if w["requests"] < min_requests:
+        out["note"] = f"only {w['requests']} requests fell while a job was running (wanted {min_requests})"
+    log(f"(f) GET /api/v1/jobs/<id> while running: {w.get('requests')} requests over {len(job_ids)} job(s), "
+        f"p50 {w.get('p50_ms')} ms, p95 {w.get('p95_ms')} ms, max {w.get('max_ms')} ms; "
+        f"idle p50 {out['idle'].get('p50_ms')} / p95 {out['idle'].get('p95_ms')} ms")
+    return out
+
+
+def run_memory(session, stack, rows: list[list[str]], jobs: int, per_job: int, timeout: float) -> dict:
+    series = []
+    for k in range(jobs):
+        start = (k * per_job) % len(rows)
+        subset = (rows[start:] + rows[:start])[:per_job] if per_job <= len(rows) else \
+            (rows * (-(-per_job // len(rows))))[:per_job]
+        # (if per_job > catalog, ids repeat: make them unique)
+        subset = [[f"{r[0]}-{i}", r[1], r[2]] for i, r in enumerate(subset)]
+        manifest = subset_manifest(f"bench-mem-{k:02d}", subset)
+        job, t0 = submit(session, stack, manifest)
+        final = wait_final(session, stack, job["id"], timeout, poll=0.2)
+        elapsed = time.time() - t0
+        kids = worker_children(stack.worker.pid)
+        pool = [c for c in kids if c["pool"]] or kids
+        rss = sum(c["rss_kb"] or 0 for c in pool)
+        hwm = sum(c["hwm_kb"] or 0 for c in pool)
+        series.append({"job": k + 1, "status": final["status"], "succeeded": final["progress"]["succeeded"],
+                       "seconds": round(elapsed, 2), "pool_pids": [c["pid"] for c in pool],
+                       "pool_rss_kb": rss, "pool_hwm_kb": hwm,
+                       "children": kids})
+        log(f"(e) job {k + 1:>2}/{jobs}: {final['status']} {final['progress']['succeeded']}/{per_job} in "
+            f"{elapsed:.1f}s; pool RSS {rss / 1024:.1f} MiB (peak {hwm / 1024:.1f} MiB) pids {[c['pid'] for c in pool]}")
+    first, last = series[0], series[-1]
+    growth = 100.0 * (last["pool_rss_kb"] - first["pool_rss_kb"]) / first["pool_rss_kb"] if first["pool_rss_kb"] else None
+    return {
+        "jobs": jobs, "images_per_job": per_job,
+        "rss_after_first_mib": round(first["pool_rss_kb"] / 1024, 1),
+        "rss_after_last_mib": round(last["pool_rss_kb"] / 1024, 1),
+        "rss_growth_pct": round(growth, 2) if growth is not None else None,
+        "peak_hwm_mib": round(max(s["pool_hwm_kb"] for s in series) / 1024, 1),
+        "pool_pid_changed": len({tuple(s["pool_pids"]) for s in series}) > 1,
+        "memory_source": "psutil" if _has_psutil() else "/proc/<pid>/status",
+        "series": series,
+    }
+
+
+def _has_psutil() -> bool:
+    try:
+        import psutil  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+# --------------------------------------------------------------------------- report
+
+
+def verdict(name: str, value) -> dict:
+    op, target = TARGETS[name]
+    if value is None:
+        met = None
+    else:
+        met = value >= target if op == ">=" else value < target
+    return {"value": value, "target": f"{op} {target:g}", "met": met}
+
+
+def fmt_met(v: dict) -> str:
+    return {True: "met", False: "NOT met", None: "n/a"}[v["met"]]
+
+
+def markdown(report: dict) -> str:
+    a, b, c, d, e, f = (report.get(k, {}) for k in ("model", "decode", "e2e", "naive", "memory", "latency"))
+    t = report["targets"]
+    run = report["run"]
+    lines = [
+        f"# score_throughput — {run['timestamp']}",
+        "",
+        f"backend {run['backend']}, {run['cpus']} CPUs, images {run['images']}, batch {run['settings']['batch_size']}, "
+        f"decode threads {run['settings']['decode_threads']}, chunk {run['settings']['chunk_size']}, "
+        f"commit {run.get('git_commit', '?')}{' (quick)' if run['quick'] else ''}",
+        *([f"working tree differs from the commit in: {', '.join(run['git_dirty'])}", ""] if run.get("git_dirty") else []),
+        "",
+        "| measure | value | target | |",
+        "|---|---:|---:|---|",
+    ]
+    if a:
+        lines.append(f"| (a) model, best batch {a['best_batch_size']} | {a['best_images_per_s']:.1f} img/s | | |")
+        lines.append("| (a) by batch size | " + ", ".join(f"{k}: {v:.0f}" for k, v in a["images_per_s"].items())
+                     + " | | |")
+    if b:
+        lines.append(f"| (b) decode+resize ({b['threads']} threads) | {b['images_per_s']:.1f} img/s | | |")
+    if c:
+        lines.append(f"| (c) end to end, {c['images']} images ({c.get('statistic', '1 job')}) | "
+                     f"{c['images_per_s']} img/s | | |")
+    extra = report.get("pipeline_no_db")
+    if extra:
+        lines.append(f"| (extra) score_items in-process, no DB/queue | {extra['images_per_s']:.1f} img/s | | |")
+    if "serial_bound_images_per_s" in report:
+        lines.append(f"| (extra) serial bound 1/(1/a+1/b) | {report['serial_bound_images_per_s']:.1f} img/s | | |")
+    if d:
+        lines.append(f"| (d) naive loop | {d['images_per_s']:.1f} img/s | | |")
+    for key, label in (("e2e_vs_min_ab", "(c) / min(a, b)"), ("e2e_vs_naive", "(c) / (d)")):
+        if key in t:
+            lines.append(f"| {label} | {t[key]['value']} | {t[key]['target']} | {fmt_met(t[key])} |")
+    if e:
+        lines.append(f"| (e) pool RSS after job 1 / {e['jobs']} | {e['rss_after_first_mib']} / "
+                     f"{e['rss_after_last_mib']} MiB (peak {e['peak_hwm_mib']}) | | |")
+        lines.append(f"| (e) RSS growth | {t['worker_rss_growth_pct']['value']} % | "
+                     f"{t['worker_rss_growth_pct']['target']} % | {fmt_met(t['worker_rss_growth_pct'])} |")
+    if f:
+        w = f["while_running"]
+        lines.append(f"| (f) GET job while running: p50 / p95 / max ({w.get('requests')} req) | "
+                     f"{w.get('p50_ms')} / {w.get('p95_ms')} / {w.get('max_ms')} ms | "
+                     f"p95 {t['job_get_p95_ms']['target']} ms | {fmt_met(t['job_get_p95_ms'])} |")
+    if report.get("errors"):
+        lines += ["", "Errors:", *[f"- {x}" for x in report["errors"]]]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, stamp: str) -> list[Path]:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    paths = []
+    text = json.dumps(report, indent=2, default=str)
+    for name, body in ((f"score_throughput-{stamp}.json", text), (f"score_throughput-{stamp}.md", markdown(report)),
+                       ("score_throughput-latest.json", text)):
+        path = RESULTS_DIR / name
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(body)
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
+def git_dirty() -> list[str]:
+    """Files changed in the working tree (the benchmark runs the code as it is on disk)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=10).stdout
+        return [line[3:] for line in out.splitlines() if line.strip()]
+    except Exception:
+        return []
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10).stdout.strip() or None
+    except Exception:
+        return None
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t_start = time.time()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    backend_kind = args.backend or ("postgres" if postgres_and_redis_reachable(args.redis_url) else "embedded")
+    log(f"score_throughput: backend {backend_kind}, {args.images} images{' (quick)' if args.quick else ''}")
+
+    home = Path(tempfile.mkdtemp(prefix="imgq-bench-"))
+    backend = Backend(backend_kind, args.redis_url)
+    # Everything below reads settings from the environment: set it before any imgq import.
+    for key in ("DATABASE_URL", "BROKER_URL", "IMGQ_DATA_ROOTS", "IMGQ_UPLOAD_DIR", "IMGQ_MODEL_STORE"):
+        os.environ.pop(key, None)
+    os.environ.update({"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", "IMGQ_HOME": str(home),
+                       "IMGQ_DATA_ROOTS": str(CATALOG_DIR.parent)})
+    report: dict = {"errors": []}
+    stack = None
+    ok = False
+    try:
+        backend.setup()
+        os.environ.update(backend.env)
+        from shared.config import ensure_dirs, settings
+        from shared.migrate import upgrade
+
+        s = settings()
+        CATALOG_DIR.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dirs(s)
+        upgrade(s.database_url)
+        report["run"] = {
+            "timestamp": stamp, "quick": args.quick, "backend": backend_kind, "images": args.images,
+            "cpus": os.cpu_count(), "python": platform.python_version(), "git_commit": git_commit(),
+            "git_dirty": git_dirty(),
+            "imgq_preload": os.environ.get("IMGQ_PRELOAD", "(unset: 1)"),
+            "settings": {"batch_size": s.batch_size, "decode_threads": s.decode_threads,
+                         "chunk_size": s.chunk_size, "model_cache_size": s.model_cache_size},
+            "database": s.database_url.split("@")[-1], "broker": s.broker_url,
+        }
+
+        needed = max(args.images, args.naive_images, min(args.memory_job_images, args.images))
+        ensure_catalog(needed)
+        rows = catalog_rows()
+        e2e_rows = rows[: args.images]
+
+        log("registering the model (vgg_regressor(60)) ...")
+        keras_model, version = register_model(s.model_store)
+        import tensorflow as tf
+
+        report["run"]["tensorflow"] = tf.__version__
+        from worker.model_cache import LoadedModel
+
+        loaded = LoadedModel(version, keras_model)
+        prep = loaded.preprocessing
+
+        # (b) first: its arrays feed (a) as real pre-decoded tensors
+        blobs = [(CATALOG_DIR / r[1]).read_bytes() for r in e2e_rows]
+        b = bench_decode(blobs, prep, s.decode_threads, s.max_image_pixels)
+        arrays = b.pop("arrays")
+        import numpy as np
+
+        inputs = np.stack(arrays[: max(args.batch_sizes)])
+        del blobs, arrays
+        report["decode"] = b
+
+        a = bench_model(loaded, inputs, args.batch_sizes, args.model_seconds)
+        best = max(a, key=a.get)
+        report["model"] = {"images_per_s": a, "best_batch_size": best, "best_images_per_s": a[best],
+                           "at_configured_batch_size": a.get(s.batch_size)}
+
+        report["pipeline_no_db"] = bench_pipeline(loaded, e2e_rows, s)
+
+        d = bench_naive(keras_model, [CATALOG_DIR / r[1] for r in rows[: args.naive_images]], prep,
+                        s.max_image_pixels)
+        report["naive"] = d
+
+        # ---- the real stack
+        import requests
+
+        from shared.local_stack import LocalStack
+
+        stack = LocalStack({}, home / "logs")  # the environment is already in os.environ
+        t0 = time.perf_counter()
+        stack.start(timeout=180)
+        http = requests.Session()
+        warm_n = min(len(rows), 2 * s.batch_size)
+        warm = subset_manifest(f"bench-warm-{warm_n}", rows[:warm_n])
+        job, _ = submit(http, stack, warm)
+        wait_final(http, stack, job["id"], timeout=300)
+        log(f"stack up and warm (web + worker, a {warm_n}-image warm-up job) in {time.perf_counter() - t0:.1f}s")
+
+        manifest = subset_manifest(f"bench-e2e-{args.images}", e2e_rows)
+        job_timeout = max(300.0, args.images / 5)
+        runs = [run_e2e(http, stack, manifest, args.images, job_timeout) for _ in range(args.e2e_runs)]
+        runs_ok = [r for r in runs if r["images_per_s"]]
+        median = sorted(runs_ok, key=lambda r: r["images_per_s"])[len(runs_ok) // 2]
+        report["e2e"] = {**median, "statistic": f"median of {len(runs)} jobs",
+                         "all_images_per_s": [r["images_per_s"] for r in runs], "runs": runs}
+        log(f"(c) median of {len(runs)} jobs: {median['images_per_s']} images/s")
+
+        # (f) needs a job that runs long enough for min_requests polls (~20 ms each)
+        rate = median["images_per_s"] or 100.0
+        n_latency = max(args.images, int(rate * args.latency_requests * 0.03))
+        report["latency"] = run_latency(http, stack, rows[: args.images], n_latency, args.latency_requests,
+                                        max(300.0, n_latency / 5))
+        report["memory"] = run_memory(http, stack, rows, args.memory_jobs, args.memory_job_images,
+                                      timeout=max(120.0, args.memory_job_images / 2))
+        ok = True
+    except Exception as exc:
+        import traceback
+
+        traceback.print_exc()
+        report["errors"].append(f"{type(exc).__name__}: {exc}")
+        if stack is not None:
+            log(f"logs kept in {stack.log_dir}")
+    finally:
+        if stack is not None:
+            stack.stop()
+        report.setdefault("run", {"timestamp": stamp, "quick": args.quick, "backend": backend_kind,
+                                  "images": args.images, "cpus": os.cpu_count(),
+                                  "settings": {"batch_size": "?", "decode_threads": "?", "chunk_size": "?"}})
+        report["run"]["seconds_total"] = round(time.time() - t_start, 1)
+
+    # ---- ratios and targets (figures only: a missed target never fails the run)
+    targets = {}
+    a_best = report.get("model", {}).get("best_images_per_s")
+    b_rate = report.get("decode", {}).get("images_per_s")
+    c_rate = report.get("e2e", {}).get("images_per_s")
+    d_rate = report.get("naive", {}).get("images_per_s")
+    if a_best and b_rate and c_rate:
+        targets["e2e_vs_min_ab"] = verdict("e2e_vs_min_ab", round(c_rate / min(a_best, b_rate), 3))
+        # on a shared CPU the decoder and the model compete: the serial bound 1/(1/a + 1/b) is informative
+        report["serial_bound_images_per_s"] = round(1 / (1 / a_best + 1 / b_rate), 1)
+        report["e2e_vs_serial_bound"] = round(c_rate / report["serial_bound_images_per_s"], 3)
+    if c_rate and d_rate:
+        targets["e2e_vs_naive"] = verdict("e2e_vs_naive", round(c_rate / d_rate, 2))
+    if report.get("memory", {}).get("rss_growth_pct") is not None:
+        targets["worker_rss_growth_pct"] = verdict("worker_rss_growth_pct", report["memory"]["rss_growth_pct"])
+    if report.get("latency", {}).get("while_running", {}).get("p95_ms") is not None:
+        targets["job_get_p95_ms"] = verdict("job_get_p95_ms", report["latency"]["while_running"]["p95_ms"])
+    report["targets"] = targets
+
+    print()
+    print(markdown(report))
+    for name, v in targets.items():
+        print(f"  target {name}: {v['value']} {v['target']} -> {fmt_met(v)}")
+    if "serial_bound_images_per_s" in report:
+        print(f"  (info) serial bound 1/(1/a+1/b) = {report['serial_bound_images_per_s']} img/s; "
+              f"(c) reaches {report['e2e_vs_serial_bound']:.2f} of it")
+    for path in write_report(report, stamp):
+        print(f"  wrote {path.relative_to(ROOT)}")
+
+    if not (args.keep or not ok):
+        shutil.rmtree(home, ignore_errors=True)
+    elif not ok:
+        log(f"IMGQ_HOME kept for inspection: {home}")
+    if not args.keep:
+        backend.teardown()
+    log(f"total {time.time() - t_start:.0f}s")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
