@@ -87,6 +87,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--latency-requests", type=int,
                    help="minimum GET /jobs/<id> samples while a job runs for (f) (default 300; --quick 100)")
     p.add_argument("--e2e-runs", type=int, help="score jobs timed for (c), median reported (default 3; --quick 2)")
+    p.add_argument("--wait-idle", type=float, default=120.0,
+                   help="wait up to this many seconds for other processes to quiet down before starting")
     p.add_argument("--keep", action="store_true", help="keep the temporary IMGQ_HOME (logs) and database")
     args = p.parse_args(argv)
     q = args.quick
@@ -581,6 +583,67 @@ def _has_psutil() -> bool:
         return False
 
 
+# --------------------------------------------------------------------------- CPU accounting
+# The machine may be shared: each phase records how much CPU *other* processes used meanwhile.
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_s() -> float:
+    with open("/proc/stat") as fh:
+        fields = [int(v) for v in fh.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
+    return (total - idle) / _TICK
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds of `pid` and its live descendants, plus the reaped children they waited for."""
+    total = 0.0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(v) for v in fields[11:15]) / _TICK  # utime stime cutime cstime
+        todo.extend(_child_pids(p))
+    return total
+
+
+class CpuWatch:
+    """Background CPU use (other processes) during a phase, as % of the machine."""
+
+    def __init__(self):
+        self.t, self.busy, self.ours = time.perf_counter(), _machine_busy_s(), _tree_cpu_s(os.getpid())
+
+    def stop(self) -> dict:
+        wall = time.perf_counter() - self.t
+        busy = _machine_busy_s() - self.busy
+        ours = _tree_cpu_s(os.getpid()) - self.ours
+        cpus = os.cpu_count() or 1
+        return {"wall_s": round(wall, 2), "our_cpu_pct": round(100 * ours / (wall * cpus), 1),
+                "background_cpu_pct": round(max(0.0, 100 * (busy - ours) / (wall * cpus)), 1)}
+
+
+def wait_for_quiet(max_wait: float, threshold_pct: float = 25.0) -> dict:
+    """Wait (up to max_wait s) until other processes use < threshold % of the machine over 2 s."""
+    t0 = time.time()
+    while True:
+        w = CpuWatch()
+        time.sleep(2)
+        bg = w.stop()["background_cpu_pct"]
+        waited = time.time() - t0
+        if bg < threshold_pct or waited >= max_wait:
+            if bg >= threshold_pct:
+                log(f"warning: the machine is busy ({bg:.0f}% CPU used by other processes); "
+                    f"figures may be low and noisy")
+            return {"background_cpu_pct_at_start": bg, "waited_s": round(waited, 1)}
+        if waited < 2.5:
+            log(f"the machine is busy ({bg:.0f}% CPU used by other processes): waiting up to {max_wait:.0f}s")
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -599,48 +662,59 @@ def fmt_met(v: dict) -> str:
 
 def markdown(report: dict) -> str:
     a, b, c, d, e, f = (report.get(k, {}) for k in ("model", "decode", "e2e", "naive", "memory", "latency"))
-    t = report["targets"]
+    extra = report.get("pipeline_no_db", {})
+    t = report.get("targets", {})
     run = report["run"]
+
+    def bg(part: dict) -> str:
+        cpu = part.get("cpu", {})
+        return f"{cpu['background_cpu_pct']:.0f} %" if "background_cpu_pct" in cpu else ""
+
+    def row(measure, value, part=None, target_key=None):
+        v = t.get(target_key) if target_key else None
+        target, met = (v["target"], fmt_met(v)) if v else ("", "")
+        return f"| {measure} | {value} | {target} | {met} | {bg(part or {})} |"
+
+    settings = run.get("settings", {})
     lines = [
         f"# score_throughput — {run['timestamp']}",
         "",
-        f"backend {run['backend']}, {run['cpus']} CPUs, images {run['images']}, batch {run['settings']['batch_size']}, "
-        f"decode threads {run['settings']['decode_threads']}, chunk {run['settings']['chunk_size']}, "
-        f"commit {run.get('git_commit', '?')}{' (quick)' if run['quick'] else ''}",
-        *([f"working tree differs from the commit in: {', '.join(run['git_dirty'])}", ""] if run.get("git_dirty") else []),
-        "",
-        "| measure | value | target | |",
-        "|---|---:|---:|---|",
+        f"backend {run['backend']}, {run['cpus']} CPUs, images {run['images']}, "
+        f"batch {settings.get('batch_size')}, decode threads {settings.get('decode_threads')}, "
+        f"chunk {settings.get('chunk_size')}, commit {run.get('git_commit', '?')}"
+        f"{' (quick)' if run['quick'] else ''}, total {run.get('seconds_total', '?')} s",
     ]
+    if run.get("git_dirty"):
+        lines.append(f"working tree differs from the commit in: {', '.join(run['git_dirty'])}")
+    lines += ["", "| measure | value | target | | other processes' CPU |", "|---|---:|---:|---|---:|"]
     if a:
-        lines.append(f"| (a) model, best batch {a['best_batch_size']} | {a['best_images_per_s']:.1f} img/s | | |")
-        lines.append("| (a) by batch size | " + ", ".join(f"{k}: {v:.0f}" for k, v in a["images_per_s"].items())
-                     + " | | |")
+        lines.append(row(f"(a) model, best batch {a['best_batch_size']}", f"{a['best_images_per_s']:.1f} img/s", a))
+        lines.append(row("(a) by batch size", ", ".join(f"{k}: {v:.0f}" for k, v in a["images_per_s"].items())))
     if b:
-        lines.append(f"| (b) decode+resize ({b['threads']} threads) | {b['images_per_s']:.1f} img/s | | |")
+        lines.append(row(f"(b) decode+resize ({b['threads']} threads)", f"{b['images_per_s']:.1f} img/s", b))
     if c:
-        lines.append(f"| (c) end to end, {c['images']} images ({c.get('statistic', '1 job')}) | "
-                     f"{c['images_per_s']} img/s | | |")
-    extra = report.get("pipeline_no_db")
+        lines.append(row(f"(c) end to end, {c['images']} images ({c.get('statistic', '1 job')})",
+                         f"{c['images_per_s']} img/s", c))
     if extra:
-        lines.append(f"| (extra) score_items in-process, no DB/queue | {extra['images_per_s']:.1f} img/s | | |")
+        lines.append(row("(extra) score_items in-process, no DB/queue", f"{extra['images_per_s']:.1f} img/s", extra))
     if "serial_bound_images_per_s" in report:
-        lines.append(f"| (extra) serial bound 1/(1/a+1/b) | {report['serial_bound_images_per_s']:.1f} img/s | | |")
+        lines.append(row("(extra) serial bound 1/(1/a+1/b)", f"{report['serial_bound_images_per_s']:.1f} img/s"))
     if d:
-        lines.append(f"| (d) naive loop | {d['images_per_s']:.1f} img/s | | |")
-    for key, label in (("e2e_vs_min_ab", "(c) / min(a, b)"), ("e2e_vs_naive", "(c) / (d)")):
-        if key in t:
-            lines.append(f"| {label} | {t[key]['value']} | {t[key]['target']} | {fmt_met(t[key])} |")
+        lines.append(row("(d) naive loop", f"{d['images_per_s']:.1f} img/s", d))
+    if "e2e_vs_min_ab" in t:
+        lines.append(row("(c) / min(a, b)", t["e2e_vs_min_ab"]["value"], None, "e2e_vs_min_ab"))
+    if "e2e_vs_naive" in t:
+        lines.append(row("(c) / (d)", t["e2e_vs_naive"]["value"], None, "e2e_vs_naive"))
     if e:
-        lines.append(f"| (e) pool RSS after job 1 / {e['jobs']} | {e['rss_after_first_mib']} / "
-                     f"{e['rss_after_last_mib']} MiB (peak {e['peak_hwm_mib']}) | | |")
-        lines.append(f"| (e) RSS growth | {t['worker_rss_growth_pct']['value']} % | "
-                     f"{t['worker_rss_growth_pct']['target']} % | {fmt_met(t['worker_rss_growth_pct'])} |")
+        lines.append(row(f"(e) pool RSS after job 1 / job {e['jobs']} (peak)",
+                         f"{e['rss_after_first_mib']} / {e['rss_after_last_mib']} MiB ({e['peak_hwm_mib']})", e))
+        lines.append(row("(e) RSS growth, %", e["rss_growth_pct"], None, "worker_rss_growth_pct"))
     if f:
         w = f["while_running"]
-        lines.append(f"| (f) GET job while running: p50 / p95 / max ({w.get('requests')} req) | "
-                     f"{w.get('p50_ms')} / {w.get('p95_ms')} / {w.get('max_ms')} ms | "
-                     f"p95 {t['job_get_p95_ms']['target']} ms | {fmt_met(t['job_get_p95_ms'])} |")
+        lines.append(row(f"(f) GET job while running, p95 ms ({w.get('requests')} req)", w.get("p95_ms"), f,
+                         "job_get_p95_ms"))
+        lines.append(row("(f) p50 / max ms; idle p50 / p95 ms",
+                         f"{w.get('p50_ms')} / {w.get('max_ms')}; {f['idle'].get('p50_ms')} / {f['idle'].get('p95_ms')}"))
     if report.get("errors"):
         lines += ["", "Errors:", *[f"- {x}" for x in report["errors"]]]
     return "\n".join(lines) + "\n"
@@ -718,6 +792,7 @@ def main(argv=None) -> int:
             "database": s.database_url.split("@")[-1], "broker": s.broker_url,
         }
 
+        report["run"]["quiet"] = wait_for_quiet(args.wait_idle)
         needed = max(args.images, args.naive_images, min(args.memory_job_images, args.images))
         ensure_catalog(needed)
         rows = catalog_rows()
@@ -735,7 +810,9 @@ def main(argv=None) -> int:
 
         # (b) first: its arrays feed (a) as real pre-decoded tensors
         blobs = [(CATALOG_DIR / r[1]).read_bytes() for r in e2e_rows]
+        w = CpuWatch()
         b = bench_decode(blobs, prep, s.decode_threads, s.max_image_pixels)
+        b["cpu"] = w.stop()
         arrays = b.pop("arrays")
         import numpy as np
 
@@ -743,15 +820,20 @@ def main(argv=None) -> int:
         del blobs, arrays
         report["decode"] = b
 
+        w = CpuWatch()
         a = bench_model(loaded, inputs, args.batch_sizes, args.model_seconds)
         best = max(a, key=a.get)
         report["model"] = {"images_per_s": a, "best_batch_size": best, "best_images_per_s": a[best],
-                           "at_configured_batch_size": a.get(s.batch_size)}
+                           "at_configured_batch_size": a.get(s.batch_size), "cpu": w.stop()}
 
+        w = CpuWatch()
         report["pipeline_no_db"] = bench_pipeline(loaded, e2e_rows, s)
+        report["pipeline_no_db"]["cpu"] = w.stop()
 
+        w = CpuWatch()
         d = bench_naive(keras_model, [CATALOG_DIR / r[1] for r in rows[: args.naive_images]], prep,
                         s.max_image_pixels)
+        d["cpu"] = w.stop()
         report["naive"] = d
 
         # ---- the real stack
@@ -771,20 +853,27 @@ def main(argv=None) -> int:
 
         manifest = subset_manifest(f"bench-e2e-{args.images}", e2e_rows)
         job_timeout = max(300.0, args.images / 5)
+        w = CpuWatch()
         runs = [run_e2e(http, stack, manifest, args.images, job_timeout) for _ in range(args.e2e_runs)]
+        e2e_cpu = w.stop()
         runs_ok = [r for r in runs if r["images_per_s"]]
         median = sorted(runs_ok, key=lambda r: r["images_per_s"])[len(runs_ok) // 2]
         report["e2e"] = {**median, "statistic": f"median of {len(runs)} jobs",
-                         "all_images_per_s": [r["images_per_s"] for r in runs], "runs": runs}
+                         "all_images_per_s": [r["images_per_s"] for r in runs], "runs": runs,
+                         "cpu": e2e_cpu}
         log(f"(c) median of {len(runs)} jobs: {median['images_per_s']} images/s")
 
         # (f) needs a job that runs long enough for min_requests polls (~20 ms each)
         rate = median["images_per_s"] or 100.0
         n_latency = max(args.images, int(rate * args.latency_requests * 0.03))
+        w = CpuWatch()
         report["latency"] = run_latency(http, stack, rows[: args.images], n_latency, args.latency_requests,
                                         max(300.0, n_latency / 5))
+        report["latency"]["cpu"] = w.stop()
+        w = CpuWatch()
         report["memory"] = run_memory(http, stack, rows, args.memory_jobs, args.memory_job_images,
                                       timeout=max(120.0, args.memory_job_images / 2))
+        report["memory"]["cpu"] = w.stop()
         ok = True
     except Exception as exc:
         import traceback

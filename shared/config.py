@@ -91,7 +91,8 @@ def load_settings(env: dict | None = None) -> Settings:
     if broker_url.startswith("filesystem://"):
         queue_dir = str(data_dir / "broker")
         options = {"data_folder_in": queue_dir, "data_folder_out": queue_dir,
-                   "control_folder": str(data_dir / "broker-control")}
+                   "control_folder": str(data_dir / "broker-control"),
+                   "polling_interval": _float(env, "IMGQ_BROKER_POLL", 0.2)}
     elif broker_url.startswith(("redis://", "rediss://")):
         # Far longer than the longest chunk: a message is redelivered by Redis only when
         # its consumer is truly gone; the sweeper usually takes a dead chunk up first.
