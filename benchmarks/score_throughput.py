@@ -86,7 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--memory-job-images", type=int, help="images per memory job (default 200; --quick 100)")
     p.add_argument("--latency-requests", type=int,
                    help="minimum GET /jobs/<id> samples while a job runs for (f) (default 300; --quick 100)")
-    p.add_argument("--e2e-runs", type=int, help="score jobs timed for (c), median reported (default 3; --quick 2)")
+    p.add_argument("--e2e-runs", type=int, help="score jobs timed for (c), median reported (default 5; --quick 2)")
     p.add_argument("--wait-idle", type=float, default=120.0,
                    help="wait up to this many seconds for other processes to quiet down before starting")
     p.add_argument("--keep", action="store_true", help="keep the temporary IMGQ_HOME (logs) and database")
@@ -97,7 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.memory_jobs = args.memory_jobs or (5 if q else 20)
     args.memory_job_images = args.memory_job_images or (100 if q else 200)
     args.latency_requests = args.latency_requests or (100 if q else 300)
-    args.e2e_runs = max(1, args.e2e_runs or (2 if q else 3))
+    args.e2e_runs = max(1, args.e2e_runs or (2 if q else 5))
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     args.model_seconds = 1.5 if q else 4.0  # timed seconds per batch size in (a)
     if args.images < 1 or args.memory_job_images < 1:

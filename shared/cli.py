@@ -19,6 +19,17 @@ def _settings():
     return s
 
 
+def _database_ready():
+    """On the embedded SQLite default, bring the schema up to date on first use; on PostgreSQL
+    migrations are an explicit step (`imgq db upgrade`, or `imgq serve`)."""
+    s = _settings()
+    if s.database_url.startswith("sqlite"):
+        from shared.migrate import upgrade
+
+        upgrade(s.database_url)
+    return s
+
+
 def cmd_db_upgrade(args) -> int:
     from shared.migrate import upgrade
 
@@ -54,7 +65,7 @@ def cmd_worker(args) -> int:
     from worker.device import pin
 
     pin(None if args.cpu else args.gpu)
-    _settings()
+    _database_ready()
     from shared.celery_app import app
 
     app.worker_main(argv=worker_argv(args))
@@ -81,7 +92,7 @@ def cmd_models_import(args) -> int:
     from shared.db import session_scope
     from shared.errors import ImgqError
 
-    s = _settings()
+    s = _database_ready()
     transform = json.loads(args.target_transform) if args.target_transform.startswith("{") \
         else {"kind": args.target_transform}
     sig = registry.Signature(task=args.task, input_height=args.input_height or args.input_size,
@@ -105,7 +116,7 @@ def cmd_models_list(args) -> int:
     from shared.db import session_scope
     from shared.errors import ImgqError
 
-    _settings()
+    _database_ready()
     try:
         with session_scope() as session:
             if args.name:
@@ -127,7 +138,7 @@ def cmd_models_promote(args) -> int:
     from shared.db import session_scope
     from shared.errors import ImgqError
 
-    _settings()
+    _database_ready()
     try:
         with session_scope() as session:
             registry.set_alias(session, args.name, args.alias, args.version)
