@@ -1,7 +1,7 @@
 # The imgq image: the `imgq` command (serve, worker, beat, db, models, demo) plus Celery Flower.
 #
 #   docker build -t imgq .                                  # GPU image: tensorflow[and-cuda], several GB
-#   docker build --build-arg EXTRAS=test -t imgq:cpu .      # CPU image: tensorflow-cpu (+ pytest), much smaller
+#   docker build --build-arg EXTRAS=test -t imgq:cpu .      # CPU image: TensorFlow without the CUDA wheels (+ pytest)
 #
 # EXTRAS is a comma-separated list of the optional dependency groups in pyproject.toml.
 # GPU containers need the NVIDIA Container Toolkit on the host; the CUDA libraries come from
@@ -26,20 +26,14 @@ WORKDIR /tmp/build
 
 # Third-party dependencies first, from pyproject.toml alone, so that this large layer
 # (TensorFlow, CUDA wheels) is rebuilt only when the dependencies change, not the code.
-# Flower is not a project dependency; the flower service in docker-compose.yml needs it.
-# On Linux x86_64 the base dependencies pull tensorflow-cpu and the gpu extra pulls
-# tensorflow: both wheels write the same `tensorflow` package, so tensorflow is reinstalled
-# last to make its CUDA-enabled files the ones on disk (a no-op when only one is present).
+# The flower extra is added for the flower service in docker-compose.yml.
 COPY pyproject.toml ./
-RUN python -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; extras = [e.strip() for e in os.environ['EXTRAS'].split(',') if e.strip()]; print('\n'.join(p['dependencies'] + [d for e in extras for d in p['optional-dependencies'][e]]))" > requirements.txt \
-    && pip install -r requirements.txt flower \
-    && if pip show tensorflow-cpu >/dev/null 2>&1 && pip show tensorflow >/dev/null 2>&1; then \
-           pip install --no-deps --force-reinstall "tensorflow==$(pip show tensorflow | sed -n 's/^Version: //p')"; \
-       fi
+RUN python -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; extras = [e.strip() for e in (os.environ['EXTRAS'] + ',flower').split(',') if e.strip()]; print('\n'.join(p['dependencies'] + [d for e in extras for d in p['optional-dependencies'][e]]))" > requirements.txt \
+    && pip install -r requirements.txt
 
 # The project itself (its dependencies are already satisfied, so this only installs imgq).
 COPY . ./src
-RUN cd src && pip install ".[${EXTRAS}]" \
+RUN cd src && pip install ".[${EXTRAS},flower]" \
     && cd / && rm -rf /tmp/build
 
 USER imgq
