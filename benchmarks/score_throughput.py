@@ -211,16 +211,20 @@ def catalog_rows() -> list[list[str]]:
     return rows[1:]
 
 
+MANIFEST_DIR: Path | None = None  # set in main(): a data root inside the run's temporary IMGQ_HOME
+
+
 def subset_manifest(name: str, rows: list[list[str]]) -> str:
-    """Write a manifest of `rows` next to the images; returns its path relative to the data root."""
-    path = CATALOG_DIR / f"{name}.csv"
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as fh:
+    """Write a manifest of `rows` (absolute image paths into the catalog) in the run's own manifest folder,
+    so the cached catalog is never modified; returns its path relative to that data root."""
+    assert MANIFEST_DIR is not None
+    MANIFEST_DIR.mkdir(parents=True, exist_ok=True)
+    path = MANIFEST_DIR / f"{name}.csv"
+    with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["id", "image", "pageviews"])
-        writer.writerows(rows)
-    os.replace(tmp, path)
-    return str(path.relative_to(CATALOG_DIR.parent))
+        writer.writerows([r[0], str(CATALOG_DIR / r[1]), *r[2:]] for r in rows)
+    return path.name
 
 
 # --------------------------------------------------------------------------- model
@@ -249,27 +253,32 @@ def register_model(store: Path):
 # --------------------------------------------------------------------------- (a) (b) (d)
 
 
-def bench_model(loaded, inputs, batch_sizes: list[int], seconds: float) -> dict:
+def bench_model(loaded, inputs, batch_sizes: list[int], seconds: float, rounds: int = 3) -> dict:
+    """Images/s per batch size: best of `rounds` rounds, the batch sizes interleaved in each round,
+    so a burst of load from elsewhere on the machine does not sink one batch size alone."""
     import numpy as np
 
-    out = {}
+    batches = {}
     for bs in batch_sizes:
         reps = -(-bs // len(inputs))
-        batch = np.ascontiguousarray(np.concatenate([inputs] * reps)[:bs], dtype=np.float32)
+        batches[bs] = np.ascontiguousarray(np.concatenate([inputs] * reps)[:bs], dtype=np.float32)
         for _ in range(5):  # trace + warm up
-            loaded.predict(batch)
-        rounds = []
-        for _ in range(2):  # best of two rounds: the first can still pay for thread pools warming up
+            loaded.predict(batches[bs])
+    measured: dict[int, list[float]] = {bs: [] for bs in batch_sizes}
+    for _ in range(rounds):
+        for bs, batch in batches.items():
             n_batches, t0 = 0, time.perf_counter()
             while True:
                 loaded.predict(batch)
                 n_batches += 1
                 elapsed = time.perf_counter() - t0
-                if elapsed >= seconds / 2 and n_batches >= 5:
+                if elapsed >= seconds / rounds and n_batches >= 5:
                     break
-            rounds.append(n_batches * bs / elapsed)
-        out[bs] = round(max(rounds), 1)
-        log(f"(a) batch {bs:>4}: {out[bs]:8.1f} images/s (rounds: {', '.join(f'{r:.0f}' for r in rounds)})")
+            measured[bs].append(n_batches * bs / elapsed)
+    out = {}
+    for bs, rates in measured.items():
+        out[bs] = round(max(rates), 1)
+        log(f"(a) batch {bs:>4}: {out[bs]:8.1f} images/s (rounds: {', '.join(f'{r:.0f}' for r in rates)})")
     return out
 
 
@@ -441,6 +450,31 @@ def last_result_at(job_id: str) -> float | None:
     return t.timestamp()
 
 
+def chunk_breakdown(job_id: str, t_submit: float, finished: float | None) -> dict:
+    """Where a job's wall time went, from its chunk rows: before the first chunk started, inside
+    chunks, between chunks (queue + claim), and from the last chunk to the job's finished_at."""
+    from sqlalchemy import select
+
+    from shared.db import session_scope
+    from shared.tables import Chunk
+
+    def ts(t):
+        return None if t is None else (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+
+    with session_scope() as s:
+        spans = sorted((ts(a), ts(b)) for a, b in s.execute(
+            select(Chunk.started_at, Chunk.finished_at).where(Chunk.job_id == job_id)))
+    spans = [(a, b) for a, b in spans if a is not None and b is not None]
+    if not spans:
+        return {}
+    inside = sum(b - a for a, b in spans)
+    between = sum(max(0.0, spans[i + 1][0] - spans[i][1]) for i in range(len(spans) - 1))
+    return {"chunks": len(spans), "before_first_chunk_s": round(spans[0][0] - t_submit, 3),
+            "inside_chunks_s": round(inside, 3), "between_chunks_s": round(between, 3),
+            "after_last_chunk_s": round(finished - max(b for _, b in spans), 3) if finished else None,
+            "mean_chunk_s": round(inside / len(spans), 3)}
+
+
 def percentile(values: list[float], q: float) -> float:
     s = sorted(values)
     if not s:
@@ -476,8 +510,13 @@ def run_e2e(session, stack, manifest_rel: str, n: int, timeout: float) -> dict:
     end = finished or last_row or t_seen
     seconds = end - t_submit
     rate = p["succeeded"] / seconds if seconds > 0 else None
+    breakdown = chunk_breakdown(job["id"], t_submit, finished)
     log(f"(c) {final['status']}: {p['succeeded']} scored, {p['failed']} failed in {seconds:.2f}s "
         f"submit->finished_at = {rate:.1f} images/s (job's own rate since started_at: {p['images_per_second']})")
+    if breakdown:
+        log(f"    {breakdown['before_first_chunk_s']:.2f}s before the first chunk, {breakdown['inside_chunks_s']:.2f}s "
+            f"in {breakdown['chunks']} chunks, {breakdown['between_chunks_s']:.2f}s between chunks, "
+            f"{breakdown['after_last_chunk_s']}s after the last")
     return {
         "job_id": job["id"], "status": final["status"], "images": n, "succeeded": p["succeeded"],
         "failed": p["failed"], "from_cache": p["from_cache"], "chunks": final["chunks"]["total"],
@@ -488,6 +527,7 @@ def run_e2e(session, stack, manifest_rel: str, n: int, timeout: float) -> dict:
         "seconds_submit_to_seen_final": round(t_seen - t_submit, 3),
         "images_per_s": round(rate, 1) if rate else None,
         "job_reported_images_per_s": p["images_per_second"],
+        "breakdown": breakdown,
     }
 
 
@@ -558,6 +598,7 @@ def run_memory(session, stack, rows: list[list[str]], jobs: int, per_job: int, t
         series.append({"job": k + 1, "status": final["status"], "succeeded": final["progress"]["succeeded"],
                        "seconds": round(elapsed, 2), "pool_pids": [c["pid"] for c in pool],
                        "pool_rss_kb": rss, "pool_hwm_kb": hwm,
+                       "main_rss_kb": _status_kb(stack.worker.pid).get("VmRSS"),
                        "children": kids})
         log(f"(e) job {k + 1:>2}/{jobs}: {final['status']} {final['progress']['succeeded']}/{per_job} in "
             f"{elapsed:.1f}s; pool RSS {rss / 1024:.1f} MiB (peak {hwm / 1024:.1f} MiB) pids {[c['pid'] for c in pool]}")
@@ -763,12 +804,14 @@ def main(argv=None) -> int:
     log(f"score_throughput: backend {backend_kind}, {args.images} images{' (quick)' if args.quick else ''}")
 
     home = Path(tempfile.mkdtemp(prefix="imgq-bench-"))
+    global MANIFEST_DIR
+    MANIFEST_DIR = home / "manifests"
     backend = Backend(backend_kind, args.redis_url)
     # Everything below reads settings from the environment: set it before any imgq import.
     for key in ("DATABASE_URL", "BROKER_URL", "IMGQ_DATA_ROOTS", "IMGQ_UPLOAD_DIR", "IMGQ_MODEL_STORE"):
         os.environ.pop(key, None)
     os.environ.update({"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", "IMGQ_HOME": str(home),
-                       "IMGQ_DATA_ROOTS": str(CATALOG_DIR.parent)})
+                       "IMGQ_DATA_ROOTS": os.pathsep.join([str(CATALOG_DIR.parent), str(MANIFEST_DIR)])})
     report: dict = {"errors": []}
     stack = None
     ok = False
@@ -780,6 +823,7 @@ def main(argv=None) -> int:
 
         s = settings()
         CATALOG_DIR.parent.mkdir(parents=True, exist_ok=True)
+        MANIFEST_DIR.mkdir(parents=True, exist_ok=True)
         ensure_dirs(s)
         upgrade(s.database_url)
         report["run"] = {

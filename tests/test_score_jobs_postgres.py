@@ -197,3 +197,11 @@ def test_killed_worker_mid_job_loses_and_duplicates_nothing(pg_stack, model):
     with session_scope(pg_stack.database_url) as s:
         assert s.scalar(select(func.count()).select_from(Result).where(Result.job_id == job_id)) == 240
         assert s.scalar(select(func.max(Chunk.attempts)).where(Chunk.job_id == job_id)) >= 1
+
+
+def test_prometheus_metrics_report_jobs_from_the_database(pg_stack, model):
+    text = requests.get(pg_stack.url("/metrics"), timeout=10).text
+    with session_scope(pg_stack.database_url) as s:
+        succeeded = s.scalar(select(func.count()).select_from(Job).where(Job.status == "succeeded"))
+    assert f'imgq_jobs{{kind="score",status="succeeded"}} {float(succeeded)}' in text
+    assert "imgq_items_remaining" in text

@@ -127,3 +127,22 @@ def test_a_tampered_model_file_is_refused(tmp_path, model_files):
     v = version(model_files["regression"], sha256="0" * 64)
     with pytest.raises(ValueError, match="does not match its checksum"):
         load(v)
+
+
+class _NaNModel:
+    """Stands in for a model that diverged: every output is NaN or overflows the inverse transform."""
+    def __init__(self, real):
+        self.signature, self.preprocessing, self.version_id = real.signature, real.preprocessing, real.version_id
+
+    def predict(self, batch):
+        out = np.full((len(batch), 1), np.nan, dtype=np.float32)
+        out[1::2] = 1e6  # expm1(1e6) overflows to infinity
+        return out
+
+
+def test_non_finite_outputs_become_item_errors(tmp_path, regression):
+    written, _ = run(catalog(tmp_path, 4, bad=False), _NaNModel(regression), tmp_path)
+    results, cache_rows = written[0]
+    assert [r["status"] for r in results] == ["error"] * 4
+    assert all("not finite" in r["error"] for r in results)
+    assert cache_rows == []

@@ -6,6 +6,7 @@ the model predicts batch k, so decoding and inference overlap.
 """
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -151,16 +152,14 @@ def score_items(items: list[tuple[str, str]], model, opts: ScoreOptions,
             results, cache_rows = prepared.results, []
             if prepared.arrays:
                 raw = model.predict(np.stack(prepared.arrays))
-                finite = np.isfinite(raw).all(axis=1)
-                outputs = iter(interpret(sig.task, raw[finite], output_names=sig.output_names,
-                                         class_names=sig.class_names, target_transform=sig.target_transform,
-                                         geometries=[g for g, f in zip(prepared.geometries, finite) if f]))
-                for item_id, digest, ok in zip(prepared.ids, prepared.hashes, finite):
-                    if not ok:
+                with np.errstate(all="ignore"):
+                    outputs = interpret(sig.task, raw, output_names=sig.output_names, class_names=sig.class_names,
+                                        target_transform=sig.target_transform, geometries=prepared.geometries)
+                for item_id, digest, out in zip(prepared.ids, prepared.hashes, outputs):
+                    if not all(math.isfinite(v) for v in out.values() if isinstance(v, float)):
                         results.append({"item_id": item_id, "status": "error", "content_hash": digest,
                                         "error": "the model output is not finite (NaN or infinity)"})
                         continue
-                    out = next(outputs)
                     results.append({"item_id": item_id, "status": "ok", "outputs": out, "content_hash": digest})
                     cache_rows.append({"content_hash": digest, "model_version_id": model.version_id,
                                        "outputs": out})
