@@ -202,6 +202,8 @@ def test_killed_worker_mid_job_loses_and_duplicates_nothing(pg_stack, model):
 def test_prometheus_metrics_report_jobs_from_the_database(pg_stack, model):
     text = requests.get(pg_stack.url("/metrics"), timeout=10).text
     with session_scope(pg_stack.database_url) as s:
-        succeeded = s.scalar(select(func.count()).select_from(Job).where(Job.status == "succeeded"))
-    assert f'imgq_jobs{{kind="score",status="succeeded"}} {float(succeeded)}' in text
+        counts = s.execute(select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status)).all()
+    assert counts
+    for kind, status, n in counts:
+        assert f'imgq_jobs{{kind="{kind}",status="{status}"}} {float(n)}' in text
     assert "imgq_items_remaining" in text
