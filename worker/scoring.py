@@ -144,10 +144,13 @@ def _prefetch(produce: Iterator[Prepared], depth: int = 2) -> Iterator[Prepared]
 def score_items(items: list[tuple[str, str]], model, opts: ScoreOptions,
                 lookup_cache: Callable[[list[str]], dict], write_batch: Callable[[list[dict], list[dict]], None]
                 ) -> None:
-    """Score `items` [(id, uri)] in batches; `write_batch(results, cache_rows)` once per batch."""
+    """Score `items` [(id, uri)] in batches; `write_batch(results, cache_rows)` once per batch, in order,
+    from a writer thread (at most one write in flight), so database writes overlap inference."""
     sig = model.signature
-    with ThreadPoolExecutor(max_workers=opts.threads, thread_name_prefix="imgq-io") as pool:
+    with ThreadPoolExecutor(max_workers=opts.threads, thread_name_prefix="imgq-io") as pool, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgq-write") as writer:
         produce = (_prepare(b, model, opts, pool, lookup_cache) for b in _batches(items, opts.batch_size))
+        pending = None  # the previous batch's write runs while the model predicts this one
         for prepared in _prefetch(produce):
             results, cache_rows = prepared.results, []
             if prepared.arrays:
@@ -163,4 +166,8 @@ def score_items(items: list[tuple[str, str]], model, opts: ScoreOptions,
                     results.append({"item_id": item_id, "status": "ok", "outputs": out, "content_hash": digest})
                     cache_rows.append({"content_hash": digest, "model_version_id": model.version_id,
                                        "outputs": out})
-            write_batch(results, cache_rows)
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(write_batch, results, cache_rows)
+        if pending is not None:
+            pending.result()
