@@ -11,9 +11,12 @@ from kombu import Queue
 from shared.config import Settings, ensure_dirs, settings
 
 SCORE_QUEUE = "score"
+TRAIN_QUEUE = "train"
 MAINTENANCE_QUEUE = "maintenance"
 SCORE_CHUNK_TASK = "imgq.score_chunk"
+TRAIN_TASK = "imgq.train"
 SWEEP_TASK = "imgq.sweep"
+SCHEDULE_TICK_TASK = "imgq.schedule_tick"
 
 
 def make_celery(s: Settings) -> Celery:
@@ -24,15 +27,16 @@ def make_celery(s: Settings) -> Celery:
         broker_transport_options=s.broker_transport_options,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
-        task_queues=[Queue(SCORE_QUEUE), Queue(MAINTENANCE_QUEUE)],
+        task_queues=[Queue(SCORE_QUEUE), Queue(TRAIN_QUEUE), Queue(MAINTENANCE_QUEUE)],
         task_default_queue=SCORE_QUEUE,
-        task_routes={SCORE_CHUNK_TASK: {"queue": SCORE_QUEUE}, SWEEP_TASK: {"queue": MAINTENANCE_QUEUE}},
+        task_routes={SCORE_CHUNK_TASK: {"queue": SCORE_QUEUE}, TRAIN_TASK: {"queue": TRAIN_QUEUE},
+                     SWEEP_TASK: {"queue": MAINTENANCE_QUEUE}, SCHEDULE_TICK_TASK: {"queue": MAINTENANCE_QUEUE}},
         # At-least-once delivery; idempotent writes make a second delivery harmless.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_ignore_result=True,  # job state lives in the database, not in a result backend
-        task_soft_time_limit=int(s.heartbeat_timeout * 10),
+        task_soft_time_limit=int(s.heartbeat_timeout * 10),  # score chunks; training sets its own
         task_time_limit=int(s.heartbeat_timeout * 10) + 60,
         task_serializer="json",
         accept_content=["json"],
@@ -40,6 +44,8 @@ def make_celery(s: Settings) -> Celery:
         beat_schedule={
             "sweep": {"task": SWEEP_TASK, "schedule": s.sweep_interval,
                       "options": {"expires": s.sweep_interval * 2}},
+            "schedules": {"task": SCHEDULE_TICK_TASK, "schedule": s.schedule_tick,
+                          "options": {"expires": s.schedule_tick * 2}},
         },
     )
     return app

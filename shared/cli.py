@@ -52,7 +52,7 @@ def cmd_serve(args) -> int:
 
 
 def worker_argv(args) -> list[str]:
-    queues = args.queues or "score,maintenance"
+    queues = args.queues or "score,train,maintenance"
     name = "cpu@%h" if args.gpu is None else f"gpu{args.gpu}@%h"
     argv = ["worker", "-Q", queues, "--pool", "prefork", "-c", str(args.concurrency), "-n", name,
             "--without-mingle", "--without-gossip", "-l", args.loglevel]
@@ -149,6 +149,111 @@ def cmd_models_promote(args) -> int:
     return 0
 
 
+def cmd_models_rollback(args) -> int:
+    from shared import model_registry as registry
+    from shared.db import session_scope
+    from shared.errors import ImgqError
+    from shared.tables import ModelVersion
+
+    _database_ready()
+    try:
+        with session_scope() as session:
+            row = registry.rollback(session, args.name)
+            version = session.get(ModelVersion, row.version_id).version
+    except ImgqError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    print(f"{args.name}@production -> version {version}")
+    return 0
+
+
+def _read_json(path: str) -> dict:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    return json.loads(text)
+
+
+def cmd_train(args) -> int:
+    """Submit a train request (JSON file) the same way the HTTP API does: commit, then enqueue."""
+    from pydantic import ValidationError
+
+    from shared.db import session_scope
+    from shared.dispatch import enqueue_train
+    from shared.errors import ImgqError
+    from shared.jobs import describe
+    from shared.train_jobs import create_train_job
+    from shared.train_spec import TrainRequest
+
+    _database_ready()
+    try:
+        req = TrainRequest.model_validate(_read_json(args.request))
+        with session_scope() as session:
+            job_id = create_train_job(session, req).id
+    except ValidationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ImgqError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    enqueue_train([job_id])
+    with session_scope() as session:
+        from shared.tables import Job
+
+        print(json.dumps(describe(session, session.get(Job, job_id)), indent=2))
+    return 0
+
+
+def cmd_datasets_check(args) -> int:
+    from shared.datasets import DatasetSpec, check_dataset
+    from shared.errors import ImgqError
+
+    s = _settings()
+    spec = DatasetSpec(path=args.path, image_column=args.image_column, id_column=args.id_column,
+                       target_columns=_parse_list(args.target_columns) or [], label_column=args.label_column)
+    try:
+        report = check_dataset(s.data_roots, spec, max_pixels=s.max_image_pixels, salt=args.salt,
+                               sample=args.sample)
+    except ImgqError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+def cmd_schedules_create(args) -> int:
+    from shared import schedules
+    from shared.db import session_scope
+    from shared.errors import ImgqError
+
+    _database_ready()
+    body = _read_json(args.request)
+    try:
+        with session_scope() as session:
+            row = schedules.create_schedule(session, name=body["name"], cron=body["cron"],
+                                            timezone_name=body.get("timezone", "UTC"), model_name=body["model"],
+                                            train=body["train"], gate=body.get("gate"))
+            print(json.dumps(schedules.describe(session, row), indent=2))
+    except (ImgqError, KeyError) as exc:
+        print(f"error: {getattr(exc, 'message', None) or f'missing field {exc}'}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_schedules_list(args) -> int:
+    from sqlalchemy import select
+
+    from shared import schedules
+    from shared.db import session_scope
+    from shared.tables import Schedule
+
+    _database_ready()
+    with session_scope() as session:
+        for row in session.scalars(select(Schedule).order_by(Schedule.id)):
+            d = schedules.describe(session, row)
+            print(f"{d['id']}\t{d['name']}\t{d['cron']} {d['timezone']}\t{d['model']}\tnext {d['next_slot']}"
+                  f"\t{'enabled' if d['enabled'] else 'disabled'}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from shared.demo import run_demo
 
@@ -176,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     where = worker.add_mutually_exclusive_group()
     where.add_argument("--gpu", type=int, help="GPU index to pin this worker to")
     where.add_argument("--cpu", action="store_true", help="run on the CPU (the default without --gpu)")
-    worker.add_argument("--queues", help="comma-separated queues (default: score,maintenance)")
+    worker.add_argument("--queues", help="comma-separated queues (default: score,train,maintenance)")
     worker.add_argument("--concurrency", type=int, default=1)
     worker.add_argument("--beat", action="store_true", help="also run the periodic scheduler in this worker")
     worker.add_argument("--loglevel", default="INFO")
@@ -216,6 +321,32 @@ def build_parser() -> argparse.ArgumentParser:
     prom.add_argument("version", type=int)
     prom.add_argument("--alias", default="production")
     prom.set_defaults(func=cmd_models_promote)
+    rb = models.add_parser("rollback", help="point production back at the version before its last move")
+    rb.add_argument("name")
+    rb.set_defaults(func=cmd_models_rollback)
+
+    train = sub.add_parser("train", help="submit a train job from a JSON request (as POST /api/v1/jobs/train)")
+    train.add_argument("request", help="a JSON file, or - for standard input")
+    train.set_defaults(func=cmd_train)
+
+    datasets = sub.add_parser("datasets", help="training data").add_subparsers(dest="datasets_command",
+                                                                                required=True)
+    check = datasets.add_parser("check", help="rows, missing and unreadable images, duplicates, targets, balance")
+    check.add_argument("path", help="a manifest, a glob of manifests, or a crawler folder (inside the data roots)")
+    check.add_argument("--image-column", default="image")
+    check.add_argument("--id-column")
+    check.add_argument("--target-columns", help="comma-separated")
+    check.add_argument("--label-column")
+    check.add_argument("--salt", default="imgq", help="the model name whose fixed splits to report")
+    check.add_argument("--sample", type=int, help="decode at most this many images")
+    check.set_defaults(func=cmd_datasets_check)
+
+    sched = sub.add_parser("schedules", help="nightly fine-tunes").add_subparsers(dest="schedules_command",
+                                                                                 required=True)
+    create = sched.add_parser("create", help="create a schedule from JSON (as POST /api/v1/schedules)")
+    create.add_argument("request", help="a JSON file, or - for standard input")
+    create.set_defaults(func=cmd_schedules_create)
+    sched.add_parser("list", help="schedules and their next slot").set_defaults(func=cmd_schedules_list)
     return p
 
 

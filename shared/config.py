@@ -66,6 +66,8 @@ class Settings:
     sweep_interval: float
     model_cache_size: int
     max_upload_bytes: int
+    schedule_tick: float
+    max_train_seconds: int
 
     @property
     def embedded(self) -> bool:
@@ -117,6 +119,8 @@ def load_settings(env: dict | None = None) -> Settings:
         sweep_interval=_float(env, "IMGQ_SWEEP_INTERVAL", 15.0),
         model_cache_size=_int(env, "IMGQ_MODEL_CACHE_SIZE", 3),
         max_upload_bytes=_int(env, "IMGQ_MAX_UPLOAD_BYTES", 2 * 1024 ** 3),
+        schedule_tick=_float(env, "IMGQ_SCHEDULE_TICK", 30.0),
+        max_train_seconds=_int(env, "IMGQ_MAX_TRAIN_SECONDS", 24 * 3600),
     )
 
 

@@ -5,9 +5,9 @@ import logging
 
 from sqlalchemy import update
 
-from shared.celery_app import SCORE_CHUNK_TASK, SCORE_QUEUE, app
+from shared.celery_app import SCORE_CHUNK_TASK, SCORE_QUEUE, TRAIN_QUEUE, TRAIN_TASK, app
 from shared.db import session_scope
-from shared.tables import Chunk, utcnow
+from shared.tables import Chunk, TrainRun, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -28,5 +28,22 @@ def enqueue_chunks(job_id: str, chunk_nos: list[int]) -> int:
             s.execute(update(Chunk)
                       .where(Chunk.job_id == job_id, Chunk.chunk_no.in_(sent),
                              Chunk.state.in_(("pending", "queued")))
+                      .values(state="queued", enqueued_at=utcnow()))
+    return len(sent)
+
+
+def enqueue_train(job_ids: list[str]) -> int:
+    """Send one train task per job; a job the broker did not take is sent later by the sweeper."""
+    sent: list[str] = []
+    try:
+        with app.producer_or_acquire() as producer:
+            for job_id in job_ids:
+                app.send_task(TRAIN_TASK, args=[job_id], queue=TRAIN_QUEUE, producer=producer)
+                sent.append(job_id)
+    except Exception:
+        log.exception("could not enqueue train jobs %s; the sweeper will retry", job_ids)
+    if sent:
+        with session_scope() as s:
+            s.execute(update(TrainRun).where(TrainRun.job_id.in_(sent), TrainRun.state.in_(("pending", "queued")))
                       .values(state="queued", enqueued_at=utcnow()))
     return len(sent)

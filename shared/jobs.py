@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 from shared import model_registry
 from shared.errors import InvalidRequest, NotFound, Unprocessable
 from shared.outputs import output_columns
-from shared.tables import Chunk, Job, JobItem, ModelVersion, Result, utcnow
+from shared.train_jobs import describe_train
+from shared.tables import Chunk, Job, JobItem, ModelVersion, Result, TrainRun, utcnow
 
 STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 FINAL = ("succeeded", "failed", "canceled")
@@ -76,7 +77,8 @@ def get_job(session: Session, job_id: str) -> Job:
 
 
 def cancel_job(session: Session, job_id: str) -> Job:
-    """Stop handing out chunks. A chunk already running finishes; its results are kept."""
+    """Stop handing out chunks (a chunk already running finishes; its results are kept), or stop a
+    training at its next batch."""
     job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
     if job is None:
         raise NotFound(f"no job {job_id}")
@@ -84,6 +86,10 @@ def cancel_job(session: Session, job_id: str) -> Job:
         return job
     session.execute(update(Chunk).where(Chunk.job_id == job_id, Chunk.state.in_(("pending", "queued")))
                     .values(state="canceled", finished_at=utcnow()))
+
+    # a queued training never starts; a running one sees the status at its next batch and stops
+    session.execute(update(TrainRun).where(TrainRun.job_id == job_id, TrainRun.state.in_(("pending", "queued")))
+                    .values(state="canceled"))
     job.status, job.finished_at = "canceled", utcnow()
     return job
 
@@ -100,19 +106,32 @@ def _iso(t: datetime | None) -> str | None:
     return None if t is None else t.isoformat()
 
 
+def _timings(job: Job, now) -> dict:
+    return {"created_at": _iso(job.created_at), "started_at": _iso(job.started_at),
+            "finished_at": _iso(job.finished_at), "last_heartbeat_at": _iso(job.heartbeat_at),
+            "seconds_since_heartbeat": _seconds(job.heartbeat_at, now),
+            "elapsed_seconds": _seconds(job.started_at, job.finished_at or now)}
+
+
 def describe(session: Session, job: Job) -> dict:
+    now = utcnow()
+    common = {"id": job.id, "kind": job.kind, "status": job.status, "timings": _timings(job, now),
+              "source": job.source, "error": job.error,
+              "links": {"self": f"/api/v1/jobs/{job.id}", "cancel": f"/api/v1/jobs/{job.id}/cancel"}}
+    if job.kind == "train":
+        common["links"]["metrics"] = f"/api/v1/jobs/{job.id}/metrics"
+        return {**common, **describe_train(session, job, session.get(TrainRun, job.id))}
     version = session.get(ModelVersion, job.model_version_id)
     chunk_states = dict(session.execute(
         select(Chunk.state, func.count()).where(Chunk.job_id == job.id).group_by(Chunk.state)).all())
-    now = utcnow()
-    end = job.finished_at or now
-    elapsed = _seconds(job.started_at, end)
+    elapsed = common["timings"]["elapsed_seconds"]
     done = job.done_items
     rate = done / elapsed if elapsed and done else None
     remaining = job.total_items - done
     eta = remaining / rate if rate and job.status not in FINAL else None
+    common["links"]["results"] = f"/api/v1/jobs/{job.id}/results"
     return {
-        "id": job.id, "kind": job.kind, "status": job.status,
+        **common,
         "model": {"requested": job.model_ref, "ref": f"{version.name}@{version.version}", "task": version.task},
         "progress": {
             "total": job.total_items, "done": done, "succeeded": done - job.failed_items,
@@ -123,13 +142,7 @@ def describe(session: Session, job: Job) -> dict:
         },
         "chunks": {"total": job.total_chunks, **{s: chunk_states.get(s, 0) for s in
                                                  ("pending", "queued", "running", "done", "failed", "canceled")}},
-        "timings": {"created_at": _iso(job.created_at), "started_at": _iso(job.started_at),
-                    "finished_at": _iso(job.finished_at), "last_heartbeat_at": _iso(job.heartbeat_at),
-                    "seconds_since_heartbeat": _seconds(job.heartbeat_at, now),
-                    "elapsed_seconds": elapsed},
-        "cache": job.use_cache, "source": job.source, "error": job.error,
-        "links": {"self": f"/api/v1/jobs/{job.id}", "results": f"/api/v1/jobs/{job.id}/results",
-                  "cancel": f"/api/v1/jobs/{job.id}/cancel"},
+        "cache": job.use_cache,
     }
 
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from shared import targets
 from shared.outputs import default_output_names
-from shared.errors import InvalidRequest, ModelRejected, NotFound
+from shared.errors import Conflict, InvalidRequest, ModelRejected, NotFound
 from shared.tables import ModelAlias, ModelVersion, utcnow
 
 TASKS = ("regression", "classification", "keypoints")
@@ -189,10 +189,21 @@ def set_alias(session: Session, name: str, alias: str, version: int) -> ModelAli
     if row is None:
         row = ModelAlias(name=name, alias=alias, version_id=target.id)
         session.add(row)
-    else:
-        row.version_id, row.updated_at = target.id, utcnow()
+    elif row.version_id != target.id:
+        row.previous_version_id, row.version_id, row.updated_at = row.version_id, target.id, utcnow()
     session.flush()
     return row
+
+
+def rollback(session: Session, name: str, alias: str = PRODUCTION) -> ModelAlias:
+    """Point the alias back where it was before its last move."""
+    row = session.get(ModelAlias, (name, alias))
+    if row is None:
+        raise NotFound(f"model {name!r} has no alias {alias!r}")
+    if row.previous_version_id is None:
+        raise Conflict(f"{name}@{alias} has no earlier version to roll back to")
+    previous = session.get(ModelVersion, row.previous_version_id)
+    return set_alias(session, name, alias, previous.version)
 
 
 def production_versions(session: Session) -> list[ModelVersion]:

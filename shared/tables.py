@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer,
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer,
                         String, Text, UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -47,6 +47,8 @@ class ModelAlias(Base):
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     alias: Mapped[str] = mapped_column(String(50), primary_key=True)
     version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    # where the alias pointed before its last move: what a rollback returns to
+    previous_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -57,7 +59,8 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     kind: Mapped[str] = mapped_column(String(20))  # score
     status: Mapped[str] = mapped_column(String(20))  # queued running succeeded failed canceled
-    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    # score: the version used; train: the parent version (None when training an architecture from scratch)
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"), nullable=True)
     model_ref: Mapped[str] = mapped_column(String(120))  # what the client asked for
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
     request_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -126,4 +129,82 @@ class ScoreCache(Base):
     model_version_id: Mapped[int] = mapped_column(
         ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True)
     outputs: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TrainRun(Base):
+    """The training side of a job of kind 'train': its request, claim state, progress and outcome."""
+    __tablename__ = "train_runs"
+    __table_args__ = (Index("ix_train_runs_state", "state"),)
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(100))
+    spec: Mapped[dict] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(20))  # pending queued running done failed canceled
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    enqueued_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)  # epochs completed
+    epochs_total: Mapped[int] = mapped_column(Integer, default=0)
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    steps_per_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    phase: Mapped[str | None] = mapped_column(String(40), nullable=True)  # loading data, training, evaluating...
+    eta_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    checkpoint_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    checkpoint_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    resumed_from_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    data_stats: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    result_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"), nullable=True)
+    holdout_metrics: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    comparison: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # vs production, shadow diff, gate
+    sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id"), nullable=True)
+    schedule_run_id: Mapped[int | None] = mapped_column(ForeignKey("schedule_runs.id"), nullable=True)
+
+
+class TrainMetric(Base):
+    """Metrics of one finished epoch; (job, epoch) is unique, so a resumed run rewrites, never duplicates."""
+    __tablename__ = "train_metrics"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    metrics: Mapped[dict] = mapped_column(JSON)
+    seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Sweep(Base):
+    __tablename__ = "sweeps"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    base: Mapped[dict] = mapped_column(JSON)
+    grid: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Schedule(Base):
+    """A recurring fine-tune: when (cron + time zone), on what data, how, and when to promote."""
+    __tablename__ = "schedules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    cron: Mapped[str] = mapped_column(String(100))
+    timezone: Mapped[str] = mapped_column(String(64))
+    model_name: Mapped[str] = mapped_column(String(100))
+    train: Mapped[dict] = mapped_column(JSON)  # a train request; dataset paths may hold {date} patterns
+    gate: Mapped[dict] = mapped_column(JSON)  # {"metric": ..., "min_improvement": ...}
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ScheduleRun(Base):
+    """One slot of a schedule. The unique (schedule, slot) makes a slot run once, whatever beat does."""
+    __tablename__ = "schedule_runs"
+    __table_args__ = (UniqueConstraint("schedule_id", "slot_at", name="uq_schedule_runs_slot"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    schedule_id: Mapped[int] = mapped_column(ForeignKey("schedules.id", ondelete="CASCADE"))
+    slot_at: Mapped[datetime] = mapped_column()
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), nullable=True)
+    decision: Mapped[str | None] = mapped_column(String(20), nullable=True)  # promoted | kept | failed
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
-from shared import jobs
+from shared import jobs, train_jobs
 from shared.db import session_scope
 from shared.errors import InvalidRequest
+from shared.train_spec import TrainRequest
 from web.schemas import ScoreRequest
-from web.submit import submit_json, submit_upload
+from web.submit import fingerprint, submit_json, submit_train, submit_upload
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs")
 
@@ -47,6 +48,31 @@ def create_score_job():
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return response
+
+
+@bp.post("/train")
+def create_train_job():
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object (a train request)")
+    key = request.headers.get("Idempotency-Key") or None
+    description, created = submit_train(TrainRequest.model_validate(body), key, fingerprint(body))
+    response = jsonify(description)
+    response.status_code = 202
+    response.headers["Location"] = description["links"]["self"]
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+@bp.get("/<job_id>/metrics")
+def get_metrics(job_id: str):
+    with session_scope() as s:
+        job = jobs.get_job(s, job_id)
+        if job.kind != "train":
+            raise InvalidRequest(f"job {job_id} is a {job.kind} job; metrics belong to train jobs")
+        return jsonify({"job_id": job_id, "status": job.status, "epochs": train_jobs.metrics_history(s, job_id),
+                        "progress": jobs.describe(s, job)["progress"]})
 
 
 @bp.get("")

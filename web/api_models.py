@@ -80,6 +80,16 @@ def get_version(name: str, version: int):
         return jsonify(registry.version_dict(row, registry.aliases_by_version(s, name).get(row.id)))
 
 
+@bp.post("/<name>/rollback")
+def rollback(name: str):
+    """Production goes back to the version it pointed at before its last move."""
+    with session_scope() as s:
+        row = registry.rollback(s, name)
+        version = s.get(ModelVersion, row.version_id)
+        return jsonify({"name": name, "alias": row.alias, "version": version.version,
+                        "updated_at": row.updated_at.isoformat()})
+
+
 @bp.post("/<name>/aliases/<alias>")
 def set_alias(name: str, alias: str):
     body = request.get_json(silent=True)

@@ -7,7 +7,7 @@ from sqlalchemy import text
 
 from shared.config import Settings, ensure_dirs, settings as load
 from shared.db import session_scope
-from web import api_jobs, api_models, errors, metrics
+from web import api_datasets, api_jobs, api_models, api_training, errors, metrics
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -20,6 +20,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     errors.register(app)
     app.register_blueprint(api_jobs.bp)
     app.register_blueprint(api_models.bp)
+    app.register_blueprint(api_datasets.bp)
+    app.register_blueprint(api_training.sweeps)
+    app.register_blueprint(api_training.schedules)
 
     @app.get("/healthz")
     def healthz():

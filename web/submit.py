@@ -18,11 +18,13 @@ from werkzeug.utils import secure_filename
 from shared import jobs
 from shared.config import Settings
 from shared.db import session_scope
-from shared.dispatch import enqueue_chunks
+from shared.dispatch import enqueue_chunks, enqueue_train
 from shared.errors import InvalidRequest
 from shared.manifests import iter_manifest
 from shared.paths import OutsideDataRoots, resolve_inside
 from shared.tables import Job
+from shared.train_jobs import create_train_job
+from shared.train_spec import TrainRequest
 from web.schemas import ScoreRequest
 
 
@@ -115,3 +117,17 @@ def submit_upload(settings: Settings, files: list[FileStorage], form: dict,
     if not created:
         shutil.rmtree(folder, ignore_errors=True)
     return description, created
+
+
+def submit_train(req: TrainRequest, idempotency_key: str | None, request_fingerprint: str) -> tuple[dict, bool]:
+    """Commit the train job, then send it (outbox, as for score jobs)."""
+    if idempotency_key:
+        with session_scope() as s:
+            existing = jobs.find_by_idempotency_key(s, idempotency_key, request_fingerprint)
+            if existing is not None:
+                return jobs.describe(s, existing), False
+    with session_scope() as s:
+        job_id = create_train_job(s, req, idempotency_key=idempotency_key, fingerprint=request_fingerprint).id
+    enqueue_train([job_id])
+    with session_scope() as s:
+        return jobs.describe(s, s.get(Job, job_id)), True

@@ -127,8 +127,8 @@ def finish(session: Session, job_id: str, chunk_no: int, state: str = "done", er
 
 
 def finalize_if_complete(session: Session, job: Job) -> bool:
-    """Mark a job succeeded once no chunk is left to run. The caller holds the job row lock."""
-    if job.status in FINAL:
+    """Mark a score job succeeded once no chunk is left to run. The caller holds the job row lock."""
+    if job.status in FINAL or job.kind != "score":
         return False
     open_chunks = session.scalar(select(func.count()).select_from(Chunk).where(
         Chunk.job_id == job.id, Chunk.state.not_in(TERMINAL_CHUNK_STATES)))

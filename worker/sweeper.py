@@ -15,14 +15,15 @@ from sqlalchemy import select
 
 from shared.config import Settings
 from shared.db import session_scope
-from shared.tables import Chunk, Job, utcnow
+from shared.tables import Chunk, Job, TrainRun, utcnow
 from worker import chunk_lifecycle as life
 
 SEND_GRACE_SECONDS = 10.0  # the web front sends right after commit; give it that long
 
 
-def sweep(settings: Settings, enqueue) -> dict:
-    """`enqueue(job_id, chunk_nos)` sends tasks; called after the database work is committed."""
+def sweep(settings: Settings, enqueue, enqueue_train=None) -> dict:
+    """`enqueue(job_id, chunk_nos)` sends score tasks, `enqueue_train(job_ids)` train tasks; both are
+    called after the database work is committed."""
     now = utcnow()
     to_send: dict[str, list[int]] = {}
     given_up = closed = 0
@@ -49,10 +50,42 @@ def sweep(settings: Settings, enqueue) -> dict:
              | (Chunk.enqueued_at < now - timedelta(seconds=settings.requeue_after)))))
         for job_id, chunk_no in unsent:
             to_send.setdefault(job_id, []).append(chunk_no)
-        open_jobs = list(s.scalars(select(Job.id).where(Job.status.in_(("queued", "running")))))
+        open_jobs = list(s.scalars(select(Job.id).where(Job.kind == "score",
+                                                        Job.status.in_(("queued", "running")))))
     for job_id in open_jobs:
         with session_scope() as s:
             job = life.lock_job(s, job_id)
             closed += life.finalize_if_complete(s, job)
     sent = sum(enqueue(job_id, sorted(set(nos))) for job_id, nos in to_send.items())
+    trains = _sweep_train_runs(settings, now)
+    if trains and enqueue_train is not None:
+        sent += enqueue_train(trains)
     return {"sent": sent, "given_up": given_up, "closed": closed}
+
+
+def _sweep_train_runs(settings: Settings, now) -> list[str]:
+    """Train runs to (re)send: never sent, lost by the broker, or whose process stopped heartbeating
+    (the next attempt resumes from the last checkpoint). Exhausted attempts fail at the next claim."""
+    stale_before = now - timedelta(seconds=settings.heartbeat_timeout)
+    with session_scope() as s:
+        rows = s.execute(select(TrainRun.job_id, TrainRun.state, TrainRun.enqueued_at, Job.created_at,
+                                Job.heartbeat_at).join(Job, Job.id == TrainRun.job_id)
+                         .where(TrainRun.state.in_(("pending", "queued", "running")))).all()
+        out = []
+        for job_id, state, enqueued_at, created_at, heartbeat_at in rows:
+            if state == "running":
+                if heartbeat_at is not None and _aware(heartbeat_at, now) < stale_before:
+                    run = s.get(TrainRun, job_id, with_for_update=True)
+                    if run.state == "running":
+                        run.state, run.enqueued_at = "pending", None
+                        out.append(job_id)
+            elif enqueued_at is None:
+                if _aware(created_at, now) < now - timedelta(seconds=SEND_GRACE_SECONDS):
+                    out.append(job_id)
+            elif _aware(enqueued_at, now) < now - timedelta(seconds=settings.requeue_after):
+                out.append(job_id)
+    return out
+
+
+def _aware(t, now):
+    return t if t.tzinfo is not None else t.replace(tzinfo=now.tzinfo)

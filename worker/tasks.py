@@ -11,9 +11,9 @@ import socket
 
 from celery.signals import worker_process_init
 
-from shared.celery_app import SCORE_CHUNK_TASK, SWEEP_TASK, app
+from shared.celery_app import SCHEDULE_TICK_TASK, SCORE_CHUNK_TASK, SWEEP_TASK, TRAIN_TASK, app
 from shared.config import settings
-from shared.dispatch import enqueue_chunks
+from shared.dispatch import enqueue_chunks, enqueue_train
 
 log = logging.getLogger(__name__)
 _models = None
@@ -54,8 +54,24 @@ def score_chunk(self, job_id: str, chunk_no: int) -> str:
     return run_chunk(job_id, chunk_no, worker=worker, models=models(), settings=settings())
 
 
+@app.task(name=TRAIN_TASK, bind=True, soft_time_limit=settings().max_train_seconds + 60,
+          time_limit=settings().max_train_seconds + 120)
+def train(self, job_id: str) -> str:
+    from worker.training.supervise import run_train_job
+
+    worker = f"{self.request.hostname or socket.gethostname()}:{os.getpid()}"
+    return run_train_job(job_id, worker=worker, settings=settings())
+
+
 @app.task(name=SWEEP_TASK)
 def sweep() -> dict:
     from worker.sweeper import sweep as run_sweep
 
-    return run_sweep(settings(), enqueue_chunks)
+    return run_sweep(settings(), enqueue_chunks, enqueue_train)
+
+
+@app.task(name=SCHEDULE_TICK_TASK)
+def schedule_tick() -> dict:
+    from shared.schedules import dispatch_due
+
+    return dispatch_due(enqueue_train)

@@ -1,0 +1,136 @@
+"""Nightly fine-tunes: schedules in the database, driven by Celery beat through `dispatch_due`.
+
+Each slot (a time the cron expression names, in the schedule's time zone) becomes one row of
+schedule_runs, unique per (schedule, slot): two beat processes, a restart, or a retry can try the
+same slot, and only one insert wins. When slots were missed (beat was down), only the latest one
+runs: a missed night is caught up once, not many times.
+"""
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from shared import model_registry
+from shared.db import session_scope
+from shared.errors import ImgqError, InvalidRequest, NotFound
+from shared.tables import Schedule, ScheduleRun, utcnow
+from shared.train_jobs import create_train_job
+from shared.train_spec import Gate, TrainRequest
+
+
+def validate_timing(cron: str, tz: str) -> None:
+    if not croniter.is_valid(cron):
+        raise InvalidRequest(f"not a valid cron expression: {cron!r}", field="cron")
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidRequest(f"unknown time zone {tz!r}", field="timezone") from None
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
+
+
+def latest_slot(cron: str, tz: str, now: datetime) -> datetime:
+    """The last time at or before `now` that the cron expression names, in UTC."""
+    local_now = _aware(now).astimezone(ZoneInfo(tz)) + timedelta(seconds=1)  # "at or before"
+    return croniter(cron, local_now).get_prev(datetime).astimezone(timezone.utc)
+
+
+def next_slot(cron: str, tz: str, now: datetime) -> datetime:
+    return croniter(cron, _aware(now).astimezone(ZoneInfo(tz))).get_next(datetime).astimezone(timezone.utc)
+
+
+def render_request(schedule: Schedule, slot: datetime, previous: datetime | None) -> TrainRequest:
+    """The schedule's train settings for one slot: {date} / {previous_date} in the dataset path are
+    the slot's local date (and the previous slot's), e.g. "crawl/{date:%Y-%m-%d}/items.csv"."""
+    spec = copy.deepcopy(schedule.train)
+    local = slot.astimezone(ZoneInfo(schedule.timezone))
+    prev_local = (previous or slot).astimezone(ZoneInfo(schedule.timezone))
+    spec["model"] = schedule.model_name
+    spec["dataset"]["path"] = spec["dataset"]["path"].format(date=local, previous_date=prev_local)
+    spec.setdefault("gate", schedule.gate)
+    return TrainRequest.model_validate(spec)
+
+
+def validate_schedule_train(train: dict, model_name: str) -> None:
+    spec = copy.deepcopy(train)
+    spec["model"] = model_name
+    try:
+        spec["dataset"]["path"] = spec["dataset"]["path"].format(date=utcnow(), previous_date=utcnow())
+    except (KeyError, ValueError, IndexError, TypeError) as exc:
+        raise InvalidRequest(f"train.dataset.path has a bad pattern: {exc}", field="train.dataset.path") from None
+    TrainRequest.model_validate(spec)
+
+
+def create_schedule(session: Session, *, name: str, cron: str, timezone_name: str, model_name: str, train: dict,
+                    gate: dict | None, enabled: bool = True) -> Schedule:
+    model_registry.validate_name(model_name)
+    validate_timing(cron, timezone_name)
+    validate_schedule_train(train, model_name)
+    gate = Gate.model_validate(gate or {}).model_dump()
+    if session.scalar(select(Schedule.id).where(Schedule.name == name)) is not None:
+        from shared.errors import Conflict
+
+        raise Conflict(f"a schedule named {name!r} exists", field="name")
+    row = Schedule(name=name, cron=cron, timezone=timezone_name, model_name=model_name, train=train, gate=gate,
+                   enabled=enabled)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_schedule(session: Session, schedule_id: int) -> Schedule:
+    row = session.get(Schedule, schedule_id)
+    if row is None:
+        raise NotFound(f"no schedule {schedule_id}")
+    return row
+
+
+def describe(session: Session, row: Schedule, now: datetime | None = None) -> dict:
+    runs = session.scalars(select(ScheduleRun).where(ScheduleRun.schedule_id == row.id)
+                           .order_by(ScheduleRun.slot_at.desc()).limit(20))
+    return {"id": row.id, "name": row.name, "cron": row.cron, "timezone": row.timezone, "model": row.model_name,
+            "enabled": row.enabled, "train": row.train, "gate": row.gate,
+            "next_slot": next_slot(row.cron, row.timezone, now or utcnow()).isoformat(),
+            "runs": [{"slot": _aware(r.slot_at).isoformat(), "job_id": r.job_id, "decision": r.decision,
+                      "reason": r.reason} for r in runs]}
+
+
+def dispatch_due(enqueue_train, now: datetime | None = None) -> dict:
+    """Create the train job of every schedule whose latest slot has not run yet; then send them."""
+    now = now or utcnow()
+    created: list[str] = []
+    with session_scope() as s:
+        schedules = list(s.scalars(select(Schedule).where(Schedule.enabled.is_(True))))
+    for sched in schedules:
+        slot = latest_slot(sched.cron, sched.timezone, now)
+        if slot < _aware(sched.created_at).replace(microsecond=0):
+            continue  # the schedule did not exist yet at that slot
+        try:
+            with session_scope() as s:
+                previous = s.scalar(select(func.max(ScheduleRun.slot_at))
+                                    .where(ScheduleRun.schedule_id == sched.id))
+                if previous is not None and _aware(previous) >= slot:
+                    continue
+                run = ScheduleRun(schedule_id=sched.id, slot_at=slot)
+                s.add(run)
+                s.flush()  # the unique (schedule, slot) row: the one place a slot is taken
+                try:
+                    with s.begin_nested():
+                        job = create_train_job(s, render_request(sched, slot, _aware(previous) if previous else None),
+                                               schedule_run_id=run.id)
+                    run.job_id = job.id
+                    created.append(job.id)
+                except (ImgqError, ValueError) as exc:
+                    run.decision, run.reason = "failed", getattr(exc, "message", None) or str(exc)
+        except IntegrityError:
+            continue  # another beat took this slot
+    sent = enqueue_train(created) if created else 0
+    return {"created": len(created), "sent": sent}

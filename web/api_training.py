@@ -1,0 +1,107 @@
+"""HTTP endpoints for sweeps and nightly schedules."""
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from shared import schedules as sched
+from shared import train_jobs
+from shared.db import session_scope
+from shared.dispatch import enqueue_train
+from shared.errors import InvalidRequest
+from shared.tables import Schedule
+
+sweeps = Blueprint("sweeps", __name__, url_prefix="/api/v1/sweeps")
+schedules = Blueprint("schedules", __name__, url_prefix="/api/v1/schedules")
+
+
+class SweepRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    base: dict
+    grid: dict[str, list]
+
+
+class ScheduleRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    name: str = Field(min_length=1, max_length=100)
+    cron: str
+    timezone: str = "UTC"
+    model: str
+    train: dict
+    gate: dict | None = None
+    enabled: bool = True
+
+
+class ScheduleUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool
+
+
+def _body() -> dict:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    return body
+
+
+@sweeps.post("")
+def create_sweep():
+    req = SweepRequest.model_validate(_body())
+    with session_scope() as s:
+        sweep, jobs = train_jobs.create_sweep(s, req.base, req.grid)
+        sweep_id, job_ids = sweep.id, [j.id for j in jobs]
+    enqueue_train(job_ids)
+    with session_scope() as s:
+        body = train_jobs.describe_sweep(s, sweep_id)
+    response = jsonify(body)
+    response.status_code = 202
+    response.headers["Location"] = f"/api/v1/sweeps/{sweep_id}"
+    return response
+
+
+@sweeps.get("/<sweep_id>")
+def get_sweep(sweep_id: str):
+    with session_scope() as s:
+        return jsonify(train_jobs.describe_sweep(s, sweep_id))
+
+
+@schedules.post("")
+def create_schedule():
+    req = ScheduleRequest.model_validate(_body())
+    with session_scope() as s:
+        row = sched.create_schedule(s, name=req.name, cron=req.cron, timezone_name=req.timezone,
+                                    model_name=req.model, train=req.train, gate=req.gate, enabled=req.enabled)
+        body = sched.describe(s, row)
+    response = jsonify(body)
+    response.status_code = 201
+    response.headers["Location"] = f"/api/v1/schedules/{body['id']}"
+    return response
+
+
+@schedules.get("")
+def list_schedules():
+    with session_scope() as s:
+        return jsonify({"schedules": [sched.describe(s, r) for r in s.scalars(select(Schedule).order_by(Schedule.id))]})
+
+
+@schedules.get("/<int:schedule_id>")
+def get_schedule(schedule_id: int):
+    with session_scope() as s:
+        return jsonify(sched.describe(s, sched.get_schedule(s, schedule_id)))
+
+
+@schedules.patch("/<int:schedule_id>")
+def update_schedule(schedule_id: int):
+    req = ScheduleUpdate.model_validate(_body())
+    with session_scope() as s:
+        row = sched.get_schedule(s, schedule_id)
+        row.enabled = req.enabled
+        return jsonify(sched.describe(s, row))
+
+
+@schedules.delete("/<int:schedule_id>")
+def delete_schedule(schedule_id: int):
+    with session_scope() as s:
+        s.delete(sched.get_schedule(s, schedule_id))
+    return "", 204

@@ -1,0 +1,99 @@
+"""Holdout metrics in the user's units, the promotion gate, and the shadow diff against production."""
+from __future__ import annotations
+
+import numpy as np
+
+from shared import targets as target_transforms
+
+LOWER_IS_BETTER = {"mae": True, "rmse": True, "pixel_error": True, "log_loss": True, "accuracy": False, "r2": False}
+
+
+def default_metric(task: str) -> str:
+    return {"regression": "mae", "classification": "accuracy", "keypoints": "pixel_error"}[task]
+
+
+def predict(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    outs = [np.asarray(model(x[i:i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
+    return np.concatenate(outs) if outs else np.zeros((0,))
+
+
+def to_user_units(task: str, raw: np.ndarray, transform: dict, geometries) -> np.ndarray:
+    """Regression: inverse target transform; keypoints: original image pixels; classification: probabilities."""
+    if task == "regression":
+        return target_transforms.inverse(transform, raw)
+    if task == "keypoints":
+        out = np.empty_like(raw, dtype=np.float64)
+        for i, (row, g) in enumerate(zip(raw, geometries)):
+            xs, ys = g.to_original(row[0::2], row[1::2])
+            out[i, 0::2], out[i, 1::2] = xs, ys
+        return out
+    return raw
+
+
+def holdout_metrics(task: str, predicted: np.ndarray, truth: np.ndarray, *, train_truth=None) -> dict:
+    """`predicted` in user units (probabilities for classification); `truth` raw targets or label indices."""
+    if len(truth) == 0:
+        return {"n": 0}
+    if task == "classification":
+        p = np.clip(predicted, 1e-7, 1)
+        return {"n": int(len(truth)), "accuracy": float((predicted.argmax(1) == truth).mean()),
+                "log_loss": float(-np.log(p[np.arange(len(truth)), truth]).mean())}
+    err = predicted - truth
+    out = {"n": int(len(truth)), "mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean()))}
+    if task == "keypoints":
+        d = np.sqrt(err[:, 0::2] ** 2 + err[:, 1::2] ** 2)
+        out["pixel_error"] = float(d.mean())
+    else:
+        ss = float(((truth - truth.mean(0)) ** 2).sum())
+        out["r2"] = float(1 - (err ** 2).sum() / ss) if ss > 0 else None
+        if train_truth is not None and len(train_truth):
+            out["baseline_mae"] = float(np.abs(truth - train_truth.mean(0)).mean())
+    return out
+
+
+def gate(task: str, candidate: dict, production: dict | None, metric: str | None, min_improvement: float) -> dict:
+    metric = metric or default_metric(task)
+    if metric not in LOWER_IS_BETTER:
+        return {"decision": "kept", "metric": metric, "reason": f"unknown gate metric {metric!r}"}
+    if production is None:
+        return {"decision": "promoted", "metric": metric, "reason": "no production version yet"}
+    if candidate.get(metric) is None or production.get(metric) is None:
+        return {"decision": "kept", "metric": metric, "reason": f"{metric} missing from the holdout metrics"}
+    lower = LOWER_IS_BETTER[metric]
+    improvement = (production[metric] - candidate[metric]) if lower else (candidate[metric] - production[metric])
+    better = improvement >= min_improvement and improvement > 0
+    verdict = "promoted" if better else "kept"
+    reason = (f"{metric} {production[metric]:.6g} -> {candidate[metric]:.6g} "
+              f"(improvement {improvement:.6g}, required {min_improvement:.6g})")
+    return {"decision": verdict, "metric": metric, "improvement": float(improvement), "reason": reason}
+
+
+def shadow_diff(task: str, ids: list[str], candidate: np.ndarray, production: np.ndarray,
+                class_names=None, top: int = 10) -> dict:
+    """How the candidate's answers differ from production's on the same items (user units)."""
+    report: dict = {"items": len(ids)}
+    if not ids:
+        return report
+    if task == "classification":
+        a, b = candidate.argmax(1), production.argmax(1)
+        report["agreement"] = float((a == b).mean())
+        changed = np.nonzero(a != b)[0][:top]
+        report["changed"] = [{"id": ids[i], "production": class_names[b[i]], "candidate": class_names[a[i]]}
+                             for i in changed]
+        report["class_share"] = {c: {"production": float((b == k).mean()), "candidate": float((a == k).mean())}
+                                 for k, c in enumerate(class_names)}
+        return report
+    change = candidate - production
+    size = np.abs(change).mean(1) if change.ndim > 1 else np.abs(change)
+    order = np.argsort(-size)[:top]
+    report["mean_abs_change"] = float(size.mean())
+
+    def dist(v):
+        v = v.reshape(len(v), -1)[:, 0]
+        return {"mean": float(v.mean()), "std": float(v.std()),
+                **{f"p{q}": float(np.percentile(v, q)) for q in (5, 50, 95)}}
+
+    report["distribution"] = {"production": dist(production), "candidate": dist(candidate)}
+    report["largest_changes"] = [{"id": ids[i], "production": production[i].tolist(),
+                                  "candidate": candidate[i].tolist()} for i in order]
+    return report

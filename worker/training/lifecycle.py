@@ -1,0 +1,94 @@
+"""A train run's life in the database: claim, heartbeat and progress, epochs, finish, give up."""
+from __future__ import annotations
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from shared.jobs import FINAL
+from shared.tables import Job, TrainMetric, TrainRun, utcnow
+from worker.chunk_lifecycle import lock_job
+
+TERMINAL = ("done", "failed", "canceled")
+
+
+def _age(t, now) -> float:
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=now.tzinfo)
+    return (now - t).total_seconds()
+
+
+def claim(session: Session, job_id: str, *, worker: str, heartbeat_timeout: float, max_attempts: int) -> TrainRun | str:
+    job = lock_job(session, job_id)
+    run = session.get(TrainRun, job_id, with_for_update=True)
+    if job is None or run is None:
+        return "unknown train job"
+    now = utcnow()
+    if run.state in TERMINAL:
+        return f"train job already {run.state}"
+    if job.status in FINAL:
+        run.state = "canceled"
+        return f"job is {job.status}"
+    if run.state == "running" and job.heartbeat_at is not None and _age(job.heartbeat_at, now) < heartbeat_timeout:
+        return "train job is running on another worker"
+    if run.attempts >= max_attempts:
+        fail(session, job_id, f"gave up after {run.attempts} attempts: the training process died each time")
+        return "attempts exhausted"
+    run.state, run.attempts, run.worker = "running", run.attempts + 1, worker
+    job.status, job.heartbeat_at = "running", now
+    job.started_at = job.started_at or now
+    session.flush()
+    return run
+
+
+def heartbeat(session: Session, job_id: str, **progress) -> str:
+    """Record liveness and progress; returns the job's status so the trainer can stop when canceled."""
+    now = utcnow()
+    session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=now))
+    if progress:
+        session.execute(update(TrainRun).where(TrainRun.job_id == job_id).values(**progress))
+    return session.scalar(select(Job.status).where(Job.id == job_id))
+
+
+def start_attempt(session: Session, job_id: str) -> TrainRun:
+    """Drop epoch metrics after the last checkpoint: the resumed run writes them again, once."""
+    run = session.get(TrainRun, job_id)
+    session.execute(delete(TrainMetric).where(TrainMetric.job_id == job_id, TrainMetric.epoch > run.checkpoint_epoch))
+    if run.checkpoint_epoch:
+        run.resumed_from_epoch = run.checkpoint_epoch
+    run.epoch = run.checkpoint_epoch
+    return run
+
+
+def record_epoch(session: Session, job_id: str, epoch: int, metrics: dict, seconds: float,
+                 checkpoint_path: str) -> None:
+    """Epoch `epoch` (1-based) finished and its checkpoint file is written: both become visible together."""
+    session.execute(delete(TrainMetric).where(TrainMetric.job_id == job_id, TrainMetric.epoch >= epoch))
+    session.add(TrainMetric(job_id=job_id, epoch=epoch, metrics=metrics, seconds=seconds))
+    session.execute(update(TrainRun).where(TrainRun.job_id == job_id).values(
+        epoch=epoch, checkpoint_epoch=epoch, checkpoint_path=checkpoint_path, step=0))
+    session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow()))
+
+
+def succeed(session: Session, job_id: str, **outcome) -> None:
+    job = lock_job(session, job_id)
+    session.execute(update(TrainRun).where(TrainRun.job_id == job_id).values(state="done", phase="done", **outcome))
+    if job.status not in FINAL:
+        job.status, job.finished_at = "succeeded", utcnow()
+
+
+def canceled(session: Session, job_id: str) -> None:
+    session.execute(update(TrainRun).where(TrainRun.job_id == job_id).values(state="canceled", phase="canceled"))
+
+
+def release(session: Session, job_id: str, error: str) -> None:
+    """Hand a run back for another attempt (it resumes from its last checkpoint)."""
+    session.execute(update(TrainRun).where(TrainRun.job_id == job_id, TrainRun.state == "running")
+                    .values(state="pending", enqueued_at=None))
+    session.execute(update(Job).where(Job.id == job_id).values(error=error[-2000:]))
+
+
+def fail(session: Session, job_id: str, reason: str) -> None:
+    job = lock_job(session, job_id)
+    session.execute(update(TrainRun).where(TrainRun.job_id == job_id).values(state="failed", phase="failed"))
+    if job is not None and job.status not in FINAL:
+        job.status, job.error, job.finished_at = "failed", reason[-4000:], utcnow()

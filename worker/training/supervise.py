@@ -1,0 +1,59 @@
+"""Run one train job in a fresh Python process and watch it (the body of the train task).
+
+Training never runs inside the long-lived worker: Keras leaks memory across repeated fits, and
+a fork of a process that already imported TensorFlow is unsafe. The child is started with
+fork+exec (subprocess), loads everything itself, and heartbeats to the database.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+
+from shared.config import Settings
+from shared.db import session_scope
+from worker.training import lifecycle as life
+
+log = logging.getLogger(__name__)
+FAILED_FOR_GOOD = 3  # exit code of worker.training.run after it recorded a failure no retry can mend
+
+
+def run_train_job(job_id: str, *, worker: str, settings: Settings) -> str:
+    with session_scope() as s:
+        claimed = life.claim(s, job_id, worker=worker, heartbeat_timeout=settings.heartbeat_timeout,
+                             max_attempts=settings.max_attempts)
+        attempt = claimed.attempts if not isinstance(claimed, str) else None
+    if isinstance(claimed, str):
+        log.info("train job %s skipped: %s", job_id, claimed)
+        return claimed
+    logs = settings.data_dir / "train-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"{job_id}.log"
+    with open(log_path, "ab") as out:
+        out.write(f"\n--- attempt {attempt} on {worker}\n".encode())
+        out.flush()
+        child = subprocess.Popen([sys.executable, "-m", "worker.training.run", job_id], stdout=out,
+                                 stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + settings.max_train_seconds
+        try:
+            while child.poll() is None:
+                if time.monotonic() > deadline:
+                    child.kill()
+                time.sleep(0.5)
+        except BaseException:  # the worker is shutting down: stop the child, the job is taken up again
+            child.terminate()
+            child.wait(30)
+            raise
+    if child.returncode == 0:
+        return "done"
+    if child.returncode == FAILED_FOR_GOOD:  # the child recorded why; another attempt would fail the same way
+        return "failed"
+    tail = log_path.read_text(errors="replace")[-3000:]
+    with session_scope() as s:
+        if attempt >= settings.max_attempts:
+            life.fail(s, job_id, f"training failed (exit code {child.returncode}) after {attempt} attempts:\n{tail}")
+        else:
+            life.release(s, job_id, f"attempt {attempt} exited with code {child.returncode}:\n{tail}")
+    return f"exit code {child.returncode}"
