@@ -210,3 +210,24 @@ def expected_scores(model_file: Path, paths: list[Path], size: int = 32, transfo
     model = keras.models.load_model(model_file)
     x = np.stack([load_for_model(p.read_bytes(), Preprocessing(size, size), max_pixels=10**8)[0] for p in paths])
     return transform(model.predict(x, verbose=0)[:, 0])
+
+
+@pytest.fixture(scope="session")
+def digits(pg_stack):
+    """scikit-learn's bundled handwritten digits, written out as PNG files with a CSV."""
+    import pandas as pd
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    folder = pg_stack.data / "digits"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (img, label) in enumerate(zip(d.images, d.target)):
+        name = f"d{i:04d}.png"
+        Image.fromarray((img * 255 / 16).astype(np.uint8), "L").save(folder / name)
+        rows.append({"id": f"digit-{i:04d}", "image": name, "label": str(label)})
+    frame = pd.DataFrame(rows)
+    frame.iloc[:900].to_csv(folder / "first-night.csv", index=False)
+    frame.to_csv(folder / "all.csv", index=False)
+    return folder

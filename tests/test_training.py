@@ -33,25 +33,6 @@ def epochs_of(stack, job_id):
     return body["epochs"]
 
 
-@pytest.fixture(scope="module")
-def digits(pg_stack):
-    """scikit-learn's bundled handwritten digits, written out as PNG files with a CSV."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    folder = pg_stack.data / "digits"
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i, (img, label) in enumerate(zip(d.images, d.target)):
-        name = f"d{i:04d}.png"
-        Image.fromarray((img * 255 / 16).astype(np.uint8), "L").save(folder / name)
-        rows.append({"id": f"digit-{i:04d}", "image": name, "label": str(label)})
-    frame = pd.DataFrame(rows)
-    frame.iloc[:900].to_csv(folder / "first-night.csv", index=False)
-    frame.to_csv(folder / "all.csv", index=False)
-    return folder
-
-
 def digits_request(name, manifest, **over):
     body = {"model": name, "task": "classification",
             "dataset": {"path": f"digits/{manifest}", "image_column": "image", "id_column": "id",

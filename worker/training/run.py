@@ -223,7 +223,7 @@ def train(job_id: str) -> None:
     else:
         model = _build(req, parent, data, prep, settings)
         model_compiled, start_epoch = False, 0
-    augmentation = m.make_augmentation(req.augmentation, req.task)
+    augmentation = m.make_augmentation(req.augmentation, req.task, pixel_scale=prep.pixel_scale, seed=req.seed)
     train_ds = _datasets(train_split, req.batch_size, augmentation, req.seed, shuffle=True)
     val_ds = _datasets(val_split, req.batch_size, None, req.seed, shuffle=False)
     recorder = EpochRecorder(job_id, folder, hb, steps, req.epochs)
@@ -245,7 +245,7 @@ def train(job_id: str) -> None:
                                          weight_decay=req.optimizer.weight_decay)
             m.compile_for_task(model, req.task, optimizer)
         model.fit(train_ds, validation_data=val_ds, epochs=until, initial_epoch=start_epoch,
-                  callbacks=callbacks, verbose=0)
+                  callbacks=callbacks, verbose=0, shuffle=False)  # tf.data shuffles
         model_compiled = False  # the next phase recompiles with its own trainable layers and rate
         start_epoch = max(start_epoch, until)
 
