@@ -11,12 +11,13 @@ import os
 import sys
 
 
-def load_keras_safely(path: str):
-    """keras.models.load_model with safe_mode on; unsafe or unknown code becomes a clear ValueError."""
+def load_keras_safely(path: str, *, compile: bool = False):
+    """keras.models.load_model with safe_mode on; unsafe or unknown code becomes a clear ValueError.
+    `compile=True` also restores the loss, metrics and optimizer state (training checkpoints)."""
     import keras
 
     try:
-        return keras.models.load_model(path, compile=False, safe_mode=True)
+        return keras.models.load_model(path, compile=compile, safe_mode=True)
     except ValueError as exc:
         text = str(exc)
         if "safe_mode" in text or "unsafe" in text.lower():

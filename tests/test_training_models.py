@@ -6,13 +6,17 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from worker.training import models as M  # noqa: E402
+from worker.training import models as M
 
 RNG = np.random.default_rng(0)
 
 
 def images(n: int, size: int) -> np.ndarray:
     return (RNG.random((n, size, size, 3)) * 255).astype("float32")
+
+
+def to_np(tensor) -> np.ndarray:
+    return keras.ops.convert_to_numpy(tensor)
 
 
 def layer_weights(layer) -> list[np.ndarray]:
@@ -42,7 +46,7 @@ def test_every_architecture_builds_a_classifier_on_raw_pixels(arch):
     size = small_size(arch)
     model = M.build_model(arch, (size, size), M.HeadSpec("classification", 3), width=4)
     x = images(2, size)
-    y = np.asarray(model(x, training=False))
+    y = to_np(model(x, training=False))
     assert model.input_shape == (None, size, size, 3)
     assert y.shape == (2, 3)
     np.testing.assert_allclose(y.sum(axis=1), 1.0, atol=1e-5)
@@ -54,7 +58,7 @@ def test_every_architecture_builds_a_classifier_on_raw_pixels(arch):
     assert M.recommended_pixel_scale(arch) == "raw"
     names = [layer.name for layer in model.layers]
     if arch in REFERENCE_PREPROCESS:  # our preprocess layer turns raw pixels into what the backbone wants
-        got = np.asarray(model.get_layer("preprocess")(x))
+        got = to_np(model.get_layer("preprocess")(x))
         np.testing.assert_allclose(got, REFERENCE_PREPROCESS[arch](x), rtol=1e-5, atol=1e-3)
         assert not model.get_layer("preprocess").trainable_weights
     else:  # MobileNetV3 / EfficientNet rescale raw pixels themselves
@@ -68,7 +72,7 @@ def test_every_architecture_builds_a_classifier_on_raw_pixels(arch):
 def test_every_task_head(arch, task, outputs, activation):
     size = small_size(arch)
     model = M.build_model(arch, (size, size), M.HeadSpec(task, outputs), width=4)
-    y = np.asarray(model(images(3, size) * 4 - 500, training=False))  # far-off inputs: big logits
+    y = to_np(model(images(3, size) * 4 - 500, training=False))  # far-off inputs: big logits
     out = model.get_layer("output")
     assert y.shape == (3, outputs)
     assert out.activation.__name__ == activation
@@ -83,7 +87,7 @@ def test_pixel_scale_and_size_options():
     for scale, x in (("unit", 0.75), ("raw", 191.25)):  # both are 0.5 in Xception's [-1, 1]
         model = M.build_model("xception", (71, 80), M.HeadSpec("regression", 1), pixel_scale=scale)
         assert model.input_shape == (None, 71, 80, 3)
-        got = np.asarray(model.get_layer("preprocess")(np.full((1, 2, 2, 3), x, "float32")))
+        got = to_np(model.get_layer("preprocess")(np.full((1, 2, 2, 3), x, "float32")))
         np.testing.assert_allclose(got, 0.5, atol=1e-6)
     symmetric = M.build_model("xception", 71, M.HeadSpec("regression", 1), pixel_scale="symmetric")
     assert "preprocess" not in [layer.name for layer in symmetric.layers]  # already what Xception wants
@@ -112,7 +116,7 @@ def test_saved_model_loads_in_safe_mode(tmp_path):
     model.save(tmp_path / "m.keras")
     loaded = load_keras_safely(str(tmp_path / "m.keras"))
     x = images(2, 32)
-    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-5)
+    np.testing.assert_allclose(to_np(loaded(x)), to_np(model(x)), atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------- backbone weights
@@ -153,12 +157,15 @@ def test_missing_or_mismatched_backbone_weights(tmp_path):
     narrow.save_weights(str(tmp_path / "whole.weights.h5"))  # the whole model, not the backbone
     narrow.save(tmp_path / "narrow.keras")
     (tmp_path / "junk.weights.h5").write_bytes(b"not hdf5")
+    keras.applications.MobileNetV3Small(include_top=True, weights=None, input_shape=(32, 32, 3), classes=5,
+                                        name="backbone").save_weights(str(tmp_path / "with_top.weights.h5"))
     (tmp_path / "w.pt").write_bytes(b"x")
     cases = [("vgg", 8, "nope.weights.h5", "not found"),
              ("vgg", 8, "narrow.weights.h5", "do not fit"),
              ("vgg", 4, "whole.weights.h5", "do not fit"),
              ("vgg", 8, "narrow.keras", "do not fit"),
              ("mobilenet_v3_small", 4, "narrow.weights.h5", "do not fit"),
+             ("mobilenet_v3_small", 4, "with_top.weights.h5", "do not fit"),  # Keras alone loads it silently
              ("vgg", 4, "junk.weights.h5", "cannot read"),
              ("vgg", 4, "w.pt", ".weights.h5, .keras or legacy .h5")]
     for arch, width, name, message in cases:
@@ -207,14 +214,14 @@ def test_head_for_existing_on_a_flat_registered_model():
 # ------------------------------------------------------------------------------------------ freezing
 
 def _changed(model, before) -> set[str]:
-    return {w.path for w, b in zip(model.weights, before) if not np.array_equal(np.asarray(w), b)}
+    return {w.path for w, b in zip(model.weights, before) if not np.array_equal(w.numpy(), b)}
 
 
 def test_frozen_backbone_only_the_head_trains():
     model = M.build_model("mobilenet_v3_small", (32, 32), M.HeadSpec("regression", 2))
     M.set_trainable(model, backbone_trainable=False)
     M.compile_for_task(model, "regression", M.make_optimizer("adam", 1e-2))
-    before = [np.array(w) for w in model.weights]
+    before = [w.numpy().copy() for w in model.weights]
     model.fit(images(8, 32), RNG.random((8, 2)), batch_size=4, epochs=1, verbose=0)
     assert _changed(model, before) == {"output/kernel", "output/bias"}  # BatchNorm statistics too stay put
     assert len(model.trainable_weights) == 2
@@ -222,11 +229,12 @@ def test_frozen_backbone_only_the_head_trains():
 
 def test_unfreeze_top_layers_trains_exactly_those():
     model = M.build_model("vgg", (16, 16), M.HeadSpec("regression", 1), width=4)
+    M.set_trainable(model, backbone_trainable=False)  # the head phase first, as a FreezePolicy does
     M.set_trainable(model, backbone_trainable=True, unfreeze_top=5)
     assert [layer.name for layer in M.backbone_layers(model) if layer.trainable] == [
         "block3_conv1", "block3_conv2", "block3_pool", "gap", "fc1"]
     M.compile_for_task(model, "regression", M.make_optimizer("sgd", 0.05))
-    before = [np.array(w) for w in model.weights]
+    before = [w.numpy().copy() for w in model.weights]
     model.fit(images(8, 16), RNG.random((8, 1)), batch_size=4, epochs=1, verbose=0)
     layers_changed = {path.split("/")[0] for path in _changed(model, before)}
     assert layers_changed == {"block3_conv1", "block3_conv2", "fc1", "output"}
@@ -237,6 +245,8 @@ def test_unfreeze_top_keeps_batchnorm_frozen():
     trunk = M.backbone_layers(model)
     bn = keras.layers.BatchNormalization
     k = 20
+    M.set_trainable(model, backbone_trainable=False)
+    assert not any(layer.trainable for layer in trunk) and len(model.trainable_weights) == 2
     M.set_trainable(model, backbone_trainable=True, unfreeze_top=k)
     expected = [i >= len(trunk) - k and not isinstance(layer, bn) for i, layer in enumerate(trunk)]
     assert [layer.trainable for layer in trunk] == expected
@@ -255,6 +265,7 @@ def test_unfreeze_top_keeps_batchnorm_frozen():
 
 def test_preprocess_layer_stays_frozen():
     model = M.build_model("resnet50", (32, 32), M.HeadSpec("regression", 1))
+    model.get_layer("preprocess").trainable = True  # e.g. after a careless model.trainable = True
     M.set_trainable(model, backbone_trainable=True)
     assert not model.get_layer("preprocess").trainable
     assert not {id(w) for w in model.get_layer("preprocess").weights} & {id(w) for w in model.trainable_weights}
@@ -273,10 +284,10 @@ def test_every_optimizer_takes_a_step(name):
     model = _tiny()
     opt = M.make_optimizer(name, 0.1, momentum=0.5, weight_decay=0.01)
     M.compile_for_task(model, "regression", opt)
-    before = np.array(model.get_layer("output").kernel)
+    before = model.get_layer("output").kernel.numpy().copy()
     model.train_on_batch(np.ones((4, 4), "float32"), np.full((4, 1), 10.0, "float32"))
-    assert not np.allclose(before, np.array(model.get_layer("output").kernel))
-    assert float(np.asarray(opt.learning_rate)) == pytest.approx(0.1)
+    assert not np.allclose(before, model.get_layer("output").kernel.numpy())
+    assert float(keras.ops.convert_to_numpy(opt.learning_rate)) == pytest.approx(0.1)
     if name == "sgd":
         assert opt.momentum == pytest.approx(0.5)
     if name == "adamw":
@@ -289,11 +300,11 @@ def test_bad_optimizer_and_schedule_names():
     with pytest.raises(ValueError, match="constant, cosine, step, exponential"):
         M.make_schedule("linear", 0.1, steps_per_epoch=10, epochs=3)
     with pytest.raises(ValueError, match="warmup_epochs"):
-        M.make_schedule("cosine", 0.1, steps_per_epoch=10, epochs=3, warmup_epochs=3)
+        M.make_schedule("cosine", 0.1, steps_per_epoch=10, epochs=3, warmup_epochs=-1)
 
 
 def _lr(schedule, step) -> float:
-    return float(np.asarray(schedule(step))) if callable(schedule) else float(schedule)
+    return float(keras.ops.convert_to_numpy(schedule(step))) if callable(schedule) else float(schedule)
 
 
 def test_schedules():
@@ -323,6 +334,8 @@ def test_schedules():
     assert [_lr(flat, s) for s in (0, 4, 9, 10, 59)] == pytest.approx([base / 10, base / 2, base, base, base])
     stepped = M.make_schedule("step", base, steps_per_epoch=spe, epochs=epochs, warmup_epochs=3)  # 30 + 30
     assert [_lr(stepped, s) for s in (14, 35, 45, 55)] == pytest.approx([base / 2, base, base * 0.1, base * 0.01])
+    short = M.make_schedule("step", base, steps_per_epoch=spe, epochs=1, warmup_epochs=2)  # a phase inside the ramp
+    assert [_lr(short, s) for s in (0, 9)] == pytest.approx([base / 20, base / 2])
 
 
 def test_warmup_schedule_survives_saving(tmp_path):
@@ -332,9 +345,8 @@ def test_warmup_schedule_survives_saving(tmp_path):
     model.train_on_batch(np.ones((2, 4), "float32"), np.ones((2, 1), "float32"))
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
-    again = loaded.optimizer.learning_rate
-    assert isinstance(loaded.optimizer._learning_rate, M.LinearWarmup)
-    assert float(np.asarray(again)) == pytest.approx(_lr(sched, 1))
+    assert loaded.optimizer.get_config()["learning_rate"]["class_name"] == "LinearWarmup"
+    assert float(keras.ops.convert_to_numpy(loaded.optimizer.learning_rate)) == pytest.approx(_lr(sched, 1))
 
 
 # ------------------------------------------------------------------------------ augmentation, compile
@@ -346,10 +358,10 @@ def test_augmentation():
                                "translate": 0.1}, "classification", seed=1)
     assert [layer.name for layer in aug.layers] == ["flip", "rotation", "zoom", "translate", "contrast", "brightness"]
     x = images(4, 16)
-    y = np.asarray(aug(x, training=True))
+    y = to_np(aug(x, training=True))
     assert y.shape == x.shape and y.min() >= 0 and y.max() <= 255 and not np.allclose(x, y)
     unit = M.make_augmentation({"brightness": 0.5}, "regression", pixel_scale="unit", seed=1)
-    assert np.asarray(unit(x / 255, training=True)).max() <= 1.0
+    assert to_np(unit(x / 255, training=True)).max() <= 1.0
 
     photometric = M.make_augmentation({"contrast": 0.2, "brightness": 0.1}, "keypoints")
     assert [layer.name for layer in photometric.layers] == ["contrast", "brightness"]

@@ -83,7 +83,7 @@ class HeadSpec:
     outputs: int         # regression: number of targets; classification: number of classes; keypoints: 2*N
     dropout: float = 0.2
 
-    def validated(self) -> "HeadSpec":
+    def validated(self) -> HeadSpec:
         _choice("task", self.task, TASKS)
         if isinstance(self.outputs, bool) or not isinstance(self.outputs, (int, np.integer)) or self.outputs < 1:
             raise ValueError(f"head outputs must be a positive integer, got {self.outputs!r}")
@@ -438,16 +438,11 @@ def backbone_layers(model: keras.Model) -> list:
             and not layer.name.startswith(PREPROCESS_NAME)]
 
 
-def _make_trainable(layer) -> None:
-    layer.trainable = True
-    if isinstance(layer, keras.Model) or hasattr(layer, "layers"):
-        for sub in getattr(layer, "layers", []):
-            if isinstance(sub, layers.BatchNormalization):
-                sub.trainable = False
-            else:
-                _make_trainable(sub)
-    if isinstance(layer, layers.BatchNormalization):
-        layer.trainable = False
+def _set_tree(layer, trainable: bool) -> None:
+    """Set `layer` and, explicitly, every layer nested in it; BatchNormalization layers stay frozen."""
+    layer.trainable = trainable and not isinstance(layer, layers.BatchNormalization)
+    for sub in getattr(layer, "layers", None) or []:
+        _set_tree(sub, trainable)
 
 
 def set_trainable(model: keras.Model, *, backbone_trainable: bool, unfreeze_top: int | None = None) -> None:
@@ -456,25 +451,29 @@ def set_trainable(model: keras.Model, *, backbone_trainable: bool, unfreeze_top:
     backbone_trainable=False: only the head trains (`unfreeze_top` is ignored).
     backbone_trainable=True: the top `unfreeze_top` layers of :func:`backbone_layers` become trainable
     (None = all of them, 0 = none). BatchNormalization layers always stay frozen (inference mode), as Keras
-    recommends for fine-tuning. Recompile the model afterwards (compile_for_task) for the change to apply.
+    recommends for fine-tuning. Every flag is set explicitly (Keras does not propagate ``model.trainable = True``
+    into nested functional models), so phases can go frozen -> unfrozen -> frozen in any order.
+    Recompile the model afterwards (compile_for_task) for the change to apply.
     """
     if unfreeze_top is not None and (isinstance(unfreeze_top, bool) or not isinstance(unfreeze_top, (int, np.integer))
                                      or unfreeze_top < 0):
         raise ValueError(f"unfreeze_top must be None or an integer >= 0, got {unfreeze_top!r}")
-    model.trainable = True
     trunk = backbone_layers(model)
-    for layer in trunk:
-        layer.trainable = False
+    chosen = []
     if backbone_trainable:
         chosen = trunk if unfreeze_top is None else trunk[len(trunk) - min(int(unfreeze_top), len(trunk)):]
-        for layer in chosen:
-            _make_trainable(layer)
+    chosen_ids = {id(layer) for layer in chosen}
+    trunk_ids = {id(layer) for layer in trunk}
+    model.trainable = True
     nested = backbone_of(model)
-    if nested is not None and not any(layer.trainable for layer in trunk):
-        nested.trainable = False
-    for layer in model.layers:
-        if layer.name.startswith(PREPROCESS_NAME):
-            layer.trainable = False
+    if nested is not None:
+        nested.trainable = bool(chosen)  # the container first: Keras may propagate it to its layers
+    for layer in trunk:
+        _set_tree(layer, id(layer) in chosen_ids)
+    for layer in model.layers:  # outside the backbone: the head trains, the input preprocessing never
+        if layer is nested or id(layer) in trunk_ids or isinstance(layer, layers.InputLayer):
+            continue
+        _set_tree(layer, not layer.name.startswith(PREPROCESS_NAME))
 
 
 # --------------------------------------------------------------------------- optimizers and schedules
@@ -537,7 +536,8 @@ def make_schedule(kind: str, base_lr: float, *, steps_per_epoch: int, epochs: in
     constant: base_lr; cosine: from base_lr to 0 at the end (CosineDecay); step: x0.1 after each third of
     training (PiecewiseConstantDecay); exponential: smooth decay to base_lr * 0.01 at the end (ExponentialDecay).
     With warmup_epochs > 0 the lr first ramps linearly up to base_lr over those epochs, and the decay covers the
-    remaining steps. Built-in Keras schedules where possible; the warmup is :class:`LinearWarmup`.
+    remaining steps (warmup_epochs >= epochs: training ends within the ramp, no error). Built-in Keras schedules
+    where possible; the warmup is :class:`LinearWarmup`.
     """
     _choice("schedule", kind, SCHEDULES)
     base_lr = float(base_lr)
@@ -546,10 +546,10 @@ def make_schedule(kind: str, base_lr: float, *, steps_per_epoch: int, epochs: in
     for label, value in (("steps_per_epoch", steps_per_epoch), ("epochs", epochs)):
         if int(value) < 1:
             raise ValueError(f"{label} must be >= 1, got {value}")
-    if not 0 <= int(warmup_epochs) < int(epochs):
-        raise ValueError(f"warmup_epochs must be in [0, epochs), got {warmup_epochs} for {epochs} epochs")
+    if int(warmup_epochs) < 0:
+        raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
     warmup = int(steps_per_epoch) * int(warmup_epochs)
-    steps = int(steps_per_epoch) * int(epochs) - warmup
+    steps = max(1, int(steps_per_epoch) * int(epochs) - warmup)
     sched = keras.optimizers.schedules
     if kind == "constant":
         after = base_lr

@@ -115,7 +115,7 @@ def _build(req: TrainRequest, parent, data, prep, settings):
         return m.head_for_existing(load_keras_safely(parent.path), head)
     return m.build_model(req.base.architecture, (prep.height, prep.width), head,
                          backbone_weights=_resolve_weights(req.base.backbone_weights, settings),
-                         width=req.base.width, seed=req.seed)
+                         width=req.base.width, seed=req.seed, pixel_scale=prep.pixel_scale)
 
 
 class EpochRecorder:
@@ -217,7 +217,7 @@ def train(job_id: str) -> None:
 
         # weights, trainable flags and optimizer state as of the last finished epoch: the phase it
         # was in goes on with them (fit() below skips compiling once)
-        model = load_keras_safely(checkpoint_path)
+        model = load_keras_safely(checkpoint_path, compile=True)
         model_compiled = True
         start_epoch = checkpoint_epoch
     else:
@@ -353,7 +353,7 @@ def _register(req, job_id, model, signature, metrics, data, parent, settings, *,
         model.save(path)
         with session_scope() as s:
             version = import_model(s, path, req.model, Signature(**signature), settings.model_store,
-                                   description=f"trained by job {job_id}", lineage=lineage, promote=False)
+                                   description=f"trained by job {job_id}", lineage=lineage, promote=None)  # a new name: first version is production
             s.expunge(version)
     return version
 
