@@ -49,12 +49,15 @@ def next_slot(cron: str, tz: str, now: datetime) -> datetime:
 
 def render_request(schedule: Schedule, slot: datetime, previous: datetime | None) -> TrainRequest:
     """The schedule's train settings for one slot: {date} / {previous_date} in the dataset path are
-    the slot's local date (and the previous slot's), e.g. "crawl/{date:%Y-%m-%d}/items.csv"."""
+    the slot's local date (and the previous slot's), e.g. "crawl/{date:%Y-%m-%d}/items.csv"; with
+    "added_since_last_run", only manifests written since the previous slot are read."""
     spec = copy.deepcopy(schedule.train)
     local = slot.astimezone(ZoneInfo(schedule.timezone))
     prev_local = (previous or slot).astimezone(ZoneInfo(schedule.timezone))
     spec["model"] = schedule.model_name
     spec["dataset"]["path"] = spec["dataset"]["path"].format(date=local, previous_date=prev_local)
+    if spec["dataset"].get("added_since_last_run") and previous is not None:
+        spec["dataset"]["added_since"] = previous.isoformat()
     spec.setdefault("gate", schedule.gate)
     return TrainRequest.model_validate(spec)
 

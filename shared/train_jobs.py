@@ -22,7 +22,7 @@ def create_train_job(session: Session, req: TrainRequest, *, idempotency_key: st
     parent = model_registry.resolve(session, req.base.version) if req.base.version else None
     if parent is not None and parent.task != req.task:
         raise InvalidRequest(f"cannot fine-tune a {parent.task} model for {req.task}", field="base.version")
-    spec = req.model_dump()
+    spec = req.model_dump(mode="json")
     if parent is not None:
         spec["base"]["version"] = f"{parent.name}@{parent.version}"  # pin what 'production' meant now
     job = Job(id=str(uuid.uuid4()), kind="train", status="queued",

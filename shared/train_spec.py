@@ -1,6 +1,7 @@
 """What a train request may say, validated with pydantic; stored as JSON on the train run."""
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -18,6 +19,10 @@ class DatasetRef(Strict):
     id_column: str | None = None
     target_columns: list[str] = Field(default_factory=list)
     label_column: str | None = None
+    # only rows of manifests written after this time (a schedule sets it to its previous slot
+    # when its dataset says "added_since_last_run": true)
+    added_since: datetime | None = None
+    added_since_last_run: bool = False
 
 
 class TrainBase(Strict):

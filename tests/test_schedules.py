@@ -184,3 +184,14 @@ def _wait_schedule_run(stack, schedule_id, n):
     job = stack.wait_job(job_id, timeout=600, poll=1.0)
     assert job["status"] == "succeeded", job
     return job
+
+
+def test_added_since_last_run_reads_only_new_manifests(configured, db_url):
+    train = {**TRAIN, "dataset": {**TRAIN["dataset"], "path": "crawl/*/items.csv", "added_since_last_run": True}}
+    make(db_url, train=train)
+    _, first = dispatch(datetime(2026, 11, 24, 1, 0, 5, tzinfo=UTC))
+    _, second = dispatch(datetime(2026, 11, 25, 1, 0, 5, tzinfo=UTC))
+    with session_scope(db_url) as s:
+        assert s.get(TrainRun, first[0]).spec["dataset"]["added_since"] is None  # first night: everything
+        since = s.get(TrainRun, second[0]).spec["dataset"]["added_since"]
+    assert datetime.fromisoformat(since) == datetime(2026, 11, 24, 1, tzinfo=UTC)

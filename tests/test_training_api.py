@@ -114,3 +114,19 @@ def test_dataset_check_over_http(pg_stack, digits):
     assert {"0", "3", "4"} <= set(report["classes"]["per_class"])
     bad = requests.post(pg_stack.url("/api/v1/datasets/check"), json={"path": "../../etc"}, timeout=10)
     assert bad.status_code == 400
+
+
+def test_a_fine_tune_mixes_in_earlier_items(pg_stack, digits):
+    name = f"mix-{uuid.uuid4().hex[:6]}"
+    lines = (digits / "all.csv").read_text().splitlines()
+    (digits / "second-night.csv").write_text("\n".join([lines[0], *lines[901:]]) + "\n")
+    first = requests.post(pg_stack.url("/api/v1/jobs/train"), timeout=30, json=base_request(
+        name, epochs=1, dataset={"path": "digits/first-night.csv", "id_column": "id", "label_column": "label"}))
+    assert pg_stack.wait_job(first.json()["id"], timeout=600, poll=1.0)["status"] == "succeeded"
+    second = requests.post(pg_stack.url("/api/v1/jobs/train"), timeout=30, json=base_request(
+        name, epochs=1, base={"version": name}, mix_in={"fraction": 0.5},
+        dataset={"path": "digits/second-night.csv", "id_column": "id", "label_column": "label"}))
+    job = pg_stack.wait_job(second.json()["id"], timeout=600, poll=1.0)
+    assert job["status"] == "succeeded", job
+    assert job["data"]["rows"] == 897 and job["data"]["mixed_in_rows"] == 450  # half of the first night's 900
+    assert sum(job["data"]["split_sizes"].values()) == 897 + 450

@@ -1,6 +1,7 @@
 """Training data: dataset rows -> decoded tensors (through the on-disk cache) and targets, per split."""
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -12,7 +13,7 @@ from shared.config import Settings
 from shared.datasets import DatasetSpec, assign_splits, load_dataset
 from shared.image_cache import DecodedImageCache
 from shared.imaging import Preprocessing
-from shared.train_spec import TrainRequest
+from shared.train_spec import DatasetRef, TrainRequest
 
 
 class DataError(ValueError):
@@ -42,8 +43,17 @@ def dataset_spec(ref) -> DatasetSpec:
                        target_columns=list(ref.target_columns), label_column=ref.label_column)
 
 
+def _added_since(frame: pd.DataFrame, since) -> pd.DataFrame:
+    """Rows of the manifests written after `since` (the previous schedule slot)."""
+    written = {m: os.path.getmtime(m) for m in frame["manifest"].dropna().unique()}
+    cutoff = since.timestamp()
+    return frame[frame["manifest"].map(lambda m: written.get(m, 0) > cutoff)]
+
+
 def _frame(req: TrainRequest, settings: Settings, parent_lineage: dict | None) -> tuple[pd.DataFrame, dict]:
     frame = load_dataset(settings.data_roots, dataset_spec(req.dataset))
+    if req.dataset.added_since is not None:
+        frame = _added_since(frame, req.dataset.added_since)
     stats = {"rows": int(len(frame))}
     if req.mix_in is not None:
         ref = req.mix_in.dataset
@@ -51,7 +61,7 @@ def _frame(req: TrainRequest, settings: Settings, parent_lineage: dict | None) -
         if ref is not None:
             earlier = dataset_spec(ref)
         elif parent_lineage and parent_lineage.get("dataset"):
-            earlier = DatasetSpec(**parent_lineage["dataset"])
+            earlier = dataset_spec(DatasetRef.model_validate(parent_lineage["dataset"]))
         if earlier is not None:
             old = load_dataset(settings.data_roots, earlier)
             old = old[~old["item_id"].isin(set(frame["item_id"]))]

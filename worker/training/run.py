@@ -344,8 +344,8 @@ def _register(req, job_id, model, signature, metrics, data, parent, settings, *,
     from shared.model_registry import Signature, import_model
 
     lineage = {"job_id": job_id, "parent": f"{parent.name}@{parent.version}" if parent else None,
-               "architecture": req.base.architecture, "dataset": req.dataset.model_dump(),
-               "data": data.stats, "hyperparameters": req.model_dump(exclude={"dataset", "model"}),
+               "architecture": req.base.architecture, "dataset": req.dataset.model_dump(mode="json"),
+               "data": data.stats, "hyperparameters": req.model_dump(mode="json", exclude={"dataset", "model"}),
                "holdout_metrics": metrics, "code_version": _code_version(),
                "duration_seconds": round(duration, 2), "trained_at": utcnow().isoformat()}
     with tempfile.TemporaryDirectory(dir=settings.model_store) as tmp:

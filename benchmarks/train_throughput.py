@@ -1,0 +1,810 @@
+#!/usr/bin/env python
+"""Training throughput benchmark: how close does a real imgq train job come to a bare `model.fit`?
+
+One run measures, on this machine:
+
+  (a) images/s of a real train job: `imgq serve` + `imgq worker --cpu` (LocalStack), a train request
+      POSTed to /api/v1/jobs/train (VGG, input 60, regression on the catalog's page views with
+      target_transform log1p, batch 64, N epochs) on a synthetic catalog of JPEGs. Throughput comes from
+      the job's own per-epoch `seconds` in GET /api/v1/jobs/<id>/metrics: train images per epoch / epoch
+      seconds, epoch 1 excluded (it includes tracing). The job's wall time (POST -> finished_at) is
+      reported too, with where it went (queue + claim, process start + data + epoch 1, epochs, evaluation
+      + registration);
+  (b) a bare `model.fit` in this process on the same cached tensors: the same model
+      (worker.training.models.build_model("vgg", (60, 60), HeadSpec("regression", 1), width=16) +
+      compile_for_task(adam)), the same split (shared.datasets.assign_splits salted with the model name),
+      the same Preprocessing (60x60 stretch, pixel_scale of run.py's _preprocessing for vgg: "raw"), the
+      inputs read through shared.image_cache.DecodedImageCache, the same tf.data pipeline as run.py
+      (shuffle, batch, prefetch) with the same validation data, timed the same way (on_epoch_begin ->
+      on_epoch_end, which includes the validation pass, epoch 1 excluded);
+  (extra) the same bare fit with a no-op `on_train_batch_end` callback: the job's EpochRecorder overrides
+      that hook, which by itself turns off Keras' asynchronous batch callbacks and converts the logs to
+      Python after every step; this separates that cost from the rest of the job's overhead;
+  (c) the decoding a nightly fine-tune does on its second run: a second train job on the same data with
+      base {"version": "<name>"}; its data stats (decode_seconds, cache_hits, cache_misses, load_seconds,
+      from GET /api/v1/jobs/<id>, key "data") next to the first run's.
+
+Targets (reported as met / not met, never asserted): (a)/(b) >= 0.9; the fine-tune's second run decodes
+nothing (cache_misses == 0, i.e. all hits).
+
+Results: printed, and written to benchmarks/results/train_throughput-<timestamp>.json/.md and
+benchmarks/results/train_throughput-latest.json. The JPEG catalog is the one score_throughput.py uses
+(benchmarks/.cache/catalogs/, made once and reused); the decoded-image cache lives in the run's temporary
+IMGQ_HOME, so the first job always starts cold.
+
+    python benchmarks/train_throughput.py            # full run (2,000 images, 5 epochs; ~2-4 min on 2 cores)
+    python benchmarks/train_throughput.py --quick    # smaller, to check it works
+    python benchmarks/train_throughput.py --backend embedded   # SQLite + filesystem broker
+
+The postgres backend (the default when 127.0.0.1:5432 and Redis answer) creates a fresh database
+imgq_bench_<pid> and drops it at the end; it uses one Redis database number (flushed first and last).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE_DIR = ROOT / "benchmarks" / ".cache"
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+CATALOG_SIZE = (600, 800)  # width x height, as write_catalog takes it (the same catalog as score_throughput)
+CATALOG_DIR = CACHE_DIR / "catalogs" / f"catalog-{CATALOG_SIZE[0]}x{CATALOG_SIZE[1]}"
+MODEL_NAME = "bench-train-vgg60"
+ARCHITECTURE = "vgg"
+INPUT_SIZE = 60
+WIDTH = 16
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+PG_BENCH_URL = "postgresql://postgres@127.0.0.1:5432/{db}"
+
+TARGETS = {
+    "job_vs_bare_fit": (">=", 0.9),
+    "fine_tune_cache_misses": ("<=", 0),
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a smaller run to check the benchmark works (300 images, 3 epochs)")
+    p.add_argument("--images", type=int, help="catalog images in the dataset (default 2000; --quick 300)")
+    p.add_argument("--epochs", type=int, help="epochs per train job and for the bare fit (default 5; --quick 3)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size of the jobs and the bare fit")
+    p.add_argument("--backend", choices=("embedded", "postgres"),
+                   help="default: postgres when 127.0.0.1:5432 and Redis are reachable, else embedded")
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/11",
+                   help="Redis database for the postgres backend's broker (flushed first and last)")
+    p.add_argument("--no-fine-tune", action="store_true", help="skip (c), the second (fine-tune) job")
+    p.add_argument("--no-extra", action="store_true",
+                   help="skip the extra bare fit with a per-batch callback (what the job's EpochRecorder costs Keras)")
+    p.add_argument("--job-timeout", type=float, default=900.0, help="seconds to wait for each train job")
+    p.add_argument("--wait-idle", type=float, default=120.0,
+                   help="wait up to this many seconds for other processes to quiet down before starting")
+    p.add_argument("--keep", action="store_true", help="keep the temporary IMGQ_HOME (logs) and database")
+    args = p.parse_args(argv)
+    q = args.quick
+    args.images = args.images or (300 if q else 2000)
+    args.epochs = args.epochs or (3 if q else 5)
+    if args.images < 50:
+        p.error("--images must be at least 50 (the validation split must not be empty)")
+    if args.epochs < 2:
+        p.error("--epochs must be at least 2 (epoch 1 is excluded from the throughput)")
+    if args.batch_size < 1:
+        p.error("--batch-size must be positive")
+    return args
+
+
+# --------------------------------------------------------------------------- backend (as in score_throughput)
+
+
+def postgres_and_redis_reachable(redis_url: str) -> bool:
+    for port in (5432, int(redis_url.split("://", 1)[1].split("/")[0].rsplit(":", 1)[1])):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.5):
+                pass
+        except OSError:
+            return False
+    try:
+        import psycopg
+        import redis
+
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
+            pass
+        redis.Redis.from_url(redis_url, socket_timeout=3).ping()
+    except Exception:
+        return False
+    return True
+
+
+class Backend:
+    """The database + broker for this run; `env` goes to the benchmark process and to the stack."""
+
+    def __init__(self, kind: str, redis_url: str):
+        self.kind = kind
+        self.redis_url = redis_url
+        self.db_name = f"imgq_bench_{os.getpid()}"
+        self.env: dict[str, str] = {}
+        self.created = False
+
+    def setup(self) -> None:
+        if self.kind == "embedded":
+            return  # no DATABASE_URL / BROKER_URL: SQLite + kombu filesystem transport under IMGQ_HOME
+        import psycopg
+        import redis
+
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.db_name}"')
+        self.created = True
+        redis.Redis.from_url(self.redis_url).flushdb()
+        self.env = {"DATABASE_URL": PG_BENCH_URL.format(db=self.db_name), "BROKER_URL": self.redis_url}
+
+    def teardown(self) -> None:
+        if self.kind == "embedded":
+            return
+        try:
+            import redis
+
+            redis.Redis.from_url(self.redis_url).flushdb()
+        except Exception as exc:
+            log(f"warning: could not flush {self.redis_url}: {exc}")
+        if self.created:
+            try:
+                from shared.db import engine
+
+                engine().dispose()  # close this process's pooled connections
+            except Exception:
+                pass
+            import psycopg
+
+            try:
+                with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+            except Exception as exc:
+                log(f"warning: could not drop database {self.db_name}: {exc}")
+
+
+# --------------------------------------------------------------------------- catalog and dataset
+
+
+def ensure_catalog(n: int) -> Path:
+    """At least `n` JPEGs (~600x800) in the cache folder (shared with score_throughput); made once, reused.
+
+    write_catalog draws image i from one seeded stream, so the first k images of any catalog are the
+    same: a bigger catalog serves every smaller run through a subset manifest.
+    """
+    from shared.synthetic import write_catalog
+
+    marker = CATALOG_DIR / "catalog.json"
+    have = 0
+    if marker.exists():
+        try:
+            have = int(json.loads(marker.read_text())["images"])
+        except (ValueError, KeyError):
+            have = 0
+    if have >= n and (CATALOG_DIR / "items.csv").exists():
+        log(f"catalog: reusing {have} JPEGs in {CATALOG_DIR.relative_to(ROOT)}")
+        return CATALOG_DIR
+    log(f"catalog: writing {n} JPEGs of about {CATALOG_SIZE[0]}x{CATALOG_SIZE[1]} to "
+        f"{CATALOG_DIR.relative_to(ROOT)} (once)")
+    t0 = time.perf_counter()
+    marker.unlink(missing_ok=True)
+    write_catalog(CATALOG_DIR, n, size=CATALOG_SIZE, broken=False)
+    marker.write_text(json.dumps({"images": n, "size": CATALOG_SIZE, "seed": 0}))
+    log(f"catalog: done in {time.perf_counter() - t0:.1f}s")
+    return CATALOG_DIR
+
+
+def catalog_rows() -> list[list[str]]:
+    with open(CATALOG_DIR / "items.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    return rows[1:]
+
+
+def write_manifest(folder: Path, name: str, rows: list[list[str]]) -> str:
+    """A dataset manifest (id, image as an absolute path into the catalog, pageviews) in the run's own
+    folder, so the cached catalog is never modified; returns its path relative to that data root."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.csv"
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "image", "pageviews"])
+        writer.writerows([r[0], str(CATALOG_DIR / r[1]), *r[2:]] for r in rows)
+    return path.name
+
+
+def dataset_ref(manifest_rel: str) -> dict:
+    return {"path": manifest_rel, "image_column": "image", "id_column": "id", "target_columns": ["pageviews"]}
+
+
+def train_body(manifest_rel: str, args) -> dict:
+    """(a): a new VGG regressor. Resize mode and pixel scale are left to the job (run.py's _preprocessing)."""
+    return {"model": MODEL_NAME, "task": "regression", "dataset": dataset_ref(manifest_rel),
+            "base": {"architecture": ARCHITECTURE, "width": WIDTH}, "input_size": INPUT_SIZE,
+            "target_transform": "log1p", "batch_size": args.batch_size, "epochs": args.epochs, "seed": 0}
+
+
+def fine_tune_body(manifest_rel: str, args) -> dict:
+    """(c): the nightly fine-tune: same name, same data, base = the production version of the name."""
+    return {"model": MODEL_NAME, "task": "regression", "dataset": dataset_ref(manifest_rel),
+            "base": {"version": MODEL_NAME}, "target_transform": "log1p", "batch_size": args.batch_size,
+            "epochs": args.epochs, "seed": 0}
+
+
+# --------------------------------------------------------------------------- train jobs over HTTP
+
+
+def parse_ts(value) -> float | None:
+    if not value:
+        return None
+    t = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if t.tzinfo is None:  # SQLite hands back naive UTC datetimes
+        t = t.replace(tzinfo=timezone.utc)
+    return t.timestamp()
+
+
+def wait_final(session, stack, job_id: str, timeout: float, poll: float = 1.0) -> dict:
+    """Poll GET /api/v1/jobs/<id> (once a second: the poll itself must not cost the training CPU)."""
+    deadline = time.time() + timeout
+    last_phase = None
+    while True:
+        job = session.get(stack.url(f"/api/v1/jobs/{job_id}"), timeout=30).json()
+        phase = (job.get("progress") or {}).get("phase")
+        if phase != last_phase:
+            log(f"    job {job_id[:8]}: {job['status']}, phase {phase}")
+            last_phase = phase
+        if job["status"] not in ("queued", "running"):
+            return job
+        if time.time() > deadline:
+            raise TimeoutError(f"train job {job_id} still {job['status']} after {timeout}s: {job.get('progress')}")
+        for p in (stack.web, stack.worker):
+            if p is not None and p.poll() is not None:
+                raise RuntimeError(f"a process exited with code {p.returncode}; logs in {stack.log_dir}")
+        time.sleep(poll)
+
+
+def epoch_created_at(job_id: str) -> dict[int, float]:
+    """When each epoch's metrics row was written (TrainMetric.created_at), for the wall-time breakdown."""
+    from sqlalchemy import select
+
+    from shared.db import session_scope
+    from shared.tables import TrainMetric
+
+    with session_scope() as s:
+        return {e: parse_ts(t) for e, t in s.execute(
+            select(TrainMetric.epoch, TrainMetric.created_at).where(TrainMetric.job_id == job_id))}
+
+
+def epoch_rate(train_images: int, seconds: list[float]) -> dict:
+    """Images/s from per-epoch seconds, epoch 1 excluded: total over epochs 2..N, plus the per-epoch figures."""
+    later = seconds[1:]
+    out = {"train_images_per_epoch": train_images, "epoch_seconds": [round(x, 3) for x in seconds],
+           "epoch1_seconds": round(seconds[0], 3) if seconds else None}
+    if not later or train_images <= 0:
+        out["images_per_s"] = None
+        return out
+    rates = [train_images / x for x in later if x > 0]
+    out.update(images_per_s=round(train_images * len(later) / sum(later), 1),
+               per_epoch_images_per_s=[round(r, 1) for r in rates],
+               median_epoch_images_per_s=round(statistics.median(rates), 1),
+               best_epoch_images_per_s=round(max(rates), 1),
+               epoch1_extra_seconds=round(seconds[0] - statistics.median(later), 3))
+    return out
+
+
+def run_train_job(http, stack, body: dict, label: str, timeout: float) -> dict:
+    t_submit = time.time()
+    resp = http.post(stack.url("/api/v1/jobs/train"), json=body, timeout=120)
+    t_accepted = time.time()
+    if resp.status_code != 202:
+        raise RuntimeError(f"{label}: train submit failed: {resp.status_code} {resp.text[:800]}")
+    job_id = resp.json()["id"]
+    log(f"{label}: job {job_id} accepted (POST took {1000 * (t_accepted - t_submit):.0f} ms)")
+    final = wait_final(http, stack, job_id, timeout)
+    t_seen = time.time()
+    metrics = http.get(stack.url(f"/api/v1/jobs/{job_id}/metrics"), timeout=30).json()
+    epochs = metrics.get("epochs") or []
+    data = final.get("data") or {}
+    out = {"job_id": job_id, "status": final["status"], "error": final.get("error"),
+           "model": final.get("model"), "data": data, "holdout_metrics": final.get("holdout_metrics"),
+           "attempts": (final.get("progress") or {}).get("attempts"),
+           "submit_http_ms": round(1000 * (t_accepted - t_submit), 1), "epochs": epochs}
+    if final["status"] != "succeeded":
+        tail = ""
+        logf = Path(os.environ["IMGQ_HOME"]) / "train-logs" / f"{job_id}.log"
+        if logf.exists():
+            tail = logf.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{label}: train job {job_id} ended {final['status']}: {final.get('error')}\n{tail}")
+
+    train_n = int((data.get("split_sizes") or {}).get("train") or 0)
+    out["throughput"] = epoch_rate(train_n, [float(e["seconds"]) for e in sorted(epochs, key=lambda e: e["epoch"])])
+    started = parse_ts(final["timings"]["started_at"])
+    finished = parse_ts(final["timings"]["finished_at"])
+    end = finished or t_seen
+    out["wall_seconds"] = round(end - t_submit, 3)
+    out["wall_images_per_s"] = round(train_n * len(epochs) / (end - t_submit), 1) if train_n else None
+    created = epoch_created_at(job_id)
+    if started and created:
+        first, last = created[min(created)], created[max(created)]
+        ep = out["throughput"]["epoch_seconds"]
+        load = float(data.get("load_seconds") or 0.0)
+        out["breakdown"] = {
+            "submit_to_started_s": round(started - t_submit, 3),  # queue + claim by the worker
+            # process start (python, TF, keras imports), data load, model build, epoch 1 (tracing), checkpoint
+            "started_to_epoch1_written_s": round(first - started, 3),
+            "of_which_load_data_s": round(load, 3),
+            "of_which_epoch1_s": ep[0] if ep else None,
+            "of_which_rest_s": round(first - started - load - (ep[0] if ep else 0.0), 3),
+            "epoch1_to_last_epoch_written_s": round(last - first, 3),
+            "of_which_epoch_seconds_s": round(sum(ep[1:]), 3),  # the rest: checkpoint saves + DB writes
+            "last_epoch_to_finished_s": round(end - last, 3),  # evaluation on the holdout + registration
+        }
+    tp = out["throughput"]
+    log(f"{label}: {final['status']} in {out['wall_seconds']:.1f}s wall; {tp['images_per_s']} images/s over epochs "
+        f"2..{len(epochs)} ({train_n} train images/epoch, epoch seconds {tp['epoch_seconds']})")
+    log(f"{label}: data {json.dumps({k: data.get(k) for k in ('load_seconds', 'decode_seconds', 'cache_hits', 'cache_misses', 'split_sizes')})}")
+    if "breakdown" in out:
+        log(f"{label}: wall breakdown {json.dumps(out['breakdown'])}")
+    return out
+
+
+def version_signature(http, stack, name: str) -> list[dict]:
+    try:
+        body = http.get(stack.url(f"/api/v1/models/{name}/versions"), timeout=30).json()
+    except Exception as exc:  # informative only
+        return [{"error": str(exc)}]
+    keep = ("version", "input_height", "input_width", "resize_mode", "pixel_scale", "target_transform", "aliases")
+    return [{k: v.get(k) for k in keep if k in v} for v in body.get("versions", [])]
+
+
+# --------------------------------------------------------------------------- (b) bare model.fit
+
+
+def bare_fit(manifest_rel: str, args, s, with_batch_hook: bool = True) -> dict:
+    """The same model, split, preprocessing, cached tensors and tf.data pipeline as worker/training/run.py,
+    trained with a plain `model.fit` in this process (no database, no heartbeat, no per-batch callback)."""
+    from worker.device import configure_tensorflow
+
+    tf = configure_tensorflow()
+    import keras
+    import numpy as np
+
+    from shared import targets as target_transforms
+    from shared.datasets import DatasetSpec, assign_splits, load_dataset
+    from shared.image_cache import DecodedImageCache
+    from shared.imaging import Preprocessing
+    from shared.train_spec import TrainRequest
+    from worker.training import models as m
+    from worker.training.run import _preprocessing
+
+    # run.py's _preprocessing for a new vgg: input_size, "stretch" (not keypoints), recommended_pixel_scale("vgg")
+    prep = Preprocessing(INPUT_SIZE, INPUT_SIZE, resize_mode="stretch", pixel_scale="raw")
+    job_prep = _preprocessing(TrainRequest.model_validate(train_body(manifest_rel, args)), None)
+    if job_prep != prep:
+        log(f"warning: run.py's _preprocessing gives {job_prep}, the benchmark mirrors {prep}")
+
+    t0 = time.perf_counter()
+    spec = DatasetSpec(**dataset_ref(manifest_rel))
+    frame = assign_splits(load_dataset(s.data_roots, spec), salt=MODEL_NAME, validation=0.1, holdout=0.1)
+    # the job's cache folder: after the jobs ran, every entry is there (all hits confirms the same cache key)
+    cache = DecodedImageCache(s.data_dir / "image-cache", prep, max_pixels=s.max_image_pixels)
+    loaded = cache.load_many(frame["path"].tolist(), threads=s.decode_threads)
+    ok = np.array([e[0] is not None for e in loaded])
+    frame, loaded = frame[ok].reset_index(drop=True), [e for e, good in zip(loaded, ok) if good]
+    load_seconds = time.perf_counter() - t0
+
+    def split(name):
+        mask = (frame["split"] == name).to_numpy()
+        x = np.stack([e[0] for e, keep in zip(loaded, mask) if keep])
+        y = target_transforms.forward({"kind": "log1p"}, frame[["pageviews"]].to_numpy(dtype=np.float64)[mask])
+        return x, y.astype(np.float32)
+
+    x_train, y_train = split("train")
+    x_val, y_val = split("validation")
+    log(f"(b) data: {len(x_train)} train / {len(x_val)} validation tensors in {load_seconds:.2f}s "
+        f"(cache hits {cache.stats.hits}, misses {cache.stats.misses})")
+
+    def pipeline(x, y, shuffle):  # as run.py's _datasets (no augmentation)
+        ds = tf.data.Dataset.from_tensor_slices((x, y))
+        if shuffle:
+            ds = ds.shuffle(len(x), seed=0, reshuffle_each_iteration=True)
+        return ds.batch(args.batch_size).prefetch(tf.data.AUTOTUNE)
+
+    class EpochTimer(keras.callbacks.Callback):  # the job's EpochRecorder times the same span
+        def __init__(self):
+            super().__init__()
+            self.seconds: list[float] = []
+            self._t = 0.0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t = time.monotonic()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.monotonic() - self._t)
+
+    class BatchHook(keras.callbacks.Callback):
+        """Does what EpochRecorder.on_train_batch_end costs Keras without its work: merely overriding the
+        hook turns off Keras' asynchronous batch callbacks and converts the logs to Python every step."""
+
+        def on_train_batch_end(self, batch, logs=None):
+            time.monotonic()
+
+    def fit_once(label: str, batch_hook: bool) -> dict:
+        keras.utils.set_random_seed(0)
+        model = m.build_model(ARCHITECTURE, (INPUT_SIZE, INPUT_SIZE), m.HeadSpec("regression", 1), width=WIDTH,
+                              seed=0, pixel_scale=prep.pixel_scale)
+        m.compile_for_task(model, "regression", "adam")
+        timer = EpochTimer()
+        w = CpuWatch()
+        t0 = time.perf_counter()
+        history = model.fit(pipeline(x_train, y_train, True), validation_data=pipeline(x_val, y_val, False),
+                            epochs=args.epochs, callbacks=[timer, *([BatchHook()] if batch_hook else [])],
+                            verbose=0, shuffle=False)
+        out = {"throughput": epoch_rate(len(x_train), timer.seconds),
+               "fit_seconds": round(time.perf_counter() - t0, 3), "cpu": w.stop(),
+               "final_loss": round(float(history.history["loss"][-1]), 4),
+               "final_val_loss": round(float(history.history["val_loss"][-1]), 4),
+               "params": int(model.count_params())}
+        tp = out["throughput"]
+        log(f"{label}: {tp['images_per_s']} images/s over epochs 2..{args.epochs} (epoch seconds {tp['epoch_seconds']})")
+        return out
+
+    out = fit_once("(b) bare model.fit", batch_hook=False)
+    out.update(load_seconds=round(load_seconds, 3), cache=cache.stats.as_dict(),
+               split_sizes={k: int((frame["split"] == k).sum()) for k in ("train", "validation", "holdout")},
+               preprocessing={"height": prep.height, "width": prep.width, "resize_mode": prep.resize_mode,
+                              "pixel_scale": prep.pixel_scale},
+               run_py_preprocessing_matches=job_prep == prep)
+    if with_batch_hook:
+        out["with_batch_hook"] = fit_once("(extra) bare model.fit + a no-op on_train_batch_end", batch_hook=True)
+    return out
+
+
+# --------------------------------------------------------------------------- CPU accounting (as in score_throughput)
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _child_pids(pid: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid:  # fields: state, ppid, ...
+            kids.append(int(entry.name))
+    return kids
+
+
+def _machine_busy_s() -> float:
+    with open("/proc/stat") as fh:
+        fields = [int(v) for v in fh.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])
+    return (total - idle) / _TICK
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds of `pid` and its live descendants, plus the reaped children they waited for."""
+    total = 0.0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(v) for v in fields[11:15]) / _TICK  # utime stime cutime cstime
+        todo.extend(_child_pids(p))
+    return total
+
+
+class CpuWatch:
+    """Background CPU use (other processes) during a phase, as % of the machine."""
+
+    def __init__(self):
+        self.t, self.busy, self.ours = time.perf_counter(), _machine_busy_s(), _tree_cpu_s(os.getpid())
+
+    def stop(self) -> dict:
+        wall = time.perf_counter() - self.t
+        busy = _machine_busy_s() - self.busy
+        ours = _tree_cpu_s(os.getpid()) - self.ours
+        cpus = os.cpu_count() or 1
+        return {"wall_s": round(wall, 2), "our_cpu_pct": round(100 * ours / (wall * cpus), 1),
+                "background_cpu_pct": round(max(0.0, 100 * (busy - ours) / (wall * cpus)), 1)}
+
+
+def wait_for_quiet(max_wait: float, threshold_pct: float = 25.0) -> dict:
+    """Wait (up to max_wait s) until other processes use < threshold % of the machine over 2 s."""
+    t0 = time.time()
+    while True:
+        w = CpuWatch()
+        time.sleep(2)
+        bg = w.stop()["background_cpu_pct"]
+        waited = time.time() - t0
+        if bg < threshold_pct or waited >= max_wait:
+            if bg >= threshold_pct:
+                log(f"warning: the machine is busy ({bg:.0f}% CPU used by other processes); "
+                    f"figures may be low and noisy")
+            return {"background_cpu_pct_at_start": bg, "waited_s": round(waited, 1)}
+        if waited < 2.5:
+            log(f"the machine is busy ({bg:.0f}% CPU used by other processes): waiting up to {max_wait:.0f}s")
+
+
+# --------------------------------------------------------------------------- report
+
+
+def verdict(name: str, value) -> dict:
+    op, target = TARGETS[name]
+    if value is None:
+        met = None
+    elif op == ">=":
+        met = value >= target
+    elif op == "<=":
+        met = value <= target
+    else:
+        met = value < target
+    return {"value": value, "target": f"{op} {target:g}", "met": met}
+
+
+def fmt_met(v: dict) -> str:
+    return {True: "met", False: "NOT met", None: "n/a"}[v["met"]]
+
+
+def markdown(report: dict) -> str:
+    run = report["run"]
+    a, b, c = report.get("job", {}), report.get("bare_fit", {}), report.get("fine_tune", {})
+    t = report.get("targets", {})
+
+    def bg(part: dict) -> str:
+        cpu = part.get("cpu", {})
+        return f"{cpu['background_cpu_pct']:.0f} %" if "background_cpu_pct" in cpu else ""
+
+    def row(measure, value, part=None, target_key=None):
+        v = t.get(target_key) if target_key else None
+        target, met = (v["target"], fmt_met(v)) if v else ("", "")
+        return f"| {measure} | {value} | {target} | {met} | {bg(part or {})} |"
+
+    lines = [
+        f"# train_throughput — {run['timestamp']}",
+        "",
+        f"backend {run['backend']}, {run['cpus']} CPUs, {run['images']} images ({ARCHITECTURE} width {WIDTH}, "
+        f"input {INPUT_SIZE}, batch {run['batch_size']}, {run['epochs']} epochs), commit {run.get('git_commit', '?')}"
+        f"{' (quick)' if run['quick'] else ''}, total {run.get('seconds_total', '?')} s",
+    ]
+    if run.get("git_dirty"):
+        lines.append(f"working tree differs from the commit in: {', '.join(run['git_dirty'])}")
+    lines += ["", "| measure | value | target | | other processes' CPU |", "|---|---:|---:|---|---:|"]
+    if a.get("throughput"):
+        tp = a["throughput"]
+        lines.append(row(f"(a) train job, epochs 2..{run['epochs']} ({tp['train_images_per_epoch']} img/epoch)",
+                         f"{tp['images_per_s']} img/s", a))
+        lines.append(row("(a) epoch seconds (epoch 1 with tracing)", ", ".join(f"{x:.2f}" for x in tp["epoch_seconds"])))
+        lines.append(row("(a) job wall time, POST -> finished_at", f"{a['wall_seconds']:.1f} s "
+                         f"({a['wall_images_per_s']} img/s over all epochs)"))
+        if a.get("breakdown"):
+            bd = a["breakdown"]
+            lines.append(row("(a) wall: queue+claim / start+data+epoch 1 / epochs 2..N / eval+register",
+                             f"{bd['submit_to_started_s']:.1f} / {bd['started_to_epoch1_written_s']:.1f} / "
+                             f"{bd['epoch1_to_last_epoch_written_s']:.1f} / {bd['last_epoch_to_finished_s']:.1f} s"))
+    if b.get("throughput"):
+        tp = b["throughput"]
+        lines.append(row(f"(b) bare model.fit, epochs 2..{run['epochs']}", f"{tp['images_per_s']} img/s", b))
+        lines.append(row("(b) epoch seconds", ", ".join(f"{x:.2f}" for x in tp["epoch_seconds"])))
+        hook = b.get("with_batch_hook", {})
+        if hook.get("throughput"):
+            lines.append(row("(extra) bare fit + no-op on_train_batch_end (as the job's recorder)",
+                             f"{hook['throughput']['images_per_s']} img/s", hook))
+    if "job_vs_bare_fit" in t:
+        lines.append(row("(a) / (b)", t["job_vs_bare_fit"]["value"], None, "job_vs_bare_fit"))
+    first = a.get("data") or {}
+    second = c.get("data") or {}
+    if first:
+        lines.append(row("(c) 1st run: decode s / hits / misses / load s",
+                         f"{first.get('decode_seconds')} / {first.get('cache_hits')} / {first.get('cache_misses')} / "
+                         f"{first.get('load_seconds')}"))
+    if second:
+        lines.append(row("(c) 2nd run (fine-tune): decode s / hits / misses / load s",
+                         f"{second.get('decode_seconds')} / {second.get('cache_hits')} / {second.get('cache_misses')} / "
+                         f"{second.get('load_seconds')}", c))
+    if "fine_tune_cache_misses" in t:
+        lines.append(row("(c) 2nd run cache misses", t["fine_tune_cache_misses"]["value"], None,
+                         "fine_tune_cache_misses"))
+    if c.get("throughput"):
+        lines.append(row("(c) fine-tune job, epochs 2..N", f"{c['throughput']['images_per_s']} img/s, "
+                         f"wall {c['wall_seconds']:.1f} s"))
+    lines.append("")
+    lines.append("decode_seconds is summed over the decode threads; load_seconds is the wall time of the job's "
+                 "data load (read + hash every file, then decode or read the cache entry). Epoch seconds "
+                 "(job and bare fit) run from on_epoch_begin to on_epoch_end and include the validation pass.")
+    if report.get("notes"):
+        lines += ["", "Notes:", *[f"- {x}" for x in report["notes"]]]
+    if report.get("errors"):
+        lines += ["", "Errors:", *[f"- {x.splitlines()[0] if x else x}" for x in report["errors"]]]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, stamp: str) -> list[Path]:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    paths = []
+    text = json.dumps(report, indent=2, default=str)
+    for name, body in ((f"train_throughput-{stamp}.json", text), (f"train_throughput-{stamp}.md", markdown(report)),
+                       ("train_throughput-latest.json", text)):
+        path = RESULTS_DIR / name
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(body)
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
+def git_dirty() -> list[str]:
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=10).stdout
+        return [line[3:] for line in out.splitlines() if line.strip()]
+    except Exception:
+        return []
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10).stdout.strip() or None
+    except Exception:
+        return None
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t_start = time.time()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    backend_kind = args.backend or ("postgres" if postgres_and_redis_reachable(args.redis_url) else "embedded")
+    log(f"train_throughput: backend {backend_kind}, {args.images} images, {args.epochs} epochs, "
+        f"batch {args.batch_size}{' (quick)' if args.quick else ''}")
+
+    home = Path(tempfile.mkdtemp(prefix="imgq-bench-train-"))
+    manifest_dir = home / "manifests"
+    backend = Backend(backend_kind, args.redis_url)
+    # Everything below reads settings from the environment: set it before any imgq import.
+    for key in ("DATABASE_URL", "BROKER_URL", "IMGQ_DATA_ROOTS", "IMGQ_UPLOAD_DIR", "IMGQ_MODEL_STORE"):
+        os.environ.pop(key, None)
+    os.environ.update({"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", "IMGQ_HOME": str(home),
+                       "IMGQ_DATA_ROOTS": os.pathsep.join([str(CATALOG_DIR.parent), str(manifest_dir)])})
+    report: dict = {"errors": [], "notes": []}
+    stack = None
+    ok = False
+    try:
+        backend.setup()
+        os.environ.update(backend.env)
+        from shared.config import ensure_dirs, settings
+        from shared.migrate import upgrade
+
+        s = settings()
+        CATALOG_DIR.parent.mkdir(parents=True, exist_ok=True)
+        manifest_dir.mkdir(parents=True, exist_ok=True)
+        ensure_dirs(s)
+        upgrade(s.database_url)
+        report["run"] = {
+            "timestamp": stamp, "quick": args.quick, "backend": backend_kind, "images": args.images,
+            "epochs": args.epochs, "batch_size": args.batch_size, "model": MODEL_NAME,
+            "architecture": ARCHITECTURE, "width": WIDTH, "input_size": INPUT_SIZE,
+            "cpus": os.cpu_count(), "python": platform.python_version(), "git_commit": git_commit(),
+            "git_dirty": git_dirty(), "decode_threads": s.decode_threads,
+            "database": s.database_url.split("@")[-1], "broker": s.broker_url,
+        }
+        report["run"]["quiet"] = wait_for_quiet(args.wait_idle)
+        ensure_catalog(args.images)
+        rows = catalog_rows()[: args.images]
+        manifest = write_manifest(manifest_dir, f"train-{args.images}", rows)
+
+        # ---- the real stack: (a) then (c)
+        import requests
+
+        from shared.local_stack import LocalStack
+
+        stack = LocalStack({}, home / "logs")  # the environment is already in os.environ
+        t0 = time.perf_counter()
+        stack.start(timeout=180)
+        http = requests.Session()
+        log(f"stack up (web + worker) in {time.perf_counter() - t0:.1f}s")
+
+        w = CpuWatch()
+        report["job"] = run_train_job(http, stack, train_body(manifest, args), "(a)", args.job_timeout)
+        report["job"]["cpu"] = w.stop()
+        if not args.no_fine_tune:
+            w = CpuWatch()
+            report["fine_tune"] = run_train_job(http, stack, fine_tune_body(manifest, args), "(c)", args.job_timeout)
+            report["fine_tune"]["cpu"] = w.stop()
+        report["versions"] = version_signature(http, stack, MODEL_NAME)
+        stack.stop()  # (b) gets the machine to itself, as the job had (an idle web front and worker aside)
+
+        # ---- (b) the bare fit, on the cached tensors the jobs left behind
+        report["bare_fit"] = bare_fit(manifest, args, s, with_batch_hook=not args.no_extra)
+        ok = True
+    except Exception as exc:
+        import traceback
+
+        traceback.print_exc()
+        report["errors"].append(f"{type(exc).__name__}: {exc}")
+        if stack is not None:
+            log(f"logs kept in {stack.log_dir}")
+    finally:
+        if stack is not None:
+            stack.stop()
+        report.setdefault("run", {"timestamp": stamp, "quick": args.quick, "backend": backend_kind,
+                                  "images": args.images, "epochs": args.epochs, "batch_size": args.batch_size,
+                                  "cpus": os.cpu_count()})
+        report["run"]["seconds_total"] = round(time.time() - t_start, 1)
+
+    # ---- ratios, checks and targets (figures only: a missed target never fails the run)
+    targets = {}
+    a_rate = report.get("job", {}).get("throughput", {}).get("images_per_s")
+    b_rate = report.get("bare_fit", {}).get("throughput", {}).get("images_per_s")
+    if a_rate and b_rate:
+        targets["job_vs_bare_fit"] = verdict("job_vs_bare_fit", round(a_rate / b_rate, 3))
+        a_med = report["job"]["throughput"].get("median_epoch_images_per_s")
+        b_med = report["bare_fit"]["throughput"].get("median_epoch_images_per_s")
+        if a_med and b_med:
+            report["job_vs_bare_fit_median_epochs"] = round(a_med / b_med, 3)
+    first = report.get("job", {}).get("data") or {}
+    second = report.get("fine_tune", {}).get("data") or {}
+    if second:
+        targets["fine_tune_cache_misses"] = verdict("fine_tune_cache_misses", second.get("cache_misses"))
+        report["fine_tune_vs_first"] = {
+            k: {"first": first.get(k), "second": second.get(k),
+                "ratio": round(second[k] / first[k], 4) if first.get(k) and second.get(k) is not None else None}
+            for k in ("decode_seconds", "load_seconds", "cache_hits", "cache_misses")}
+    job_sizes = (first or {}).get("split_sizes")
+    bare_sizes = report.get("bare_fit", {}).get("split_sizes")
+    if job_sizes and bare_sizes and job_sizes != bare_sizes:
+        report["notes"].append(f"split sizes differ: job {job_sizes}, bare fit {bare_sizes}")
+    bare_cache = report.get("bare_fit", {}).get("cache") or {}
+    if bare_cache.get("misses"):
+        report["notes"].append(f"the bare fit missed the job's cache {bare_cache['misses']} times: its preprocessing "
+                               "key differs from the job's")
+    report["targets"] = targets
+
+    print()
+    print(markdown(report))
+    for name, v in targets.items():
+        print(f"  target {name}: {v['value']} {v['target']} -> {fmt_met(v)}")
+    for path in write_report(report, stamp):
+        print(f"  wrote {path.relative_to(ROOT)}")
+
+    if not (args.keep or not ok):
+        shutil.rmtree(home, ignore_errors=True)
+    elif not ok:
+        log(f"IMGQ_HOME kept for inspection: {home}")
+    if not args.keep:
+        backend.teardown()
+    log(f"total {time.time() - t_start:.0f}s")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
