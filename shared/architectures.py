@@ -2,19 +2,25 @@
 from __future__ import annotations
 
 
-def vgg_regressor(input_size: int = 60, outputs: int = 1, width: int = 16, seed: int = 0):
-    """The VGG-style CNN of the page-view regressor: stacked 3x3 convolutions, max pooling, a dense head."""
-    import keras
+def vgg_trunk(x, width: int = 16):
+    """The VGG-style feature extractor: three blocks of two 3x3 convolutions and max pooling, then
+    global pooling and a dense layer. Layer names are fixed, so weights transfer between models."""
     from keras import layers
 
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((input_size, input_size, 3), name="image")
-    x = inputs
     for i, filters in enumerate((width, width * 2, width * 4)):
         x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"block{i + 1}_conv1")(x)
         x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"block{i + 1}_conv2")(x)
         x = layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
-    x = layers.Dense(width * 4, activation="relu", name="fc1")(x)
-    out = layers.Dense(outputs, name="output")(x)
+    return layers.Dense(width * 4, activation="relu", name="fc1")(x)
+
+
+def vgg_regressor(input_size: int = 60, outputs: int = 1, width: int = 16, seed: int = 0):
+    """The VGG-style CNN of the page-view regressor (takes pixels scaled to [0, 1])."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    out = layers.Dense(outputs, name="output")(vgg_trunk(inputs, width))
     return keras.Model(inputs, out, name="vgg_regressor")

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import PIL
 
-from shared.imaging import Geometry, ImageError, Preprocessing, _scale_pixels, content_hash, load_for_model
+from shared.imaging import (Geometry, ImageError, Preprocessing, _scale_pixels, content_hash, load_for_model,
+                            read_image_file)
 
 CACHE_FORMAT = 1
 _GEOMETRY_FIELDS = ("orig_width", "orig_height", "scale_x", "scale_y", "pad_x", "pad_y", "input_width", "input_height")
@@ -79,7 +80,7 @@ class DecodedImageCache:
         """
         digest = None
         try:
-            data = self._read(Path(path))
+            data = read_image_file(Path(path), max_bytes=self.max_bytes)
             digest = content_hash(data)
             array, geometry = self._load_hashed(data, digest)
         except ImageError as exc:
@@ -143,22 +144,6 @@ class DecodedImageCache:
             self.stats.decode_seconds += decode_seconds
             self.stats.corrupt += corrupt
             self.stats.errors += errors
-
-    def _read(self, path: Path) -> bytes:
-        try:
-            if self.max_bytes is not None:
-                size = path.stat().st_size
-                if size > self.max_bytes:
-                    raise ImageError(f"file too large: {size} bytes > limit {self.max_bytes}")
-            return path.read_bytes()
-        except FileNotFoundError:
-            raise ImageError(f"file not found: {path}") from None
-        except IsADirectoryError:
-            raise ImageError(f"not a file: {path}") from None
-        except PermissionError:
-            raise ImageError(f"permission denied: {path}") from None
-        except OSError as exc:
-            raise ImageError(f"cannot read {path}: {exc.strerror or exc}") from None
 
     def _read_entry(self, entry: Path) -> tuple[np.ndarray | None, Geometry | None, str | None] | None:
         """(pixels, geometry, None) or (None, None, error reason); None when absent or unreadable."""

@@ -13,6 +13,7 @@ import hashlib
 import struct
 from dataclasses import dataclass
 from io import BytesIO
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -113,6 +114,25 @@ class _Decoded:
 def content_hash(data: bytes) -> str:
     """sha256 hex of the bytes."""
     return hashlib.sha256(data).hexdigest()
+
+
+def read_image_file(path: Path, *, max_bytes: int | None, shown: str | None = None) -> bytes:
+    """The file's bytes, or an ImageError naming the problem (`shown` is how the path is reported)."""
+    shown = shown or str(path)
+    try:
+        if max_bytes is not None:
+            size = path.stat().st_size
+            if size > max_bytes:
+                raise ImageError(f"file too large: {size} bytes > limit {max_bytes}")
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(f"file not found: {shown}") from None
+    except IsADirectoryError:
+        raise ImageError(f"not a file: {shown}") from None
+    except PermissionError:
+        raise ImageError(f"permission denied: {shown}") from None
+    except OSError as exc:
+        raise ImageError(f"cannot read {shown}: {exc.strerror or exc}") from None
 
 
 def decode_rgb(data: bytes, *, max_pixels: int, draft_size: tuple[int, int] | None = None) -> Image.Image:

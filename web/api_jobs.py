@@ -42,6 +42,11 @@ def create_score_job():
         description, created = submit_json(settings, ScoreRequest.model_validate(body), key)
     else:
         raise InvalidRequest("send application/json or multipart/form-data")
+    return _accepted(description, created)
+
+
+def _accepted(description: dict, created: bool):
+    """202 with the job and its Location; a repeated Idempotency-Key says it is a replay."""
     response = jsonify(description)
     response.status_code = 202
     response.headers["Location"] = description["links"]["self"]
@@ -56,13 +61,7 @@ def create_train_job():
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object (a train request)")
     key = request.headers.get("Idempotency-Key") or None
-    description, created = submit_train(TrainRequest.model_validate(body), key, fingerprint(body))
-    response = jsonify(description)
-    response.status_code = 202
-    response.headers["Location"] = description["links"]["self"]
-    if not created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response
+    return _accepted(*submit_train(TrainRequest.model_validate(body), key, fingerprint(body)))
 
 
 @bp.get("/<job_id>/metrics")

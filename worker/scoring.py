@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from shared.imaging import ImageError, content_hash, load_for_model
+from shared.imaging import ImageError, content_hash, load_for_model, read_image_file
 from shared.outputs import interpret
 from shared.paths import OutsideDataRoots, resolve_inside
 
@@ -46,17 +46,7 @@ def read_item(uri: str, roots: tuple[Path, ...], max_bytes: int) -> bytes:
         path = resolve_inside(roots, uri)
     except OutsideDataRoots as exc:
         raise ImageError(str(exc)) from None
-    try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise ImageError(f"file too large: {size} bytes > limit {max_bytes}")
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise ImageError(f"file not found: {uri}") from None
-    except IsADirectoryError:
-        raise ImageError(f"not a file: {uri}") from None
-    except PermissionError:
-        raise ImageError(f"permission denied: {uri}") from None
+    return read_image_file(path, max_bytes=max_bytes, shown=uri)
 
 
 def _fetch(item, opts):

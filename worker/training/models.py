@@ -46,6 +46,8 @@ import keras
 import numpy as np
 from keras import layers
 
+from shared.architectures import vgg_trunk
+
 ARCHITECTURES = ("vgg", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "resnet50", "xception")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam", "adagrad")
 TASKS = ("regression", "classification", "keypoints")
@@ -134,14 +136,7 @@ def _input_hw(architecture: str, input_size) -> tuple[int, int]:
 def _vgg_backbone(h: int, w: int, width: int) -> keras.Model:
     """The trunk of shared.architectures.vgg_regressor (same layer names, so its files transfer)."""
     inputs = keras.Input((h, w, 3), name="backbone_input")
-    x = inputs
-    for i, filters in enumerate((width, width * 2, width * 4)):
-        x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"block{i + 1}_conv1")(x)
-        x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"block{i + 1}_conv2")(x)
-        x = layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    x = layers.Dense(width * 4, activation="relu", name="fc1")(x)
-    return keras.Model(inputs, x, name=BACKBONE_NAME)
+    return keras.Model(inputs, vgg_trunk(inputs, width), name=BACKBONE_NAME)
 
 
 def _application_backbone(architecture: str, h: int, w: int) -> keras.Model:
