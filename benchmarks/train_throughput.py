@@ -459,6 +459,7 @@ def bare_fit(manifest_rel: str, args, s, with_batch_hook: bool = True) -> dict:
                             verbose=0, shuffle=False)
         out = {"throughput": epoch_rate(len(x_train), timer.seconds),
                "fit_seconds": round(time.perf_counter() - t0, 3), "cpu": w.stop(),
+               "loss_per_epoch": [float(v) for v in history.history["loss"]],
                "final_loss": round(float(history.history["loss"][-1]), 4),
                "final_val_loss": round(float(history.history["val_loss"][-1]), 4),
                "params": int(model.count_params())}
@@ -618,6 +619,13 @@ def markdown(report: dict) -> str:
                              f"{hook['throughput']['images_per_s']} img/s", hook))
     if "job_vs_bare_fit" in t:
         lines.append(row("(a) / (b)", t["job_vs_bare_fit"]["value"], None, "job_vs_bare_fit"))
+    if "job_vs_bare_fit_best_epochs" in report:
+        lines.append(row("(a) / (b), best epoch of each (less sensitive to bursts of load)",
+                         report["job_vs_bare_fit_best_epochs"]))
+    same = report.get("bare_fit_same_training_as_job")
+    if same:
+        lines.append(row("(b) trains exactly as (a): per-epoch losses agree",
+                         f"{'yes' if same['same'] else 'NO'} (max rel. diff {same['max_relative_loss_difference']:.1e})"))
     first = a.get("data") or {}
     second = c.get("data") or {}
     if first:
@@ -787,6 +795,28 @@ def main(argv=None) -> int:
     if bare_cache.get("misses"):
         report["notes"].append(f"the bare fit missed the job's cache {bare_cache['misses']} times: its preprocessing "
                                "key differs from the job's")
+    job_losses = [e.get("loss") for e in sorted(report.get("job", {}).get("epochs") or [], key=lambda e: e["epoch"])]
+    bare_losses = report.get("bare_fit", {}).get("loss_per_epoch")
+    if job_losses and bare_losses:
+        # same model, seeds, tensors and shuffling: the losses should agree to float32 round-off
+        diff = max(abs(a - b) / max(abs(a), 1e-9) for a, b in zip(job_losses, bare_losses))
+        report["bare_fit_same_training_as_job"] = {"max_relative_loss_difference": diff,
+                                                   "same": len(job_losses) == len(bare_losses) and diff < 1e-3}
+        if not report["bare_fit_same_training_as_job"]["same"]:
+            report["notes"].append(f"the bare fit's per-epoch losses differ from the job's (max relative difference "
+                                   f"{diff:.2e}): it may not train on the same tensors")
+    if a_rate and b_rate:
+        a_best = report["job"]["throughput"].get("best_epoch_images_per_s")
+        b_best = report["bare_fit"]["throughput"].get("best_epoch_images_per_s")
+        if a_best and b_best:
+            report["job_vs_bare_fit_best_epochs"] = round(a_best / b_best, 3)
+    for label, part in (("(a)", report.get("job")), ("(b)", report.get("bare_fit")),
+                        ("(extra)", (report.get("bare_fit") or {}).get("with_batch_hook")),
+                        ("(c)", report.get("fine_tune"))):
+        bg = ((part or {}).get("cpu") or {}).get("background_cpu_pct")
+        if bg is not None and bg >= 20:
+            report["notes"].append(f"other processes used {bg:.0f} % of the machine during {label}: its figures are "
+                                   "low and noisy, and ratios across phases unreliable")
     report["targets"] = targets
 
     print()

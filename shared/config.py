@@ -99,6 +99,8 @@ def load_settings(env: dict | None = None) -> Settings:
         # Far longer than the longest chunk: a message is redelivered by Redis only when
         # its consumer is truly gone; the sweeper usually takes a dead chunk up first.
         options = {"visibility_timeout": _int(env, "IMGQ_VISIBILITY_TIMEOUT", 6 * 3600)}
+        if env.get("IMGQ_BROKER_PREFIX"):  # several imgq installations (or test runs) on one Redis
+            options["global_keyprefix"] = env["IMGQ_BROKER_PREFIX"]
     data_roots = _paths(env.get("IMGQ_DATA_ROOTS", "")) or (data_dir / "data",)
     return Settings(
         data_dir=data_dir,

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import PIL
 
-from shared.imaging import (Geometry, ImageError, Preprocessing, _scale_pixels, content_hash, load_for_model,
+from shared.imaging import (Geometry, ImageError, Preprocessing, scale_pixels, content_hash, load_for_model,
                             read_image_file)
 
 CACHE_FORMAT = 1
@@ -73,8 +73,9 @@ class DecodedImageCache:
     def entry_path(self, digest: str) -> Path:
         return self.folder / digest[:2] / f"{digest}.npz"
 
-    def load(self, path: str | Path) -> tuple[np.ndarray, Geometry, str]:
+    def load(self, path: str | Path, *, pixels: bool = False) -> tuple[np.ndarray, Geometry, str]:
         """(float32 HxWx3 input exactly as shared.imaging.load_for_model gives it, its Geometry, content hash).
+        With `pixels`, the uint8 canvas instead (4 times smaller; shared.imaging.scale_pixels makes the input).
 
         Raises :class:`ImageError` for a file that cannot be read or decoded.
         """
@@ -83,6 +84,8 @@ class DecodedImageCache:
             data = read_image_file(Path(path), max_bytes=self.max_bytes)
             digest = content_hash(data)
             array, geometry = self._load_hashed(data, digest)
+            if not pixels:
+                array = scale_pixels(array.astype(np.float32), self.prep.pixel_scale)
         except ImageError as exc:
             self._count(errors=1)
             exc.content_hash = digest  # load_many reports it with the reason
@@ -90,6 +93,7 @@ class DecodedImageCache:
         return array, geometry, digest
 
     def _load_hashed(self, data: bytes, digest: str) -> tuple[np.ndarray, Geometry]:
+        """(uint8 pixels, geometry) from the cache, or decoded and stored."""
         entry = self.entry_path(digest)
         cached = self._read_entry(entry)
         if cached is not None:
@@ -100,7 +104,7 @@ class DecodedImageCache:
             if geometry.orig_width * geometry.orig_height > self.max_pixels:
                 raise ImageError(f"too many pixels: {geometry.orig_width}x{geometry.orig_height} = "
                                  f"{geometry.orig_width * geometry.orig_height} > limit {self.max_pixels}")
-            return _scale_pixels(pixels.astype(np.float32), self.prep.pixel_scale), geometry
+            return pixels, geometry
 
         started = time.perf_counter()
         try:
@@ -113,9 +117,9 @@ class DecodedImageCache:
         self._count(misses=1, decode_seconds=time.perf_counter() - started)
         pixels = np.clip(np.rint(raw), 0, 255).astype(np.uint8)
         self._write_entry(entry, pixels=pixels, geometry=geometry)
-        return _scale_pixels(pixels.astype(np.float32), self.prep.pixel_scale), geometry
+        return pixels, geometry
 
-    def load_many(self, paths: Iterable[str | Path], threads: int
+    def load_many(self, paths: Iterable[str | Path], threads: int, *, pixels: bool = False
                   ) -> list[tuple[np.ndarray | None, Geometry | None, str | None, str | None]]:
         """[(input, geometry, content hash, None) or (None, None, hash or None, error reason)] in order."""
         paths = list(paths)
@@ -124,7 +128,7 @@ class DecodedImageCache:
             if path is None:
                 return None, None, None, "no image path"
             try:
-                array, geometry, digest = self.load(path)
+                array, geometry, digest = self.load(path, pixels=pixels)
                 return array, geometry, digest, None
             except ImageError as exc:
                 return None, None, getattr(exc, "content_hash", None), str(exc)

@@ -279,10 +279,11 @@ def _preprocess(img: Image.Image, prep: Preprocessing, *, orig_size: tuple[int, 
         pad_x=float(pad_x), pad_y=float(pad_y),
         input_width=prep.width, input_height=prep.height,
     )
-    return _scale_pixels(np.asarray(canvas, dtype=np.float32), prep.pixel_scale), geometry
+    return scale_pixels(np.asarray(canvas, dtype=np.float32), prep.pixel_scale), geometry
 
 
-def _scale_pixels(pixels: np.ndarray, pixel_scale: str) -> np.ndarray:
+def scale_pixels(pixels: np.ndarray, pixel_scale: str) -> np.ndarray:
+    """0..255 float32 pixels -> the model's input range."""
     if pixel_scale == "unit":
         return pixels / np.float32(255.0)
     if pixel_scale == "symmetric":

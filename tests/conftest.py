@@ -171,7 +171,9 @@ def pg_stack(tmp_path_factory):
     upgrade(url)
     broker = f"{REDIS_BASE}/9"
     redis.Redis.from_url(broker).flushdb()
-    stack = _stack(tmp_path_factory.mktemp("pg-stack"), {"DATABASE_URL": url, "BROKER_URL": broker})
+    # a key prefix of its own: another test run on the same Redis never takes this run's tasks
+    stack = _stack(tmp_path_factory.mktemp("pg-stack"), {"DATABASE_URL": url, "BROKER_URL": broker,
+                                                         "IMGQ_BROKER_PREFIX": f"imgq-test-{uuid.uuid4().hex[:8]}:"})
     stack.database_url = url
     stack.start()
     yield stack

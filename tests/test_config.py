@@ -22,6 +22,9 @@ def test_postgres_and_redis_urls(tmp_path):
     assert s.database_url == "postgresql+psycopg://u:p@db:5432/imgq"
     assert not s.embedded
     assert s.broker_transport_options == {"visibility_timeout": 7200}
+    prefixed = load_settings({"IMGQ_HOME": str(tmp_path), "BROKER_URL": "redis://r:6379/0",
+                              "IMGQ_BROKER_PREFIX": "shop-a:"})
+    assert prefixed.broker_transport_options["global_keyprefix"] == "shop-a:"
 
 
 def test_data_roots_are_a_path_list(tmp_path):

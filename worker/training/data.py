@@ -23,7 +23,7 @@ class DataError(ValueError):
 @dataclass
 class Split:
     ids: list[str]
-    x: np.ndarray
+    x: np.ndarray  # uint8 pixels (N, H, W, 3): a quarter of float32; scaled to the input range per batch
     y: np.ndarray
     geometries: list
     raw_targets: np.ndarray | None = None  # regression/keypoints in the user's units (pixels for keypoints)
@@ -104,7 +104,7 @@ def prepare(req: TrainRequest, settings: Settings, prep: Preprocessing, *, paren
         class_names = None
     cache = DecodedImageCache(settings.data_dir / "image-cache", prep, max_pixels=settings.max_image_pixels)
     started = time.perf_counter()
-    loaded = cache.load_many(frame["path"].tolist(), threads=settings.decode_threads)
+    loaded = cache.load_many(frame["path"].tolist(), threads=settings.decode_threads, pixels=True)
     ok = np.array([entry[0] is not None for entry in loaded])
     stats.update(unreadable=int((~ok).sum()), load_seconds=round(time.perf_counter() - started, 3),
                  decode_seconds=round(cache.stats.decode_seconds, 3), cache_hits=cache.stats.hits,
@@ -123,7 +123,7 @@ def prepare(req: TrainRequest, settings: Settings, prep: Preprocessing, *, paren
         mask = (frame["split"] == name).to_numpy()
         rows = [e for e, m in zip(loaded, mask) if m]
         geoms = [e[1] for e in rows]
-        x = np.stack([e[0] for e in rows]) if rows else np.zeros((0, prep.height, prep.width, 3), np.float32)
+        x = np.stack([e[0] for e in rows]) if rows else np.zeros((0, prep.height, prep.width, 3), np.uint8)
         raw = y_all[mask]
         if req.task == "regression":
             y = target_transforms.forward(transform, raw).astype(np.float32)

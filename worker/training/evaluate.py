@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from shared import targets as target_transforms
+from shared.imaging import scale_pixels
 
 LOWER_IS_BETTER = {"mae": True, "rmse": True, "pixel_error": True, "log_loss": True, "accuracy": False, "r2": False}
 
@@ -12,8 +13,10 @@ def default_metric(task: str) -> str:
     return {"regression": "mae", "classification": "accuracy", "keypoints": "pixel_error"}[task]
 
 
-def predict(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    outs = [np.asarray(model(x[i:i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
+def predict(model, pixels: np.ndarray, pixel_scale: str, batch_size: int = 256) -> np.ndarray:
+    """Model outputs for uint8 pixels, scaled to the model's input range one batch at a time."""
+    outs = [np.asarray(model(scale_pixels(pixels[i:i + batch_size].astype(np.float32), pixel_scale),
+                             training=False)) for i in range(0, len(pixels), batch_size)]
     return np.concatenate(outs) if outs else np.zeros((0,))
 
 

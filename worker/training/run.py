@@ -165,13 +165,22 @@ class EpochRecorder:
         return _Recorder(*args, **kwargs)
 
 
-def _datasets(split, batch_size, augmentation, seed, shuffle):
+def _datasets(split, batch_size, augmentation, seed, shuffle, pixel_scale):
+    """uint8 pixels -> shuffled batches in the model's input range (scaled inside the pipeline)."""
     import tensorflow as tf
+
+    def scale(x, y):
+        x = tf.cast(x, tf.float32)
+        if pixel_scale == "unit":
+            x = x / 255.0
+        elif pixel_scale == "symmetric":
+            x = x / 127.5 - 1.0
+        return x, y
 
     ds = tf.data.Dataset.from_tensor_slices((split.x, split.y))
     if shuffle:
         ds = ds.shuffle(len(split.ids), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
+    ds = ds.batch(batch_size).map(scale, num_parallel_calls=tf.data.AUTOTUNE)
     if augmentation is not None:
         ds = ds.map(lambda x, y: (augmentation(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -224,8 +233,9 @@ def train(job_id: str) -> None:
         model = _build(req, parent, data, prep, settings)
         model_compiled, start_epoch = False, 0
     augmentation = m.make_augmentation(req.augmentation, req.task, pixel_scale=prep.pixel_scale, seed=req.seed)
-    train_ds = _datasets(train_split, req.batch_size, augmentation, req.seed, shuffle=True)
-    val_ds = _datasets(val_split, req.batch_size, None, req.seed, shuffle=False)
+    train_ds = _datasets(train_split, req.batch_size, augmentation, req.seed, shuffle=True,
+                         pixel_scale=prep.pixel_scale)
+    val_ds = _datasets(val_split, req.batch_size, None, req.seed, shuffle=False, pixel_scale=prep.pixel_scale)
     recorder = EpochRecorder(job_id, folder, hb, steps, req.epochs)
     callbacks = [recorder]
     if req.early_stopping is not None:
@@ -260,8 +270,8 @@ def train(job_id: str) -> None:
         raise Canceled()
 
     hb.progress.update(phase="evaluating", eta_seconds=None)
-    predicted = evaluate.to_user_units(req.task, evaluate.predict(model, holdout.x), data.target_transform,
-                                       holdout.geometries)
+    predicted = evaluate.to_user_units(req.task, evaluate.predict(model, holdout.x, prep.pixel_scale),
+                                       data.target_transform, holdout.geometries)
     truth = holdout.y if req.task == "classification" else holdout.raw_targets
     metrics = evaluate.holdout_metrics(req.task, predicted, truth, train_truth=train_split.raw_targets)
     signature = {"task": req.task, "input_height": prep.height, "input_width": prep.width,
@@ -320,7 +330,7 @@ def _compare_and_report(req, model, data, signature, metrics, settings) -> dict:
         return result
     prod_model = load_keras_safely(production.path)
     truth = holdout.y if task == "classification" else holdout.raw_targets
-    prod_holdout = evaluate.to_user_units(task, evaluate.predict(prod_model, holdout.x),
+    prod_holdout = evaluate.to_user_units(task, evaluate.predict(prod_model, holdout.x, signature["pixel_scale"]),
                                           production.target_transform, holdout.geometries)
     result["production_metrics"] = evaluate.holdout_metrics(task, prod_holdout, truth,
                                                             train_truth=data.splits["train"].raw_targets)
@@ -334,8 +344,10 @@ def _compare_and_report(req, model, data, signature, metrics, settings) -> dict:
     if ids:
         x = np.stack([pool[i][1] for i in pick])
         geoms = [pool[i][2] for i in pick]
-        cand = evaluate.to_user_units(task, evaluate.predict(model, x), signature["target_transform"], geoms)
-        prod = evaluate.to_user_units(task, evaluate.predict(prod_model, x), production.target_transform, geoms)
+        scale = signature["pixel_scale"]
+        cand = evaluate.to_user_units(task, evaluate.predict(model, x, scale), signature["target_transform"], geoms)
+        prod = evaluate.to_user_units(task, evaluate.predict(prod_model, x, scale), production.target_transform,
+                                      geoms)
         result["shadow"] = evaluate.shadow_diff(task, ids, cand, prod, class_names=signature["class_names"])
     return result
 
