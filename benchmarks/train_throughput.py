@@ -14,8 +14,9 @@ One run measures, on this machine:
       (worker.training.models.build_model("vgg", (60, 60), HeadSpec("regression", 1), width=16) +
       compile_for_task(adam)), the same split (shared.datasets.assign_splits salted with the model name),
       the same Preprocessing (60x60 stretch, pixel_scale of run.py's _preprocessing for vgg: "raw"), the
-      inputs read through shared.image_cache.DecodedImageCache, the same tf.data pipeline as run.py
-      (shuffle, batch, prefetch) with the same validation data, timed the same way (on_epoch_begin ->
+      inputs read through shared.image_cache.DecodedImageCache (uint8 pixels, as worker/training/data.py),
+      the same tf.data pipeline as run.py (shuffle, batch, scale per batch, prefetch) with the same
+      validation data, timed the same way (on_epoch_begin ->
       on_epoch_end, which includes the validation pass, epoch 1 excluded);
   (extra) the same bare fit with a no-op `on_train_batch_end` callback: the job's EpochRecorder overrides
       that hook, which by itself turns off Keras' asynchronous batch callbacks and converts the logs to
@@ -405,7 +406,12 @@ def bare_fit(manifest_rel: str, args, s, with_batch_hook: bool = True) -> dict:
     frame = assign_splits(load_dataset(s.data_roots, spec), salt=MODEL_NAME, validation=0.1, holdout=0.1)
     # the job's cache folder: after the jobs ran, every entry is there (all hits confirms the same cache key)
     cache = DecodedImageCache(s.data_dir / "image-cache", prep, max_pixels=s.max_image_pixels)
-    loaded = cache.load_many(frame["path"].tolist(), threads=s.decode_threads)
+    # as worker/training/data.py: uint8 pixels in memory (scaled to the input range per batch, in the pipeline);
+    # an older cache API without `pixels` hands back float32 inputs already scaled
+    try:
+        loaded = cache.load_many(frame["path"].tolist(), threads=s.decode_threads, pixels=True)
+    except TypeError:
+        loaded = cache.load_many(frame["path"].tolist(), threads=s.decode_threads)
     ok = np.array([e[0] is not None for e in loaded])
     frame, loaded = frame[ok].reset_index(drop=True), [e for e, good in zip(loaded, ok) if good]
     load_seconds = time.perf_counter() - t0
@@ -418,14 +424,25 @@ def bare_fit(manifest_rel: str, args, s, with_batch_hook: bool = True) -> dict:
 
     x_train, y_train = split("train")
     x_val, y_val = split("validation")
-    log(f"(b) data: {len(x_train)} train / {len(x_val)} validation tensors in {load_seconds:.2f}s "
+    log(f"(b) data: {len(x_train)} train / {len(x_val)} validation tensors ({x_train.dtype}) in {load_seconds:.2f}s "
         f"(cache hits {cache.stats.hits}, misses {cache.stats.misses})")
+
+    def scale(x, y):  # uint8 -> the model's input range, one batch at a time (as run.py's _datasets)
+        x = tf.cast(x, tf.float32)
+        if prep.pixel_scale == "unit":
+            x = x / 255.0
+        elif prep.pixel_scale == "symmetric":
+            x = x / 127.5 - 1.0
+        return x, y
 
     def pipeline(x, y, shuffle):  # as run.py's _datasets (no augmentation)
         ds = tf.data.Dataset.from_tensor_slices((x, y))
         if shuffle:
             ds = ds.shuffle(len(x), seed=0, reshuffle_each_iteration=True)
-        return ds.batch(args.batch_size).prefetch(tf.data.AUTOTUNE)
+        ds = ds.batch(args.batch_size)
+        if x.dtype == np.uint8:
+            ds = ds.map(scale, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
 
     class EpochTimer(keras.callbacks.Callback):  # the job's EpochRecorder times the same span
         def __init__(self):
@@ -472,7 +489,7 @@ def bare_fit(manifest_rel: str, args, s, with_batch_hook: bool = True) -> dict:
                split_sizes={k: int((frame["split"] == k).sum()) for k in ("train", "validation", "holdout")},
                preprocessing={"height": prep.height, "width": prep.width, "resize_mode": prep.resize_mode,
                               "pixel_scale": prep.pixel_scale},
-               run_py_preprocessing_matches=job_prep == prep)
+               run_py_preprocessing_matches=job_prep == prep, tensor_dtype=str(x_train.dtype))
     if with_batch_hook:
         out["with_batch_hook"] = fit_once("(extra) bare model.fit + a no-op on_train_batch_end", batch_hook=True)
     return out

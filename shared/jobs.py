@@ -155,9 +155,10 @@ def list_jobs(session: Session, *, status: str | None, model: str | None, kind: 
         q = q.where(Job.status == status)
     if kind:
         q = q.where(Job.kind == kind)
-    if model:
+    if model:  # score jobs by the version they use, train jobs by the name they train
         name, _, _ = model.partition("@")
-        q = q.join(ModelVersion, ModelVersion.id == Job.model_version_id).where(ModelVersion.name == name)
+        q = q.outerjoin(ModelVersion, ModelVersion.id == Job.model_version_id).where(
+            (ModelVersion.name == name) | ((Job.kind == "train") & (Job.model_ref == name)))
     if before:
         anchor = session.get(Job, before)
         if anchor is None:

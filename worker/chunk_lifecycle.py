@@ -78,7 +78,7 @@ def claim(session: Session, job_id: str, chunk_no: int, *, worker: str,
         select(JobItem.item_id, JobItem.uri)
         .outerjoin(Result, and_(Result.job_id == JobItem.job_id, Result.item_id == JobItem.item_id))
         .where(JobItem.job_id == job_id, JobItem.chunk_no == chunk_no, Result.item_id.is_(None))
-        .order_by(JobItem.item_id)).tuples())
+        .order_by(JobItem.item_id)))
     version = session.get(ModelVersion, job.model_version_id)
     session.expunge(version)
     return ClaimedChunk(job_id, chunk_no, chunk.attempts, version, job.use_cache, items)
