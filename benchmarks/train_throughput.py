@@ -33,7 +33,7 @@ benchmarks/results/train_throughput-latest.json. The JPEG catalog is the one sco
 (benchmarks/.cache/catalogs/, made once and reused); the decoded-image cache lives in the run's temporary
 IMGQ_HOME, so the first job always starts cold.
 
-    python benchmarks/train_throughput.py            # full run (2,000 images, 5 epochs; ~2-4 min on 2 cores)
+    python benchmarks/train_throughput.py            # full run (2,000 images, 5 epochs; ~1.5 min on 2 idle cores)
     python benchmarks/train_throughput.py --quick    # smaller, to check it works
     python benchmarks/train_throughput.py --backend embedded   # SQLite + filesystem broker
 
