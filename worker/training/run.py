@@ -48,7 +48,7 @@ class Heartbeat(threading.Thread):
 
     def beat(self) -> None:
         with session_scope() as s:
-            status = life.heartbeat(s, self.job_id, **self.progress)
+            status = life.heartbeat(s, self.job_id, **dict(self.progress))
         if status == "canceled":
             self.canceled.set()
 
@@ -353,7 +353,16 @@ def _compare_and_report(req, model, data, signature, metrics, settings) -> dict:
 
 
 def _register(req, job_id, model, signature, metrics, data, parent, settings, *, duration):
+    """The new version; idempotent: an attempt that died after registering finds its version again."""
+    from sqlalchemy import select
+
     from shared.model_registry import Signature, import_model
+
+    with session_scope() as s:
+        for version in s.scalars(select(ModelVersion).where(ModelVersion.name == req.model)):
+            if (version.lineage or {}).get("job_id") == job_id:
+                s.expunge(version)
+                return version
 
     lineage = {"job_id": job_id, "parent": f"{parent.name}@{parent.version}" if parent else None,
                "architecture": req.base.architecture, "dataset": req.dataset.model_dump(mode="json"),
