@@ -24,36 +24,29 @@ benchmarks/.cache/ and reused.
     python benchmarks/score_throughput.py --quick    # smaller, to check it works
     python benchmarks/score_throughput.py --backend embedded   # SQLite + filesystem broker
 
-The postgres backend (the default when 127.0.0.1:5432 and Redis answer) creates a fresh database
-imgq_bench_<pid> and drops it at the end; it uses one Redis database number (flushed first and last).
+The backend, the run's environment, LocalStack, CPU accounting and the results files are
+benchmarks/common.py's (shared with train_throughput.py): the postgres backend, the default when
+127.0.0.1:5432 and Redis answer, creates a fresh database imgq_bench_<pid> and drops it at the end.
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
-import platform
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import timezone
+from functools import partial
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-CACHE_DIR = ROOT / "benchmarks" / ".cache"
-RESULTS_DIR = ROOT / "benchmarks" / "results"
-CATALOG_SIZE = (600, 800)  # width x height, as write_catalog takes it
-CATALOG_DIR = CACHE_DIR / "catalogs" / f"catalog-{CATALOG_SIZE[0]}x{CATALOG_SIZE[1]}"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, however this file is run
+from common import (CATALOG_DIR, BenchRun, CpuWatch, add_backend_args, add_run_args, catalog_rows, child_pids,
+                    ensure_catalog, log, md_row, md_table_head, new_parser, parse_ts, print_summary, verdict,
+                    wait_final, wait_for_quiet, write_manifest)
+
 MODEL_NAME = "bench-vgg60"
 INPUT_SIZE = 60
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
-PG_BENCH_URL = "postgresql://postgres@127.0.0.1:5432/{db}"
 
 TARGETS = {
     "e2e_vs_min_ab": (">=", 0.8),
@@ -63,23 +56,15 @@ TARGETS = {
 }
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
 # --------------------------------------------------------------------------- arguments
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser(__doc__)
     p.add_argument("--quick", action="store_true",
                    help="a smaller run to check the benchmark works (300 images, 5 memory jobs)")
     p.add_argument("--images", type=int, help="catalog images in the end-to-end job (default 2000; --quick 300)")
-    p.add_argument("--backend", choices=("embedded", "postgres"),
-                   help="default: postgres when 127.0.0.1:5432 and Redis are reachable, else embedded")
-    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/11",
-                   help="Redis database for the postgres backend's broker (flushed first and last)")
+    add_backend_args(p)
     p.add_argument("--batch-sizes", default="16,32,64,128", help="batch sizes for (a)")
     p.add_argument("--naive-images", type=int, help="images in the naive loop (d) (default 200; --quick 60)")
     p.add_argument("--memory-jobs", type=int, help="consecutive jobs for (e) (default 20; --quick 5)")
@@ -87,9 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--latency-requests", type=int,
                    help="minimum GET /jobs/<id> samples while a job runs for (f) (default 300; --quick 100)")
     p.add_argument("--e2e-runs", type=int, help="score jobs timed for (c), median reported (default 5; --quick 2)")
-    p.add_argument("--wait-idle", type=float, default=120.0,
-                   help="wait up to this many seconds for other processes to quiet down before starting")
-    p.add_argument("--keep", action="store_true", help="keep the temporary IMGQ_HOME (logs) and database")
+    add_run_args(p)
     args = p.parse_args(argv)
     q = args.quick
     args.images = args.images or (300 if q else 2000)
@@ -105,110 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-# --------------------------------------------------------------------------- backend
-
-
-def postgres_and_redis_reachable(redis_url: str) -> bool:
-    for port in (5432, int(redis_url.split("://", 1)[1].split("/")[0].rsplit(":", 1)[1])):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.5):
-                pass
-        except OSError:
-            return False
-    try:
-        import psycopg
-        import redis
-
-        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
-            pass
-        redis.Redis.from_url(redis_url, socket_timeout=3).ping()
-    except Exception:
-        return False
-    return True
-
-
-class Backend:
-    """The database + broker for this run; `env` goes to the benchmark process and to the stack."""
-
-    def __init__(self, kind: str, redis_url: str):
-        self.kind = kind
-        self.redis_url = redis_url
-        self.db_name = f"imgq_bench_{os.getpid()}"
-        self.env: dict[str, str] = {}
-        self.created = False
-
-    def setup(self) -> None:
-        if self.kind == "embedded":
-            return  # no DATABASE_URL / BROKER_URL: SQLite + kombu filesystem transport under IMGQ_HOME
-        import psycopg
-        import redis
-
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{self.db_name}"')
-        self.created = True
-        redis.Redis.from_url(self.redis_url).flushdb()
-        self.env = {"DATABASE_URL": PG_BENCH_URL.format(db=self.db_name), "BROKER_URL": self.redis_url}
-
-    def teardown(self) -> None:
-        if self.kind == "embedded":
-            return
-        try:
-            import redis
-
-            redis.Redis.from_url(self.redis_url).flushdb()
-        except Exception as exc:
-            log(f"warning: could not flush {self.redis_url}: {exc}")
-        if self.created:
-            try:
-                from shared.db import engine
-
-                engine().dispose()  # close this process's pooled connections
-            except Exception:
-                pass
-            import psycopg
-
-            try:
-                with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-                    conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
-            except Exception as exc:
-                log(f"warning: could not drop database {self.db_name}: {exc}")
-
-
-# --------------------------------------------------------------------------- catalog
-
-
-def ensure_catalog(n: int) -> Path:
-    """At least `n` JPEGs (~600x800) in the cache folder; made once, reused by later runs.
-
-    write_catalog draws image i from one seeded stream, so the first k images of any catalog are the
-    same: a bigger catalog serves every smaller run through a subset manifest.
-    """
-    from shared.synthetic import write_catalog
-
-    marker = CATALOG_DIR / "catalog.json"
-    have = 0
-    if marker.exists():
-        try:
-            have = int(json.loads(marker.read_text())["images"])
-        except (ValueError, KeyError):
-            have = 0
-    if have >= n and (CATALOG_DIR / "items.csv").exists():
-        log(f"catalog: reusing {have} JPEGs in {CATALOG_DIR.relative_to(ROOT)}")
-        return CATALOG_DIR
-    log(f"catalog: writing {n} JPEGs of about {CATALOG_SIZE[0]}x{CATALOG_SIZE[1]} to "
-        f"{CATALOG_DIR.relative_to(ROOT)} (once)")
-    t0 = time.perf_counter()
-    marker.unlink(missing_ok=True)
-    write_catalog(CATALOG_DIR, n, size=CATALOG_SIZE, broken=False)
-    marker.write_text(json.dumps({"images": n, "size": CATALOG_SIZE, "seed": 0}))
-    log(f"catalog: done in {time.perf_counter() - t0:.1f}s")
-    return CATALOG_DIR
-
-
-def catalog_rows() -> list[list[str]]:
-    with open(CATALOG_DIR / "items.csv", newline="") as fh:
-        rows = list(csv.reader(fh))
-    return rows[1:]
+# --------------------------------------------------------------------------- manifests
 
 
 MANIFEST_DIR: Path | None = None  # set in main(): a data root inside the run's temporary IMGQ_HOME
@@ -218,13 +98,7 @@ def subset_manifest(name: str, rows: list[list[str]]) -> str:
     """Write a manifest of `rows` (absolute image paths into the catalog) in the run's own manifest folder,
     so the cached catalog is never modified; returns its path relative to that data root."""
     assert MANIFEST_DIR is not None
-    MANIFEST_DIR.mkdir(parents=True, exist_ok=True)
-    path = MANIFEST_DIR / f"{name}.csv"
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["id", "image", "pageviews"])
-        writer.writerows([r[0], str(CATALOG_DIR / r[1]), *r[2:]] for r in rows)
-    return path.name
+    return write_manifest(MANIFEST_DIR, name, rows)
 
 
 # --------------------------------------------------------------------------- model
@@ -344,29 +218,6 @@ def bench_naive(model, paths: list[Path], prep, max_pixels: int) -> dict:
 # --------------------------------------------------------------------------- processes (/proc or psutil)
 
 
-def _child_pids(pid: int) -> list[int]:
-    try:
-        import psutil
-
-        return [c.pid for c in psutil.Process(pid).children(recursive=False)]
-    except ImportError:
-        pass
-    except Exception:
-        return []
-    kids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid:  # fields: state, ppid, ...
-            kids.append(int(entry.name))
-    return sorted(kids)
-
-
 def _status_kb(pid: int) -> dict:
     out = {}
     try:
@@ -390,7 +241,7 @@ def _uses_tensorflow(pid: int) -> bool:
 def worker_children(worker_pid: int) -> list[dict]:
     """The `imgq worker` process's children: the prefork pool process(es) and, with -B, the beat process."""
     out = []
-    for pid in _child_pids(worker_pid):
+    for pid in child_pids(worker_pid):
         st = _status_kb(pid)
         if not st:
             continue
@@ -410,29 +261,6 @@ def submit(session, stack, manifest_rel: str) -> tuple[dict, float]:
     if resp.status_code != 202:
         raise RuntimeError(f"submit failed: {resp.status_code} {resp.text[:500]}")
     return resp.json(), t0
-
-
-def wait_final(session, stack, job_id: str, timeout: float, poll: float = 0.25) -> dict:
-    deadline = time.time() + timeout
-    while True:
-        job = session.get(stack.url(f"/api/v1/jobs/{job_id}"), timeout=30).json()
-        if job["status"] not in ("queued", "running"):
-            return job
-        if time.time() > deadline:
-            raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s: {job['progress']}")
-        for p in (stack.web, stack.worker):
-            if p is not None and p.poll() is not None:
-                raise RuntimeError(f"a process exited with code {p.returncode}; logs in {stack.log_dir}")
-        time.sleep(poll)
-
-
-def parse_ts(value: str | None) -> float | None:
-    if not value:
-        return None
-    t = datetime.fromisoformat(value)
-    if t.tzinfo is None:  # SQLite hands back naive UTC datetimes
-        t = t.replace(tzinfo=timezone.utc)
-    return t.timestamp()
 
 
 def last_result_at(job_id: str) -> float | None:
@@ -624,81 +452,7 @@ def _has_psutil() -> bool:
         return False
 
 
-# --------------------------------------------------------------------------- CPU accounting
-# The machine may be shared: each phase records how much CPU *other* processes used meanwhile.
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _machine_busy_s() -> float:
-    with open("/proc/stat") as fh:
-        fields = [int(v) for v in fh.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
-    return (total - idle) / _TICK
-
-
-def _tree_cpu_s(pid: int) -> float:
-    """CPU seconds of `pid` and its live descendants, plus the reaped children they waited for."""
-    total = 0.0
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += sum(int(v) for v in fields[11:15]) / _TICK  # utime stime cutime cstime
-        todo.extend(_child_pids(p))
-    return total
-
-
-class CpuWatch:
-    """Background CPU use (other processes) during a phase, as % of the machine."""
-
-    def __init__(self):
-        self.t, self.busy, self.ours = time.perf_counter(), _machine_busy_s(), _tree_cpu_s(os.getpid())
-
-    def stop(self) -> dict:
-        wall = time.perf_counter() - self.t
-        busy = _machine_busy_s() - self.busy
-        ours = _tree_cpu_s(os.getpid()) - self.ours
-        cpus = os.cpu_count() or 1
-        return {"wall_s": round(wall, 2), "our_cpu_pct": round(100 * ours / (wall * cpus), 1),
-                "background_cpu_pct": round(max(0.0, 100 * (busy - ours) / (wall * cpus)), 1)}
-
-
-def wait_for_quiet(max_wait: float, threshold_pct: float = 25.0) -> dict:
-    """Wait (up to max_wait s) until other processes use < threshold % of the machine over 2 s."""
-    t0 = time.time()
-    while True:
-        w = CpuWatch()
-        time.sleep(2)
-        bg = w.stop()["background_cpu_pct"]
-        waited = time.time() - t0
-        if bg < threshold_pct or waited >= max_wait:
-            if bg >= threshold_pct:
-                log(f"warning: the machine is busy ({bg:.0f}% CPU used by other processes); "
-                    f"figures may be low and noisy")
-            return {"background_cpu_pct_at_start": bg, "waited_s": round(waited, 1)}
-        if waited < 2.5:
-            log(f"the machine is busy ({bg:.0f}% CPU used by other processes): waiting up to {max_wait:.0f}s")
-
-
 # --------------------------------------------------------------------------- report
-
-
-def verdict(name: str, value) -> dict:
-    op, target = TARGETS[name]
-    if value is None:
-        met = None
-    else:
-        met = value >= target if op == ">=" else value < target
-    return {"value": value, "target": f"{op} {target:g}", "met": met}
-
-
-def fmt_met(v: dict) -> str:
-    return {True: "met", False: "NOT met", None: "n/a"}[v["met"]]
 
 
 def markdown(report: dict) -> str:
@@ -707,15 +461,7 @@ def markdown(report: dict) -> str:
     t = report.get("targets", {})
     run = report["run"]
 
-    def bg(part: dict) -> str:
-        cpu = part.get("cpu", {})
-        return f"{cpu['background_cpu_pct']:.0f} %" if "background_cpu_pct" in cpu else ""
-
-    def row(measure, value, part=None, target_key=None):
-        v = t.get(target_key) if target_key else None
-        target, met = (v["target"], fmt_met(v)) if v else ("", "")
-        return f"| {measure} | {value} | {target} | {met} | {bg(part or {})} |"
-
+    row = partial(md_row, t)
     settings = run.get("settings", {})
     lines = [
         f"# score_throughput — {run['timestamp']}",
@@ -725,9 +471,7 @@ def markdown(report: dict) -> str:
         f"chunk {settings.get('chunk_size')}, commit {run.get('git_commit', '?')}"
         f"{' (quick)' if run['quick'] else ''}, total {run.get('seconds_total', '?')} s",
     ]
-    if run.get("git_dirty"):
-        lines.append(f"working tree differs from the commit in: {', '.join(run['git_dirty'])}")
-    lines += ["", "| measure | value | target | | other processes' CPU |", "|---|---:|---:|---|---:|"]
+    lines += md_table_head(run)
     if a:
         lines.append(row(f"(a) model, best batch {a['best_batch_size']}", f"{a['best_images_per_s']:.1f} img/s", a))
         lines.append(row("(a) by batch size", ", ".join(f"{k}: {v:.0f}" for k, v in a["images_per_s"].items())))
@@ -761,80 +505,23 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict, stamp: str) -> list[Path]:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    paths = []
-    text = json.dumps(report, indent=2, default=str)
-    for name, body in ((f"score_throughput-{stamp}.json", text), (f"score_throughput-{stamp}.md", markdown(report)),
-                       ("score_throughput-latest.json", text)):
-        path = RESULTS_DIR / name
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(body)
-        os.replace(tmp, path)
-        paths.append(path)
-    return paths
-
-
-def git_dirty() -> list[str]:
-    """Files changed in the working tree (the benchmark runs the code as it is on disk)."""
-    try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=10).stdout
-        return [line[3:] for line in out.splitlines() if line.strip()]
-    except Exception:
-        return []
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=10).stdout.strip() or None
-    except Exception:
-        return None
-
-
 # --------------------------------------------------------------------------- main
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    t_start = time.time()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    backend_kind = args.backend or ("postgres" if postgres_and_redis_reachable(args.redis_url) else "embedded")
-    log(f"score_throughput: backend {backend_kind}, {args.images} images{' (quick)' if args.quick else ''}")
-
-    home = Path(tempfile.mkdtemp(prefix="imgq-bench-"))
+    bench = BenchRun("score_throughput", args, "imgq-bench-")
     global MANIFEST_DIR
-    MANIFEST_DIR = home / "manifests"
-    backend = Backend(backend_kind, args.redis_url)
-    # Everything below reads settings from the environment: set it before any imgq import.
-    for key in ("DATABASE_URL", "BROKER_URL", "IMGQ_DATA_ROOTS", "IMGQ_UPLOAD_DIR", "IMGQ_MODEL_STORE"):
-        os.environ.pop(key, None)
-    os.environ.update({"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", "IMGQ_HOME": str(home),
-                       "IMGQ_DATA_ROOTS": os.pathsep.join([str(CATALOG_DIR.parent), str(MANIFEST_DIR)])})
+    MANIFEST_DIR = bench.manifest_dir
     report: dict = {"errors": []}
-    stack = None
-    ok = False
-    try:
-        backend.setup()
-        os.environ.update(backend.env)
-        from shared.config import ensure_dirs, settings
-        from shared.migrate import upgrade
-
-        s = settings()
-        CATALOG_DIR.parent.mkdir(parents=True, exist_ok=True)
-        MANIFEST_DIR.mkdir(parents=True, exist_ok=True)
-        ensure_dirs(s)
-        upgrade(s.database_url)
-        report["run"] = {
-            "timestamp": stamp, "quick": args.quick, "backend": backend_kind, "images": args.images,
-            "cpus": os.cpu_count(), "python": platform.python_version(), "git_commit": git_commit(),
-            "git_dirty": git_dirty(),
+    failed_early = bench.describe({}, {"settings": {"batch_size": "?", "decode_threads": "?", "chunk_size": "?"}})
+    with bench.measuring(report, failed_early):
+        s = bench.setup_backend()
+        report["run"] = bench.describe({}, {
             "imgq_preload": os.environ.get("IMGQ_PRELOAD", "(unset: 1)"),
             "settings": {"batch_size": s.batch_size, "decode_threads": s.decode_threads,
                          "chunk_size": s.chunk_size, "model_cache_size": s.model_cache_size},
-            "database": s.database_url.split("@")[-1], "broker": s.broker_url,
-        }
+        }, s)
 
         report["run"]["quiet"] = wait_for_quiet(args.wait_idle)
         needed = max(args.images, args.naive_images, min(args.memory_job_images, args.images))
@@ -881,14 +568,7 @@ def main(argv=None) -> int:
         report["naive"] = d
 
         # ---- the real stack
-        import requests
-
-        from shared.local_stack import LocalStack
-
-        stack = LocalStack({}, home / "logs")  # the environment is already in os.environ
-        t0 = time.perf_counter()
-        stack.start(timeout=180)
-        http = requests.Session()
+        stack, http, t0 = bench.start_stack()
         warm_n = min(len(rows), 2 * s.batch_size)
         warm = subset_manifest(f"bench-warm-{warm_n}", rows[:warm_n])
         job, _ = submit(http, stack, warm)
@@ -918,21 +598,6 @@ def main(argv=None) -> int:
         report["memory"] = run_memory(http, stack, rows, args.memory_jobs, args.memory_job_images,
                                       timeout=max(120.0, args.memory_job_images / 2))
         report["memory"]["cpu"] = w.stop()
-        ok = True
-    except Exception as exc:
-        import traceback
-
-        traceback.print_exc()
-        report["errors"].append(f"{type(exc).__name__}: {exc}")
-        if stack is not None:
-            log(f"logs kept in {stack.log_dir}")
-    finally:
-        if stack is not None:
-            stack.stop()
-        report.setdefault("run", {"timestamp": stamp, "quick": args.quick, "backend": backend_kind,
-                                  "images": args.images, "cpus": os.cpu_count(),
-                                  "settings": {"batch_size": "?", "decode_threads": "?", "chunk_size": "?"}})
-        report["run"]["seconds_total"] = round(time.time() - t_start, 1)
 
     # ---- ratios and targets (figures only: a missed target never fails the run)
     targets = {}
@@ -941,36 +606,27 @@ def main(argv=None) -> int:
     c_rate = report.get("e2e", {}).get("images_per_s")
     d_rate = report.get("naive", {}).get("images_per_s")
     if a_best and b_rate and c_rate:
-        targets["e2e_vs_min_ab"] = verdict("e2e_vs_min_ab", round(c_rate / min(a_best, b_rate), 3))
+        targets["e2e_vs_min_ab"] = verdict(TARGETS, "e2e_vs_min_ab", round(c_rate / min(a_best, b_rate), 3))
         # on a shared CPU the decoder and the model compete: the serial bound 1/(1/a + 1/b) is informative
         report["serial_bound_images_per_s"] = round(1 / (1 / a_best + 1 / b_rate), 1)
         report["e2e_vs_serial_bound"] = round(c_rate / report["serial_bound_images_per_s"], 3)
     if c_rate and d_rate:
-        targets["e2e_vs_naive"] = verdict("e2e_vs_naive", round(c_rate / d_rate, 2))
+        targets["e2e_vs_naive"] = verdict(TARGETS, "e2e_vs_naive", round(c_rate / d_rate, 2))
     if report.get("memory", {}).get("rss_growth_pct") is not None:
-        targets["worker_rss_growth_pct"] = verdict("worker_rss_growth_pct", report["memory"]["rss_growth_pct"])
+        targets["worker_rss_growth_pct"] = verdict(TARGETS, "worker_rss_growth_pct",
+                                                   report["memory"]["rss_growth_pct"])
     if report.get("latency", {}).get("while_running", {}).get("p95_ms") is not None:
-        targets["job_get_p95_ms"] = verdict("job_get_p95_ms", report["latency"]["while_running"]["p95_ms"])
+        targets["job_get_p95_ms"] = verdict(TARGETS, "job_get_p95_ms",
+                                            report["latency"]["while_running"]["p95_ms"])
     report["targets"] = targets
 
-    print()
-    print(markdown(report))
-    for name, v in targets.items():
-        print(f"  target {name}: {v['value']} {v['target']} -> {fmt_met(v)}")
+    text = markdown(report)
+    print_summary(text, targets)
     if "serial_bound_images_per_s" in report:
         print(f"  (info) serial bound 1/(1/a+1/b) = {report['serial_bound_images_per_s']} img/s; "
               f"(c) reaches {report['e2e_vs_serial_bound']:.2f} of it")
-    for path in write_report(report, stamp):
-        print(f"  wrote {path.relative_to(ROOT)}")
-
-    if not (args.keep or not ok):
-        shutil.rmtree(home, ignore_errors=True)
-    elif not ok:
-        log(f"IMGQ_HOME kept for inspection: {home}")
-    if not args.keep:
-        backend.teardown()
-    log(f"total {time.time() - t_start:.0f}s")
-    return 0 if ok else 1
+    bench.write_report(report, text)
+    return bench.close()
 
 
 if __name__ == "__main__":

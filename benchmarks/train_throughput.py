@@ -37,37 +37,29 @@ IMGQ_HOME, so the first job always starts cold.
     python benchmarks/train_throughput.py --quick    # smaller, to check it works
     python benchmarks/train_throughput.py --backend embedded   # SQLite + filesystem broker
 
-The postgres backend (the default when 127.0.0.1:5432 and Redis answer) creates a fresh database
-imgq_bench_<pid> and drops it at the end; it uses one Redis database number (flushed first and last).
+What the benchmarks share (backend, environment, LocalStack, CPU accounting, results files) is in
+benchmarks/common.py; its Backend says what the postgres backend creates and drops.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import platform
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-CACHE_DIR = ROOT / "benchmarks" / ".cache"
-RESULTS_DIR = ROOT / "benchmarks" / "results"
-CATALOG_SIZE = (600, 800)  # width x height, as write_catalog takes it (the same catalog as score_throughput)
-CATALOG_DIR = CACHE_DIR / "catalogs" / f"catalog-{CATALOG_SIZE[0]}x{CATALOG_SIZE[1]}"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, however this file is run
+from common import (BenchRun, CpuWatch, add_backend_args, add_run_args, catalog_rows, ensure_catalog, log, md_row,
+                    md_table_head, new_parser, parse_ts, print_summary, verdict, wait_final, wait_for_quiet,
+                    write_manifest)
+
 MODEL_NAME = "bench-train-vgg60"
 ARCHITECTURE = "vgg"
 INPUT_SIZE = 60
 WIDTH = 16
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
-PG_BENCH_URL = "postgresql://postgres@127.0.0.1:5432/{db}"
 
 TARGETS = {
     "job_vs_bare_fit": (">=", 0.9),
@@ -75,31 +67,21 @@ TARGETS = {
 }
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
 # --------------------------------------------------------------------------- arguments
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser(__doc__)
     p.add_argument("--quick", action="store_true", help="a smaller run to check the benchmark works (300 images, 3 epochs)")
     p.add_argument("--images", type=int, help="catalog images in the dataset (default 2000; --quick 300)")
     p.add_argument("--epochs", type=int, help="epochs per train job and for the bare fit (default 5; --quick 3)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size of the jobs and the bare fit")
-    p.add_argument("--backend", choices=("embedded", "postgres"),
-                   help="default: postgres when 127.0.0.1:5432 and Redis are reachable, else embedded")
-    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/11",
-                   help="Redis database for the postgres backend's broker (flushed first and last)")
+    add_backend_args(p)
     p.add_argument("--no-fine-tune", action="store_true", help="skip (c), the second (fine-tune) job")
     p.add_argument("--no-extra", action="store_true",
                    help="skip the extra bare fit with a per-batch callback (what the job's EpochRecorder costs Keras)")
     p.add_argument("--job-timeout", type=float, default=900.0, help="seconds to wait for each train job")
-    p.add_argument("--wait-idle", type=float, default=120.0,
-                   help="wait up to this many seconds for other processes to quiet down before starting")
-    p.add_argument("--keep", action="store_true", help="keep the temporary IMGQ_HOME (logs) and database")
+    add_run_args(p)
     args = p.parse_args(argv)
     q = args.quick
     args.images = args.images or (300 if q else 2000)
@@ -113,122 +95,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-# --------------------------------------------------------------------------- backend (as in score_throughput)
-
-
-def postgres_and_redis_reachable(redis_url: str) -> bool:
-    for port in (5432, int(redis_url.split("://", 1)[1].split("/")[0].rsplit(":", 1)[1])):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.5):
-                pass
-        except OSError:
-            return False
-    try:
-        import psycopg
-        import redis
-
-        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
-            pass
-        redis.Redis.from_url(redis_url, socket_timeout=3).ping()
-    except Exception:
-        return False
-    return True
-
-
-class Backend:
-    """The database + broker for this run; `env` goes to the benchmark process and to the stack."""
-
-    def __init__(self, kind: str, redis_url: str):
-        self.kind = kind
-        self.redis_url = redis_url
-        self.db_name = f"imgq_bench_{os.getpid()}"
-        self.env: dict[str, str] = {}
-        self.created = False
-
-    def setup(self) -> None:
-        if self.kind == "embedded":
-            return  # no DATABASE_URL / BROKER_URL: SQLite + kombu filesystem transport under IMGQ_HOME
-        import psycopg
-        import redis
-
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{self.db_name}"')
-        self.created = True
-        redis.Redis.from_url(self.redis_url).flushdb()
-        self.env = {"DATABASE_URL": PG_BENCH_URL.format(db=self.db_name), "BROKER_URL": self.redis_url}
-
-    def teardown(self) -> None:
-        if self.kind == "embedded":
-            return
-        try:
-            import redis
-
-            redis.Redis.from_url(self.redis_url).flushdb()
-        except Exception as exc:
-            log(f"warning: could not flush {self.redis_url}: {exc}")
-        if self.created:
-            try:
-                from shared.db import engine
-
-                engine().dispose()  # close this process's pooled connections
-            except Exception:
-                pass
-            import psycopg
-
-            try:
-                with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-                    conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
-            except Exception as exc:
-                log(f"warning: could not drop database {self.db_name}: {exc}")
-
-
-# --------------------------------------------------------------------------- catalog and dataset
-
-
-def ensure_catalog(n: int) -> Path:
-    """At least `n` JPEGs (~600x800) in the cache folder (shared with score_throughput); made once, reused.
-
-    write_catalog draws image i from one seeded stream, so the first k images of any catalog are the
-    same: a bigger catalog serves every smaller run through a subset manifest.
-    """
-    from shared.synthetic import write_catalog
-
-    marker = CATALOG_DIR / "catalog.json"
-    have = 0
-    if marker.exists():
-        try:
-            have = int(json.loads(marker.read_text())["images"])
-        except (ValueError, KeyError):
-            have = 0
-    if have >= n and (CATALOG_DIR / "items.csv").exists():
-        log(f"catalog: reusing {have} JPEGs in {CATALOG_DIR.relative_to(ROOT)}")
-        return CATALOG_DIR
-    log(f"catalog: writing {n} JPEGs of about {CATALOG_SIZE[0]}x{CATALOG_SIZE[1]} to "
-        f"{CATALOG_DIR.relative_to(ROOT)} (once)")
-    t0 = time.perf_counter()
-    marker.unlink(missing_ok=True)
-    write_catalog(CATALOG_DIR, n, size=CATALOG_SIZE, broken=False)
-    marker.write_text(json.dumps({"images": n, "size": CATALOG_SIZE, "seed": 0}))
-    log(f"catalog: done in {time.perf_counter() - t0:.1f}s")
-    return CATALOG_DIR
-
-
-def catalog_rows() -> list[list[str]]:
-    with open(CATALOG_DIR / "items.csv", newline="") as fh:
-        rows = list(csv.reader(fh))
-    return rows[1:]
-
-
-def write_manifest(folder: Path, name: str, rows: list[list[str]]) -> str:
-    """A dataset manifest (id, image as an absolute path into the catalog, pageviews) in the run's own
-    folder, so the cached catalog is never modified; returns its path relative to that data root."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.csv"
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["id", "image", "pageviews"])
-        writer.writerows([r[0], str(CATALOG_DIR / r[1]), *r[2:]] for r in rows)
-    return path.name
+# --------------------------------------------------------------------------- dataset
 
 
 def dataset_ref(manifest_rel: str) -> dict:
@@ -250,35 +117,6 @@ def fine_tune_body(manifest_rel: str, args) -> dict:
 
 
 # --------------------------------------------------------------------------- train jobs over HTTP
-
-
-def parse_ts(value) -> float | None:
-    if not value:
-        return None
-    t = datetime.fromisoformat(value) if isinstance(value, str) else value
-    if t.tzinfo is None:  # SQLite hands back naive UTC datetimes
-        t = t.replace(tzinfo=timezone.utc)
-    return t.timestamp()
-
-
-def wait_final(session, stack, job_id: str, timeout: float, poll: float = 1.0) -> dict:
-    """Poll GET /api/v1/jobs/<id> (once a second: the poll itself must not cost the training CPU)."""
-    deadline = time.time() + timeout
-    last_phase = None
-    while True:
-        job = session.get(stack.url(f"/api/v1/jobs/{job_id}"), timeout=30).json()
-        phase = (job.get("progress") or {}).get("phase")
-        if phase != last_phase:
-            log(f"    job {job_id[:8]}: {job['status']}, phase {phase}")
-            last_phase = phase
-        if job["status"] not in ("queued", "running"):
-            return job
-        if time.time() > deadline:
-            raise TimeoutError(f"train job {job_id} still {job['status']} after {timeout}s: {job.get('progress')}")
-        for p in (stack.web, stack.worker):
-            if p is not None and p.poll() is not None:
-                raise RuntimeError(f"a process exited with code {p.returncode}; logs in {stack.log_dir}")
-        time.sleep(poll)
 
 
 def epoch_created_at(job_id: str) -> dict[int, float]:
@@ -318,7 +156,8 @@ def run_train_job(http, stack, body: dict, label: str, timeout: float) -> dict:
         raise RuntimeError(f"{label}: train submit failed: {resp.status_code} {resp.text[:800]}")
     job_id = resp.json()["id"]
     log(f"{label}: job {job_id} accepted (POST took {1000 * (t_accepted - t_submit):.0f} ms)")
-    final = wait_final(http, stack, job_id, timeout)
+    # polled once a second: the poll itself must not cost the training CPU
+    final = wait_final(http, stack, job_id, timeout, poll=1.0, what="train job", log_phases=True)
     t_seen = time.time()
     metrics = http.get(stack.url(f"/api/v1/jobs/{job_id}/metrics"), timeout=30).json()
     epochs = metrics.get("epochs") or []
@@ -495,99 +334,7 @@ def bare_fit(manifest_rel: str, args, s, with_batch_hook: bool = True) -> dict:
     return out
 
 
-# --------------------------------------------------------------------------- CPU accounting (as in score_throughput)
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _child_pids(pid: int) -> list[int]:
-    kids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid:  # fields: state, ppid, ...
-            kids.append(int(entry.name))
-    return kids
-
-
-def _machine_busy_s() -> float:
-    with open("/proc/stat") as fh:
-        fields = [int(v) for v in fh.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    total = sum(fields[:8])
-    return (total - idle) / _TICK
-
-
-def _tree_cpu_s(pid: int) -> float:
-    """CPU seconds of `pid` and its live descendants, plus the reaped children they waited for."""
-    total = 0.0
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += sum(int(v) for v in fields[11:15]) / _TICK  # utime stime cutime cstime
-        todo.extend(_child_pids(p))
-    return total
-
-
-class CpuWatch:
-    """Background CPU use (other processes) during a phase, as % of the machine."""
-
-    def __init__(self):
-        self.t, self.busy, self.ours = time.perf_counter(), _machine_busy_s(), _tree_cpu_s(os.getpid())
-
-    def stop(self) -> dict:
-        wall = time.perf_counter() - self.t
-        busy = _machine_busy_s() - self.busy
-        ours = _tree_cpu_s(os.getpid()) - self.ours
-        cpus = os.cpu_count() or 1
-        return {"wall_s": round(wall, 2), "our_cpu_pct": round(100 * ours / (wall * cpus), 1),
-                "background_cpu_pct": round(max(0.0, 100 * (busy - ours) / (wall * cpus)), 1)}
-
-
-def wait_for_quiet(max_wait: float, threshold_pct: float = 25.0) -> dict:
-    """Wait (up to max_wait s) until other processes use < threshold % of the machine over 2 s."""
-    t0 = time.time()
-    while True:
-        w = CpuWatch()
-        time.sleep(2)
-        bg = w.stop()["background_cpu_pct"]
-        waited = time.time() - t0
-        if bg < threshold_pct or waited >= max_wait:
-            if bg >= threshold_pct:
-                log(f"warning: the machine is busy ({bg:.0f}% CPU used by other processes); "
-                    f"figures may be low and noisy")
-            return {"background_cpu_pct_at_start": bg, "waited_s": round(waited, 1)}
-        if waited < 2.5:
-            log(f"the machine is busy ({bg:.0f}% CPU used by other processes): waiting up to {max_wait:.0f}s")
-
-
 # --------------------------------------------------------------------------- report
-
-
-def verdict(name: str, value) -> dict:
-    op, target = TARGETS[name]
-    if value is None:
-        met = None
-    elif op == ">=":
-        met = value >= target
-    elif op == "<=":
-        met = value <= target
-    else:
-        met = value < target
-    return {"value": value, "target": f"{op} {target:g}", "met": met}
-
-
-def fmt_met(v: dict) -> str:
-    return {True: "met", False: "NOT met", None: "n/a"}[v["met"]]
 
 
 def markdown(report: dict) -> str:
@@ -595,15 +342,7 @@ def markdown(report: dict) -> str:
     a, b, c = report.get("job", {}), report.get("bare_fit", {}), report.get("fine_tune", {})
     t = report.get("targets", {})
 
-    def bg(part: dict) -> str:
-        cpu = part.get("cpu", {})
-        return f"{cpu['background_cpu_pct']:.0f} %" if "background_cpu_pct" in cpu else ""
-
-    def row(measure, value, part=None, target_key=None):
-        v = t.get(target_key) if target_key else None
-        target, met = (v["target"], fmt_met(v)) if v else ("", "")
-        return f"| {measure} | {value} | {target} | {met} | {bg(part or {})} |"
-
+    row = partial(md_row, t)
     lines = [
         f"# train_throughput — {run['timestamp']}",
         "",
@@ -611,9 +350,7 @@ def markdown(report: dict) -> str:
         f"input {INPUT_SIZE}, batch {run['batch_size']}, {run['epochs']} epochs), commit {run.get('git_commit', '?')}"
         f"{' (quick)' if run['quick'] else ''}, total {run.get('seconds_total', '?')} s",
     ]
-    if run.get("git_dirty"):
-        lines.append(f"working tree differs from the commit in: {', '.join(run['git_dirty'])}")
-    lines += ["", "| measure | value | target | | other processes' CPU |", "|---|---:|---:|---|---:|"]
+    lines += md_table_head(run)
     if a.get("throughput"):
         tp = a["throughput"]
         lines.append(row(f"(a) train job, epochs 2..{run['epochs']} ({tp['train_images_per_epoch']} img/epoch)",
@@ -670,92 +407,28 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict, stamp: str) -> list[Path]:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    paths = []
-    text = json.dumps(report, indent=2, default=str)
-    for name, body in ((f"train_throughput-{stamp}.json", text), (f"train_throughput-{stamp}.md", markdown(report)),
-                       ("train_throughput-latest.json", text)):
-        path = RESULTS_DIR / name
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(body)
-        os.replace(tmp, path)
-        paths.append(path)
-    return paths
-
-
-def git_dirty() -> list[str]:
-    try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=10).stdout
-        return [line[3:] for line in out.splitlines() if line.strip()]
-    except Exception:
-        return []
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=10).stdout.strip() or None
-    except Exception:
-        return None
-
-
 # --------------------------------------------------------------------------- main
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    t_start = time.time()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    backend_kind = args.backend or ("postgres" if postgres_and_redis_reachable(args.redis_url) else "embedded")
-    log(f"train_throughput: backend {backend_kind}, {args.images} images, {args.epochs} epochs, "
-        f"batch {args.batch_size}{' (quick)' if args.quick else ''}")
-
-    home = Path(tempfile.mkdtemp(prefix="imgq-bench-train-"))
-    manifest_dir = home / "manifests"
-    backend = Backend(backend_kind, args.redis_url)
-    # Everything below reads settings from the environment: set it before any imgq import.
-    for key in ("DATABASE_URL", "BROKER_URL", "IMGQ_DATA_ROOTS", "IMGQ_UPLOAD_DIR", "IMGQ_MODEL_STORE"):
-        os.environ.pop(key, None)
-    os.environ.update({"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", "IMGQ_HOME": str(home),
-                       "IMGQ_DATA_ROOTS": os.pathsep.join([str(CATALOG_DIR.parent), str(manifest_dir)])})
+    bench = BenchRun("train_throughput", args, "imgq-bench-train-",
+                     detail=f", {args.epochs} epochs, batch {args.batch_size}")
     report: dict = {"errors": [], "notes": []}
-    stack = None
-    ok = False
-    try:
-        backend.setup()
-        os.environ.update(backend.env)
-        from shared.config import ensure_dirs, settings
-        from shared.migrate import upgrade
-
-        s = settings()
-        CATALOG_DIR.parent.mkdir(parents=True, exist_ok=True)
-        manifest_dir.mkdir(parents=True, exist_ok=True)
-        ensure_dirs(s)
-        upgrade(s.database_url)
-        report["run"] = {
-            "timestamp": stamp, "quick": args.quick, "backend": backend_kind, "images": args.images,
+    failed_early = bench.describe({"epochs": args.epochs, "batch_size": args.batch_size}, {})
+    with bench.measuring(report, failed_early):
+        s = bench.setup_backend()
+        report["run"] = bench.describe({
             "epochs": args.epochs, "batch_size": args.batch_size, "model": MODEL_NAME,
             "architecture": ARCHITECTURE, "width": WIDTH, "input_size": INPUT_SIZE,
-            "cpus": os.cpu_count(), "python": platform.python_version(), "git_commit": git_commit(),
-            "git_dirty": git_dirty(), "decode_threads": s.decode_threads,
-            "database": s.database_url.split("@")[-1], "broker": s.broker_url,
-        }
+        }, {"decode_threads": s.decode_threads}, s)
         report["run"]["quiet"] = wait_for_quiet(args.wait_idle)
         ensure_catalog(args.images)
         rows = catalog_rows()[: args.images]
-        manifest = write_manifest(manifest_dir, f"train-{args.images}", rows)
+        manifest = write_manifest(bench.manifest_dir, f"train-{args.images}", rows)
 
         # ---- the real stack: (a) then (c)
-        import requests
-
-        from shared.local_stack import LocalStack
-
-        stack = LocalStack({}, home / "logs")  # the environment is already in os.environ
-        t0 = time.perf_counter()
-        stack.start(timeout=180)
-        http = requests.Session()
+        stack, http, t0 = bench.start_stack()
         log(f"stack up (web + worker) in {time.perf_counter() - t0:.1f}s")
 
         w = CpuWatch()
@@ -770,28 +443,13 @@ def main(argv=None) -> int:
 
         # ---- (b) the bare fit, on the cached tensors the jobs left behind
         report["bare_fit"] = bare_fit(manifest, args, s, with_batch_hook=not args.no_extra)
-        ok = True
-    except Exception as exc:
-        import traceback
-
-        traceback.print_exc()
-        report["errors"].append(f"{type(exc).__name__}: {exc}")
-        if stack is not None:
-            log(f"logs kept in {stack.log_dir}")
-    finally:
-        if stack is not None:
-            stack.stop()
-        report.setdefault("run", {"timestamp": stamp, "quick": args.quick, "backend": backend_kind,
-                                  "images": args.images, "epochs": args.epochs, "batch_size": args.batch_size,
-                                  "cpus": os.cpu_count()})
-        report["run"]["seconds_total"] = round(time.time() - t_start, 1)
 
     # ---- ratios, checks and targets (figures only: a missed target never fails the run)
     targets = {}
     a_rate = report.get("job", {}).get("throughput", {}).get("images_per_s")
     b_rate = report.get("bare_fit", {}).get("throughput", {}).get("images_per_s")
     if a_rate and b_rate:
-        targets["job_vs_bare_fit"] = verdict("job_vs_bare_fit", round(a_rate / b_rate, 3))
+        targets["job_vs_bare_fit"] = verdict(TARGETS, "job_vs_bare_fit", round(a_rate / b_rate, 3))
         a_med = report["job"]["throughput"].get("median_epoch_images_per_s")
         b_med = report["bare_fit"]["throughput"].get("median_epoch_images_per_s")
         if a_med and b_med:
@@ -799,7 +457,7 @@ def main(argv=None) -> int:
     first = report.get("job", {}).get("data") or {}
     second = report.get("fine_tune", {}).get("data") or {}
     if second:
-        targets["fine_tune_cache_misses"] = verdict("fine_tune_cache_misses", second.get("cache_misses"))
+        targets["fine_tune_cache_misses"] = verdict(TARGETS, "fine_tune_cache_misses", second.get("cache_misses"))
         report["fine_tune_vs_first"] = {
             k: {"first": first.get(k), "second": second.get(k),
                 "ratio": round(second[k] / first[k], 4) if first.get(k) and second.get(k) is not None else None}
@@ -836,21 +494,10 @@ def main(argv=None) -> int:
                                    "low and noisy, and ratios across phases unreliable")
     report["targets"] = targets
 
-    print()
-    print(markdown(report))
-    for name, v in targets.items():
-        print(f"  target {name}: {v['value']} {v['target']} -> {fmt_met(v)}")
-    for path in write_report(report, stamp):
-        print(f"  wrote {path.relative_to(ROOT)}")
-
-    if not (args.keep or not ok):
-        shutil.rmtree(home, ignore_errors=True)
-    elif not ok:
-        log(f"IMGQ_HOME kept for inspection: {home}")
-    if not args.keep:
-        backend.teardown()
-    log(f"total {time.time() - t_start:.0f}s")
-    return 0 if ok else 1
+    text = markdown(report)
+    print_summary(text, targets)
+    bench.write_report(report, text)
+    return bench.close()
 
 
 if __name__ == "__main__":
