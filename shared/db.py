@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import settings
+from shared.errors import NotFound
 
 
 def make_engine(url: str) -> Engine:
@@ -58,6 +59,14 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
             yield session
     finally:
         session.close()
+
+
+def get_or_404(session: Session, table, key, what: str):
+    """The row with primary key `key`, or NotFound("no <what> <key>")."""
+    row = session.get(table, key)
+    if row is None:
+        raise NotFound(f"no {what} {key}")
+    return row
 
 
 def is_postgres(session: Session) -> bool:

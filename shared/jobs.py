@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared import model_registry
+from shared.db import get_or_404
 from shared.errors import InvalidRequest, NotFound, Unprocessable
 from shared.outputs import output_columns
 from shared.train_jobs import describe_train
@@ -70,10 +71,7 @@ def create_score_job(session: Session, *, model_ref: str, pieces: Iterable[list[
 
 
 def get_job(session: Session, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise NotFound(f"no job {job_id}")
-    return job
+    return get_or_404(session, Job, job_id, "job")
 
 
 def cancel_job(session: Session, job_id: str) -> Job:

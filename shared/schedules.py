@@ -17,8 +17,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared import model_registry
-from shared.db import session_scope
-from shared.errors import ImgqError, InvalidRequest, NotFound
+from shared.db import get_or_404, session_scope
+from shared.errors import ImgqError, InvalidRequest
 from shared.tables import Schedule, ScheduleRun, utcnow
 from shared.train_jobs import create_train_job
 from shared.train_spec import Gate, TrainRequest
@@ -90,10 +90,7 @@ def create_schedule(session: Session, *, name: str, cron: str, timezone_name: st
 
 
 def get_schedule(session: Session, schedule_id: int) -> Schedule:
-    row = session.get(Schedule, schedule_id)
-    if row is None:
-        raise NotFound(f"no schedule {schedule_id}")
-    return row
+    return get_or_404(session, Schedule, schedule_id, "schedule")
 
 
 def describe(session: Session, row: Schedule, now: datetime | None = None) -> dict:

@@ -9,7 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared import model_registry
-from shared.errors import InvalidRequest, NotFound
+from shared.db import get_or_404
+from shared.errors import InvalidRequest
 from shared.tables import Job, ModelVersion, Sweep, TrainMetric, TrainRun
 from shared.train_spec import TrainRequest
 
@@ -97,9 +98,7 @@ def create_sweep(session: Session, base: dict, grid: dict) -> tuple[Sweep, list[
 
 
 def describe_sweep(session: Session, sweep_id: str) -> dict:
-    sweep = session.get(Sweep, sweep_id)
-    if sweep is None:
-        raise NotFound(f"no sweep {sweep_id}")
+    sweep = get_or_404(session, Sweep, sweep_id, "sweep")
     rows = []
     for run, job in session.execute(select(TrainRun, Job).join(Job, Job.id == TrainRun.job_id)
                                     .where(TrainRun.sweep_id == sweep_id).order_by(Job.created_at)):

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from shared.datasets import DatasetSpec, check_dataset
 from shared.errors import InvalidRequest
+from web.http import json_object
 
 bp = Blueprint("datasets", __name__, url_prefix="/api/v1/datasets")
 
@@ -34,10 +35,7 @@ class DatasetCheckRequest(BaseModel):
 def check():
     if not request.is_json:
         raise InvalidRequest("send application/json")
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise InvalidRequest("the body must be a JSON object")
-    req = DatasetCheckRequest.model_validate(body)
+    req = DatasetCheckRequest.model_validate(json_object())
     settings = current_app.config["IMGQ_SETTINGS"]
     report = check_dataset(settings.data_roots, req.spec(), max_pixels=settings.max_image_pixels,
                            salt=req.salt, sample=req.sample, threads=settings.decode_threads)

@@ -8,6 +8,8 @@ from shared.db import session_scope
 from shared.errors import InvalidRequest
 from shared.train_spec import TrainRequest
 from web.schemas import ScoreRequest
+from web.http import created as created_response
+from web.http import json_object
 from web.submit import fingerprint, submit_json, submit_train, submit_upload
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs")
@@ -36,10 +38,7 @@ def create_score_job():
         files = [f for name in request.files for f in request.files.getlist(name)]
         description, created = submit_upload(settings, files, request.form.to_dict(), key)
     elif request.is_json:
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict):
-            raise InvalidRequest("the body must be a JSON object")
-        description, created = submit_json(settings, ScoreRequest.model_validate(body), key)
+        description, created = submit_json(settings, ScoreRequest.model_validate(json_object()), key)
     else:
         raise InvalidRequest("send application/json or multipart/form-data")
     return _accepted(description, created)
@@ -47,19 +46,13 @@ def create_score_job():
 
 def _accepted(description: dict, created: bool):
     """202 with the job and its Location; a repeated Idempotency-Key says it is a replay."""
-    response = jsonify(description)
-    response.status_code = 202
-    response.headers["Location"] = description["links"]["self"]
-    if not created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response
+    replay = {} if created else {"Idempotent-Replayed": "true"}
+    return created_response(description, description["links"]["self"], 202, **replay)
 
 
 @bp.post("/train")
 def create_train_job():
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise InvalidRequest("the body must be a JSON object (a train request)")
+    body = json_object("a JSON object (a train request)")
     key = request.headers.get("Idempotency-Key") or None
     return _accepted(*submit_train(TrainRequest.model_validate(body), key, fingerprint(body)))
 

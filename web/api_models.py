@@ -13,6 +13,7 @@ from shared.db import session_scope
 from shared.errors import InvalidRequest
 from shared.tables import ModelVersion
 from web.schemas import AliasRequest, ModelImportForm
+from web.http import created, json_object
 
 bp = Blueprint("models", __name__, url_prefix="/api/v1/models")
 
@@ -50,10 +51,7 @@ def import_model():
             row = registry.import_model(s, path, form.name, sig, settings.model_store,
                                         description=form.description, promote=form.promote)
             body = registry.version_dict(row, registry.aliases_by_version(s, form.name).get(row.id))
-    response = jsonify(body)
-    response.status_code = 201
-    response.headers["Location"] = f"/api/v1/models/{form.name}/versions/{body['version']}"
-    return response
+    return created(body, f"/api/v1/models/{form.name}/versions/{body['version']}")
 
 
 @bp.get("")
@@ -92,10 +90,7 @@ def rollback(name: str):
 
 @bp.post("/<name>/aliases/<alias>")
 def set_alias(name: str, alias: str):
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise InvalidRequest('send a JSON object such as {"version": 3}')
-    req = AliasRequest.model_validate(body)
+    req = AliasRequest.model_validate(json_object('a JSON object such as {"version": 3}'))
     with session_scope() as s:
         row = registry.set_alias(s, name, alias, req.version)
         return jsonify({"name": name, "alias": alias, "version": req.version,

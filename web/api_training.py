@@ -1,7 +1,7 @@
 """HTTP endpoints for sweeps and nightly schedules."""
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
@@ -9,8 +9,8 @@ from shared import schedules as sched
 from shared import train_jobs
 from shared.db import session_scope
 from shared.dispatch import enqueue_train
-from shared.errors import InvalidRequest
 from shared.tables import Schedule
+from web.http import created, json_object
 
 sweeps = Blueprint("sweeps", __name__, url_prefix="/api/v1/sweeps")
 schedules = Blueprint("schedules", __name__, url_prefix="/api/v1/schedules")
@@ -38,26 +38,16 @@ class ScheduleUpdate(BaseModel):
     enabled: bool
 
 
-def _body() -> dict:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise InvalidRequest("the body must be a JSON object")
-    return body
-
-
 @sweeps.post("")
 def create_sweep():
-    req = SweepRequest.model_validate(_body())
+    req = SweepRequest.model_validate(json_object())
     with session_scope() as s:
         sweep, jobs = train_jobs.create_sweep(s, req.base, req.grid)
         sweep_id, job_ids = sweep.id, [j.id for j in jobs]
     enqueue_train(job_ids)
     with session_scope() as s:
         body = train_jobs.describe_sweep(s, sweep_id)
-    response = jsonify(body)
-    response.status_code = 202
-    response.headers["Location"] = f"/api/v1/sweeps/{sweep_id}"
-    return response
+    return created(body, f"/api/v1/sweeps/{sweep_id}", 202)
 
 
 @sweeps.get("/<sweep_id>")
@@ -68,15 +58,12 @@ def get_sweep(sweep_id: str):
 
 @schedules.post("")
 def create_schedule():
-    req = ScheduleRequest.model_validate(_body())
+    req = ScheduleRequest.model_validate(json_object())
     with session_scope() as s:
         row = sched.create_schedule(s, name=req.name, cron=req.cron, timezone_name=req.timezone,
                                     model_name=req.model, train=req.train, gate=req.gate, enabled=req.enabled)
         body = sched.describe(s, row)
-    response = jsonify(body)
-    response.status_code = 201
-    response.headers["Location"] = f"/api/v1/schedules/{body['id']}"
-    return response
+    return created(body, f"/api/v1/schedules/{body['id']}")
 
 
 @schedules.get("")
@@ -93,7 +80,7 @@ def get_schedule(schedule_id: int):
 
 @schedules.patch("/<int:schedule_id>")
 def update_schedule(schedule_id: int):
-    req = ScheduleUpdate.model_validate(_body())
+    req = ScheduleUpdate.model_validate(json_object())
     with session_scope() as s:
         row = sched.get_schedule(s, schedule_id)
         row.enabled = req.enabled
