@@ -90,7 +90,6 @@ def _parse_list(raw: str | None) -> list[str] | None:
 def cmd_models_import(args) -> int:
     from shared import model_registry as registry
     from shared.db import session_scope
-    from shared.errors import ImgqError
 
     s = _database_ready()
     transform = json.loads(args.target_transform) if args.target_transform.startswith("{") \
@@ -99,52 +98,38 @@ def cmd_models_import(args) -> int:
                              input_width=args.input_width or args.input_size, resize_mode=args.resize_mode,
                              pixel_scale=args.pixel_scale, output_names=_parse_list(args.output_names),
                              class_names=_parse_list(args.class_names), target_transform=transform)
-    try:
-        with session_scope() as session:
-            row = registry.import_model(session, Path(args.file), args.name, sig, s.model_store,
-                                        description=args.description, promote=args.promote)
-            print(json.dumps(registry.version_dict(row, registry.aliases_by_version(session, args.name)
-                                                   .get(row.id)), indent=2))
-    except ImgqError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
+    with session_scope() as session:
+        row = registry.import_model(session, Path(args.file), args.name, sig, s.model_store,
+                                    description=args.description, promote=args.promote)
+        print(json.dumps(registry.version_dict(row, registry.aliases_by_version(session, args.name)
+                                               .get(row.id)), indent=2))
     return 0
 
 
 def cmd_models_list(args) -> int:
     from shared import model_registry as registry
     from shared.db import session_scope
-    from shared.errors import ImgqError
 
     _database_ready()
-    try:
-        with session_scope() as session:
-            if args.name:
-                aliases = registry.aliases_by_version(session, args.name)
-                for v in registry.list_versions(session, args.name):
-                    tags = ",".join(aliases.get(v.id, []))
-                    print(f"{v.name}@{v.version}\t{v.task}\t{v.input_height}x{v.input_width}\t{tags}")
-            else:
-                for v in registry.production_versions(session):
-                    print(f"{v.name}\tproduction={v.version}\t{v.task}")
-    except ImgqError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
+    with session_scope() as session:
+        if args.name:
+            aliases = registry.aliases_by_version(session, args.name)
+            for v in registry.list_versions(session, args.name):
+                tags = ",".join(aliases.get(v.id, []))
+                print(f"{v.name}@{v.version}\t{v.task}\t{v.input_height}x{v.input_width}\t{tags}")
+        else:
+            for v in registry.production_versions(session):
+                print(f"{v.name}\tproduction={v.version}\t{v.task}")
     return 0
 
 
 def cmd_models_promote(args) -> int:
     from shared import model_registry as registry
     from shared.db import session_scope
-    from shared.errors import ImgqError
 
     _database_ready()
-    try:
-        with session_scope() as session:
-            registry.set_alias(session, args.name, args.alias, args.version)
-    except ImgqError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
+    with session_scope() as session:
+        registry.set_alias(session, args.name, args.alias, args.version)
     print(f"{args.name}@{args.alias} -> version {args.version}")
     return 0
 
@@ -152,17 +137,12 @@ def cmd_models_promote(args) -> int:
 def cmd_models_rollback(args) -> int:
     from shared import model_registry as registry
     from shared.db import session_scope
-    from shared.errors import ImgqError
     from shared.tables import ModelVersion
 
     _database_ready()
-    try:
-        with session_scope() as session:
-            row = registry.rollback(session, args.name)
-            version = session.get(ModelVersion, row.version_id).version
-    except ImgqError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
+    with session_scope() as session:
+        row = registry.rollback(session, args.name)
+        version = session.get(ModelVersion, row.version_id).version
     print(f"{args.name}@production -> version {version}")
     return 0
 
@@ -174,26 +154,17 @@ def _read_json(path: str) -> dict:
 
 def cmd_train(args) -> int:
     """Submit a train request (JSON file) the same way the HTTP API does: commit, then enqueue."""
-    from pydantic import ValidationError
 
     from shared.db import session_scope
     from shared.dispatch import enqueue_train
-    from shared.errors import ImgqError
     from shared.jobs import describe
     from shared.train_jobs import create_train_job
     from shared.train_spec import TrainRequest
 
     _database_ready()
-    try:
-        req = TrainRequest.model_validate(_read_json(args.request))
-        with session_scope() as session:
-            job_id = create_train_job(session, req).id
-    except ValidationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ImgqError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
+    req = TrainRequest.model_validate(_read_json(args.request))
+    with session_scope() as session:
+        job_id = create_train_job(session, req).id
     enqueue_train([job_id])
     with session_scope() as session:
         from shared.tables import Job
@@ -204,17 +175,12 @@ def cmd_train(args) -> int:
 
 def cmd_datasets_check(args) -> int:
     from shared.datasets import DatasetSpec, check_dataset
-    from shared.errors import ImgqError
 
     s = _settings()
     spec = DatasetSpec(path=args.path, image_column=args.image_column, id_column=args.id_column,
                        target_columns=_parse_list(args.target_columns) or [], label_column=args.label_column)
-    try:
-        report = check_dataset(s.data_roots, spec, max_pixels=s.max_image_pixels, salt=args.salt,
-                               sample=args.sample)
-    except ImgqError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
+    report = check_dataset(s.data_roots, spec, max_pixels=s.max_image_pixels, salt=args.salt,
+                           sample=args.sample)
     print(json.dumps(report, indent=2, default=str))
     return 0
 
@@ -222,19 +188,19 @@ def cmd_datasets_check(args) -> int:
 def cmd_schedules_create(args) -> int:
     from shared import schedules
     from shared.db import session_scope
-    from shared.errors import ImgqError
 
     _database_ready()
     body = _read_json(args.request)
-    try:
-        with session_scope() as session:
-            row = schedules.create_schedule(session, name=body["name"], cron=body["cron"],
-                                            timezone_name=body.get("timezone", "UTC"), model_name=body["model"],
-                                            train=body["train"], gate=body.get("gate"))
-            print(json.dumps(schedules.describe(session, row), indent=2))
-    except (ImgqError, KeyError) as exc:
-        print(f"error: {getattr(exc, 'message', None) or f'missing field {exc}'}", file=sys.stderr)
-        return 2
+    missing = [k for k in ("name", "cron", "model", "train") if k not in body]
+    if missing:
+        from shared.errors import InvalidRequest
+
+        raise InvalidRequest(f"the schedule needs {', '.join(missing)}")
+    with session_scope() as session:
+        row = schedules.create_schedule(session, name=body["name"], cron=body["cron"],
+                                        timezone_name=body.get("timezone", "UTC"), model_name=body["model"],
+                                        train=body["train"], gate=body.get("gate"))
+        print(json.dumps(schedules.describe(session, row), indent=2))
     return 0
 
 
@@ -351,12 +317,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Errors a user can mend (bad input, unknown names) print one line and exit with 2."""
+    from pydantic import ValidationError
+
+    from shared.errors import ImgqError
+
     args = build_parser().parse_args(argv)
     if getattr(args, "input_size", None) is None and getattr(args, "models_command", None) == "import" \
             and not (args.input_height and args.input_width):
         print("error: give --input-size, or --input-height and --input-width", file=sys.stderr)
         return 2
-    return args.func(args) or 0
+    try:
+        return args.func(args) or 0
+    except ImgqError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+    except ValidationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

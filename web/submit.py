@@ -32,14 +32,21 @@ def fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _replay(idempotency_key: str | None, request_fingerprint: str) -> dict | None:
+    """The job an earlier request with this Idempotency-Key created (422 if that request differed)."""
+    if not idempotency_key:
+        return None
+    with session_scope() as s:
+        existing = jobs.find_by_idempotency_key(s, idempotency_key, request_fingerprint)
+        return jobs.describe(s, existing) if existing is not None else None
+
+
 def submit(settings: Settings, *, model_ref: str, pieces, source: dict, use_cache: bool,
            idempotency_key: str | None, request_fingerprint: str) -> tuple[dict, bool]:
     """Create (or, for a repeated Idempotency-Key, find) the job. Returns (description, created)."""
-    if idempotency_key:
-        with session_scope() as s:
-            existing = jobs.find_by_idempotency_key(s, idempotency_key, request_fingerprint)
-            if existing is not None:
-                return jobs.describe(s, existing), False
+    replay = _replay(idempotency_key, request_fingerprint)
+    if replay is not None:
+        return replay, False
     try:
         with session_scope() as s:
             job = jobs.create_score_job(s, model_ref=model_ref, pieces=pieces, source=source,
@@ -121,11 +128,9 @@ def submit_upload(settings: Settings, files: list[FileStorage], form: dict,
 
 def submit_train(req: TrainRequest, idempotency_key: str | None, request_fingerprint: str) -> tuple[dict, bool]:
     """Commit the train job, then send it (outbox, as for score jobs)."""
-    if idempotency_key:
-        with session_scope() as s:
-            existing = jobs.find_by_idempotency_key(s, idempotency_key, request_fingerprint)
-            if existing is not None:
-                return jobs.describe(s, existing), False
+    replay = _replay(idempotency_key, request_fingerprint)
+    if replay is not None:
+        return replay, False
     with session_scope() as s:
         job_id = create_train_job(s, req, idempotency_key=idempotency_key, fingerprint=request_fingerprint).id
     enqueue_train([job_id])
