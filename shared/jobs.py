@@ -82,11 +82,13 @@ def cancel_job(session: Session, job_id: str) -> Job:
         raise NotFound(f"no job {job_id}")
     if job.status in FINAL:
         return job
-    session.execute(update(Chunk).where(Chunk.job_id == job_id, Chunk.state.in_(("pending", "queued")))
+    session.execute(update(Chunk).where(Chunk.job_id == job_id,
+                                        Chunk.state.in_(("pending", "queued", "delivered")))
                     .values(state="canceled", finished_at=utcnow()))
 
     # a queued training never starts; a running one sees the status at its next batch and stops
-    session.execute(update(TrainRun).where(TrainRun.job_id == job_id, TrainRun.state.in_(("pending", "queued")))
+    session.execute(update(TrainRun).where(TrainRun.job_id == job_id,
+                                           TrainRun.state.in_(("pending", "queued", "delivered")))
                     .values(state="canceled"))
     job.status, job.finished_at = "canceled", utcnow()
     return job
@@ -139,7 +141,8 @@ def describe(session: Session, job: Job) -> dict:
             "eta_seconds": round(eta, 1) if eta is not None else None,
         },
         "chunks": {"total": job.total_chunks, **{s: chunk_states.get(s, 0) for s in
-                                                 ("pending", "queued", "running", "done", "failed", "canceled")}},
+                                                 ("pending", "queued", "delivered", "running", "done", "failed",
+                                                  "canceled")}},
         "cache": job.use_cache,
     }
 

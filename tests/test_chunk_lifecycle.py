@@ -187,3 +187,18 @@ def test_a_model_that_cannot_load_fails_the_job(db_url, model_id):
     job = job_row(db_url, job_id)
     assert job.status == "failed" and "file missing" in job.error
     assert claim(db_url, job_id, 1) == "chunk already failed"
+
+
+def test_a_worker_killed_between_taking_a_message_and_claiming_does_not_strand_the_chunk(
+        db_url, model_id, configured):
+    job_id = make_job(db_url, n=8, chunk_size=4)
+    with session_scope(db_url) as s:
+        s.execute(update(Chunk).values(state="queued", enqueued_at=utcnow()))
+        life.mark_delivered(s, job_id, 1, worker="w1")  # taken off the queue; then the worker died
+    sent = []
+    assert sweep(configured, lambda j, nos: sent.append((j, nos)) or len(nos))["sent"] == 0  # not silent yet
+    age(db_url, Chunk, "heartbeat_at", configured.heartbeat_timeout + 1, chunk_no=1)
+    assert sweep(configured, lambda j, nos: sent.append((j, nos)) or len(nos))["sent"] == 1
+    assert sent == [(job_id, [1])]
+    claimed = claim(db_url, job_id, 1)
+    assert not isinstance(claimed, str) and claimed.attempt == 1  # never started: no attempt was spent

@@ -47,6 +47,15 @@ def model_for(session: Session, job_id: str, chunk_no: int) -> ModelVersion | st
     return version
 
 
+def mark_delivered(session: Session, job_id: str, chunk_no: int, worker: str) -> None:
+    """A worker took the chunk's message off the queue: from now on its silence is visible. A worker
+    killed between taking a message and claiming the chunk would otherwise leave it queued, its
+    message held by a dead consumer until the broker's visibility timeout."""
+    session.execute(update(Chunk).where(Chunk.job_id == job_id, Chunk.chunk_no == chunk_no,
+                                        Chunk.state.in_(("pending", "queued")))
+                    .values(state="delivered", worker=worker, heartbeat_at=utcnow()))
+
+
 def claim(session: Session, job_id: str, chunk_no: int, *, worker: str,
           heartbeat_timeout: float, max_attempts: int) -> ClaimedChunk | str:
     """Take a chunk for this worker, or say why not (a string)."""

@@ -3,7 +3,8 @@
 - chunks committed but never sent (no `enqueued_at`) are sent;
 - chunks sent long ago and still not started are sent again (a lost message);
 - running chunks whose heartbeat stopped are taken back and sent again, or given up after
-  `max_attempts` with their items failed;
+  `max_attempts` with their items failed; so are chunks whose message a worker took and never
+  started (it died in between);
 - jobs whose chunks are all finished are closed.
 Sending twice is safe: a chunk is claimed in the database before it runs.
 """
@@ -29,14 +30,15 @@ def sweep(settings: Settings, enqueue, enqueue_train=None) -> dict:
     given_up = closed = 0
     with session_scope() as s:
         stale = list(s.execute(select(Chunk.job_id, Chunk.chunk_no).where(
-            Chunk.state == "running", Chunk.heartbeat_at < now - timedelta(seconds=settings.heartbeat_timeout))))
+            Chunk.state.in_(("running", "delivered")),
+            Chunk.heartbeat_at < now - timedelta(seconds=settings.heartbeat_timeout))))
         for job_id, chunk_no in stale:
             job = life.lock_job(s, job_id)
             chunk = s.scalar(select(Chunk).where(Chunk.job_id == job_id, Chunk.chunk_no == chunk_no)
                              .with_for_update())
-            if chunk.state != "running":
+            if chunk.state not in ("running", "delivered"):
                 continue
-            if chunk.attempts >= settings.max_attempts:
+            if chunk.state == "running" and chunk.attempts >= settings.max_attempts:
                 life.give_up(s, job, chunk,
                              f"gave up after {chunk.attempts} attempts: the worker scoring this chunk died or "
                              "stopped responding each time (a poison item?)")
@@ -70,13 +72,13 @@ def _sweep_train_runs(settings: Settings, now) -> list[str]:
     with session_scope() as s:
         rows = s.execute(select(TrainRun.job_id, TrainRun.state, TrainRun.enqueued_at, Job.created_at,
                                 Job.heartbeat_at).join(Job, Job.id == TrainRun.job_id)
-                         .where(TrainRun.state.in_(("pending", "queued", "running")))).all()
+                         .where(TrainRun.state.in_(("pending", "queued", "delivered", "running")))).all()
         out = []
         for job_id, state, enqueued_at, created_at, heartbeat_at in rows:
-            if state == "running":
+            if state in ("running", "delivered"):
                 if heartbeat_at is not None and _aware(heartbeat_at, now) < stale_before:
                     run = s.get(TrainRun, job_id, with_for_update=True)
-                    if run.state == "running":
+                    if run.state in ("running", "delivered"):
                         run.state, run.enqueued_at = "pending", None
                         out.append(job_id)
             elif enqueued_at is None:

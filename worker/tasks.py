@@ -9,7 +9,7 @@ import logging
 import os
 import socket
 
-from celery.signals import worker_process_init
+from celery.signals import task_received, worker_process_init
 
 from shared.celery_app import SCHEDULE_TICK_TASK, SCORE_CHUNK_TASK, SWEEP_TASK, TRAIN_TASK, app
 from shared.config import settings
@@ -44,6 +44,29 @@ def _preload_production_models(**_):
             models().get(v)
     except Exception:  # a broken model must not keep the worker from starting
         log.exception("preloading production models failed; they will load on first use")
+
+
+@task_received.connect
+def _mark_delivered(request=None, **_):
+    """In the worker's main process, as a message is taken: record it, so a worker killed before
+    the task starts does not leave its chunk or training waiting for the broker's visibility timeout."""
+    if request is None or request.name not in (SCORE_CHUNK_TASK, TRAIN_TASK):
+        return
+    from shared.db import session_scope
+
+    worker = request.hostname or socket.gethostname()
+    try:
+        with session_scope() as s:
+            if request.name == SCORE_CHUNK_TASK:
+                from worker.chunk_lifecycle import mark_delivered
+
+                mark_delivered(s, *request.args, worker=worker)
+            else:
+                from worker.training.lifecycle import mark_delivered
+
+                mark_delivered(s, *request.args, worker=worker)
+    except Exception:  # best effort: the requeue_after fallback still covers a lost message
+        log.exception("could not record the delivery of %s%s", request.name, request.args)
 
 
 @app.task(name=SCORE_CHUNK_TASK, bind=True)

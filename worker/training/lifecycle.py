@@ -17,6 +17,13 @@ def _age(t, now) -> float:
     return (now - t).total_seconds()
 
 
+def mark_delivered(session: Session, job_id: str, worker: str) -> None:
+    """A trainer took the job's message: its silence from now on is visible to the sweeper."""
+    session.execute(update(TrainRun).where(TrainRun.job_id == job_id, TrainRun.state.in_(("pending", "queued")))
+                    .values(state="delivered", worker=worker))
+    session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow()))
+
+
 def claim(session: Session, job_id: str, *, worker: str, heartbeat_timeout: float, max_attempts: int) -> TrainRun | str:
     job = lock_job(session, job_id)
     run = session.get(TrainRun, job_id, with_for_update=True)
