@@ -8,11 +8,12 @@ def vgg_trunk(x, width: int = 16):
     from keras import layers
 
     for i, filters in enumerate((width, width * 2, width * 4)):
-        x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"block{i + 1}_conv1")(x)
-        x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"block{i + 1}_conv2")(x)
+        for j in (1, 2):  # He initialisation suits ReLU: fewer dead starts when training from scratch
+            x = layers.Conv2D(filters, 3, padding="same", activation="relu", kernel_initializer="he_normal",
+                              name=f"block{i + 1}_conv{j}")(x)
         x = layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
-    return layers.Dense(width * 4, activation="relu", name="fc1")(x)
+    return layers.Dense(width * 4, activation="relu", kernel_initializer="he_normal", name="fc1")(x)
 
 
 def vgg_regressor(input_size: int = 60, outputs: int = 1, width: int = 16, seed: int = 0):

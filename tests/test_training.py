@@ -66,7 +66,9 @@ def test_digits_from_scratch(pg_stack, digits):
 def test_fine_tune_on_more_data_does_not_get_worse(pg_stack, digits):
     name = "digits-nightly"
     first = wait_train(pg_stack, post(pg_stack, "/api/v1/jobs/train",
-                                      digits_request(name, "first-night.csv", epochs=10, batch_size=16))["id"])
+                                      digits_request(name, "first-night.csv", epochs=14,
+                                                     optimizer={"name": "adam", "learning_rate": 0.001},
+                                                     early_stopping={"patience": 6, "monitor": "val_loss"}))["id"])
     second = wait_train(pg_stack, post(pg_stack, "/api/v1/jobs/train", digits_request(
         name, "all.csv", base={"version": name}, epochs=6, optimizer={"name": "adam", "learning_rate": 0.001},
         gate={"min_improvement": 0.0}))["id"])
