@@ -97,8 +97,6 @@ def cancel_job(session: Session, job_id: str) -> Job:
 def _seconds(a: datetime | None, b: datetime | None) -> float | None:
     if a is None or b is None:
         return None
-    if a.tzinfo is None:  # SQLite returns naive datetimes
-        a = a.replace(tzinfo=b.tzinfo)
     return max(0.0, (b - a).total_seconds())
 
 

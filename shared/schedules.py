@@ -34,6 +34,7 @@ def validate_timing(cron: str, tz: str) -> None:
 
 
 def _aware(t: datetime) -> datetime:
+    """A caller's `now`: naive means UTC."""
     return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
 
 
@@ -99,7 +100,7 @@ def describe(session: Session, row: Schedule, now: datetime | None = None) -> di
     return {"id": row.id, "name": row.name, "cron": row.cron, "timezone": row.timezone, "model": row.model_name,
             "enabled": row.enabled, "train": row.train, "gate": row.gate,
             "next_slot": next_slot(row.cron, row.timezone, now or utcnow()).isoformat(),
-            "runs": [{"slot": _aware(r.slot_at).isoformat(), "job_id": r.job_id, "decision": r.decision,
+            "runs": [{"slot": r.slot_at.isoformat(), "job_id": r.job_id, "decision": r.decision,
                       "reason": r.reason} for r in runs]}
 
 
@@ -111,20 +112,20 @@ def dispatch_due(enqueue_train, now: datetime | None = None) -> dict:
         schedules = list(s.scalars(select(Schedule).where(Schedule.enabled.is_(True))))
     for sched in schedules:
         slot = latest_slot(sched.cron, sched.timezone, now)
-        if slot < _aware(sched.created_at).replace(microsecond=0):
+        if slot < sched.created_at.replace(microsecond=0):
             continue  # the schedule did not exist yet at that slot
         try:
             with session_scope() as s:
                 previous = s.scalar(select(func.max(ScheduleRun.slot_at))
                                     .where(ScheduleRun.schedule_id == sched.id))
-                if previous is not None and _aware(previous) >= slot:
+                if previous is not None and previous >= slot:
                     continue
                 run = ScheduleRun(schedule_id=sched.id, slot_at=slot)
                 s.add(run)
                 s.flush()  # the unique (schedule, slot) row: the one place a slot is taken
                 try:
                     with s.begin_nested():
-                        job = create_train_job(s, render_request(sched, slot, _aware(previous) if previous else None),
+                        job = create_train_job(s, render_request(sched, slot, previous),
                                                schedule_run_id=run.id)
                     run.job_id = job.id
                     created.append(job.id)

@@ -6,14 +6,27 @@ from datetime import datetime, timezone
 from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer,
                         String, Text, UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+class UTCDateTime(TypeDecorator):
+    """A timestamp that always reads back timezone-aware in UTC. imgq writes only UTC; SQLite keeps
+    no zone and returns naive values, which would not compare with aware ones."""
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
 class Base(DeclarativeBase):
-    type_annotation_map = {datetime: DateTime(timezone=True), dict: JSON, list: JSON}
+    type_annotation_map = {datetime: UTCDateTime(), dict: JSON, list: JSON}
 
 
 class ModelVersion(Base):

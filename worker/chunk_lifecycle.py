@@ -71,7 +71,7 @@ def claim(session: Session, job_id: str, chunk_no: int, *, worker: str,
         chunk.state, chunk.finished_at = "canceled", now
         return f"job is {job.status}"
     if chunk.state == "running" and chunk.heartbeat_at is not None and \
-            _age(chunk.heartbeat_at, now) < heartbeat_timeout:
+            (now - chunk.heartbeat_at).total_seconds() < heartbeat_timeout:
         return "chunk is running on another worker"
     if chunk.attempts >= max_attempts:
         give_up(session, job, chunk,
@@ -91,12 +91,6 @@ def claim(session: Session, job_id: str, chunk_no: int, *, worker: str,
     version = session.get(ModelVersion, job.model_version_id)
     session.expunge(version)
     return ClaimedChunk(job_id, chunk_no, chunk.attempts, version, job.use_cache, items)
-
-
-def _age(t, now) -> float:
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=now.tzinfo)
-    return (now - t).total_seconds()
 
 
 def record_batch(session: Session, job_id: str, chunk_no: int, results: list[dict],

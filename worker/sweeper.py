@@ -76,18 +76,15 @@ def _sweep_train_runs(settings: Settings, now) -> list[str]:
         out = []
         for job_id, state, enqueued_at, created_at, heartbeat_at in rows:
             if state in ("running", "delivered"):
-                if heartbeat_at is not None and _aware(heartbeat_at, now) < stale_before:
+                if heartbeat_at is not None and heartbeat_at < stale_before:
                     run = s.get(TrainRun, job_id, with_for_update=True)
                     if run.state in ("running", "delivered"):
                         run.state, run.enqueued_at = "pending", None
                         out.append(job_id)
             elif enqueued_at is None:
-                if _aware(created_at, now) < now - timedelta(seconds=SEND_GRACE_SECONDS):
+                if created_at < now - timedelta(seconds=SEND_GRACE_SECONDS):
                     out.append(job_id)
-            elif _aware(enqueued_at, now) < now - timedelta(seconds=settings.requeue_after):
+            elif enqueued_at < now - timedelta(seconds=settings.requeue_after):
                 out.append(job_id)
     return out
 
-
-def _aware(t, now):
-    return t if t.tzinfo is not None else t.replace(tzinfo=now.tzinfo)

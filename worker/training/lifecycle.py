@@ -11,12 +11,6 @@ from worker.chunk_lifecycle import lock_job
 TERMINAL = ("done", "failed", "canceled")
 
 
-def _age(t, now) -> float:
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=now.tzinfo)
-    return (now - t).total_seconds()
-
-
 def mark_delivered(session: Session, job_id: str, worker: str) -> None:
     """A trainer took the job's message: its silence from now on is visible to the sweeper."""
     session.execute(update(TrainRun).where(TrainRun.job_id == job_id, TrainRun.state.in_(("pending", "queued")))
@@ -35,7 +29,8 @@ def claim(session: Session, job_id: str, *, worker: str, heartbeat_timeout: floa
     if job.status in FINAL:
         run.state = "canceled"
         return f"job is {job.status}"
-    if run.state == "running" and job.heartbeat_at is not None and _age(job.heartbeat_at, now) < heartbeat_timeout:
+    if run.state == "running" and job.heartbeat_at is not None and \
+            (now - job.heartbeat_at).total_seconds() < heartbeat_timeout:
         return "train job is running on another worker"
     if run.attempts >= max_attempts:
         fail(session, job_id, f"gave up after {run.attempts} attempts: the training process died each time")
