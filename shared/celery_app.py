@@ -35,6 +35,9 @@ def make_celery(s: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # A pool process loads TensorFlow and the production models before it reports ready (about 20 s
+        # on a CPU); Celery's default of 4 s would kill and respawn it forever.
+        worker_proc_alive_timeout=s.worker_start_timeout,
         task_ignore_result=True,  # job state lives in the database, not in a result backend
         task_soft_time_limit=int(s.heartbeat_timeout * 10),  # score chunks; training sets its own
         task_time_limit=int(s.heartbeat_timeout * 10) + 60,

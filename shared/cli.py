@@ -52,9 +52,16 @@ def cmd_serve(args) -> int:
 
 
 def worker_argv(args) -> list[str]:
-    queues = args.queues or "score,train,maintenance"
-    name = "cpu@%h" if args.gpu is None else f"gpu{args.gpu}@%h"
-    argv = ["worker", "-Q", queues, "--pool", "prefork", "-c", str(args.concurrency), "-n", name,
+    queues = args.queues or "score,train"
+    name = "cpu" if args.gpu is None else f"gpu{args.gpu}"  # and the pid: several workers may share a host
+    return ["worker", "-Q", queues, "--pool", "prefork", "-c", str(args.concurrency), "-n", f"{name}-{os.getpid()}@%h",
+            "--without-mingle", "--without-gossip", "-l", args.loglevel]
+
+
+def maintenance_argv(args) -> list[str]:
+    """A worker of its own for the maintenance queue (sweeper, schedule ticks), so they never wait behind
+    scoring or training; threads, no TensorFlow. With --beat it also runs the periodic scheduler."""
+    argv = ["worker", "-Q", "maintenance", "--pool", "threads", "-c", "2", "-n", f"maintenance-{os.getpid()}@%h",
             "--without-mingle", "--without-gossip", "-l", args.loglevel]
     if args.beat:
         argv += ["-B", "-s", str(_settings().data_dir / "celerybeat-schedule")]
@@ -69,6 +76,14 @@ def cmd_worker(args) -> int:
     from shared.celery_app import app
 
     app.worker_main(argv=worker_argv(args))
+    return 0
+
+
+def cmd_maintenance(args) -> int:
+    _database_ready()
+    from shared.celery_app import app
+
+    app.worker_main(argv=maintenance_argv(args))
     return 0
 
 
@@ -247,11 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
     where = worker.add_mutually_exclusive_group()
     where.add_argument("--gpu", type=int, help="GPU index to pin this worker to")
     where.add_argument("--cpu", action="store_true", help="run on the CPU (the default without --gpu)")
-    worker.add_argument("--queues", help="comma-separated queues (default: score,train,maintenance)")
+    worker.add_argument("--queues", help="comma-separated queues (default: score,train)")
     worker.add_argument("--concurrency", type=int, default=1)
-    worker.add_argument("--beat", action="store_true", help="also run the periodic scheduler in this worker")
     worker.add_argument("--loglevel", default="INFO")
     worker.set_defaults(func=cmd_worker)
+
+    maintenance = sub.add_parser("maintenance", help="run the sweeper and schedule ticks (the maintenance queue)")
+    maintenance.add_argument("--beat", action="store_true", help="also run the periodic scheduler in this process")
+    maintenance.add_argument("--loglevel", default="INFO")
+    maintenance.set_defaults(func=cmd_maintenance)
 
     beat = sub.add_parser("beat", help="run the periodic scheduler (sweeper)")
     beat.add_argument("--loglevel", default="INFO")

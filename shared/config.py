@@ -68,6 +68,14 @@ class Settings:
     max_upload_bytes: int
     schedule_tick: float
     max_train_seconds: int
+    read_timeout: float
+    decode_timeout: float
+    worker_start_timeout: float
+    outage_retry_delay: float
+    lost_after: float
+    upload_retention: float
+    orphan_upload_after: float
+    sweep_max_age: float
 
     @property
     def embedded(self) -> bool:
@@ -89,6 +97,7 @@ def load_settings(env: dict | None = None) -> Settings:
         database_url = "postgresql+psycopg://" + database_url[len("postgresql://"):]
     broker_url = env.get("BROKER_URL") or "filesystem://"
     heartbeat_timeout = _float(env, "IMGQ_HEARTBEAT_TIMEOUT", 120.0)
+    sweep_interval = _float(env, "IMGQ_SWEEP_INTERVAL", 15.0)
     options: dict = {}
     if broker_url.startswith("filesystem://"):
         queue_dir = str(data_dir / "broker")
@@ -118,11 +127,19 @@ def load_settings(env: dict | None = None) -> Settings:
         max_attempts=_int(env, "IMGQ_MAX_ATTEMPTS", 3),
         heartbeat_timeout=heartbeat_timeout,
         requeue_after=_float(env, "IMGQ_REQUEUE_AFTER", 3600.0),
-        sweep_interval=_float(env, "IMGQ_SWEEP_INTERVAL", 15.0),
+        sweep_interval=sweep_interval,
         model_cache_size=_int(env, "IMGQ_MODEL_CACHE_SIZE", 3),
         max_upload_bytes=_int(env, "IMGQ_MAX_UPLOAD_BYTES", 2 * 1024 ** 3),
         schedule_tick=_float(env, "IMGQ_SCHEDULE_TICK", 30.0),
         max_train_seconds=_int(env, "IMGQ_MAX_TRAIN_SECONDS", 24 * 3600),
+        read_timeout=_float(env, "IMGQ_READ_TIMEOUT", 30.0),
+        decode_timeout=_float(env, "IMGQ_DECODE_TIMEOUT", 60.0),
+        worker_start_timeout=_float(env, "IMGQ_WORKER_START_TIMEOUT", 300.0),
+        outage_retry_delay=_float(env, "IMGQ_OUTAGE_RETRY_DELAY", 2.0),
+        lost_after=_float(env, "IMGQ_LOST_AFTER", 30.0),
+        upload_retention=_float(env, "IMGQ_UPLOAD_RETENTION", 7 * 24 * 3600.0),
+        orphan_upload_after=_float(env, "IMGQ_ORPHAN_UPLOAD_AFTER", 3600.0),
+        sweep_max_age=_float(env, "IMGQ_SWEEP_MAX_AGE", max(120.0, 8 * sweep_interval)),
     )
 
 

@@ -7,6 +7,7 @@ from typing import Iterator
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import settings
@@ -59,6 +60,12 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
             yield session
     finally:
         session.close()
+
+
+def is_outage(exc: BaseException) -> bool:
+    """The database could not be reached or dropped the connection (as opposed to a bad statement)."""
+    return isinstance(exc, (OperationalError, InterfaceError)) or \
+        (isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
 
 def get_or_404(session: Session, table, key, what: str):

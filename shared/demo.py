@@ -81,7 +81,7 @@ def run_demo(images: int = 300, port: int = 8765) -> int:
         last_line = ""
         while job["status"] in ("queued", "running"):
             time.sleep(0.5)
-            if any(p.poll() is not None for p in (stack.web, stack.worker)):
+            if any(p.poll() is not None for p in stack.processes()):
                 raise RuntimeError("a demo process died; see the logs in " + str(logs))
             job = requests.get(f"{base}{resp.headers['Location']}", timeout=10).json()
             p = job["progress"]

@@ -47,3 +47,22 @@ def enqueue_train(job_ids: list[str]) -> int:
             s.execute(update(TrainRun).where(TrainRun.job_id.in_(sent), TrainRun.state.in_(("pending", "queued")))
                       .values(state="queued", enqueued_at=utcnow()))
     return len(sent)
+
+
+def queue_depth(queue: str) -> int | None:
+    """How many messages wait in `queue` on the broker, or None when the broker cannot be asked."""
+    try:
+        with app.connection_for_write() as conn:
+            return conn.default_channel.queue_declare(queue=queue, passive=False).message_count
+    except Exception:  # broker down: the sweeper compares again at its next run
+        log.warning("could not read the depth of queue %s", queue, exc_info=True)
+        return None
+
+
+def broker_reachable() -> bool:
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        return True
+    except Exception:
+        return False

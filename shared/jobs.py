@@ -39,7 +39,8 @@ def create_score_job(session: Session, *, model_ref: str, pieces: Iterable[list[
     version = model_registry.resolve(session, model_ref)
     job = Job(id=str(uuid.uuid4()), kind="score", status="queued", model_version_id=version.id,
               model_ref=model_ref, idempotency_key=idempotency_key, request_fingerprint=fingerprint,
-              source=source, use_cache=use_cache, total_items=0, done_items=0, failed_items=0,
+              source=source, upload_folder=source.get("folder") if source.get("type") == "upload" else None,
+              use_cache=use_cache, total_items=0, done_items=0, failed_items=0,
               cached_items=0, total_chunks=0)
     session.add(job)
     session.flush()

@@ -1,6 +1,7 @@
-"""Start the web front and a worker as separate local processes, and stop them cleanly.
+"""Start the web front, workers and the maintenance process (sweeper + beat) as separate local
+processes; kill any of them (whole, or a worker's pool process alone) and stop them cleanly.
 
-Used by `imgq demo`, the integration tests and the benchmarks.
+Used by `imgq demo`, the integration and fault tests and the benchmarks.
 """
 from __future__ import annotations
 
@@ -32,8 +33,16 @@ class LocalStack:
         self.beat = beat
         self.worker_args = worker_args
         self.web: subprocess.Popen | None = None
-        self.worker: subprocess.Popen | None = None
+        self.workers: dict[str, subprocess.Popen] = {}
+        self.maintenance: subprocess.Popen | None = None
         self._logs: list = []
+
+    @property
+    def worker(self) -> subprocess.Popen | None:
+        return self.workers.get("worker")
+
+    def processes(self) -> list[subprocess.Popen]:
+        return [p for p in (self.web, self.maintenance, *self.workers.values()) if p is not None]
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -45,21 +54,24 @@ class LocalStack:
     def start_web(self) -> None:
         self.web = self._spawn("web", ["serve", "--port", str(self.port), "--workers", str(self.web_workers)])
 
-    def start_worker(self) -> None:
-        self.worker = self._spawn("worker", ["worker", "--cpu", *(["--beat"] if self.beat else []),
-                                             *self.worker_args])
+    def start_worker(self, name: str = "worker") -> None:
+        self.workers[name] = self._spawn(name, ["worker", "--cpu", *self.worker_args])
+
+    def start_maintenance(self) -> None:
+        self.maintenance = self._spawn("maintenance", ["maintenance", *(["--beat"] if self.beat else [])])
 
     def start(self, timeout: float = 90) -> "LocalStack":
         self.start_web()
         self.start_worker()
+        self.start_maintenance()
         self.wait_healthy(timeout)
         return self
 
     def wait_healthy(self, timeout: float = 90) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
-            for p in (self.web, self.worker):
-                if p is not None and p.poll() is not None:
+            for p in self.processes():
+                if p.poll() is not None:
                     raise RuntimeError(f"a process exited early with code {p.returncode}; logs in {self.log_dir}")
             try:
                 if requests.get(f"{self.base}/healthz", timeout=2).ok:
@@ -83,16 +95,36 @@ class LocalStack:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
 
-    def kill_worker(self) -> None:
+    def kill_worker(self, name: str = "worker") -> None:
         """SIGKILL the worker and all its children at once, as a crash would."""
-        self._terminate(self.worker, signal.SIGKILL)
+        self._terminate(self.workers.get(name), signal.SIGKILL)
 
-    def stop_worker(self) -> None:
-        self._terminate(self.worker)
+    def pool_children(self, name: str = "worker") -> list[int]:
+        """The pids of a worker's pool processes (the processes that run tasks)."""
+        p = self.workers.get(name)
+        if p is None or p.poll() is not None:
+            return []
+        try:
+            return [int(pid) for pid in Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()]
+        except OSError:
+            return []
+
+    def kill_pool_child(self, name: str = "worker") -> int | None:
+        """SIGKILL one pool process of the worker, as the OOM killer would; Celery starts another."""
+        for pid in self.pool_children(name):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                return pid
+            except ProcessLookupError:
+                continue
+        return None
+
+    def kill_web(self) -> None:
+        self._terminate(self.web, signal.SIGKILL)
 
     def stop(self) -> None:
-        self._terminate(self.worker)
-        self._terminate(self.web)
+        for p in (*self.workers.values(), self.maintenance, self.web):
+            self._terminate(p)
         for log in self._logs:
             log.close()
         self._logs.clear()
@@ -115,8 +147,8 @@ class LocalStack:
                 return job
             if time.time() > deadline:
                 raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s: {job['progress']}")
-            for p in (self.web, self.worker):
-                if p is not None and p.poll() is not None:
+            for p in self.processes():
+                if p.poll() is not None:
                     raise RuntimeError(f"a process exited with code {p.returncode}; logs in {self.log_dir}")
             time.sleep(poll)
 

@@ -78,6 +78,8 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
     request_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
     source: Mapped[dict] = mapped_column(JSON)  # how items were given: upload, items, manifest
+    # the folder under IMGQ_UPLOAD_DIR holding this job's uploaded files; the sweeper removes it after retention
+    upload_folder: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     use_cache: Mapped[bool] = mapped_column(Boolean, default=True)
     total_items: Mapped[int] = mapped_column(Integer, default=0)
     done_items: Mapped[int] = mapped_column(Integer, default=0)
@@ -118,6 +120,10 @@ class Chunk(Base):
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Isolation (attempts beyond max_attempts): the item being scored alone right now, and how many
+    # workers died in a row while it was; see chunk_lifecycle.record_death.
+    suspect_item: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    suspect_deaths: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Result(Base):
@@ -207,6 +213,15 @@ class Schedule(Base):
     gate: Mapped[dict] = mapped_column(JSON)  # {"metric": ..., "min_improvement": ...}
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MaintenanceBeat(Base):
+    """When a maintenance loop (the sweeper) last finished, so /readyz and /metrics can tell it stopped."""
+    __tablename__ = "maintenance_beats"
+
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    last_at: Mapped[datetime] = mapped_column()
+    details: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class ScheduleRun(Base):

@@ -34,9 +34,9 @@ def make_job(url, n=10, chunk_size=4, **kw):
         return job.id
 
 
-def claim(url, job_id, no, timeout=60.0, attempts=3):
+def claim(url, job_id, no, timeout=60.0, attempts=3, worker="test"):
     with session_scope(url) as s:
-        return life.claim(s, job_id, no, worker="test", heartbeat_timeout=timeout, max_attempts=attempts)
+        return life.claim(s, job_id, no, worker=worker, heartbeat_timeout=timeout, max_attempts=attempts)
 
 
 def write(url, job_id, no, ids, status="ok"):
@@ -89,7 +89,8 @@ def test_a_chunk_delivered_twice_writes_and_counts_once(db_url, model_id):
     assert [i for i, _ in again.items] == ["i03"] and again.attempt == 2
     write(db_url, job_id, 0, ["i03"])
     with session_scope(db_url) as s:
-        life.finish(s, job_id, 0)
+        assert not life.finish(s, job_id, 0, 1)  # the dead first attempt is fenced out
+        assert life.finish(s, job_id, 0, 2)
     job = job_row(db_url, job_id)
     assert (job.status, job.done_items, job.failed_items) == ("succeeded", 4, 1)
     assert claim(db_url, job_id, 0) == "chunk already done"
@@ -98,7 +99,7 @@ def test_a_chunk_delivered_twice_writes_and_counts_once(db_url, model_id):
 def test_a_running_chunk_with_a_live_heartbeat_is_not_taken(db_url, model_id):
     job_id = make_job(db_url, n=2)
     assert not isinstance(claim(db_url, job_id, 0), str)
-    assert claim(db_url, job_id, 0) == "chunk is running on another worker"
+    assert claim(db_url, job_id, 0, worker="another") == "chunk is running on another worker"
 
 
 def test_chunks_finishing_together_close_the_job_once(db_url, model_id):
@@ -110,7 +111,7 @@ def test_chunks_finishing_together_close_the_job_once(db_url, model_id):
     def finish(no):
         try:
             with session_scope(db_url) as s:
-                life.finish(s, job_id, no)
+                life.finish(s, job_id, no, 1)
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -132,7 +133,7 @@ def test_cancel_stops_pending_chunks_and_keeps_results(db_url, model_id):
     assert claim(db_url, job_id, 1) == "chunk already canceled"
     write(db_url, job_id, 0, ["i02", "i03"])  # the running chunk finishes its work
     with session_scope(db_url) as s:
-        life.finish(s, job_id, 0)
+        life.finish(s, job_id, 0, 1)
         states = dict(s.execute(select(Chunk.chunk_no, Chunk.state).where(Chunk.job_id == job_id)).all())
     job = job_row(db_url, job_id)
     assert job.status == "canceled" and job.done_items == 4
@@ -161,22 +162,90 @@ def test_sweeper_sends_unsent_chunks_and_retakes_dead_ones(db_url, model_id, con
     assert sent == [(job_id, [0])]
 
 
-def test_a_chunk_that_keeps_killing_its_worker_is_given_up(db_url, model_id, configured):
-    job_id = make_job(db_url, n=3, chunk_size=3)
-    for attempt in range(configured.max_attempts):
-        assert not isinstance(claim(db_url, job_id, 0, attempts=configured.max_attempts), str)
+def die(url, seconds=3600):
+    """The worker running the chunk died: its heartbeat is long stale."""
+    age(url, Chunk, "heartbeat_at", seconds)
+
+
+def suspect(url, job_id, no, attempt, item_id):
+    with session_scope(url) as s:
+        return life.name_suspect(s, job_id, no, attempt, item_id)
+
+
+def test_a_chunk_that_keeps_killing_its_worker_fails_only_its_poison_item(db_url, model_id, configured):
+    job_id = make_job(db_url, n=4, chunk_size=4)
+    for attempt in range(configured.max_attempts):  # ordinary attempts, all dying
+        claimed = claim(db_url, job_id, 0, attempts=configured.max_attempts)
+        assert not claimed.isolate
         if attempt == 0:
             write(db_url, job_id, 0, ["i00"])  # the first attempt scored one item before dying
-        age(db_url, Chunk, "heartbeat_at", 3600)
+        die(db_url)
+    assert sweep(configured, lambda job_id, nos: len(nos))["given_up"] == 0  # taken back, not given up
+    isolated = claim(db_url, job_id, 0, attempts=configured.max_attempts)
+    assert isolated.isolate and [i for i, _ in isolated.items] == ["i01", "i02", "i03"]
+    assert suspect(db_url, job_id, 0, isolated.attempt, "i01")
+    write(db_url, job_id, 0, ["i01"])  # i01 alone is fine
+    assert suspect(db_url, job_id, 0, isolated.attempt, "i02")
+    die(db_url)  # ... i02 kills the worker, once
+    sweep(configured, lambda job_id, nos: len(nos))
+    again = claim(db_url, job_id, 0, attempts=configured.max_attempts)
+    assert [i for i, _ in again.items] == ["i02", "i03"]  # one death is not enough to blame it
+    assert suspect(db_url, job_id, 0, again.attempt, "i02")
+    die(db_url)  # ... and twice in a row: i02 is the poison
+    last = claim(db_url, job_id, 0, attempts=configured.max_attempts)
+    assert [i for i, _ in last.items] == ["i03"]
+    assert suspect(db_url, job_id, 0, last.attempt, "i03")
+    write(db_url, job_id, 0, ["i03"])
+    with session_scope(db_url) as s:
+        assert life.finish(s, job_id, 0, last.attempt)
+        rows = {r.item_id: r for r in s.scalars(select(Result).where(Result.job_id == job_id))}
+    assert {i for i, r in rows.items() if r.status == "ok"} == {"i00", "i01", "i03"}
+    assert "died 2 times while scoring this item alone" in rows["i02"].error
+    job = job_row(db_url, job_id)
+    assert (job.status, job.done_items, job.failed_items) == ("succeeded", 4, 1)
+
+
+def test_an_isolated_chunk_whose_worker_dies_before_any_item_is_given_up(db_url, model_id, configured):
+    job_id = make_job(db_url, n=3, chunk_size=3)
+    for _ in range(configured.max_attempts + 1):
+        claim(db_url, job_id, 0, attempts=configured.max_attempts)
+        die(db_url)
     stats = sweep(configured, lambda job_id, nos: len(nos))
     assert stats["given_up"] == 1
     with session_scope(db_url) as s:
-        rows = {r.item_id: r for r in s.scalars(select(Result).where(Result.job_id == job_id))}
-    assert rows["i00"].status == "ok"
-    assert rows["i01"].status == rows["i02"].status == "error"
-    assert "gave up after 3 attempts" in rows["i01"].error
-    job = job_row(db_url, job_id)
-    assert (job.status, job.done_items, job.failed_items) == ("succeeded", 3, 2)
+        errors = [r.error for r in s.scalars(select(Result).where(Result.job_id == job_id))]
+    assert len(errors) == 3 and all("gave up after 4 attempts" in e for e in errors)
+    assert job_row(db_url, job_id).status == "succeeded"
+
+
+def test_a_stale_attempt_changes_nothing(db_url, model_id):
+    job_id = make_job(db_url, n=4, chunk_size=4)
+    first = claim(db_url, job_id, 0)
+    die(db_url)
+    second = claim(db_url, job_id, 0)  # the first attempt was presumed dead
+    assert second.attempt == first.attempt + 1
+    with session_scope(db_url) as s:
+        before = s.get(Chunk, (job_id, 0)).heartbeat_at
+        assert not life.release(s, job_id, 0, first.attempt, "stale error")
+        assert not life.heartbeat(s, job_id, 0, first.attempt)
+        assert not life.name_suspect(s, job_id, 0, first.attempt, "i00")
+        assert not life.finish(s, job_id, 0, first.attempt)
+    with session_scope(db_url) as s:
+        chunk = s.get(Chunk, (job_id, 0))
+        assert (chunk.state, chunk.attempts, chunk.error, chunk.suspect_item) == ("running", 2, None, None)
+        assert chunk.heartbeat_at == before
+        assert life.heartbeat(s, job_id, 0, second.attempt)
+    assert job_row(db_url, job_id).status == "running"
+
+
+def test_a_redelivered_message_of_this_process_takes_its_chunk_back_at_once(db_url, model_id):
+    job_id = make_job(db_url, n=2)
+    first = claim(db_url, job_id, 0)  # then the task failed without releasing (the database went away)
+    again = claim(db_url, job_id, 0)  # the same pool process gets the requeued message
+    assert not isinstance(again, str) and again.attempt == first.attempt + 1
+    with session_scope(db_url) as s:
+        other = life.claim(s, job_id, 0, worker="other", heartbeat_timeout=60, max_attempts=3)
+    assert other == "chunk is running on another worker"
 
 
 def test_a_model_that_cannot_load_fails_the_job(db_url, model_id):

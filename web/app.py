@@ -5,6 +5,7 @@ from flask import Flask, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
+from shared import dispatch, liveness
 from shared.config import Settings, ensure_dirs, settings as load
 from shared.db import session_scope
 from web import api_datasets, api_jobs, api_models, api_training, errors, metrics
@@ -29,6 +30,13 @@ def create_app(settings: Settings | None = None) -> Flask:
         with session_scope() as session:
             session.execute(text("SELECT 1"))
         return jsonify({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz():
+        broker_ok = dispatch.broker_reachable()
+        with session_scope() as session:
+            report = liveness.readiness(session, s, broker_ok)
+        return jsonify(report), 200 if report["ready"] else 503
 
     @app.get("/metrics")
     def prometheus_metrics():

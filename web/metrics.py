@@ -5,6 +5,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
+from shared import liveness
 from shared.db import session_scope
 from shared.tables import Chunk, Job
 
@@ -14,7 +15,11 @@ class QueueCollector:
         jobs = GaugeMetricFamily("imgq_jobs", "Jobs by kind and status", labels=["kind", "status"])
         chunks = GaugeMetricFamily("imgq_chunks", "Chunks of unfinished jobs by state", labels=["state"])
         items = GaugeMetricFamily("imgq_items_remaining", "Items not yet scored in running or queued jobs")
+        swept = GaugeMetricFamily("imgq_sweeper_last_run_timestamp_seconds",
+                                  "Unix time the sweeper last completed (0: never); alert when it stops moving")
         with session_scope() as s:
+            last = liveness.last_beat(s, liveness.SWEEPER)
+            swept.add_metric([], last.timestamp() if last is not None else 0.0)
             for kind, status, n in s.execute(select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status)):
                 jobs.add_metric([kind, status], n)
             for state, n in s.execute(select(Chunk.state, func.count()).join(Job, Job.id == Chunk.job_id)
@@ -23,7 +28,7 @@ class QueueCollector:
             remaining = s.scalar(select(func.coalesce(func.sum(Job.total_items - Job.done_items), 0))
                                  .where(Job.status.in_(("queued", "running"))))
             items.add_metric([], remaining or 0)
-        yield from (jobs, chunks, items)
+        yield from (jobs, chunks, items, swept)
 
 
 registry = CollectorRegistry()

@@ -1,15 +1,20 @@
-"""A chunk's life in the database: claim, record results batch by batch, finish, give up.
+"""A chunk's life in the database: claim, heartbeat, record results batch by batch, finish, give up.
 
-Every write is idempotent: results are inserted with ON CONFLICT DO NOTHING and the job's
-counters grow only by the rows really inserted, so a chunk delivered twice counts once.
-Locks are taken job row first, then chunk row, everywhere.
+Invariants:
+- Every write is idempotent: results are inserted with ON CONFLICT DO NOTHING and the job's counters
+  grow only by the rows really inserted, so a chunk delivered twice counts once.
+- Every transition after `claim` is fenced by the attempt number (compare-and-set on `attempts` and
+  `state`): an attempt that lost its chunk to a newer one (it was presumed dead) changes nothing.
+- Locks are taken job row first, then chunk row, everywhere.
+- A chunk whose workers died `max_attempts` times is not failed whole: its untried items are then
+  scored one at a time ("isolation"), each one named as the chunk's suspect before it is scored, and
+  only an item that was the suspect of POISON_DEATHS deaths in a row is failed.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import case, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from shared.db import insert_ignoring_conflicts
@@ -17,6 +22,7 @@ from shared.jobs import FINAL
 from shared.tables import Chunk, Job, JobItem, ModelVersion, Result, ScoreCache, utcnow
 
 TERMINAL_CHUNK_STATES = ("done", "failed", "canceled")
+POISON_DEATHS = 2  # deaths while an item was scored alone before that item is failed
 
 
 @dataclass
@@ -27,10 +33,22 @@ class ClaimedChunk:
     model_version: ModelVersion
     use_cache: bool
     items: list[tuple[str, str]]  # (item id, uri) still without a result
+    isolate: bool = False  # score the items one at a time, naming each as the suspect first
 
 
 def lock_job(session: Session, job_id: str) -> Job | None:
     return session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+
+
+def _lock_chunk(session: Session, job_id: str, chunk_no: int) -> Chunk | None:
+    return session.scalar(select(Chunk).where(Chunk.job_id == job_id, Chunk.chunk_no == chunk_no)
+                          .with_for_update())
+
+
+def _owned(job_id: str, chunk_no: int, attempt: int):
+    """The fence: the chunk is still running the given attempt."""
+    return (Chunk.job_id == job_id, Chunk.chunk_no == chunk_no, Chunk.attempts == attempt,
+            Chunk.state == "running")
 
 
 def model_for(session: Session, job_id: str, chunk_no: int) -> ModelVersion | str:
@@ -48,20 +66,30 @@ def model_for(session: Session, job_id: str, chunk_no: int) -> ModelVersion | st
 
 
 def mark_delivered(session: Session, job_id: str, chunk_no: int, worker: str) -> None:
-    """A worker took the chunk's message off the queue: from now on its silence is visible. A worker
-    killed between taking a message and claiming the chunk would otherwise leave it queued, its
-    message held by a dead consumer until the broker's visibility timeout."""
+    """pending|queued -> delivered: a worker took the chunk's message off the queue, so from now on its
+    silence is visible. A worker killed between taking a message and claiming the chunk would otherwise
+    leave it queued, its message held by a dead consumer until the broker's visibility timeout."""
     session.execute(update(Chunk).where(Chunk.job_id == job_id, Chunk.chunk_no == chunk_no,
                                         Chunk.state.in_(("pending", "queued")))
                     .values(state="delivered", worker=worker, heartbeat_at=utcnow()))
 
 
+def _unscored(session: Session, job_id: str, chunk_no: int, first_attempt: bool) -> list[tuple[str, str]]:
+    """Items of the chunk without a result. A first attempt has none to exclude; a retry uses NOT EXISTS
+    over the primary key, a plan that does not depend on fresh table statistics."""
+    query = select(JobItem.item_id, JobItem.uri).where(JobItem.job_id == job_id, JobItem.chunk_no == chunk_no)
+    if not first_attempt:
+        query = query.where(~exists().where(Result.job_id == JobItem.job_id, Result.item_id == JobItem.item_id))
+    return [tuple(row) for row in session.execute(query.order_by(JobItem.item_id))]
+
+
 def claim(session: Session, job_id: str, chunk_no: int, *, worker: str,
           heartbeat_timeout: float, max_attempts: int) -> ClaimedChunk | str:
-    """Take a chunk for this worker, or say why not (a string)."""
+    """pending|queued|delivered|running(dead) -> running, attempt + 1; or say why not (a string).
+    Locks the job row, then the chunk row. A running chunk is dead when its heartbeat is stale, or when it
+    names this very process (a pool process runs one task at a time, so it is not running it now)."""
     job = lock_job(session, job_id)
-    chunk = session.scalar(select(Chunk).where(Chunk.job_id == job_id, Chunk.chunk_no == chunk_no)
-                           .with_for_update())
+    chunk = _lock_chunk(session, job_id, chunk_no)
     if job is None or chunk is None:
         return "unknown chunk"
     now = utcnow()
@@ -70,32 +98,86 @@ def claim(session: Session, job_id: str, chunk_no: int, *, worker: str,
     if job.status in FINAL:
         chunk.state, chunk.finished_at = "canceled", now
         return f"job is {job.status}"
-    if chunk.state == "running" and chunk.heartbeat_at is not None and \
-            (now - chunk.heartbeat_at).total_seconds() < heartbeat_timeout:
-        return "chunk is running on another worker"
-    if chunk.attempts >= max_attempts:
-        give_up(session, job, chunk,
-                f"gave up after {chunk.attempts} attempts: the worker scoring this chunk died or stopped "
-                "responding each time (a poison item?)")
-        return "attempts exhausted"
+    if chunk.state == "running":
+        if chunk.worker != worker and chunk.heartbeat_at is not None and \
+                (now - chunk.heartbeat_at).total_seconds() < heartbeat_timeout:
+            return "chunk is running on another worker"
+        record_death(session, job, chunk, max_attempts)
+        if chunk.state in TERMINAL_CHUNK_STATES:
+            return f"chunk {chunk.state} after its worker died"
+    first = chunk.attempts == 0
     chunk.state, chunk.attempts, chunk.worker = "running", chunk.attempts + 1, worker
     chunk.started_at = chunk.heartbeat_at = now
     if job.status == "queued":
         job.status, job.started_at = "running", now
     job.heartbeat_at = now
-    items = list(session.execute(
-        select(JobItem.item_id, JobItem.uri)
-        .outerjoin(Result, and_(Result.job_id == JobItem.job_id, Result.item_id == JobItem.item_id))
-        .where(JobItem.job_id == job_id, JobItem.chunk_no == chunk_no, Result.item_id.is_(None))
-        .order_by(JobItem.item_id)))
+    items = _unscored(session, job_id, chunk_no, first)
     version = session.get(ModelVersion, job.model_version_id)
     session.expunge(version)
-    return ClaimedChunk(job_id, chunk_no, chunk.attempts, version, job.use_cache, items)
+    return ClaimedChunk(job_id, chunk_no, chunk.attempts, version, job.use_cache, items,
+                        isolate=chunk.attempts > max_attempts)
+
+
+def record_death(session: Session, job: Job, chunk: Chunk, max_attempts: int) -> None:
+    """running(dead) -> running (the caller moves it on), or failed/done. The caller holds the job and
+    chunk row locks. After an isolated attempt dies, its suspect item takes the blame; an item blamed
+    POISON_DEATHS times in a row gets an error and the chunk goes on without it."""
+    if chunk.attempts <= max_attempts:
+        return  # an ordinary attempt: the next one retries every untried item
+    suspect = chunk.suspect_item
+    scored = suspect is not None and session.scalar(
+        select(func.count()).select_from(Result).where(Result.job_id == job.id, Result.item_id == suspect))
+    if suspect is None or scored:
+        if not _unscored(session, job.id, chunk.chunk_no, False):
+            _close(session, job, chunk, "done", None)
+            return
+        if suspect is None:  # died before naming any item: nothing to isolate, so give the chunk up
+            give_up(session, job, chunk, f"gave up after {chunk.attempts} attempts: the worker scoring this "
+                                         "chunk died or stopped responding each time, before any item")
+        return
+    chunk.suspect_deaths += 1
+    if chunk.suspect_deaths >= POISON_DEATHS:
+        record_batch(session, job.id, chunk.chunk_no, [{
+            "item_id": suspect, "status": "error",
+            "error": f"the worker died {chunk.suspect_deaths} times while scoring this item alone "
+                     "(a poison item: it crashes or hangs the process)"}], [])
+        chunk.suspect_item, chunk.suspect_deaths = None, 0
+
+
+def take_back(session: Session, job: Job, chunk: Chunk, max_attempts: int) -> bool:
+    """delivered|running(dead) -> queued, for the sweeper to send again; False if the chunk ended instead.
+    The caller holds the job and chunk row locks and has seen the chunk's heartbeat go stale."""
+    if chunk.state == "running":
+        record_death(session, job, chunk, max_attempts)
+    if chunk.state in TERMINAL_CHUNK_STATES:
+        return False
+    chunk.state, chunk.enqueued_at = "queued", None
+    return True
+
+
+def heartbeat(session: Session, job_id: str, chunk_no: int, attempt: int) -> bool:
+    """Liveness of a running attempt, written from a thread at a fixed interval. False when the attempt
+    no longer owns the chunk (it was presumed dead and taken back)."""
+    now = utcnow()
+    owned = session.execute(update(Chunk).where(*_owned(job_id, chunk_no, attempt))
+                            .values(heartbeat_at=now)).rowcount
+    if owned:
+        session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=now))
+    return bool(owned)
+
+
+def name_suspect(session: Session, job_id: str, chunk_no: int, attempt: int, item_id: str) -> bool:
+    """In isolation, before an item is scored alone: if this process dies now, this item is to blame.
+    Naming a different item than last time restarts the count of deaths in a row. Fenced by the attempt."""
+    deaths = case((Chunk.suspect_item == item_id, Chunk.suspect_deaths), else_=0)
+    return bool(session.execute(update(Chunk).where(*_owned(job_id, chunk_no, attempt))
+                                .values(suspect_deaths=deaths, suspect_item=item_id)).rowcount)
 
 
 def record_batch(session: Session, job_id: str, chunk_no: int, results: list[dict],
                  cache_rows: list[dict]) -> int:
-    """Insert result rows (and score-cache rows); count only the rows that are new. Also a heartbeat."""
+    """Insert result rows (and score-cache rows); count only the rows that are new. Not fenced: a result
+    is the same whichever attempt computes it, and the first one written wins."""
     now = utcnow()
     for r in results:
         r.setdefault("job_id", job_id)
@@ -110,27 +192,27 @@ def record_batch(session: Session, job_id: str, chunk_no: int, results: list[dic
     for row in cache_rows:
         row.setdefault("created_at", now)
     insert_ignoring_conflicts(session, ScoreCache.__table__, cache_rows, ["content_hash", "model_version_id"])
-    session.execute(update(Job).where(Job.id == job_id).values(
-        done_items=Job.done_items + len(new),
-        failed_items=Job.failed_items + sum(r["status"] == "error" for r in new),
-        cached_items=Job.cached_items + sum(bool(r["from_cache"]) for r in new),
-        heartbeat_at=now))
-    session.execute(update(Chunk).where(Chunk.job_id == job_id, Chunk.chunk_no == chunk_no,
-                                        Chunk.state == "running").values(heartbeat_at=now))
+    if new:
+        session.execute(update(Job).where(Job.id == job_id).values(
+            done_items=Job.done_items + len(new),
+            failed_items=Job.failed_items + sum(r["status"] == "error" for r in new),
+            cached_items=Job.cached_items + sum(bool(r["from_cache"]) for r in new)))
     return len(new)
 
 
-def finish(session: Session, job_id: str, chunk_no: int, state: str = "done", error: str | None = None) -> None:
+def finish(session: Session, job_id: str, chunk_no: int, attempt: int) -> bool:
+    """running(attempt) -> done. Locks the job row, then updates the chunk only if the attempt still owns
+    it; closes the job when it was its last open chunk. Returns whether the attempt still owned it."""
     job = lock_job(session, job_id)
-    session.execute(update(Chunk).where(Chunk.job_id == job_id, Chunk.chunk_no == chunk_no,
-                                        Chunk.state.not_in(TERMINAL_CHUNK_STATES))
-                    .values(state=state, finished_at=utcnow(), error=error))
+    owned = session.execute(update(Chunk).where(*_owned(job_id, chunk_no, attempt))
+                            .values(state="done", finished_at=utcnow(), error=None)).rowcount
     if job is not None:
         finalize_if_complete(session, job)
+    return bool(owned)
 
 
 def finalize_if_complete(session: Session, job: Job) -> bool:
-    """Mark a score job succeeded once no chunk is left to run. The caller holds the job row lock."""
+    """running|queued -> succeeded once no chunk of a score job is left to run. The caller holds the job lock."""
     if job.status in FINAL or job.kind != "score":
         return False
     open_chunks = session.scalar(select(func.count()).select_from(Chunk).where(
@@ -141,28 +223,31 @@ def finalize_if_complete(session: Session, job: Job) -> bool:
     return True
 
 
-def give_up(session: Session, job: Job, chunk: Chunk, reason: str) -> None:
-    """Mark every item of the chunk still without a result as failed with `reason`."""
-    missing = list(session.scalars(
-        select(JobItem.item_id)
-        .outerjoin(Result, and_(Result.job_id == JobItem.job_id, Result.item_id == JobItem.item_id))
-        .where(JobItem.job_id == job.id, JobItem.chunk_no == chunk.chunk_no, Result.item_id.is_(None))))
-    record_batch(session, job.id, chunk.chunk_no,
-                 [{"item_id": i, "status": "error", "error": reason} for i in missing], [])
-    chunk.state, chunk.finished_at, chunk.error = "failed", utcnow(), reason
+def _close(session: Session, job: Job, chunk: Chunk, state: str, reason: str | None) -> None:
+    chunk.state, chunk.finished_at, chunk.error = state, utcnow(), reason
     session.flush()
     finalize_if_complete(session, job)
 
 
-def release(session: Session, job_id: str, chunk_no: int, error: str) -> None:
-    """Hand a chunk back after an unexpected error, for the sweeper to send again (attempts stay counted)."""
-    session.execute(update(Chunk).where(Chunk.job_id == job_id, Chunk.chunk_no == chunk_no,
-                                        Chunk.state == "running")
-                    .values(state="pending", enqueued_at=None, error=error[:2000]))
+def give_up(session: Session, job: Job, chunk: Chunk, reason: str) -> None:
+    """any open state -> failed: every item of the chunk still without a result fails with `reason`.
+    The caller holds the job and chunk row locks."""
+    missing = [item_id for item_id, _ in _unscored(session, job.id, chunk.chunk_no, False)]
+    record_batch(session, job.id, chunk.chunk_no,
+                 [{"item_id": i, "status": "error", "error": reason} for i in missing], [])
+    _close(session, job, chunk, "failed", reason)
+
+
+def release(session: Session, job_id: str, chunk_no: int, attempt: int, error: str) -> bool:
+    """running(attempt) -> pending after an unexpected error, for the sweeper to send again (attempts stay
+    counted). Fenced: a stale attempt cannot put back a chunk that a newer attempt is running."""
+    return bool(session.execute(update(Chunk).where(*_owned(job_id, chunk_no, attempt))
+                                .values(state="pending", enqueued_at=None, error=error[:2000])).rowcount)
 
 
 def fail_job(session: Session, job_id: str, reason: str) -> None:
-    """A job-level failure (e.g. its model cannot be loaded): no chunk of it will run."""
+    """queued|running -> failed for the job and all its open chunks (e.g. its model cannot be loaded).
+    Locks the job row."""
     job = lock_job(session, job_id)
     if job is None or job.status in FINAL:
         return
@@ -177,7 +262,3 @@ def lookup_cache(session: Session, model_version_id: int, hashes: list[str]) -> 
     rows = session.execute(select(ScoreCache.content_hash, ScoreCache.outputs).where(
         ScoreCache.model_version_id == model_version_id, ScoreCache.content_hash.in_(set(hashes))))
     return {digest: outputs for digest, outputs in rows}
-
-
-def stale_before(seconds: float):
-    return utcnow() - timedelta(seconds=seconds)

@@ -19,6 +19,7 @@ import numpy as np
 from shared.imaging import ImageError, content_hash, load_for_model, read_image_file
 from shared.outputs import interpret
 from shared.paths import OutsideDataRoots, resolve_inside
+from worker.item_pool import ItemPool
 
 
 @dataclass
@@ -39,6 +40,8 @@ class ScoreOptions:
     max_bytes: int
     threads: int
     use_cache: bool = True
+    read_timeout: float = 30.0  # per item: a read that blocks longer becomes that item's error
+    decode_timeout: float = 60.0
 
 
 def read_item(uri: str, roots: tuple[Path, ...], max_bytes: int) -> bytes:
@@ -60,7 +63,8 @@ def _fetch(item, opts):
 
 def _prepare(batch, model, opts, pool, lookup_cache) -> Prepared:
     prepared = Prepared()
-    fetched = list(pool.map(lambda it: _fetch(it, opts), batch))
+    fetched = pool.map(lambda it: _fetch(it, opts), batch, opts.read_timeout,
+                       lambda it: (it[0], None, None, f"reading the image timed out after {opts.read_timeout:g} s"))
     hits = lookup_cache([h for _, _, h, _ in fetched if h]) if opts.use_cache else {}
     to_decode = []
     for item_id, data, digest, error in fetched:
@@ -79,7 +83,10 @@ def _prepare(batch, model, opts, pool, lookup_cache) -> Prepared:
         except ImageError as exc:
             return item_id, digest, None, str(exc)
 
-    for item_id, digest, loaded, error in pool.map(decode, to_decode):
+    def decode_timed_out(entry):
+        return entry[0], entry[2], None, f"decoding the image timed out after {opts.decode_timeout:g} s"
+
+    for item_id, digest, loaded, error in pool.map(decode, to_decode, opts.decode_timeout, decode_timed_out):
         if error:
             prepared.results.append({"item_id": item_id, "status": "error", "error": error,
                                      "content_hash": digest})
@@ -137,8 +144,15 @@ def score_items(items: list[tuple[str, str]], model, opts: ScoreOptions,
     """Score `items` [(id, uri)] in batches; `write_batch(results, cache_rows)` once per batch, in order,
     from a writer thread (at most one write in flight), so database writes overlap inference."""
     sig = model.signature
-    with ThreadPoolExecutor(max_workers=opts.threads, thread_name_prefix="imgq-io") as pool, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgq-write") as writer:
+    pool = ItemPool(opts.threads)
+    try:
+        _score_batches(items, model, sig, opts, pool, lookup_cache, write_batch)
+    finally:
+        pool.close()
+
+
+def _score_batches(items, model, sig, opts, pool, lookup_cache, write_batch) -> None:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgq-write") as writer:
         produce = (_prepare(b, model, opts, pool, lookup_cache) for b in _batches(items, opts.batch_size))
         pending = None  # the previous batch's write runs while the model predicts this one
         for prepared in _prefetch(produce):

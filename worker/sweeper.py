@@ -1,90 +1,164 @@
-"""The outbox relay and the watchdog, run periodically by Celery beat.
+"""The outbox relay and the watchdog, run periodically by Celery beat on the maintenance queue.
 
 - chunks committed but never sent (no `enqueued_at`) are sent;
-- chunks sent long ago and still not started are sent again (a lost message);
-- running chunks whose heartbeat stopped are taken back and sent again, or given up after
-  `max_attempts` with their items failed; so are chunks whose message a worker took and never
-  started (it died in between);
-- jobs whose chunks are all finished are closed.
-Sending twice is safe: a chunk is claimed in the database before it runs.
+- queued chunks whose message the broker lost (it restarted without persistence, or a message was
+  acknowledged without its work done) are sent again: when the queue holds fewer messages than the
+  chunks queued for over `lost_after` seconds, those chunks are sent again (a duplicate is harmless,
+  a chunk is claimed in the database before it runs); `requeue_after` remains the last resort;
+- running chunks whose heartbeat stopped are taken back (chunk_lifecycle.take_back) and sent again;
+  so are chunks whose message a worker took and never started (it died in between);
+- train runs likewise;
+- jobs whose chunks are all finished are closed;
+- upload folders of jobs finished over `upload_retention` ago, and folders no job owns (an upload cut
+  off by a web crash) older than `orphan_upload_after`, are removed;
+- the time of the sweep is recorded, for /readyz and /metrics.
+Recovery after a lost message is thus bounded by lost_after + sweep_interval, after a dead worker by
+heartbeat_timeout + sweep_interval.
 """
 from __future__ import annotations
 
+import logging
+import shutil
+import time
 from datetime import timedelta
+from typing import Callable
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
+from shared.celery_app import SCORE_QUEUE, TRAIN_QUEUE
 from shared.config import Settings
+from shared import liveness
 from shared.db import session_scope
+from shared.jobs import FINAL
 from shared.tables import Chunk, Job, TrainRun, utcnow
-from worker import chunk_lifecycle as life
+from worker import chunk_lifecycle
 
+log = logging.getLogger(__name__)
 SEND_GRACE_SECONDS = 10.0  # the web front sends right after commit; give it that long
 
 
-def sweep(settings: Settings, enqueue, enqueue_train=None) -> dict:
-    """`enqueue(job_id, chunk_nos)` sends score tasks, `enqueue_train(job_ids)` train tasks; both are
-    called after the database work is committed."""
+def sweep(settings: Settings, enqueue, enqueue_train=None,
+          queue_depth: Callable[[str], int | None] | None = None) -> dict:
+    """`enqueue(job_id, chunk_nos)` sends score tasks, `enqueue_train(job_ids)` train tasks, both after the
+    database work is committed; `queue_depth(queue)` counts a queue's messages (None: unknown)."""
     now = utcnow()
-    to_send: dict[str, list[int]] = {}
-    given_up = closed = 0
-    with session_scope() as s:
-        stale = list(s.execute(select(Chunk.job_id, Chunk.chunk_no).where(
-            Chunk.state.in_(("running", "delivered")),
-            Chunk.heartbeat_at < now - timedelta(seconds=settings.heartbeat_timeout))))
-        for job_id, chunk_no in stale:
-            job = life.lock_job(s, job_id)
-            chunk = s.scalar(select(Chunk).where(Chunk.job_id == job_id, Chunk.chunk_no == chunk_no)
-                             .with_for_update())
-            if chunk.state not in ("running", "delivered"):
-                continue
-            if chunk.state == "running" and chunk.attempts >= settings.max_attempts:
-                life.give_up(s, job, chunk,
-                             f"gave up after {chunk.attempts} attempts: the worker scoring this chunk died or "
-                             "stopped responding each time (a poison item?)")
-                given_up += 1
-            else:
-                chunk.state, chunk.enqueued_at = "queued", None
-                to_send.setdefault(job_id, []).append(chunk_no)
-        unsent = s.execute(select(Chunk.job_id, Chunk.chunk_no).join(Job, Job.id == Chunk.job_id).where(
-            Chunk.state.in_(("pending", "queued")),
-            ((Chunk.enqueued_at.is_(None) & (Job.created_at < now - timedelta(seconds=SEND_GRACE_SECONDS)))
-             | (Chunk.enqueued_at < now - timedelta(seconds=settings.requeue_after)))))
-        for job_id, chunk_no in unsent:
-            to_send.setdefault(job_id, []).append(chunk_no)
-        open_jobs = list(s.scalars(select(Job.id).where(Job.kind == "score",
-                                                        Job.status.in_(("queued", "running")))))
-    for job_id in open_jobs:
-        with session_scope() as s:
-            job = life.lock_job(s, job_id)
-            closed += life.finalize_if_complete(s, job)
+    depth = queue_depth or (lambda _queue: None)
+    to_send, given_up = _take_back_dead_chunks(settings, now)
+    for job_id, chunk_no in _unsent_or_lost_chunks(settings, now, depth(SCORE_QUEUE)):
+        to_send.setdefault(job_id, []).append(chunk_no)
+    closed = _close_finished_jobs()
     sent = sum(enqueue(job_id, sorted(set(nos))) for job_id, nos in to_send.items())
-    trains = _sweep_train_runs(settings, now)
+    trains = _sweep_train_runs(settings, now, depth(TRAIN_QUEUE))
     if trains and enqueue_train is not None:
         sent += enqueue_train(trains)
-    return {"sent": sent, "given_up": given_up, "closed": closed}
+    removed = remove_old_uploads(settings)
+    stats = {"sent": sent, "given_up": given_up, "closed": closed, "uploads_removed": removed}
+    with session_scope() as session:
+        liveness.record_beat(session, liveness.SWEEPER, now, stats)
+    return stats
 
 
-def _sweep_train_runs(settings: Settings, now) -> list[str]:
+def _take_back_dead_chunks(settings: Settings, now) -> tuple[dict[str, list[int]], int]:
+    to_send: dict[str, list[int]] = {}
+    given_up = 0
+    with session_scope() as session:
+        stale = list(session.execute(select(Chunk.job_id, Chunk.chunk_no).where(
+            Chunk.state.in_(("running", "delivered")),
+            Chunk.heartbeat_at < now - timedelta(seconds=settings.heartbeat_timeout))))
+    for job_id, chunk_no in stale:  # one transaction per chunk: locks are held briefly
+        with session_scope() as session:
+            job = chunk_lifecycle.lock_job(session, job_id)
+            chunk = session.scalar(select(Chunk).where(Chunk.job_id == job_id, Chunk.chunk_no == chunk_no)
+                                   .with_for_update())
+            if chunk.state not in ("running", "delivered") or \
+                    chunk.heartbeat_at >= now - timedelta(seconds=settings.heartbeat_timeout):
+                continue  # it moved on since the first read
+            if chunk_lifecycle.take_back(session, job, chunk, settings.max_attempts):
+                to_send.setdefault(job_id, []).append(chunk_no)
+            elif chunk.state == "failed":
+                given_up += 1
+    return to_send, given_up
+
+
+def _unsent_or_lost_chunks(settings: Settings, now, depth: int | None) -> list[tuple[str, int]]:
+    with session_scope() as session:
+        unsent = session.execute(select(Chunk.job_id, Chunk.chunk_no).join(Job, Job.id == Chunk.job_id).where(
+            Chunk.state.in_(("pending", "queued")),
+            ((Chunk.enqueued_at.is_(None) & (Job.created_at < now - timedelta(seconds=SEND_GRACE_SECONDS)))
+             | (Chunk.enqueued_at < now - timedelta(seconds=settings.requeue_after))))).all()
+        waiting = select(Chunk.job_id, Chunk.chunk_no).where(
+            Chunk.state == "queued", Chunk.enqueued_at < now - timedelta(seconds=settings.lost_after))
+        lost = []
+        if depth is not None:
+            count = session.scalar(select(func.count()).select_from(waiting.subquery()))
+            if depth < count:
+                lost = session.execute(waiting).all()
+                log.warning("queue %s holds %d messages for %d chunks queued over %gs: sending them again",
+                            SCORE_QUEUE, depth, count, settings.lost_after)
+    return [tuple(row) for row in (*unsent, *lost)]
+
+
+def _close_finished_jobs() -> int:
+    closed = 0
+    with session_scope() as session:
+        open_jobs = list(session.scalars(select(Job.id).where(Job.kind == "score",
+                                                              Job.status.in_(("queued", "running")))))
+    for job_id in open_jobs:
+        with session_scope() as session:
+            job = chunk_lifecycle.lock_job(session, job_id)
+            closed += chunk_lifecycle.finalize_if_complete(session, job)
+    return closed
+
+
+def _sweep_train_runs(settings: Settings, now, depth: int | None) -> list[str]:
     """Train runs to (re)send: never sent, lost by the broker, or whose process stopped heartbeating
     (the next attempt resumes from the last checkpoint). Exhausted attempts fail at the next claim."""
+    from worker.training import lifecycle as train_lifecycle
+
     stale_before = now - timedelta(seconds=settings.heartbeat_timeout)
-    with session_scope() as s:
-        rows = s.execute(select(TrainRun.job_id, TrainRun.state, TrainRun.enqueued_at, Job.created_at,
-                                Job.heartbeat_at).join(Job, Job.id == TrainRun.job_id)
-                         .where(TrainRun.state.in_(("pending", "queued", "delivered", "running")))).all()
+    lost_before = now - timedelta(seconds=settings.lost_after)
+    with session_scope() as session:
+        rows = session.execute(select(TrainRun.job_id, TrainRun.state, TrainRun.enqueued_at, Job.created_at,
+                                      Job.heartbeat_at).join(Job, Job.id == TrainRun.job_id)
+                               .where(TrainRun.state.in_(("pending", "queued", "delivered", "running")))).all()
+        waiting = [r.job_id for r in rows if r.state == "queued" and r.enqueued_at is not None
+                   and r.enqueued_at < lost_before]
+        lost = set(waiting) if depth is not None and depth < len(waiting) else set()
         out = []
         for job_id, state, enqueued_at, created_at, heartbeat_at in rows:
             if state in ("running", "delivered"):
-                if heartbeat_at is not None and heartbeat_at < stale_before:
-                    run = s.get(TrainRun, job_id, with_for_update=True)
-                    if run.state in ("running", "delivered"):
-                        run.state, run.enqueued_at = "pending", None
-                        out.append(job_id)
+                if heartbeat_at is not None and heartbeat_at < stale_before and \
+                        train_lifecycle.take_back(session, job_id):
+                    out.append(job_id)
             elif enqueued_at is None:
                 if created_at < now - timedelta(seconds=SEND_GRACE_SECONDS):
                     out.append(job_id)
-            elif enqueued_at < now - timedelta(seconds=settings.requeue_after):
+            elif job_id in lost or enqueued_at < now - timedelta(seconds=settings.requeue_after):
                 out.append(job_id)
     return out
 
+
+def remove_old_uploads(settings: Settings) -> int:
+    """Remove upload folders of jobs finished over `upload_retention` ago, and folders no job owns that are
+    older than `orphan_upload_after` (an upload cut off by a crash of the web front)."""
+    folder = settings.upload_dir
+    if not folder.is_dir():
+        return 0
+    names = {p.name: p for p in folder.iterdir() if p.is_dir()}
+    if not names:
+        return 0
+    retention_cut = utcnow() - timedelta(seconds=settings.upload_retention)
+    with session_scope() as session:
+        owners = dict(session.execute(select(Job.upload_folder, Job.status).where(
+            Job.upload_folder.in_(list(names)))).all())
+        expired = set(session.scalars(select(Job.upload_folder).where(
+            Job.upload_folder.in_(list(names)), Job.status.in_(FINAL), Job.finished_at < retention_cut)))
+    orphan_cut = time.time() - settings.orphan_upload_after
+    removed = 0
+    for name, path in names.items():
+        orphan = name not in owners and path.stat().st_mtime < orphan_cut
+        if name in expired or orphan:
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+            log.info("removed upload folder %s (%s)", name, "orphan" if orphan else "retention over")
+    return removed

@@ -5,10 +5,13 @@ import TensorFlow. Models are loaded in each pool process after the fork (worker
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
+import time
 
+from celery.exceptions import Reject
 from celery.signals import task_received, worker_process_init
 
 from shared.celery_app import SCHEDULE_TICK_TASK, SCORE_CHUNK_TASK, SWEEP_TASK, TRAIN_TASK, app
@@ -69,7 +72,26 @@ def _mark_delivered(request=None, **_):
         log.exception("could not record the delivery of %s%s", request.name, request.args)
 
 
+def requeue_on_outage(task):
+    """A task that could not reach the database did not do its work: its message goes back to the queue
+    (after a pause, so an outage is not a busy loop) instead of being acknowledged as done."""
+    @functools.wraps(task)
+    def run(*args, **kwargs):
+        from shared.db import is_outage
+
+        try:
+            return task(*args, **kwargs)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            log.warning("%s%s: database unavailable (%s); message requeued", task.__name__, args[1:], exc)
+            time.sleep(settings().outage_retry_delay)
+            raise Reject(exc, requeue=True) from exc
+    return run
+
+
 @app.task(name=SCORE_CHUNK_TASK, bind=True)
+@requeue_on_outage
 def score_chunk(self, job_id: str, chunk_no: int) -> str:
     from worker.run_chunk import run_chunk
 
@@ -79,6 +101,7 @@ def score_chunk(self, job_id: str, chunk_no: int) -> str:
 
 @app.task(name=TRAIN_TASK, bind=True, soft_time_limit=settings().max_train_seconds + 60,
           time_limit=settings().max_train_seconds + 120)
+@requeue_on_outage
 def train(self, job_id: str) -> str:
     from worker.training.supervise import run_train_job
 

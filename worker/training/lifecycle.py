@@ -1,7 +1,12 @@
-"""A train run's life in the database: claim, heartbeat and progress, epochs, finish, give up."""
+"""A train run's life in the database: claim, heartbeat and progress, epochs, finish, give up.
+
+Every transition after `claim` is fenced by the attempt number where the caller knows it (the
+supervising task, and the training process it starts with the attempt on its command line): an
+attempt that lost the run to a newer one (it was presumed dead) changes nothing.
+"""
 from __future__ import annotations
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, true, update
 from sqlalchemy.orm import Session
 
 from shared.jobs import FINAL
@@ -9,6 +14,11 @@ from shared.tables import Job, TrainMetric, TrainRun, utcnow
 from worker.chunk_lifecycle import lock_job
 
 TERMINAL = ("done", "failed", "canceled")
+
+
+def _fence(attempt: int | None):
+    """The attempt still owns the run (no condition when the caller does not say which attempt it is)."""
+    return true() if attempt is None else (TrainRun.attempts == attempt) & (TrainRun.state == "running")
 
 
 def mark_delivered(session: Session, job_id: str, worker: str) -> None:
@@ -29,7 +39,7 @@ def claim(session: Session, job_id: str, *, worker: str, heartbeat_timeout: floa
     if job.status in FINAL:
         run.state = "canceled"
         return f"job is {job.status}"
-    if run.state == "running" and job.heartbeat_at is not None and \
+    if run.state == "running" and run.worker != worker and job.heartbeat_at is not None and \
             (now - job.heartbeat_at).total_seconds() < heartbeat_timeout:
         return "train job is running on another worker"
     if run.attempts >= max_attempts:
@@ -62,8 +72,11 @@ def start_attempt(session: Session, job_id: str) -> TrainRun:
 
 
 def record_epoch(session: Session, job_id: str, epoch: int, metrics: dict, seconds: float,
-                 checkpoint_path: str) -> None:
+                 checkpoint_path: str, attempt: int | None = None) -> None:
     """Epoch `epoch` (1-based) finished and its checkpoint file is written: both become visible together."""
+    if attempt is not None and session.scalar(select(TrainRun.attempts).where(TrainRun.job_id == job_id)
+                                              .with_for_update()) != attempt:
+        return  # a newer attempt owns the run and writes its own epochs
     session.execute(delete(TrainMetric).where(TrainMetric.job_id == job_id, TrainMetric.epoch >= epoch))
     session.add(TrainMetric(job_id=job_id, epoch=epoch, metrics=metrics, seconds=seconds))
     session.execute(update(TrainRun).where(TrainRun.job_id == job_id).values(
@@ -71,26 +84,46 @@ def record_epoch(session: Session, job_id: str, epoch: int, metrics: dict, secon
     session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow()))
 
 
-def succeed(session: Session, job_id: str, **outcome) -> None:
+def succeed(session: Session, job_id: str, attempt: int | None = None, **outcome) -> bool:
+    """running(attempt) -> done, and the job succeeded. Locks the job row. False if the attempt lost the run."""
     job = lock_job(session, job_id)
-    session.execute(update(TrainRun).where(TrainRun.job_id == job_id).values(state="done", phase="done", **outcome))
-    if job.status not in FINAL:
+    owned = session.execute(update(TrainRun).where(TrainRun.job_id == job_id, _fence(attempt))
+                            .values(state="done", phase="done", **outcome)).rowcount
+    if owned and job.status not in FINAL:
         job.status, job.finished_at = "succeeded", utcnow()
+    return bool(owned)
 
 
-def canceled(session: Session, job_id: str) -> None:
-    session.execute(update(TrainRun).where(TrainRun.job_id == job_id).values(state="canceled", phase="canceled"))
+def canceled(session: Session, job_id: str, attempt: int | None = None) -> None:
+    """running(attempt) -> canceled (the job was canceled by a client; its status already says so)."""
+    session.execute(update(TrainRun).where(TrainRun.job_id == job_id, _fence(attempt))
+                    .values(state="canceled", phase="canceled"))
 
 
-def release(session: Session, job_id: str, error: str) -> None:
-    """Hand a run back for another attempt (it resumes from its last checkpoint)."""
-    session.execute(update(TrainRun).where(TrainRun.job_id == job_id, TrainRun.state == "running")
-                    .values(state="pending", enqueued_at=None))
-    session.execute(update(Job).where(Job.id == job_id).values(error=error[-2000:]))
+def take_back(session: Session, job_id: str) -> bool:
+    """delivered|running(dead) -> pending, for the sweeper to send again (the next attempt resumes from the
+    last checkpoint). Locks the job row, then the run. The caller has seen the heartbeat go stale."""
+    lock_job(session, job_id)
+    run = session.get(TrainRun, job_id, with_for_update=True)
+    if run is None or run.state not in ("running", "delivered"):
+        return False
+    run.state, run.enqueued_at = "pending", None
+    return True
 
 
-def fail(session: Session, job_id: str, reason: str) -> None:
+def release(session: Session, job_id: str, attempt: int, error: str) -> bool:
+    """running(attempt) -> pending: hand a run back for another attempt (it resumes from its last checkpoint)."""
+    owned = session.execute(update(TrainRun).where(TrainRun.job_id == job_id, _fence(attempt))
+                            .values(state="pending", enqueued_at=None)).rowcount
+    if owned:
+        session.execute(update(Job).where(Job.id == job_id).values(error=error[-2000:]))
+    return bool(owned)
+
+
+def fail(session: Session, job_id: str, reason: str, attempt: int | None = None) -> None:
+    """any -> failed, with the job. Locks the job row. With `attempt`, only while that attempt owns the run."""
     job = lock_job(session, job_id)
-    session.execute(update(TrainRun).where(TrainRun.job_id == job_id).values(state="failed", phase="failed"))
-    if job is not None and job.status not in FINAL:
+    owned = session.execute(update(TrainRun).where(TrainRun.job_id == job_id, _fence(attempt))
+                            .values(state="failed", phase="failed")).rowcount
+    if owned and job is not None and job.status not in FINAL:
         job.status, job.error, job.finished_at = "failed", reason[-4000:], utcnow()

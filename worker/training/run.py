@@ -1,4 +1,4 @@
-"""The training process: `python -m worker.training.run JOB_ID`, started fresh for each attempt.
+"""The training process: `python -m worker.training.run JOB_ID [ATTEMPT]`, started fresh for each attempt.
 
 Loads the data through the decoded-image cache, builds or loads the model, resumes from the last
 checkpoint when there is one, trains with per-epoch checkpoints and metrics in the database,
@@ -38,9 +38,9 @@ class Canceled(Exception):
 class Heartbeat(threading.Thread):
     """Tells the database this process lives (every few seconds) and learns whether the job was canceled."""
 
-    def __init__(self, job_id: str, interval: float):
+    def __init__(self, job_id: str, interval: float, attempt: int | None = None):
         super().__init__(daemon=True, name="imgq-heartbeat")
-        self.job_id, self.interval = job_id, interval
+        self.job_id, self.interval, self.attempt = job_id, interval, attempt
         self.canceled = threading.Event()
         self.progress: dict = {}
         self._stop = threading.Event()
@@ -156,7 +156,7 @@ class EpochRecorder:
                 os.replace(tmp, path)
                 metrics = {k: float(v) for k, v in (logs or {}).items() if np.isscalar(v)}
                 with session_scope() as s:
-                    life.record_epoch(s, self.job_id, number, metrics, seconds, str(path))
+                    life.record_epoch(s, self.job_id, number, metrics, seconds, str(path), self.hb.attempt)
                 self.hb.progress.update(epoch=number, step=0)
                 for old in self.folder.glob("epoch-*.keras"):
                     if old != path:
@@ -186,7 +186,7 @@ def _datasets(split, batch_size, augmentation, seed, shuffle, pixel_scale):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def train(job_id: str) -> None:
+def train(job_id: str, attempt: int | None = None) -> None:
     settings = load_settings()
     with session_scope() as s:
         run = life.start_attempt(s, job_id)
@@ -196,7 +196,7 @@ def train(job_id: str) -> None:
         if parent is not None:
             s.expunge(parent)
     req = TrainRequest.model_validate(spec)
-    hb = Heartbeat(job_id, interval=min(5.0, settings.heartbeat_timeout / 4))
+    hb = Heartbeat(job_id, interval=min(5.0, settings.heartbeat_timeout / 4), attempt=attempt)
     hb.progress.update(phase="loading data", epoch=checkpoint_epoch)
     hb.beat()
     hb.start()
@@ -289,7 +289,7 @@ def train(job_id: str) -> None:
 
             set_alias(s, req.model, "production", version.version)
             promoted = version.version
-        life.succeed(s, job_id, result_version_id=version.id, holdout_metrics=metrics, comparison=comparison,
+        life.succeed(s, job_id, attempt, result_version_id=version.id, holdout_metrics=metrics, comparison=comparison,
                      data_stats=data.stats, eta_seconds=None)
         run = s.get(TrainRun, job_id)
         if run.schedule_run_id is not None:
@@ -382,19 +382,20 @@ def _register(req, job_id, model, signature, metrics, data, parent, settings, *,
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     job_id = argv[0]
+    attempt = int(argv[1]) if len(argv) > 1 else None  # fences this process's writes (see lifecycle)
     from worker.training.data import DataError
 
     try:
-        train(job_id)
+        train(job_id, attempt)
     except Canceled:
         with session_scope() as s:
-            life.canceled(s, job_id)
+            life.canceled(s, job_id, attempt)
         log.info("train job %s canceled", job_id)
     except (DataError, ImgqError, ValueError) as exc:  # no retry mends these
         message = getattr(exc, "message", None) or str(exc)
         log.error("train job %s failed: %s", job_id, message)
         with session_scope() as s:
-            life.fail(s, job_id, message)
+            life.fail(s, job_id, message, attempt)
         return FAILED_FOR_GOOD
     return 0
 

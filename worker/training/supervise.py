@@ -34,7 +34,7 @@ def run_train_job(job_id: str, *, worker: str, settings: Settings) -> str:
     with open(log_path, "ab") as out:
         out.write(f"\n--- attempt {attempt} on {worker}\n".encode())
         out.flush()
-        child = subprocess.Popen([sys.executable, "-m", "worker.training.run", job_id], stdout=out,
+        child = subprocess.Popen([sys.executable, "-m", "worker.training.run", job_id, str(attempt)], stdout=out,
                                  stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + settings.max_train_seconds
         try:
@@ -53,7 +53,8 @@ def run_train_job(job_id: str, *, worker: str, settings: Settings) -> str:
     tail = log_path.read_text(errors="replace")[-3000:]
     with session_scope() as s:
         if attempt >= settings.max_attempts:
-            life.fail(s, job_id, f"training failed (exit code {child.returncode}) after {attempt} attempts:\n{tail}")
+            life.fail(s, job_id, f"training failed (exit code {child.returncode}) after {attempt} attempts:\n{tail}",
+                      attempt)
         else:
-            life.release(s, job_id, f"attempt {attempt} exited with code {child.returncode}:\n{tail}")
+            life.release(s, job_id, attempt, f"attempt {attempt} exited with code {child.returncode}:\n{tail}")
     return f"exit code {child.returncode}"
