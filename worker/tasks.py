@@ -16,7 +16,7 @@ from celery.signals import task_received, worker_process_init
 
 from shared.celery_app import SCHEDULE_TICK_TASK, SCORE_CHUNK_TASK, SWEEP_TASK, TRAIN_TASK, app
 from shared.config import settings
-from shared.dispatch import enqueue_chunks, enqueue_train
+from shared.dispatch import enqueue_chunks, enqueue_train, queue_depth
 
 log = logging.getLogger(__name__)
 _models = None
@@ -34,12 +34,14 @@ def models():
 
 @worker_process_init.connect
 def _preload_production_models(**_):
-    """Load the production version of each model name at start, so the first job does not wait."""
+    """Load the production version of each model name at start, so the first job does not wait. This runs
+    before the pool process reports ready; `worker_proc_alive_timeout` (IMGQ_WORKER_START_TIMEOUT) allows it."""
     if os.environ.get("IMGQ_PRELOAD", "1") == "0":
         return
     from shared.db import session_scope
     from shared.model_registry import production_versions
 
+    started = time.monotonic()
     try:
         with session_scope() as s:
             versions = production_versions(s)[: settings().model_cache_size]
@@ -47,6 +49,9 @@ def _preload_production_models(**_):
             models().get(v)
     except Exception:  # a broken model must not keep the worker from starting
         log.exception("preloading production models failed; they will load on first use")
+        return
+    log.info("pool process %s preloaded %d production models in %.1f s", os.getpid(), len(versions),
+             time.monotonic() - started)
 
 
 @task_received.connect
@@ -113,7 +118,7 @@ def train(self, job_id: str) -> str:
 def sweep() -> dict:
     from worker.sweeper import sweep as run_sweep
 
-    return run_sweep(settings(), enqueue_chunks, enqueue_train)
+    return run_sweep(settings(), enqueue_chunks, enqueue_train, queue_depth)
 
 
 @app.task(name=SCHEDULE_TICK_TASK)
