@@ -271,3 +271,48 @@ def test_a_worker_killed_between_taking_a_message_and_claiming_does_not_strand_t
     assert sent == [(job_id, [1])]
     claimed = claim(db_url, job_id, 1)
     assert not isinstance(claimed, str) and claimed.attempt == 1  # never started: no attempt was spent
+
+
+def test_sweeper_resends_queued_chunks_the_broker_no_longer_holds(db_url, model_id, configured):
+    job_id = make_job(db_url, n=12, chunk_size=4)
+    with session_scope(db_url) as s:
+        s.execute(update(Chunk).values(state="queued", enqueued_at=utcnow()))
+    sent = []
+
+    def enqueue(j, nos):
+        sent.append((j, nos))
+        return len(nos)
+
+    age(db_url, Chunk, "enqueued_at", configured.lost_after + 1, chunk_no=0)
+    age(db_url, Chunk, "enqueued_at", configured.lost_after + 1, chunk_no=1)
+    assert sweep(configured, enqueue, queue_depth=lambda queue: 3)["sent"] == 0  # all messages are there
+    assert sweep(configured, enqueue, queue_depth=lambda queue: None)["sent"] == 0  # broker unknown: wait
+    assert sweep(configured, enqueue, queue_depth=lambda queue: 0)["sent"] == 2  # Redis restarted empty
+    assert sent == [(job_id, [0, 1])]  # chunk 2 was sent too recently to tell
+
+
+def test_sweeper_removes_expired_and_orphan_upload_folders_only(db_url, model_id, configured):
+    import os
+    import time
+
+    from worker.sweeper import remove_old_uploads
+
+    def folder(name, age_seconds=0):
+        path = configured.upload_dir / name
+        path.mkdir(parents=True)
+        (path / "000000-a.jpg").write_bytes(b"x")
+        os.utime(path, (time.time() - age_seconds,) * 2)
+        return path
+
+    with session_scope(db_url) as s:
+        for name, status in (("running", "running"), ("expired", "succeeded"), ("recent", "succeeded")):
+            job = jobs.create_score_job(s, model_ref="m", pieces=[[("a", "a.jpg")]], chunk_size=4, use_cache=True,
+                                        source={"type": "upload", "count": 1, "folder": name})
+            job.status, job.finished_at = status, utcnow() if status != "running" else None
+            if name == "expired":
+                job.finished_at = utcnow() - timedelta(seconds=configured.upload_retention + 60)
+    paths = {name: folder(name, age_seconds=10 * 24 * 3600) for name in ("running", "expired", "recent")}
+    paths["orphan-old"] = folder("orphan-old", configured.orphan_upload_after + 60)
+    paths["orphan-new"] = folder("orphan-new")  # an upload in flight: its job is not committed yet
+    assert remove_old_uploads(configured) == 2
+    assert {name for name, p in paths.items() if p.exists()} == {"running", "recent", "orphan-new"}

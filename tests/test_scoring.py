@@ -146,3 +146,23 @@ def test_non_finite_outputs_become_item_errors(tmp_path, regression):
     assert [r["status"] for r in results] == ["error"] * 4
     assert all("not finite" in r["error"] for r in results)
     assert cache_rows == []
+
+
+def test_an_item_whose_read_hangs_becomes_its_error_and_the_rest_score(tmp_path, regression):
+    import os
+    import time
+
+    items = catalog(tmp_path, 10, bad=False)
+    os.mkfifo(tmp_path / "stuck.jpg")  # opening it blocks until a writer comes: none will
+    items.insert(3, ("stuck", str(tmp_path / "stuck.jpg")))
+    written, lookups = [], []
+    opts = ScoreOptions(roots=(tmp_path,), batch_size=4, max_pixels=10_000_000, max_bytes=10_000_000, threads=2,
+                        read_timeout=1.0)
+    started = time.monotonic()
+    score_items(items, regression, opts, lambda h: {}, lambda results, _: written.extend(results))
+    assert time.monotonic() - started < 10
+    results = {r["item_id"]: r for r in written}
+    assert set(results) == {i for i, _ in items}
+    assert results["stuck"]["status"] == "error"
+    assert results["stuck"]["error"] == "reading the image timed out after 1 s"
+    assert all(r["status"] == "ok" for i, r in results.items() if i != "stuck")

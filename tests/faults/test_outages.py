@@ -287,6 +287,8 @@ def test_a_score_job_finishes_through_a_postgres_outage_without_loss(start_stack
     problems = check.violations[:5] + bound_problems([
         ("progress moved again after", moving, SLACK * DEAD_ATTEMPT_BOUND),
         ("job finished after", finished, SCORE_FINISH_AFTER_PG)])
+    if at_stop >= check.items:
+        problems.append("the job was done before the database stopped: the fault did not land mid-job")
     if done is None:
         problems.insert(0, f"job not finished {SCORE_FINISH_AFTER_PG + 120:.0f} s after the outage")
     record(fault_report, fault=f"PostgreSQL stopped {PG_OUTAGE_SECONDS:.0f} s mid-job", case="score",
@@ -354,6 +356,8 @@ def check_train_case(fault_report, stack: FaultStack, job_id: str, *, fault: str
         problems.insert(0, f"train job not finished {TRAIN_FINISH_AFTER:.0f} s after the fault")
     elif done["status"] != "succeeded":
         problems.insert(0, f"train job {done['status']}: {(done.get('error') or '')[-300:]}")
+    if run["attempts"] > 1 and not run["resumed_from_epoch"]:
+        problems.append(f"attempt {run['attempts']} trained from scratch instead of resuming from its checkpoint")
     if epochs != list(range(1, TRAIN_EPOCHS + 1)):
         problems.append(f"epoch metrics {epochs}, expected 1..{TRAIN_EPOCHS} once each")
     missing = len(set(range(1, TRAIN_EPOCHS + 1)) - set(epochs))

@@ -27,7 +27,7 @@ import requests
 from sqlalchemy import func, select
 
 from shared.db import session_scope
-from shared.tables import Job, TrainMetric, TrainRun
+from shared.tables import Chunk, Job, TrainMetric, TrainRun
 from tests.faults.checker import TERMINAL, check_train_job, score_job_check
 from tests.faults.stack import (
     FaultStack,
@@ -182,6 +182,7 @@ class FaultDriver(threading.Thread):
         self.faults: Counter = Counter()
         self.exits: list[str] = []  # processes that exited on their own
         self.down: dict[str, tuple[float, str]] = {}  # target -> (heal at, fault)
+        self.restarted: dict[str, float] = {}  # process -> when it was last started after exiting on its own
         self.crash: str | None = None
         self.stopping = threading.Event()
 
@@ -251,6 +252,9 @@ class FaultDriver(threading.Thread):
         for name, process in processes.items():
             if name in self.down or process is None or process.poll() is None:
                 continue
+            if time.monotonic() - self.restarted.get(name, 0.0) < 2.0:
+                continue  # it failed to start a moment ago: a supervisor backs off too
+            self.restarted[name] = time.monotonic()
             self.exits.append(f"{name} exited on its own with code {process.returncode}")
             self.note(f"{name} exited on its own (code {process.returncode}); started again")
             if name == "web":
@@ -268,8 +272,15 @@ class FaultDriver(threading.Thread):
         if not self.broker.is_up():
             self.broker.restart()
             self.note("redis was down at the end; started again (empty)")
-        self.supervise()
-        self.stack.wait_healthy(180)
+        deadline = time.monotonic() + 180
+        while True:
+            self.supervise()
+            try:
+                self.stack.wait_healthy(10)
+                break
+            except RuntimeError:  # a process exited, or the web front is not answering yet
+                if time.monotonic() > deadline:
+                    raise
         self.note("everything restored")
 
 
@@ -333,6 +344,20 @@ def check_accepted_once(url: str, accepted: list[Accepted]) -> tuple[list[str], 
     if len(rows) != len(ids):
         violations.append(f"the database holds {len(rows)} jobs, {len(ids)} were accepted")
     return violations, extra_items
+
+
+def disturbance(url: str, log_dir: Path) -> str:
+    """How hard the faults hit: chunks that ran more than once, and task errors other than outages that the
+    workers logged (not violations by themselves, but where to look first)."""
+    with session_scope(url) as session:
+        chunks = session.scalar(select(func.count()).select_from(Chunk))
+        rerun = session.scalar(select(func.count()).select_from(Chunk).where(Chunk.attempts > 1))
+    errors = Counter()
+    for path in log_dir.glob("w*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            if "raised unexpected:" in line:
+                errors[line.split("raised unexpected:", 1)[1].strip().split("(", 1)[0]] += 1
+    return f"{rerun} of {chunks} chunks ran more than once; tasks that raised unexpectedly: {dict(errors) or 'none'}"
 
 
 def train_outcomes(url: str, accepted: list[Accepted]) -> list[str]:
@@ -402,7 +427,8 @@ class Run:
                 thread.stopping.set()
                 thread.join(timeout=120)
 
-    def notes(self, plan: list[PlannedJob], figures: Counter, trains: list[str], violations: list[str]) -> str:
+    def notes(self, plan: list[PlannedJob], figures: Counter, trains: list[str], hits: str,
+              violations: list[str]) -> str:
         client, driver = self.client, self.driver
         scores = sum(j.planned.kind == "score" for j in client.accepted)
         faults = ", ".join(f"{n} {kind}" for kind, n in sorted(driver.faults.items()))
@@ -410,7 +436,8 @@ class Run:
                 f"{len(trains)} train jobs ({'; '.join(trains)}) accepted of {len(plan)} planned; "
                 f"faults over {self.seconds:.0f}s: {faults}; drained in {self.drained:.0f}s; "
                 f"{client.retries} submission retries, {sum(j.replayed for j in client.accepted)} replayed; "
-                f"submission failures other than 503: {dict(client.server_errors) or 'none'}; "
+                f"tries without an answer or with a 5xx other than 503: {dict(client.server_errors) or 'none'}; "
+                f"{hits}; "
                 f"processes that exited on their own: {len(driver.exits)}; violations: {len(violations)}")
 
 
@@ -441,7 +468,8 @@ def test_random_faults_lose_nothing_and_duplicate_nothing(tmp_path, fault_db, fa
             say(capsys, f"fault log (seed {run.seed}):\n  " + ("\n  ".join(run.driver.log) or "(none)"))
     violations, figures = judge(fault_db, run.client, run.driver, run.statuses)
     verdict = "fail" if violations else "pass"
-    notes = run.notes(plan, figures, train_outcomes(fault_db, run.client.accepted), violations)
+    notes = run.notes(plan, figures, train_outcomes(fault_db, run.client.accepted),
+                      disturbance(fault_db, stack.log_dir), violations)
     say(capsys, f"verdict {verdict}: {notes}")
     fault_report.record_random_run(run.seed, run.driver.log, verdict, notes)
     fault_report.record(fault=f"random mix of {sum(run.driver.faults.values())} faults",
