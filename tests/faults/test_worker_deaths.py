@@ -17,8 +17,16 @@ from sqlalchemy import func, select
 from shared.db import session_scope
 from shared.tables import Chunk, JobItem
 from tests.faults.checker import score_job_check
-from tests.faults.stack import (FaultStack, expected_pageviews, items_for, progress, register_model, submit_items,
-                                wait_until, write_photos)
+from tests.faults.stack import (
+    FaultStack,
+    expected_pageviews,
+    items_for,
+    progress,
+    register_model,
+    submit_items,
+    wait_until,
+    write_photos,
+)
 
 pytestmark = [pytest.mark.faults]
 
