@@ -6,16 +6,19 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from shared.config import Settings
+from shared.db import insert_ignoring_conflicts
 from shared.tables import MaintenanceBeat, utcnow
 
 SWEEPER = "sweeper"
 
 
 def record_beat(session: Session, name: str, at: datetime, details: dict | None = None) -> None:
+    """Upsert: two sweepers recording their first run at once both succeed; the later time is kept."""
+    if insert_ignoring_conflicts(session, MaintenanceBeat.__table__,
+                                 [{"name": name, "last_at": at, "details": details}], ["name"]):
+        return
     row = session.get(MaintenanceBeat, name, with_for_update=True)
-    if row is None:
-        session.add(MaintenanceBeat(name=name, last_at=at, details=details))
-    elif row.last_at < at:  # two beat processes at once: keep the later time
+    if row.last_at < at:
         row.last_at, row.details = at, details
 
 
