@@ -42,6 +42,29 @@ def _float(env: dict, name: str, default: float) -> float:
     return value
 
 
+def _bool(env: dict, name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be on or off, got {raw!r}")
+
+
+def _rate(env: dict, name: str, default: str) -> str:
+    """A flask-limiter rate such as '600 per minute' or '10/second'."""
+    raw = (env.get(name) or default).strip()
+    from limits import parse_many
+
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a rate such as '600 per minute', got {raw!r}") from None
+    return raw
+
+
 def _paths(raw: str) -> tuple[Path, ...]:
     return tuple(Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip())
 
@@ -76,15 +99,19 @@ class Settings:
     upload_retention: float
     orphan_upload_after: float
     sweep_max_age: float
+    auth_enabled: bool
+    metrics_public: bool
+    rate_limit: str
+    max_active_jobs: int
+    limiter_storage: str
 
     @property
     def embedded(self) -> bool:
         return self.broker_url.startswith("filesystem://")
 
-    @property
-    def readable_roots(self) -> tuple[Path, ...]:
-        """Folders a job may read images from: the configured roots and the upload folder."""
-        return (*self.data_roots, self.upload_dir)
+    def readable_roots(self, upload_folder: str | None = None) -> tuple[Path, ...]:
+        """Folders a job may read images from: the configured roots, and its own upload folder only."""
+        return (*self.data_roots, *((self.upload_dir / upload_folder,) if upload_folder else ()))
 
 
 def load_settings(env: dict | None = None) -> Settings:
@@ -140,6 +167,12 @@ def load_settings(env: dict | None = None) -> Settings:
         upload_retention=_float(env, "IMGQ_UPLOAD_RETENTION", 7 * 24 * 3600.0),
         orphan_upload_after=_float(env, "IMGQ_ORPHAN_UPLOAD_AFTER", 3600.0),
         sweep_max_age=_float(env, "IMGQ_SWEEP_MAX_AGE", max(120.0, 8 * sweep_interval)),
+        auth_enabled=_bool(env, "IMGQ_AUTH", True),
+        metrics_public=_bool(env, "IMGQ_METRICS_PUBLIC", True),
+        rate_limit=_rate(env, "IMGQ_RATE_LIMIT", "1200 per minute"),
+        max_active_jobs=_int(env, "IMGQ_MAX_ACTIVE_JOBS", 100),
+        limiter_storage=env.get("IMGQ_LIMITER_STORAGE") or (
+            broker_url if broker_url.startswith(("redis://", "rediss://")) else "memory://"),
     )
 
 

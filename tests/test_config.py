@@ -13,7 +13,8 @@ def test_defaults_need_no_servers(tmp_path):
     assert s.broker_transport_options["data_folder_in"] == str(tmp_path / "broker")
     assert s.data_roots == (tmp_path / "data",)
     assert s.model_store == tmp_path / "models"
-    assert s.upload_dir in s.readable_roots
+    assert s.upload_dir not in s.readable_roots()  # no job reads another job's uploads
+    assert s.readable_roots("f00") == (*s.data_roots, s.upload_dir / "f00")
 
 
 def test_postgres_and_redis_urls(tmp_path):

@@ -34,6 +34,7 @@ class ClaimedChunk:
     use_cache: bool
     items: list[tuple[str, str]]  # (item id, uri) still without a result
     isolate: bool = False  # score the items one at a time, naming each as the suspect first
+    upload_folder: str | None = None  # the job's own uploads: the only part of the upload dir it may read
 
 
 def lock_job(session: Session, job_id: str) -> Job | None:
@@ -115,7 +116,7 @@ def claim(session: Session, job_id: str, chunk_no: int, *, worker: str,
     version = session.get(ModelVersion, job.model_version_id)
     session.expunge(version)
     return ClaimedChunk(job_id, chunk_no, chunk.attempts, version, job.use_cache, items,
-                        isolate=chunk.attempts > max_attempts)
+                        isolate=chunk.attempts > max_attempts, upload_folder=job.upload_folder)
 
 
 def record_death(session: Session, job: Job, chunk: Chunk, max_attempts: int) -> None:

@@ -105,7 +105,7 @@ def _score_claimed(claimed: chunk_lifecycle.ClaimedChunk, model, settings: Setti
         with session_scope() as session:
             chunk_lifecycle.record_batch(session, job_id, chunk_no, results, cache_rows)
 
-    opts = ScoreOptions(roots=settings.readable_roots, batch_size=settings.batch_size,
+    opts = ScoreOptions(roots=settings.readable_roots(claimed.upload_folder), batch_size=settings.batch_size,
                         max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes,
                         threads=settings.decode_threads, use_cache=claimed.use_cache,
                         read_timeout=settings.read_timeout, decode_timeout=settings.decode_timeout)
