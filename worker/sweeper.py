@@ -128,7 +128,7 @@ def _sweep_train_runs(settings: Settings, now, depth: int | None) -> list[str]:
         for job_id, state, enqueued_at, created_at, heartbeat_at in rows:
             if state in ("running", "delivered"):
                 if heartbeat_at is not None and heartbeat_at < stale_before and \
-                        train_lifecycle.take_back(session, job_id):
+                        train_lifecycle.take_back(session, job_id, stale_before):
                     out.append(job_id)
             elif enqueued_at is None:
                 if created_at < now - timedelta(seconds=SEND_GRACE_SECONDS):

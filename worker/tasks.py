@@ -73,8 +73,13 @@ def _mark_delivered(request=None, **_):
                 from worker.training.lifecycle import mark_delivered
 
                 mark_delivered(s, *request.args, worker=worker)
-    except Exception:  # best effort: the requeue_after fallback still covers a lost message
-        log.exception("could not record the delivery of %s%s", request.name, request.args)
+    except Exception as exc:  # best effort: the sweeper's checks still cover a lost message
+        from shared.db import is_outage
+
+        if not is_outage(exc):
+            log.exception("could not record the delivery of %s%s", request.name, request.args)
+        else:
+            log.warning("could not record the delivery of %s%s: database unavailable", request.name, request.args)
 
 
 def requeue_on_outage(task):
@@ -115,10 +120,18 @@ def train(self, job_id: str) -> str:
 
 
 @app.task(name=SWEEP_TASK)
-def sweep() -> dict:
+def sweep() -> dict | None:
+    from shared.db import is_outage
     from worker.sweeper import sweep as run_sweep
 
-    return run_sweep(settings(), enqueue_chunks, enqueue_train, queue_depth)
+    try:
+        return run_sweep(settings(), enqueue_chunks, enqueue_train, queue_depth)
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        log.warning("sweep skipped: database unavailable (%s); the next one runs in %g s", type(exc).__name__,
+                    settings().sweep_interval)
+        return None
 
 
 @app.task(name=SCHEDULE_TICK_TASK)

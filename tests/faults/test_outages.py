@@ -23,7 +23,7 @@ import requests
 from sqlalchemy import func, select
 
 from shared.db import session_scope
-from shared.tables import Chunk, Job, Result, TrainMetric, TrainRun
+from shared.tables import Chunk, Job, ModelVersion, Result, TrainMetric, TrainRun
 from tests.faults.checker import check_train_job, score_job_check
 from tests.faults.stack import (
     FAULT_ENV,
@@ -212,6 +212,23 @@ def train_run(url: str, job_id: str) -> dict:
                 "epochs": run.epochs_total}
 
 
+def version_problems(url: str, job_id: str) -> list[str]:
+    """The job registered one version of its model, and the holdout metrics it reports are that version's (a
+    second, concurrent attempt must not register the model while another reports the metrics)."""
+    with session_scope(url) as session:
+        run = session.get(TrainRun, job_id)
+        versions = list(session.scalars(select(ModelVersion).where(ModelVersion.name == run.model_name)))
+        mine = [v for v in versions if (v.lineage or {}).get("job_id") == job_id]
+        if len(mine) != 1:
+            return [f"train job {job_id} registered {len(mine)} versions of {run.model_name}, not one"]
+        lineage_metrics = (mine[0].lineage or {}).get("holdout_metrics")
+        if mine[0].id != run.result_version_id or lineage_metrics != run.holdout_metrics:
+            return [(f"train job {job_id} reports holdout {run.holdout_metrics} for version id "
+                     f"{run.result_version_id}, but the version it registered (id {mine[0].id}) was measured at "
+                     f"{lineage_metrics}: another attempt registered it")]
+    return []
+
+
 def epoch_numbers(url: str, job_id: str) -> list[int]:
     with session_scope(url) as session:
         return list(session.scalars(select(TrainMetric.epoch).where(TrainMetric.job_id == job_id)
@@ -228,29 +245,34 @@ def fmt(value: float | None) -> str:
 
 # ---------------------------------------------------------------- the outage itself
 
-def assert_json_503(resp: requests.Response, what: str) -> None:
-    """A clear, retryable answer: 503 with a JSON error body (not a 500, not an HTML page)."""
-    assert resp.status_code == 503, f"{what} during the database outage: {resp.status_code} {resp.text[:500]}"
-    assert resp.headers.get("Content-Type", "").startswith("application/json"), \
-        f"{what}: not JSON ({resp.headers.get('Content-Type')}): {resp.text[:500]}"
+def json_503_problem(resp: requests.Response, what: str) -> str | None:
+    """None for a clear, retryable answer (503 with a JSON error body), else what is wrong with it."""
+    if resp.status_code != 503:
+        return f"{what} during the database outage answered {resp.status_code}: {resp.text[:300]}"
+    if not resp.headers.get("Content-Type", "").startswith("application/json"):
+        return f"{what} answered 503 but not JSON ({resp.headers.get('Content-Type')}): {resp.text[:300]}"
     error = resp.json().get("error")
-    assert isinstance(error, dict) and error.get("message"), f"{what}: no error message in {resp.text[:500]}"
+    if not (isinstance(error, dict) and error.get("message")):
+        return f"{what} answered 503 without an error message: {resp.text[:300]}"
+    return None
 
 
-def postgres_outage(private_pg, stack: FaultStack, job_id: str, score_body: dict | None = None) -> tuple[float, float]:
-    """Stop PostgreSQL (fast: clients are cut off) for PG_OUTAGE_SECONDS, checking the web front answers 503
-    meanwhile, and start it again. Returns (stopped at, back at) as time.time()."""
+def postgres_outage(private_pg, stack: FaultStack, job_id: str,
+                    score_body: dict | None = None) -> tuple[float, float, list[str]]:
+    """Stop PostgreSQL (fast: clients are cut off) for PG_OUTAGE_SECONDS, asking the web front meanwhile, and
+    start it again. Returns (stopped at, back at) as time.time(), and what was wrong with the web's answers."""
     private_pg.stop(mode="fast")
     down_at = time.time()
     try:
-        assert_json_503(requests.get(stack.url(f"/api/v1/jobs/{job_id}"), timeout=30), "GET /api/v1/jobs/<id>")
+        answers = [json_503_problem(requests.get(stack.url(f"/api/v1/jobs/{job_id}"), timeout=30),
+                                    "GET /api/v1/jobs/<id>")]
         if score_body is not None:
-            assert_json_503(requests.post(stack.url("/api/v1/jobs/score"), json=score_body, timeout=30),
-                            "POST /api/v1/jobs/score")
+            answers.append(json_503_problem(requests.post(stack.url("/api/v1/jobs/score"), json=score_body,
+                                                          timeout=30), "POST /api/v1/jobs/score"))
         time.sleep(max(0.0, down_at + PG_OUTAGE_SECONDS - time.time()))
     finally:
         private_pg.start()
-    return down_at, time.time()
+    return down_at, time.time(), [a for a in answers if a]
 
 
 def record(fault_report, *, fault: str, case: str, recovered: float | None, items: int, lost: int,
@@ -274,7 +296,7 @@ def test_a_score_job_finishes_through_a_postgres_outage_without_loss(start_stack
     case = start_score_job(stack, model_files["regression"])
     wait_score_mid_job(stack, case.job_id)
     probe = {"model": case.model, "items": case.items[:3], "cache": False}
-    down_at, back_at = postgres_outage(private_pg, stack, case.job_id, score_body=probe)
+    down_at, back_at, web_problems = postgres_outage(private_pg, stack, case.job_id, score_body=probe)
 
     done = wait_finished(stack, case.job_id, SCORE_FINISH_AFTER_PG + 120)
     url = stack.database_url
@@ -284,7 +306,7 @@ def test_a_score_job_finishes_through_a_postgres_outage_without_loss(start_stack
     attempts = chunk_attempts(url, case.job_id)
     requeued = count_in_logs(stack, r"database unavailable \(", "w1", "w2")
     at_stop = results_before(url, case.job_id, down_at)
-    problems = check.violations[:5] + bound_problems([
+    problems = web_problems + check.violations[:5] + bound_problems([
         ("progress moved again after", moving, SLACK * DEAD_ATTEMPT_BOUND),
         ("job finished after", finished, SCORE_FINISH_AFTER_PG)])
     if at_stop >= check.items:
@@ -293,8 +315,8 @@ def test_a_score_job_finishes_through_a_postgres_outage_without_loss(start_stack
         problems.insert(0, f"job not finished {SCORE_FINISH_AFTER_PG + 120:.0f} s after the outage")
     record(fault_report, fault=f"PostgreSQL stopped {PG_OUTAGE_SECONDS:.0f} s mid-job", case="score",
            recovered=moving, items=check.items, lost=check.lost, duplicated=check.duplicated, problems=problems,
-           notes=(f"stopped at {at_stop}/{check.items} done, for {back_at - down_at:.1f} s; web answered 503 JSON "
-                  "during the outage; "
+           notes=(f"stopped at {at_stop}/{check.items} done, for {back_at - down_at:.1f} s; GET job and POST score "
+                  f"{'answered 503 JSON' if not web_problems else 'did NOT answer 503 JSON'} during the outage; "
                   f"results again {fmt(moving)} after the server was back, job finished after {fmt(finished)} "
                   f"(bounds {SLACK * DEAD_ATTEMPT_BOUND:.0f} s, {SCORE_FINISH_AFTER_PG:.0f} s); "
                   f"{requeued} messages requeued in the outage; max chunk attempts {max(attempts.values())}"))
@@ -342,7 +364,8 @@ def test_a_score_job_finishes_after_redis_restarts_empty_without_loss(start_stac
 # ---------------------------------------------------------------- train jobs
 
 def check_train_case(fault_report, stack: FaultStack, job_id: str, *, fault: str, back_at: float,
-                     at_fault: dict, done: dict | None, extra_notes: str = "") -> list[str]:
+                     at_fault: dict, done: dict | None, extra_notes: str = "",
+                     problems_seen: tuple[str, ...] = ()) -> list[str]:
     """Check the train job, record its row (items are epochs) and return what is wrong."""
     url = stack.database_url
     violations = check_train_job(url, job_id)
@@ -350,12 +373,15 @@ def check_train_case(fault_report, stack: FaultStack, job_id: str, *, fault: str
     epochs = epoch_numbers(url, job_id)
     moving = first_epoch_after(url, job_id, back_at)
     finished = finished_after(url, job_id, back_at)
-    problems = violations[:5] + bound_problems([("an epoch ended again after", moving, TRAIN_FIRST_EPOCH_AFTER),
-                                                ("job finished after", finished, TRAIN_FINISH_AFTER)])
+    problems = [*problems_seen, *violations[:5]] + bound_problems([
+        ("an epoch ended again after", moving, TRAIN_FIRST_EPOCH_AFTER),
+        ("job finished after", finished, TRAIN_FINISH_AFTER)])
     if done is None:
         problems.insert(0, f"train job not finished {TRAIN_FINISH_AFTER:.0f} s after the fault")
     elif done["status"] != "succeeded":
         problems.insert(0, f"train job {done['status']}: {(done.get('error') or '')[-300:]}")
+    else:
+        problems += version_problems(url, job_id)
     if run["attempts"] > 1 and not run["resumed_from_epoch"]:
         problems.append(f"attempt {run['attempts']} trained from scratch instead of resuming from its checkpoint")
     if epochs != list(range(1, TRAIN_EPOCHS + 1)):
@@ -375,12 +401,13 @@ def test_a_train_job_resumes_from_its_checkpoint_and_succeeds_through_a_postgres
     stack = start_stack()
     job_id = start_train_job(stack)
     at_fault = wait_train_after_first_epoch(stack, job_id)
-    down_at, back_at = postgres_outage(private_pg, stack, job_id)
+    down_at, back_at, web_problems = postgres_outage(private_pg, stack, job_id)
 
     done = wait_finished(stack, job_id, TRAIN_FINISH_AFTER + 60)
     requeued = count_in_logs(stack, r"database unavailable \(", "w1", "w2")
     problems = check_train_case(fault_report, stack, job_id, back_at=back_at, at_fault=at_fault, done=done,
                                 fault=f"PostgreSQL stopped {PG_OUTAGE_SECONDS:.0f} s mid-job",
+                                problems_seen=tuple(web_problems),
                                 extra_notes=f"; outage {back_at - down_at:.1f} s; {requeued} messages requeued in it")
     assert not problems, "\n".join(problems) + f"\nlogs in {stack.log_dir}"
 

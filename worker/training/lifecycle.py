@@ -52,8 +52,20 @@ def claim(session: Session, job_id: str, *, worker: str, heartbeat_timeout: floa
     return run
 
 
-def heartbeat(session: Session, job_id: str, **progress) -> str:
-    """Record liveness and progress; returns the job's status so the trainer can stop when canceled."""
+SUPERSEDED = "superseded"
+
+
+def owns(session: Session, job_id: str, attempt: int | None) -> bool:
+    """The attempt still owns the run (always true when the caller does not say which attempt it is)."""
+    return attempt is None or session.scalar(select(TrainRun.job_id).where(TrainRun.job_id == job_id,
+                                                                           _fence(attempt))) is not None
+
+
+def heartbeat(session: Session, job_id: str, attempt: int | None = None, **progress) -> str:
+    """Record liveness and progress; returns the job's status so the trainer can stop when canceled, or
+    SUPERSEDED (writing nothing) when a newer attempt owns the run: the caller must stop at once."""
+    if not owns(session, job_id, attempt):
+        return SUPERSEDED
     now = utcnow()
     session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=now))
     if progress:
@@ -100,12 +112,14 @@ def canceled(session: Session, job_id: str, attempt: int | None = None) -> None:
                     .values(state="canceled", phase="canceled"))
 
 
-def take_back(session: Session, job_id: str) -> bool:
+def take_back(session: Session, job_id: str, stale_before) -> bool:
     """delivered|running(dead) -> pending, for the sweeper to send again (the next attempt resumes from the
-    last checkpoint). Locks the job row, then the run. The caller has seen the heartbeat go stale."""
-    lock_job(session, job_id)
+    last checkpoint). Locks the job row, then the run, and checks again under the lock that the heartbeat
+    is older than `stale_before` (a claim may have committed since the caller looked)."""
+    job = lock_job(session, job_id)
     run = session.get(TrainRun, job_id, with_for_update=True)
-    if run is None or run.state not in ("running", "delivered"):
+    if run is None or run.state not in ("running", "delivered") or \
+            (job.heartbeat_at is not None and job.heartbeat_at >= stale_before):
         return False
     run.state, run.enqueued_at = "pending", None
     return True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,10 @@ class Canceled(Exception):
     pass
 
 
+class Superseded(Exception):
+    """A newer attempt owns the run (this one was presumed dead): stop without writing anything."""
+
+
 class Heartbeat(threading.Thread):
     """Tells the database this process lives (every few seconds) and learns whether the job was canceled."""
 
@@ -42,15 +47,18 @@ class Heartbeat(threading.Thread):
         super().__init__(daemon=True, name="imgq-heartbeat")
         self.job_id, self.interval, self.attempt = job_id, interval, attempt
         self.canceled = threading.Event()
+        self.superseded = threading.Event()
         self.progress: dict = {}
         self._stop = threading.Event()
         self._parent = os.getppid()
 
     def beat(self) -> None:
         with session_scope() as s:
-            status = life.heartbeat(s, self.job_id, **dict(self.progress))
+            status = life.heartbeat(s, self.job_id, self.attempt, **dict(self.progress))
         if status == "canceled":
             self.canceled.set()
+        elif status == life.SUPERSEDED:
+            self.superseded.set()
 
     def run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -136,7 +144,7 @@ class EpochRecorder:
                 self._epoch_start = time.monotonic()
 
             def on_train_batch_end(self, batch, logs=None):
-                if self.hb.canceled.is_set():
+                if self.hb.canceled.is_set() or self.hb.superseded.is_set():
                     self.model.stop_training = True
                 now = time.monotonic()
                 if now - self._last > 1.0:
@@ -155,6 +163,8 @@ class EpochRecorder:
                 self.model.save(tmp)
                 os.replace(tmp, path)
                 metrics = {k: float(v) for k, v in (logs or {}).items() if np.isscalar(v)}
+                if self.hb.superseded.is_set():
+                    return  # a newer attempt owns the run: write nothing
                 with session_scope() as s:
                     life.record_epoch(s, self.job_id, number, metrics, seconds, str(path), self.hb.attempt)
                 self.hb.progress.update(epoch=number, step=0)
@@ -184,6 +194,13 @@ def _datasets(split, batch_size, augmentation, seed, shuffle, pixel_scale):
     if augmentation is not None:
         ds = ds.map(lambda x, y: (augmentation(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _stop_if_told(hb: "Heartbeat") -> None:
+    if hb.superseded.is_set():
+        raise Superseded()
+    if hb.canceled.is_set():
+        raise Canceled()
 
 
 def train(job_id: str, attempt: int | None = None) -> None:
@@ -218,7 +235,8 @@ def train(job_id: str, attempt: int | None = None) -> None:
     hb.progress.update(phase="training", steps_per_epoch=steps, data_stats=data.stats)
     hb.beat()
 
-    folder = settings.data_dir / "checkpoints" / job_id
+    # each attempt checkpoints into a folder of its own: a superseded attempt never deletes the live one's files
+    folder = settings.data_dir / "checkpoints" / job_id / f"attempt-{attempt or 0}"
     folder.mkdir(parents=True, exist_ok=True)
     resumed = checkpoint_epoch > 0 and checkpoint_path and Path(checkpoint_path).is_file()
     if resumed:
@@ -262,12 +280,10 @@ def train(job_id: str, attempt: int | None = None) -> None:
     # Freezing only makes sense over learned weights: a parent version, or a backbone loaded from a file.
     head_epochs = min(req.freeze.head_epochs, req.epochs) if parent is not None or req.base.backbone_weights else 0
     fit(head_epochs, req.optimizer.learning_rate, False, None)
-    if hb.canceled.is_set():
-        raise Canceled()
+    _stop_if_told(hb)
     fit(req.epochs, req.optimizer.learning_rate * (req.freeze.fine_tune_lr_factor if head_epochs else 1.0),
         True, req.freeze.unfreeze_top)
-    if hb.canceled.is_set():
-        raise Canceled()
+    _stop_if_told(hb)
 
     hb.progress.update(phase="evaluating", eta_seconds=None)
     predicted = evaluate.to_user_units(req.task, evaluate.predict(model, holdout.x, prep.pixel_scale),
@@ -280,6 +296,9 @@ def train(job_id: str, attempt: int | None = None) -> None:
                  "target_transform": data.target_transform}
     comparison = _compare_and_report(req, model, data, signature, metrics, settings) if req.gate else None
     hb.progress.update(phase="registering")
+    with session_scope() as s:
+        if not life.owns(s, job_id, attempt):
+            raise Superseded()
     version = _register(req, job_id, model, signature, metrics, data, parent, settings,
                         duration=time.monotonic() - started)
     promoted = None
@@ -289,16 +308,16 @@ def train(job_id: str, attempt: int | None = None) -> None:
 
             set_alias(s, req.model, "production", version.version)
             promoted = version.version
-        life.succeed(s, job_id, attempt, result_version_id=version.id, holdout_metrics=metrics, comparison=comparison,
-                     data_stats=data.stats, eta_seconds=None)
+        if not life.succeed(s, job_id, attempt, result_version_id=version.id, holdout_metrics=metrics,
+                            comparison=comparison, data_stats=data.stats, eta_seconds=None):
+            raise Superseded()
         run = s.get(TrainRun, job_id)
         if run.schedule_run_id is not None:
             slot = s.get(ScheduleRun, run.schedule_run_id)
             slot.decision = "promoted" if promoted else "kept"
             slot.reason = comparison["gate"]["reason"] if comparison else "no gate configured"
     hb.stop()
-    for old in folder.glob("*.keras"):
-        old.unlink(missing_ok=True)
+    shutil.rmtree(folder.parent, ignore_errors=True)  # every attempt's checkpoints: the job is done
     log.info("train job %s done: %s@%s holdout %s", job_id, req.model, version.version, metrics)
 
 
@@ -387,6 +406,9 @@ def main(argv: list[str]) -> int:
 
     try:
         train(job_id, attempt)
+    except Superseded:
+        log.warning("train job %s: attempt %s was superseded by a newer attempt; it stops, writing nothing",
+                    job_id, attempt)
     except Canceled:
         with session_scope() as s:
             life.canceled(s, job_id, attempt)
