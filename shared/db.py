@@ -1,6 +1,8 @@
 """Engine and sessions; the one place that knows SQLite from PostgreSQL."""
 from __future__ import annotations
 
+import os
+import time
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Iterator
@@ -37,9 +39,38 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
 
 
-@lru_cache(maxsize=4)
+_engines: dict[str, Engine] = {}
+
+
 def engine_for(url: str) -> Engine:
-    return make_engine(url)
+    """One engine per URL in this process."""
+    engine = _engines.get(url)
+    if engine is None:
+        engine = _engines.setdefault(url, make_engine(url))
+    return engine
+
+
+def _forget_inherited_connections() -> None:
+    """In a forked child (a Celery pool process): the pooled connections belong to the parent; using them
+    here would interleave two processes' transactions on one connection. SQLAlchemy's fork recipe."""
+    for engine in _engines.values():
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_forget_inherited_connections)
+
+
+def retry_on_outage(fn, *, within: float, pause: float = 1.0):
+    """fn(), tried again every `pause` seconds while the database is unreachable, for up to `within`
+    seconds; then the last error is raised."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return fn()
+        except Exception as exc:
+            if not is_outage(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(pause)
 
 
 def engine() -> Engine:

@@ -82,11 +82,11 @@ def write_inputs(stack: FaultStack, model_file: Path) -> dict[str, dict]:
 
 
 def plan_jobs(rng: random.Random, seconds: float, photo_sets: dict[str, dict]) -> list[PlannedJob]:
-    """Score jobs every few seconds over 90% of the run, and TRAIN_JOBS train jobs in its first 60%."""
+    """Score jobs every 1.5-5 s over 90% of the run, and TRAIN_JOBS train jobs in its first 60%."""
     jobs, at = [], rng.uniform(0, 3)
     while at < 0.9 * seconds:
         jobs.append(plan_score_job(rng, at, photo_sets))
-        at += rng.uniform(3, 8)
+        at += rng.uniform(1.5, 5)  # often enough that kills land on chunks in flight
     jobs += [plan_train_job(rng, rng.uniform(0.05, 0.6) * seconds, k) for k in range(TRAIN_JOBS)]
     return sorted(jobs, key=lambda job: job.at)
 
@@ -347,27 +347,32 @@ def check_accepted_once(url: str, accepted: list[Accepted]) -> tuple[list[str], 
 
 
 def disturbance(url: str, log_dir: Path) -> str:
-    """How hard the faults hit: chunks that ran more than once, and task errors other than outages that the
-    workers logged (not violations by themselves, but where to look first)."""
+    """How hard the faults hit: chunks that ran more than once, messages the broker lost and the sweeper resent,
+    and task errors other than outages that the workers logged (not violations, but where to look first)."""
     with session_scope(url) as session:
         chunks = session.scalar(select(func.count()).select_from(Chunk))
         rerun = session.scalar(select(func.count()).select_from(Chunk).where(Chunk.attempts > 1))
+    resent = (log_dir / "maintenance.log").read_text(errors="replace").count("sending them again")
     errors = Counter()
     for path in log_dir.glob("w*.log"):
         for line in path.read_text(errors="replace").splitlines():
             if "raised unexpected:" in line:
                 errors[line.split("raised unexpected:", 1)[1].strip().split("(", 1)[0]] += 1
-    return f"{rerun} of {chunks} chunks ran more than once; tasks that raised unexpectedly: {dict(errors) or 'none'}"
+    return (f"{rerun} of {chunks} chunks ran more than once; the sweeper resent lost messages {resent} times; "
+            f"tasks that raised unexpectedly: {dict(errors) or 'none'}")
 
 
 def train_outcomes(url: str, accepted: list[Accepted]) -> list[str]:
-    """'<model> <status> after <attempts> attempts' for each train job."""
+    """'<model> <status> after <n> attempts' for each train job, with the first line of a failure's reason."""
     out = []
     with session_scope(url) as session:
         for job in (j for j in accepted if j.planned.kind == "train"):
             row, run = session.get(Job, job.job_id), session.get(TrainRun, job.job_id)
-            attempts = run.attempts if run is not None else "?"
-            out.append(f"{job.planned.body['model']} {row.status if row else 'missing'} after {attempts} attempts")
+            line = (f"{job.planned.body['model']} {row.status if row else 'missing'} after "
+                    f"{run.attempts if run is not None else '?'} attempts")
+            if row is not None and row.status == "failed":
+                line += f" ({(row.error or '').strip().splitlines()[0][:120] if row.error else 'no reason'})"
+            out.append(line)
     return out
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.config import settings as load_settings
-from shared.db import session_scope
+from shared.db import retry_on_outage, session_scope
 from shared.errors import ImgqError
 from shared.imaging import Preprocessing
 from shared.tables import Job, ModelVersion, ScheduleRun, TrainRun, utcnow
@@ -34,6 +34,9 @@ FAILED_FOR_GOOD = 3
 
 class Canceled(Exception):
     pass
+
+
+OUTAGE_PATIENCE = 600.0  # seconds a training waits out a database outage before it gives up the attempt
 
 
 class Superseded(Exception):
@@ -165,8 +168,11 @@ class EpochRecorder:
                 metrics = {k: float(v) for k, v in (logs or {}).items() if np.isscalar(v)}
                 if self.hb.superseded.is_set():
                     return  # a newer attempt owns the run: write nothing
-                with session_scope() as s:
-                    life.record_epoch(s, self.job_id, number, metrics, seconds, str(path), self.hb.attempt)
+                def record():
+                    with session_scope() as s:
+                        life.record_epoch(s, self.job_id, number, metrics, seconds, str(path), self.hb.attempt)
+
+                retry_on_outage(record, within=OUTAGE_PATIENCE)
                 self.hb.progress.update(epoch=number, step=0)
                 for old in self.folder.glob("epoch-*.keras"):
                     if old != path:
@@ -203,19 +209,25 @@ def _stop_if_told(hb: "Heartbeat") -> None:
         raise Canceled()
 
 
-def train(job_id: str, attempt: int | None = None) -> None:
-    settings = load_settings()
+def _start(job_id: str):
+    """The run's request, its last checkpoint and its parent version; epochs after the checkpoint dropped."""
     with session_scope() as s:
         run = life.start_attempt(s, job_id)
         job = s.get(Job, job_id)
-        spec, checkpoint_epoch, checkpoint_path = run.spec, run.checkpoint_epoch, run.checkpoint_path
         parent = s.get(ModelVersion, job.model_version_id) if job.model_version_id else None
         if parent is not None:
             s.expunge(parent)
+        return run.spec, run.checkpoint_epoch, run.checkpoint_path, parent
+
+
+def train(job_id: str, attempt: int | None = None) -> None:
+    settings = load_settings()
+    spec, checkpoint_epoch, checkpoint_path, parent = retry_on_outage(lambda: _start(job_id),
+                                                                      within=OUTAGE_PATIENCE)
     req = TrainRequest.model_validate(spec)
     hb = Heartbeat(job_id, interval=min(5.0, settings.heartbeat_timeout / 4), attempt=attempt)
     hb.progress.update(phase="loading data", epoch=checkpoint_epoch)
-    hb.beat()
+    retry_on_outage(hb.beat, within=OUTAGE_PATIENCE)
     hb.start()
     started = time.monotonic()
     from worker.device import configure_tensorflow
@@ -233,7 +245,7 @@ def train(job_id: str, attempt: int | None = None) -> None:
     train_split, val_split, holdout = (data.splits[k] for k in ("train", "validation", "holdout"))
     steps = -(-len(train_split.ids) // req.batch_size)
     hb.progress.update(phase="training", steps_per_epoch=steps, data_stats=data.stats)
-    hb.beat()
+    retry_on_outage(hb.beat, within=OUTAGE_PATIENCE)
 
     # each attempt checkpoints into a folder of its own: a superseded attempt never deletes the live one's files
     folder = settings.data_dir / "checkpoints" / job_id / f"attempt-{attempt or 0}"
@@ -296,11 +308,24 @@ def train(job_id: str, attempt: int | None = None) -> None:
                  "target_transform": data.target_transform}
     comparison = _compare_and_report(req, model, data, signature, metrics, settings) if req.gate else None
     hb.progress.update(phase="registering")
+    if not retry_on_outage(lambda: _owned(job_id, attempt), within=OUTAGE_PATIENCE):
+        raise Superseded()
+    version = retry_on_outage(lambda: _register(req, job_id, model, signature, metrics, data, parent, settings,
+                                                duration=time.monotonic() - started), within=OUTAGE_PATIENCE)
+    retry_on_outage(lambda: _succeed(job_id, attempt, req, version, metrics, comparison, data), within=OUTAGE_PATIENCE)
+    hb.stop()
+    shutil.rmtree(folder.parent, ignore_errors=True)  # every attempt's checkpoints: the job is done
+    log.info("train job %s done: %s@%s holdout %s", job_id, req.model, version.version, metrics)
+
+
+def _owned(job_id: str, attempt: int | None) -> bool:
     with session_scope() as s:
-        if not life.owns(s, job_id, attempt):
-            raise Superseded()
-    version = _register(req, job_id, model, signature, metrics, data, parent, settings,
-                        duration=time.monotonic() - started)
+        return life.owns(s, job_id, attempt)
+
+
+def _succeed(job_id, attempt, req, version, metrics, comparison, data) -> None:
+    """Promote (when the gate says so) and mark the run done, in one transaction, only if this attempt
+    still owns the run."""
     promoted = None
     with session_scope() as s:
         if comparison is not None and comparison["gate"]["decision"] == "promoted":
@@ -316,9 +341,6 @@ def train(job_id: str, attempt: int | None = None) -> None:
             slot = s.get(ScheduleRun, run.schedule_run_id)
             slot.decision = "promoted" if promoted else "kept"
             slot.reason = comparison["gate"]["reason"] if comparison else "no gate configured"
-    hb.stop()
-    shutil.rmtree(folder.parent, ignore_errors=True)  # every attempt's checkpoints: the job is done
-    log.info("train job %s done: %s@%s holdout %s", job_id, req.model, version.version, metrics)
 
 
 def _compare_and_report(req, model, data, signature, metrics, settings) -> dict:
