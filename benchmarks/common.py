@@ -186,15 +186,13 @@ class BenchRun:
 
     def start_stack(self):
         """`imgq serve` + `imgq worker --cpu` on the environment already in os.environ.
-        Returns (the LocalStack, a requests.Session, the perf_counter before the start)."""
-        import requests
-
+        Returns (the LocalStack, its requests.Session carrying an admin token, the perf_counter before the start)."""
         from shared.local_stack import LocalStack
 
         self.stack = LocalStack({}, self.home / "logs")
         t0 = time.perf_counter()
         self.stack.start(timeout=180)
-        return self.stack, requests.Session(), t0
+        return self.stack, self.stack.http, t0
 
     @contextlib.contextmanager
     def measuring(self, report: dict, fallback_run: dict):

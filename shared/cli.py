@@ -235,6 +235,42 @@ def cmd_schedules_list(args) -> int:
     return 0
 
 
+def cmd_tokens_create(args) -> int:
+    from shared import tokens
+    from shared.db import session_scope
+
+    _database_ready()
+    with session_scope() as session:
+        row, secret = tokens.create_token(session, args.name, args.scopes)
+        body = tokens.token_json(row)
+    print(json.dumps({**body, "token": secret}, indent=2))
+    print("store the token now: it is not kept and cannot be shown again", file=sys.stderr)
+    return 0
+
+
+def cmd_tokens_list(args) -> int:
+    from shared import tokens
+    from shared.db import session_scope
+
+    _database_ready()
+    with session_scope() as session:
+        for t in tokens.list_tokens(session):
+            state = f"revoked {t['revoked_at']}" if t["revoked_at"] else f"last used {t['last_used_at'] or 'never'}"
+            print(f"{t['id']}\t{t['name']}\t{','.join(t['scopes'])}\t{state}")
+    return 0
+
+
+def cmd_tokens_revoke(args) -> int:
+    from shared import tokens
+    from shared.db import session_scope
+
+    _database_ready()
+    with session_scope() as session:
+        row = tokens.revoke_token(session, args.id)
+        print(f"token {row.id} ({row.name}) revoked")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from shared.demo import run_demo
 
@@ -325,6 +361,17 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--salt", default="imgq", help="the model name whose fixed splits to report")
     check.add_argument("--sample", type=int, help="decode at most this many images")
     check.set_defaults(func=cmd_datasets_check)
+
+    toks = sub.add_parser("tokens", help="API tokens").add_subparsers(dest="tokens_command", required=True)
+    tcreate = toks.add_parser("create", help="create a token (printed once) with scopes read,score,train,admin")
+    tcreate.add_argument("--name", required=True)
+    tcreate.add_argument("--scopes", required=True, help="comma-separated: read, score, train, admin")
+    tcreate.set_defaults(func=cmd_tokens_create)
+    toks.add_parser("list", help="tokens, their scopes and last use (never the secrets)").set_defaults(
+        func=cmd_tokens_list)
+    trevoke = toks.add_parser("revoke", help="revoke a token by id")
+    trevoke.add_argument("id", type=int)
+    trevoke.set_defaults(func=cmd_tokens_revoke)
 
     sched = sub.add_parser("schedules", help="nightly fine-tunes").add_subparsers(dest="schedules_command",
                                                                                  required=True)

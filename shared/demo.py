@@ -10,7 +10,6 @@ import os
 import sys
 import time
 
-import requests
 
 from shared.config import ensure_dirs, settings
 from shared.local_stack import LocalStack
@@ -71,8 +70,10 @@ def run_demo(images: int = 300, port: int = 8765) -> int:
     base = stack.base
     try:
         stack.start()
+        if stack.token:
+            print(f"API token (admin, made for this demo): {stack.token}")
         rel = manifest.relative_to(s.data_roots[0])
-        resp = requests.post(f"{base}/api/v1/jobs/score", timeout=60,
+        resp = stack.http.post(f"{base}/api/v1/jobs/score", timeout=60,
                              json={"model": MODEL_NAME, "manifest": str(rel), "id_column": "id",
                                    "image_column": "image"})
         resp.raise_for_status()
@@ -83,7 +84,7 @@ def run_demo(images: int = 300, port: int = 8765) -> int:
             time.sleep(0.5)
             if any(p.poll() is not None for p in stack.processes()):
                 raise RuntimeError("a demo process died; see the logs in " + str(logs))
-            job = requests.get(f"{base}{resp.headers['Location']}", timeout=10).json()
+            job = stack.http.get(f"{base}{resp.headers['Location']}", timeout=10).json()
             p = job["progress"]
             rate = f"{p['images_per_second']:.0f} img/s" if p["images_per_second"] else "starting"
             line = f"{_bar(p['done'], p['total'])} {p['done']}/{p['total']} failed {p['failed']}  {rate}"
@@ -95,12 +96,12 @@ def run_demo(images: int = 300, port: int = 8765) -> int:
             last_line = line
         print()
         out = logs / "results.csv"
-        with requests.get(f"{base}/api/v1/jobs/{job['id']}/results?format=csv", stream=True, timeout=60) as r:
+        with stack.http.get(f"{base}/api/v1/jobs/{job['id']}/results?format=csv", stream=True, timeout=60) as r:
             r.raise_for_status()
             with open(out, "wb") as fh:
                 for block in r.iter_content(1 << 16):
                     fh.write(block)
-        errors = requests.get(f"{base}/api/v1/jobs/{job['id']}/results?status=error", timeout=10).json()
+        errors = stack.http.get(f"{base}/api/v1/jobs/{job['id']}/results?status=error", timeout=10).json()
         p = job["progress"]
         print(f"status: {job['status']}; {p['succeeded']} scored, {p['failed']} failed, "
               f"{p['from_cache']} from the score cache, {p['images_per_second']} img/s")

@@ -15,12 +15,31 @@ class InvalidRequest(ImgqError):
     http_status = 400
 
 
+class Unauthorized(ImgqError):
+    """No API token, or one imgq does not know (or that was revoked)."""
+    http_status = 401
+
+
+class Forbidden(ImgqError):
+    """A known token without the scope the request needs."""
+    http_status = 403
+
+
 class NotFound(ImgqError):
     http_status = 404
 
 
 class Conflict(ImgqError):
     http_status = 409
+
+
+class TooManyRequests(ImgqError):
+    """A token over its rate or its cap on concurrent jobs; `retry_after` (seconds) becomes Retry-After."""
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: int, **details):
+        super().__init__(message, retry_after=retry_after, **details)
+        self.retry_after = retry_after
 
 
 class Unprocessable(ImgqError):

@@ -13,10 +13,12 @@ from sqlalchemy.orm import Session
 
 from shared import model_registry
 from shared.db import get_or_404
-from shared.errors import InvalidRequest, NotFound, Unprocessable
+from shared.errors import Forbidden, InvalidRequest, NotFound, Unprocessable
 from shared.outputs import output_columns
-from shared.train_jobs import describe_train
+from shared.quotas import check_active_jobs
 from shared.tables import Chunk, Job, JobItem, ModelVersion, Result, TrainRun, utcnow
+from shared.tokens import ANYONE, Caller
+from shared.train_jobs import describe_train
 
 STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 FINAL = ("succeeded", "failed", "canceled")
@@ -33,14 +35,16 @@ def find_by_idempotency_key(session: Session, key: str, fingerprint: str) -> Job
 
 def create_score_job(session: Session, *, model_ref: str, pieces: Iterable[list[tuple[str, str]]],
                      source: dict, use_cache: bool, chunk_size: int,
-                     idempotency_key: str | None = None, fingerprint: str | None = None) -> Job:
+                     idempotency_key: str | None = None, fingerprint: str | None = None,
+                     token_id: int | None = None, max_active_jobs: int | None = None) -> Job:
     """Insert the job, its items and its chunks in the caller's transaction. Nothing is enqueued
     here: the caller commits first, then calls shared.dispatch.enqueue_chunks."""
+    check_active_jobs(session, token_id, max_active_jobs)
     version = model_registry.resolve(session, model_ref)
     job = Job(id=str(uuid.uuid4()), kind="score", status="queued", model_version_id=version.id,
               model_ref=model_ref, idempotency_key=idempotency_key, request_fingerprint=fingerprint,
               source=source, upload_folder=source.get("folder") if source.get("type") == "upload" else None,
-              use_cache=use_cache, total_items=0, done_items=0, failed_items=0,
+              use_cache=use_cache, token_id=token_id, total_items=0, done_items=0, failed_items=0,
               cached_items=0, total_chunks=0)
     session.add(job)
     session.flush()
@@ -75,12 +79,14 @@ def get_job(session: Session, job_id: str) -> Job:
     return get_or_404(session, Job, job_id, "job")
 
 
-def cancel_job(session: Session, job_id: str) -> Job:
+def cancel_job(session: Session, job_id: str, who: Caller = ANYONE) -> Job:
     """Stop handing out chunks (a chunk already running finishes; its results are kept), or stop a
-    training at its next batch."""
+    training at its next batch. Only the token that created the job, or an admin, may cancel it."""
     job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
     if job is None:
         raise NotFound(f"no job {job_id}")
+    if not who.is_admin and job.token_id != who.token_id:
+        raise Forbidden("only the token that created this job, or an admin token, may cancel it")
     if job.status in FINAL:
         return job
     session.execute(update(Chunk).where(Chunk.job_id == job_id,

@@ -5,6 +5,7 @@ Used by `imgq demo`, the integration and fault tests and the benchmarks.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -36,6 +37,8 @@ class LocalStack:
         self.workers: dict[str, subprocess.Popen] = {}
         self.maintenance: subprocess.Popen | None = None
         self._logs: list = []
+        self.token: str | None = None
+        self.http = requests.Session()  # carries the stack's admin token once `start` made one
 
     @property
     def worker(self) -> subprocess.Popen | None:
@@ -60,7 +63,22 @@ class LocalStack:
     def start_maintenance(self) -> None:
         self.maintenance = self._spawn("maintenance", ["maintenance", *(["--beat"] if self.beat else [])])
 
+    def create_token(self, name: str = "local-stack", scopes: str = "admin") -> str:
+        """A new API token made with `imgq tokens create` on this stack's database (printed once)."""
+        out = subprocess.run([sys.executable, "-m", "shared.cli", "tokens", "create", "--name", name,
+                              "--scopes", scopes], env=self.env, capture_output=True, text=True, timeout=120)
+        if out.returncode != 0:
+            raise RuntimeError(f"imgq tokens create failed: {out.stderr[-2000:]}")
+        return json.loads(out.stdout)["token"]
+
+    def authenticate(self) -> None:
+        """Give `self.http` an admin token (a stack whose auth is off needs none)."""
+        if self.env.get("IMGQ_AUTH", "on").lower() not in ("0", "off", "false", "no"):
+            self.token = self.create_token()
+            self.http.headers["Authorization"] = f"Bearer {self.token}"
+
     def start(self, timeout: float = 90) -> "LocalStack":
+        self.authenticate()
         self.start_web()
         self.start_worker()
         self.start_maintenance()
@@ -142,7 +160,7 @@ class LocalStack:
     def wait_job(self, job_id: str, timeout: float = 300, poll: float = 0.3) -> dict:
         deadline = time.time() + timeout
         while True:
-            job = requests.get(self.url(f"/api/v1/jobs/{job_id}"), timeout=10).json()
+            job = self.http.get(self.url(f"/api/v1/jobs/{job_id}"), timeout=10).json()
             if job["status"] not in ("queued", "running"):
                 return job
             if time.time() > deadline:
@@ -156,7 +174,7 @@ class LocalStack:
         out, after = [], None
         while True:
             params = {"limit": page, **({"after": after} if after else {})}
-            body = requests.get(self.url(f"/api/v1/jobs/{job_id}/results"), params=params, timeout=30).json()
+            body = self.http.get(self.url(f"/api/v1/jobs/{job_id}/results"), params=params, timeout=30).json()
             out.extend(body["results"])
             after = body["next_after"]
             if after is None:

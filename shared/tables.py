@@ -65,9 +65,24 @@ class ModelAlias(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ApiToken(Base):
+    """A client's credential: only the SHA-256 of the secret is stored; scopes say what it may do."""
+    __tablename__ = "api_tokens"
+    __table_args__ = (UniqueConstraint("token_hash", name="uq_api_tokens_hash"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),)
+    __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),
+                      Index("ix_jobs_token_status", "token_id", "status"))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     kind: Mapped[str] = mapped_column(String(20))  # score
@@ -80,6 +95,8 @@ class Job(Base):
     source: Mapped[dict] = mapped_column(JSON)  # how items were given: upload, items, manifest
     # the folder under IMGQ_UPLOAD_DIR holding this job's uploaded files; the sweeper removes it after retention
     upload_folder: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id", name="fk_jobs_token_id"),
+                                                 nullable=True)  # who created it (None: auth off)
     use_cache: Mapped[bool] = mapped_column(Boolean, default=True)
     total_items: Mapped[int] = mapped_column(Integer, default=0)
     done_items: Mapped[int] = mapped_column(Integer, default=0)

@@ -11,14 +11,17 @@ from sqlalchemy.orm import Session
 from shared import model_registry
 from shared.db import get_or_404
 from shared.errors import InvalidRequest
+from shared.quotas import check_active_jobs
 from shared.tables import Job, ModelVersion, Sweep, TrainMetric, TrainRun
 from shared.train_spec import TrainRequest
 
 
 def create_train_job(session: Session, req: TrainRequest, *, idempotency_key: str | None = None,
                      fingerprint: str | None = None, sweep_id: str | None = None,
-                     schedule_run_id: int | None = None) -> Job:
+                     schedule_run_id: int | None = None, token_id: int | None = None,
+                     max_active_jobs: int | None = None) -> Job:
     """Insert the job and its train run in the caller's transaction; the caller enqueues after commit."""
+    check_active_jobs(session, token_id, max_active_jobs)
     model_registry.validate_name(req.model)
     parent = model_registry.resolve(session, req.base.version) if req.base.version else None
     if parent is not None and parent.task != req.task:
@@ -28,7 +31,7 @@ def create_train_job(session: Session, req: TrainRequest, *, idempotency_key: st
         spec["base"]["version"] = f"{parent.name}@{parent.version}"  # pin what 'production' meant now
     job = Job(id=str(uuid.uuid4()), kind="train", status="queued",
               model_version_id=parent.id if parent else None, model_ref=req.model,
-              idempotency_key=idempotency_key, request_fingerprint=fingerprint,
+              idempotency_key=idempotency_key, request_fingerprint=fingerprint, token_id=token_id,
               source={"type": "train", "dataset": req.dataset.path}, use_cache=True, total_items=0,
               done_items=0, failed_items=0, cached_items=0, total_chunks=0)
     session.add(job)

@@ -198,7 +198,7 @@ def import_model_http(stack, file: Path, name: str, **fields) -> dict:
 
     data = {"name": name, "task": "regression", "input_size": "32", **fields}
     with open(file, "rb") as fh:
-        resp = requests.post(stack.url("/api/v1/models"), data=data, files={"file": (file.name, fh)}, timeout=120)
+        resp = stack.http.post(stack.url("/api/v1/models"), data=data, files={"file": (file.name, fh)}, timeout=120)
     assert resp.status_code == 201, resp.text
     return resp.json()
 

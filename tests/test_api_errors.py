@@ -22,11 +22,11 @@ def stack(embedded_stack, model_files):
 
 
 def job_count(stack):
-    return len(requests.get(stack.url("/api/v1/jobs"), params={"limit": 500}, timeout=10).json()["jobs"])
+    return len(stack.http.get(stack.url("/api/v1/jobs"), params={"limit": 500}, timeout=10).json()["jobs"])
 
 
 def post(stack, path, **kw):
-    return requests.post(stack.url(path), timeout=60, **kw)
+    return stack.http.post(stack.url(path), timeout=60, **kw)
 
 
 @pytest.mark.parametrize("body, status, field_or_text", [
@@ -76,15 +76,15 @@ def test_unknown_things_are_404_json(stack):
     for path in ("/api/v1/jobs/00000000-0000-0000-0000-000000000000",
                  "/api/v1/jobs/00000000-0000-0000-0000-000000000000/results",
                  "/api/v1/models/nope/versions", "/api/v1/nothing"):
-        resp = requests.get(stack.url(path), timeout=10)
+        resp = stack.http.get(stack.url(path), timeout=10)
         assert resp.status_code == 404 and resp.json()["error"]["message"], path
 
 
 def test_bad_query_parameters(stack):
-    assert requests.get(stack.url("/api/v1/jobs"), params={"limit": "lots"}, timeout=10).status_code == 400
-    resp = requests.get(stack.url("/api/v1/jobs"), params={"limit": 100000}, timeout=10)
+    assert stack.http.get(stack.url("/api/v1/jobs"), params={"limit": "lots"}, timeout=10).status_code == 400
+    resp = stack.http.get(stack.url("/api/v1/jobs"), params={"limit": 100000}, timeout=10)
     assert resp.status_code == 400 and resp.json()["error"]["field"] == "limit"
-    resp = requests.get(stack.url("/api/v1/jobs"), params={"status": "exploded"}, timeout=10)
+    resp = stack.http.get(stack.url("/api/v1/jobs"), params={"status": "exploded"}, timeout=10)
     assert resp.status_code == 400 and "status must be one of" in resp.json()["error"]["message"]
 
 
@@ -99,7 +99,7 @@ def test_model_import_errors(stack, model_files):
     assert resp.status_code == 400 and "input_size" in resp.json()["error"]["message"]
     resp = post(stack, "/api/v1/models", data={"name": "m2", "task": "regression", "input_size": "32"})
     assert resp.status_code == 400 and resp.json()["error"]["field"] == "file"
-    assert requests.get(stack.url("/api/v1/models/evil/versions"), timeout=10).status_code == 404
+    assert stack.http.get(stack.url("/api/v1/models/evil/versions"), timeout=10).status_code == 404
 
 
 def test_alias_errors(stack):

@@ -451,10 +451,14 @@ def client(monkeypatch, tmp_path, data):
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.delenv("BROKER_URL", raising=False)
     settings.cache_clear()
+    from shared.migrate import upgrade
+    from tests.helpers import authorized_client
+
     app = create_app(settings())
+    upgrade(settings().database_url)
     if "datasets" not in app.blueprints:
         app.register_blueprint(api_datasets.bp)
-    yield app.test_client()
+    yield authorized_client(app, "train")
     settings.cache_clear()
 
 

@@ -16,7 +16,7 @@ def test_manifest_job_on_the_embedded_default(embedded_stack, model_files):
     assert (home / "imgq.db").is_file() and (home / "broker").is_dir()  # no server: files only
     import_model_http(stack, model_files["regression"], "embedded", target_transform="log1p")
     write_catalog(stack.data / "catalog", 40, size=(120, 90), seed=3)
-    resp = requests.post(stack.url("/api/v1/jobs/score"), json={"model": "embedded",
+    resp = stack.http.post(stack.url("/api/v1/jobs/score"), json={"model": "embedded",
                                                                "manifest": "catalog/items.csv"}, timeout=60)
     assert resp.status_code == 202, resp.text
     job = stack.wait_job(resp.json()["id"], timeout=180)

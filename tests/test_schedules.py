@@ -142,31 +142,32 @@ def test_scheduled_fine_tunes_promote_when_better_and_keep_production_when_worse
                 "base": {"architecture": "vgg"}, "optimizer": {"name": "adam", "learning_rate": 0.002}}
         body = {"name": name, "cron": "0 3 * * *", "timezone": "UTC", "model": name, "train": good,
                 "gate": {"min_improvement": 0.01}}
-        resp = requests.post(pg_stack.url("/api/v1/schedules"), json=body, timeout=30)
+        resp = pg_stack.http.post(pg_stack.url("/api/v1/schedules"), json=body, timeout=30)
         assert resp.status_code == 201, resp.text
         sid = resp.json()["id"]
         with session_scope(pg_stack.database_url) as s:
-            s.get(schedules.Schedule, sid).created_at = datetime(2026, 11, 1, tzinfo=UTC)
-        first = schedules.dispatch_due(enqueue_train, now=datetime(2026, 11, 24, 3, 0, 30, tzinfo=UTC))
+            # in the future: the stack's own schedule tick (the real clock) finds no slot of it to run
+            s.get(schedules.Schedule, sid).created_at = datetime(2031, 11, 1, tzinfo=UTC)
+        first = schedules.dispatch_due(enqueue_train, now=datetime(2031, 11, 24, 3, 0, 30, tzinfo=UTC))
         assert first["created"] == 1
         job = _wait_schedule_run(pg_stack, sid, 1)
         assert job["comparison"]["gate"]["decision"] == "promoted"
-        versions = requests.get(pg_stack.url(f"/api/v1/models/{name}/versions"), timeout=10).json()["versions"]
+        versions = pg_stack.http.get(pg_stack.url(f"/api/v1/models/{name}/versions"), timeout=10).json()["versions"]
         assert versions[0]["aliases"] == ["production"]
 
         worse = {**good, "epochs": 1, "optimizer": {"name": "sgd", "learning_rate": 1e-6}}
-        requests.patch(pg_stack.url(f"/api/v1/schedules/{sid}"), json={"enabled": False}, timeout=10)
+        pg_stack.http.patch(pg_stack.url(f"/api/v1/schedules/{sid}"), json={"enabled": False}, timeout=10)
         with session_scope(pg_stack.database_url) as s:
             row = s.get(schedules.Schedule, sid)
             row.train, row.enabled = worse, True
-        assert schedules.dispatch_due(enqueue_train, now=datetime(2026, 11, 25, 3, 0, 30, tzinfo=UTC))["created"] == 1
+        assert schedules.dispatch_due(enqueue_train, now=datetime(2031, 11, 25, 3, 0, 30, tzinfo=UTC))["created"] == 1
         job = _wait_schedule_run(pg_stack, sid, 2)
         gate_result = job["comparison"]["gate"]
         assert gate_result["decision"] == "kept" and "accuracy" in gate_result["reason"]
         assert job["comparison"]["production"] == f"{name}@1"
-        described = requests.get(pg_stack.url(f"/api/v1/schedules/{sid}"), timeout=10).json()
+        described = pg_stack.http.get(pg_stack.url(f"/api/v1/schedules/{sid}"), timeout=10).json()
         assert [r["decision"] for r in described["runs"]] == ["kept", "promoted"]
-        versions = requests.get(pg_stack.url(f"/api/v1/models/{name}/versions"), timeout=10).json()["versions"]
+        versions = pg_stack.http.get(pg_stack.url(f"/api/v1/models/{name}/versions"), timeout=10).json()["versions"]
         assert [v["aliases"] for v in versions] == [["production"], []]
     finally:
         for k, v in old.items():

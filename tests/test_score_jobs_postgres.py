@@ -35,7 +35,7 @@ def make_catalog(root, name, n, seed=0):
 
 def submit(stack, body, key=None, expect=202):
     headers = {"Idempotency-Key": key} if key else {}
-    resp = requests.post(stack.url("/api/v1/jobs/score"), json=body, headers=headers, timeout=60)
+    resp = stack.http.post(stack.url("/api/v1/jobs/score"), json=body, headers=headers, timeout=60)
     assert resp.status_code == expect, resp.text
     return resp
 
@@ -81,7 +81,7 @@ def test_items_job_with_a_bad_mix_scores_every_good_image_exactly(pg_stack, mode
 def test_multipart_upload_job(pg_stack, model, model_files, tmp_path):
     _, paths = make_catalog(tmp_path, "upload", 5, seed=100)
     files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
-    resp = requests.post(pg_stack.url("/api/v1/jobs/score"), data={"model": model, "cache": "false"},
+    resp = pg_stack.http.post(pg_stack.url("/api/v1/jobs/score"), data={"model": model, "cache": "false"},
                          files=files, timeout=60)
     assert resp.status_code == 202, resp.text
     job = pg_stack.wait_job(resp.json()["id"])
@@ -105,7 +105,7 @@ def test_manifest_job_and_csv_results(pg_stack, model, kind):
     job = pg_stack.wait_job(resp.json()["id"])
     assert job["status"] == "succeeded" and job["progress"]["succeeded"] == 50
     assert job["chunks"]["done"] == 4
-    text = requests.get(pg_stack.url(f"/api/v1/jobs/{job['id']}/results"), params={"format": "csv"},
+    text = pg_stack.http.get(pg_stack.url(f"/api/v1/jobs/{job['id']}/results"), params={"format": "csv"},
                         timeout=30).text
     rows = list(csv.DictReader(io.StringIO(text)))
     assert len(rows) == 50 and {r["id"] for r in rows} == set(frame["sku"])
@@ -123,7 +123,7 @@ def test_idempotency_key_gives_the_same_job(pg_stack, model):
     assert second.headers.get("Idempotent-Replayed") == "true"
     with session_scope(pg_stack.database_url) as s:
         assert s.scalar(select(func.count()).select_from(Job).where(Job.idempotency_key == key)) == 1
-    other = requests.post(pg_stack.url("/api/v1/jobs/score"), json={**body, "cache": False},
+    other = pg_stack.http.post(pg_stack.url("/api/v1/jobs/score"), json={**body, "cache": False},
                           headers={"Idempotency-Key": key}, timeout=30)
     assert other.status_code == 422
     assert "Idempotency-Key" in other.json()["error"]["message"]
@@ -149,13 +149,13 @@ def test_cancel_stops_at_a_chunk_boundary_and_keeps_partial_results(pg_stack, mo
     items = [{"id": p.stem, "uri": f"cancel/{p.name}"} for p in paths]
     job_id = submit(pg_stack, {"model": model, "items": items, "cache": False}).json()["id"]
     deadline = time.time() + 60
-    while requests.get(pg_stack.url(f"/api/v1/jobs/{job_id}"), timeout=10).json()["progress"]["done"] == 0:
+    while pg_stack.http.get(pg_stack.url(f"/api/v1/jobs/{job_id}"), timeout=10).json()["progress"]["done"] == 0:
         assert time.time() < deadline
         time.sleep(0.05)
-    canceled = requests.post(pg_stack.url(f"/api/v1/jobs/{job_id}/cancel"), timeout=10).json()
+    canceled = pg_stack.http.post(pg_stack.url(f"/api/v1/jobs/{job_id}/cancel"), timeout=10).json()
     assert canceled["status"] == "canceled"
     time.sleep(3)  # a chunk in flight finishes; no new chunk starts
-    job = requests.get(pg_stack.url(f"/api/v1/jobs/{job_id}"), timeout=10).json()
+    job = pg_stack.http.get(pg_stack.url(f"/api/v1/jobs/{job_id}"), timeout=10).json()
     assert job["status"] == "canceled"
     assert 0 < job["progress"]["done"] < 160
     assert job["chunks"]["canceled"] >= 1 and job["chunks"]["running"] == 0
@@ -165,15 +165,15 @@ def test_cancel_stops_at_a_chunk_boundary_and_keeps_partial_results(pg_stack, mo
                                                                         Chunk.state == "done"))
     assert stored == job["progress"]["done"] == done_chunks  # whole chunks only, all kept
     time.sleep(2)
-    assert requests.get(pg_stack.url(f"/api/v1/jobs/{job_id}"), timeout=10).json()["progress"]["done"] == stored
+    assert pg_stack.http.get(pg_stack.url(f"/api/v1/jobs/{job_id}"), timeout=10).json()["progress"]["done"] == stored
 
 
 def test_job_list_filters(pg_stack, model):
-    listed = requests.get(pg_stack.url("/api/v1/jobs"), params={"model": model, "status": "succeeded",
+    listed = pg_stack.http.get(pg_stack.url("/api/v1/jobs"), params={"model": model, "status": "succeeded",
                                                                 "limit": 2}, timeout=10).json()
     assert 1 <= len(listed["jobs"]) <= 2
     assert all(j["status"] == "succeeded" and j["model"]["ref"].startswith(model) for j in listed["jobs"])
-    nxt = requests.get(pg_stack.url("/api/v1/jobs"), params={"model": model, "before": listed["next_before"]},
+    nxt = pg_stack.http.get(pg_stack.url("/api/v1/jobs"), params={"model": model, "before": listed["next_before"]},
                        timeout=10).json()
     assert not {j["id"] for j in nxt["jobs"]} & {j["id"] for j in listed["jobs"]}
 
@@ -183,7 +183,7 @@ def test_killed_worker_mid_job_loses_and_duplicates_nothing(pg_stack, model):
     items = [{"id": p.stem, "uri": f"crash/{p.name}"} for p in paths]
     job_id = submit(pg_stack, {"model": model, "items": items, "cache": False}).json()["id"]
     deadline = time.time() + 60
-    while requests.get(pg_stack.url(f"/api/v1/jobs/{job_id}"), timeout=10).json()["progress"]["done"] < 20:
+    while pg_stack.http.get(pg_stack.url(f"/api/v1/jobs/{job_id}"), timeout=10).json()["progress"]["done"] < 20:
         assert time.time() < deadline
         time.sleep(0.02)
     pg_stack.kill_worker()  # SIGKILL the worker and its pool child mid-chunk
@@ -200,7 +200,7 @@ def test_killed_worker_mid_job_loses_and_duplicates_nothing(pg_stack, model):
 
 
 def test_prometheus_metrics_report_jobs_from_the_database(pg_stack, model):
-    text = requests.get(pg_stack.url("/metrics"), timeout=10).text
+    text = pg_stack.http.get(pg_stack.url("/metrics"), timeout=10).text
     with session_scope(pg_stack.database_url) as s:
         counts = s.execute(select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status)).all()
     assert counts

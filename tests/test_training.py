@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 def post(stack, path, body, expect=202):
-    resp = requests.post(stack.url(path), json=body, timeout=120)
+    resp = stack.http.post(stack.url(path), json=body, timeout=120)
     assert resp.status_code == expect, resp.text
     return resp.json()
 
@@ -29,7 +29,7 @@ def wait_train(stack, job_id, timeout=600):
 
 
 def epochs_of(stack, job_id):
-    body = requests.get(stack.url(f"/api/v1/jobs/{job_id}/metrics"), timeout=30).json()
+    body = stack.http.get(stack.url(f"/api/v1/jobs/{job_id}/metrics"), timeout=30).json()
     return body["epochs"]
 
 
@@ -54,7 +54,7 @@ def test_digits_from_scratch(pg_stack, digits):
     history = epochs_of(pg_stack, job["id"])
     assert [e["epoch"] for e in history] == list(range(1, len(history) + 1))
     assert all("val_loss" in e and "accuracy" in e for e in history)
-    version = requests.get(pg_stack.url(f"/api/v1/models/{name}/versions/1"), timeout=10).json()
+    version = pg_stack.http.get(pg_stack.url(f"/api/v1/models/{name}/versions/1"), timeout=10).json()
     assert version["class_names"] == [str(i) for i in range(10)]
     assert version["lineage"]["dataset"]["path"] == "digits/all.csv"
     assert version["lineage"]["hyperparameters"]["optimizer"]["name"] == "adam"
@@ -105,7 +105,7 @@ def test_regression_learns_a_log_distributed_target_and_inverts_it(pg_stack):
         "optimizer": {"name": "adam", "learning_rate": 0.002}})["id"])
     m = job["holdout_metrics"]
     assert m["mae"] < 0.35 * m["baseline_mae"], m  # far below predicting the mean
-    version = requests.get(pg_stack.url(f"/api/v1/models/{name}/versions/1"), timeout=10).json()
+    version = pg_stack.http.get(pg_stack.url(f"/api/v1/models/{name}/versions/1"), timeout=10).json()
     assert version["target_transform"] == {"kind": "log1p"} and version["output_names"] == ["views"]
     # scoring the new version gives page views in their own units (the transform is inverted)
     sample = rows[:40]
@@ -144,7 +144,7 @@ def test_keypoints_are_learned_and_come_back_in_original_pixels(pg_stack):
         "dataset": {"path": "points/items.csv", "id_column": "id", "target_columns": ["x", "y"]},
         "base": {"architecture": "vgg", "width": 16}, "input_size": 48, "resize_mode": "letterbox",
         "epochs": 20, "batch_size": 32, "optimizer": {"name": "adam", "learning_rate": 0.002}})["id"])
-    version = requests.get(pg_stack.url(f"/api/v1/models/{name}/versions/1"), timeout=10).json()
+    version = pg_stack.http.get(pg_stack.url(f"/api/v1/models/{name}/versions/1"), timeout=10).json()
     assert version["resize_mode"] == "letterbox" and version["output_names"] == ["spot"]
     sample = rows[:60]
     score = post(pg_stack, "/api/v1/jobs/score", {"model": name, "cache": False,
@@ -164,7 +164,7 @@ def test_killed_worker_resumes_training_from_its_checkpoint(pg_stack, digits):
                                                                  early_stopping=None))["id"]
     deadline = time.time() + 300
     while True:
-        progress = requests.get(pg_stack.url(f"/api/v1/jobs/{job_id}"), timeout=10).json()["progress"]
+        progress = pg_stack.http.get(pg_stack.url(f"/api/v1/jobs/{job_id}"), timeout=10).json()["progress"]
         if progress["checkpoint_epoch"] >= 2:
             break
         assert time.time() < deadline, progress

@@ -7,9 +7,10 @@ from shared import jobs, train_jobs
 from shared.db import session_scope
 from shared.errors import InvalidRequest
 from shared.train_spec import TrainRequest
-from web.schemas import ScoreRequest
+from web.auth import caller
 from web.http import created as created_response
 from web.http import json_object
+from web.schemas import ScoreRequest
 from web.submit import fingerprint, submit_json, submit_train, submit_upload
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs")
@@ -36,9 +37,10 @@ def create_score_job():
         raise InvalidRequest("Idempotency-Key must be at most 200 characters", field="Idempotency-Key")
     if request.mimetype == "multipart/form-data":
         files = [f for name in request.files for f in request.files.getlist(name)]
-        description, created = submit_upload(settings, files, request.form.to_dict(), key)
+        description, created = submit_upload(settings, files, request.form.to_dict(), key, caller().token_id)
     elif request.is_json:
-        description, created = submit_json(settings, ScoreRequest.model_validate(json_object()), key)
+        description, created = submit_json(settings, ScoreRequest.model_validate(json_object()), key,
+                                           caller().token_id)
     else:
         raise InvalidRequest("send application/json or multipart/form-data")
     return _accepted(description, created)
@@ -54,7 +56,9 @@ def _accepted(description: dict, created: bool):
 def create_train_job():
     body = json_object("a JSON object (a train request)")
     key = request.headers.get("Idempotency-Key") or None
-    return _accepted(*submit_train(TrainRequest.model_validate(body), key, fingerprint(body)))
+    settings = current_app.config["IMGQ_SETTINGS"]
+    return _accepted(*submit_train(TrainRequest.model_validate(body), key, fingerprint(body), caller().token_id,
+                                   settings.max_active_jobs))
 
 
 @bp.get("/<job_id>/metrics")
@@ -86,7 +90,7 @@ def get_job(job_id: str):
 @bp.post("/<job_id>/cancel")
 def cancel_job(job_id: str):
     with session_scope() as s:
-        job = jobs.cancel_job(s, job_id)
+        job = jobs.cancel_job(s, job_id, caller())
         s.flush()
         return jsonify(jobs.describe(s, job))
 

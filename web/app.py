@@ -6,9 +6,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 from shared import dispatch, liveness
-from shared.config import Settings, ensure_dirs, settings as load
+from shared.config import Settings, ensure_dirs
+from shared.config import settings as load
 from shared.db import session_scope
-from web import api_datasets, api_jobs, api_models, api_training, errors, metrics
+from web import api_datasets, api_jobs, api_models, api_training, auth, errors, metrics, rate_limits
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -19,6 +20,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = s.max_upload_bytes
     app.json.sort_keys = False
     errors.register(app)
+    auth.register(app)
+    rate_limits.register(app, s)
     app.register_blueprint(api_jobs.bp)
     app.register_blueprint(api_models.bp)
     app.register_blueprint(api_datasets.bp)

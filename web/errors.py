@@ -6,9 +6,9 @@ import logging
 from flask import Flask, jsonify
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, default_exceptions
 
-from shared.errors import ImgqError
+from shared.errors import ImgqError, TooManyRequests
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,10 @@ def _field_path(loc) -> str:
 def register(app: Flask) -> None:
     @app.errorhandler(ImgqError)
     def _imgq(exc: ImgqError):
-        return error_body(exc.http_status, type(exc).__name__, exc.message, **exc.details)
+        response, status = error_body(exc.http_status, type(exc).__name__, exc.message, **exc.details)
+        if isinstance(exc, TooManyRequests):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response, status
 
     @app.errorhandler(ValidationError)
     def _validation(exc: ValidationError):
@@ -35,7 +38,9 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
-        return error_body(exc.code or 500, type(exc).__name__, exc.description or exc.name)
+        # werkzeug's name for the status (RateLimitExceeded is a TooManyRequests): one vocabulary
+        kind = default_exceptions.get(exc.code, type(exc)).__name__
+        return error_body(exc.code or 500, kind, exc.description or exc.name)
 
     @app.errorhandler(OperationalError)
     def _db_down(exc: OperationalError):

@@ -42,7 +42,7 @@ def _replay(idempotency_key: str | None, request_fingerprint: str) -> dict | Non
 
 
 def submit(settings: Settings, *, model_ref: str, pieces, source: dict, use_cache: bool,
-           idempotency_key: str | None, request_fingerprint: str) -> tuple[dict, bool]:
+           idempotency_key: str | None, request_fingerprint: str, token_id: int | None = None) -> tuple[dict, bool]:
     """Create (or, for a repeated Idempotency-Key, find) the job. Returns (description, created)."""
     replay = _replay(idempotency_key, request_fingerprint)
     if replay is not None:
@@ -51,7 +51,8 @@ def submit(settings: Settings, *, model_ref: str, pieces, source: dict, use_cach
         with session_scope() as s:
             job = jobs.create_score_job(s, model_ref=model_ref, pieces=pieces, source=source,
                                         use_cache=use_cache, chunk_size=settings.chunk_size,
-                                        idempotency_key=idempotency_key, fingerprint=request_fingerprint)
+                                        idempotency_key=idempotency_key, fingerprint=request_fingerprint,
+                                        token_id=token_id, max_active_jobs=settings.max_active_jobs)
             job_id, n_chunks = job.id, job.total_chunks
     except IntegrityError:
         if not idempotency_key:
@@ -66,7 +67,8 @@ def submit(settings: Settings, *, model_ref: str, pieces, source: dict, use_cach
         return jobs.describe(s, s.get(Job, job_id)), True
 
 
-def submit_json(settings: Settings, req: ScoreRequest, idempotency_key: str | None) -> tuple[dict, bool]:
+def submit_json(settings: Settings, req: ScoreRequest, idempotency_key: str | None,
+                token_id: int | None = None) -> tuple[dict, bool]:
     if req.items is not None:
         pieces = [[(it.id, it.uri) for it in req.items]]
         source = {"type": "items", "count": len(req.items)}
@@ -79,7 +81,8 @@ def submit_json(settings: Settings, req: ScoreRequest, idempotency_key: str | No
         source = {"type": "manifest", "manifest": req.manifest, "id_column": req.id_column,
                   "image_column": req.image_column}
     return submit(settings, model_ref=req.model, pieces=pieces, source=source, use_cache=req.cache,
-                  idempotency_key=idempotency_key, request_fingerprint=fingerprint(req.model_dump()))
+                  idempotency_key=idempotency_key, request_fingerprint=fingerprint(req.model_dump()),
+                  token_id=token_id)
 
 
 def _save_upload(storage: FileStorage, dest: Path) -> str:
@@ -92,7 +95,7 @@ def _save_upload(storage: FileStorage, dest: Path) -> str:
 
 
 def submit_upload(settings: Settings, files: list[FileStorage], form: dict,
-                  idempotency_key: str | None) -> tuple[dict, bool]:
+                  idempotency_key: str | None, token_id: int | None = None) -> tuple[dict, bool]:
     """Multipart: each file is one item, its id the file name. Files are streamed to the
     upload folder (which workers read), never held whole in memory."""
     model_ref = (form.get("model") or "").strip()
@@ -117,7 +120,7 @@ def submit_upload(settings: Settings, files: list[FileStorage], form: dict,
         fp = fingerprint({"model": model_ref, "cache": use_cache, "files": list(zip(names, hashes))})
         description, created = submit(settings, model_ref=model_ref, pieces=[items], use_cache=use_cache,
                                       source={"type": "upload", "count": len(items), "folder": folder.name},
-                                      idempotency_key=idempotency_key, request_fingerprint=fp)
+                                      idempotency_key=idempotency_key, request_fingerprint=fp, token_id=token_id)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -126,13 +129,15 @@ def submit_upload(settings: Settings, files: list[FileStorage], form: dict,
     return description, created
 
 
-def submit_train(req: TrainRequest, idempotency_key: str | None, request_fingerprint: str) -> tuple[dict, bool]:
+def submit_train(req: TrainRequest, idempotency_key: str | None, request_fingerprint: str,
+                 token_id: int | None = None, max_active_jobs: int | None = None) -> tuple[dict, bool]:
     """Commit the train job, then send it (outbox, as for score jobs)."""
     replay = _replay(idempotency_key, request_fingerprint)
     if replay is not None:
         return replay, False
     with session_scope() as s:
-        job_id = create_train_job(s, req, idempotency_key=idempotency_key, fingerprint=request_fingerprint).id
+        job_id = create_train_job(s, req, idempotency_key=idempotency_key, fingerprint=request_fingerprint,
+                                  token_id=token_id, max_active_jobs=max_active_jobs).id
     enqueue_train([job_id])
     with session_scope() as s:
         return jobs.describe(s, s.get(Job, job_id)), True

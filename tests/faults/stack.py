@@ -44,6 +44,7 @@ class FaultStack(LocalStack):
         self.worker_names = [f"w{k + 1}" for k in range(workers)]
 
     def start(self, timeout: float = 120) -> "FaultStack":
+        self.authenticate()
         self.start_web()
         for name in self.worker_names:
             self.start_worker(name)
@@ -56,7 +57,7 @@ class FaultStack(LocalStack):
         deadline = time.time() + timeout
         while True:
             try:
-                resp = requests.get(self.url(f"/api/v1/jobs/{job_id}"), timeout=10)
+                resp = self.http.get(self.url(f"/api/v1/jobs/{job_id}"), timeout=10)
                 if resp.status_code == 200 and resp.json()["status"] not in ("queued", "running"):
                     return resp.json()
             except requests.RequestException:
@@ -107,7 +108,7 @@ def register_model(stack: LocalStack, file: Path, name: str | None = None) -> st
     """Import a regression model (log1p page views) over HTTP; it becomes production. Returns its name."""
     name = name or f"pv-{uuid.uuid4().hex[:6]}"
     with open(file, "rb") as fh:
-        resp = requests.post(stack.url("/api/v1/models"), files={"file": (file.name, fh)}, timeout=120,
+        resp = stack.http.post(stack.url("/api/v1/models"), files={"file": (file.name, fh)}, timeout=120,
                              data={"name": name, "task": "regression", "input_size": "32",
                                    "target_transform": "log1p", "output_names": "pageviews"})
     assert resp.status_code == 201, resp.text
@@ -115,7 +116,7 @@ def register_model(stack: LocalStack, file: Path, name: str | None = None) -> st
 
 
 def submit_items(stack: LocalStack, model: str, items: list[dict], **extra) -> str:
-    resp = requests.post(stack.url("/api/v1/jobs/score"), json={"model": model, "items": items, "cache": False,
+    resp = stack.http.post(stack.url("/api/v1/jobs/score"), json={"model": model, "items": items, "cache": False,
                                                                  **extra}, timeout=120)
     assert resp.status_code == 202, resp.text
     return resp.json()["id"]
@@ -138,7 +139,7 @@ def expected_pageviews(model_file: Path, paths: list[Path]) -> dict[str, dict]:
 
 
 def progress(stack: LocalStack, job_id: str) -> dict:
-    return requests.get(stack.url(f"/api/v1/jobs/{job_id}"), timeout=10).json()["progress"]
+    return stack.http.get(stack.url(f"/api/v1/jobs/{job_id}"), timeout=10).json()["progress"]
 
 
 def write_digits(folder: Path) -> Path:

@@ -95,7 +95,7 @@ def start_score_job(stack: FaultStack, model_file) -> ScoreCase:
 
 
 def job_body(stack: FaultStack, job_id: str) -> dict | None:
-    resp = requests.get(stack.url(f"/api/v1/jobs/{job_id}"), timeout=10)
+    resp = stack.http.get(stack.url(f"/api/v1/jobs/{job_id}"), timeout=10)
     return resp.json() if resp.status_code == 200 else None
 
 
@@ -124,7 +124,7 @@ def train_request(name: str) -> dict:
 
 def start_train_job(stack: FaultStack) -> str:
     write_digits(stack.data / "digits")
-    resp = requests.post(stack.url("/api/v1/jobs/train"), json=train_request(f"digits-{uuid.uuid4().hex[:6]}"),
+    resp = stack.http.post(stack.url("/api/v1/jobs/train"), json=train_request(f"digits-{uuid.uuid4().hex[:6]}"),
                          timeout=120)
     assert resp.status_code == 202, resp.text
     return resp.json()["id"]
@@ -264,10 +264,10 @@ def postgres_outage(private_pg, stack: FaultStack, job_id: str,
     private_pg.stop(mode="fast")
     down_at = time.time()
     try:
-        answers = [json_503_problem(requests.get(stack.url(f"/api/v1/jobs/{job_id}"), timeout=30),
+        answers = [json_503_problem(stack.http.get(stack.url(f"/api/v1/jobs/{job_id}"), timeout=30),
                                     "GET /api/v1/jobs/<id>")]
         if score_body is not None:
-            answers.append(json_503_problem(requests.post(stack.url("/api/v1/jobs/score"), json=score_body,
+            answers.append(json_503_problem(stack.http.post(stack.url("/api/v1/jobs/score"), json=score_body,
                                                           timeout=30), "POST /api/v1/jobs/score"))
         time.sleep(max(0.0, down_at + PG_OUTAGE_SECONDS - time.time()))
     finally:

@@ -148,7 +148,7 @@ class Client(threading.Thread):
         while True:
             tries += 1
             try:
-                resp = requests.post(self.stack.url(f"/api/v1/jobs/{job.kind}"), json=job.body, timeout=60,
+                resp = self.stack.http.post(self.stack.url(f"/api/v1/jobs/{job.kind}"), json=job.body, timeout=60,
                                      headers={"Idempotency-Key": job.key})
                 outcome = str(resp.status_code)
             except requests.RequestException as exc:

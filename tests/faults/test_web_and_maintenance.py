@@ -74,7 +74,7 @@ def writing(path: Path) -> set[str]:
 
 
 def listed_jobs(stack: FaultStack) -> list[dict]:
-    resp = requests.get(stack.url("/api/v1/jobs"), params={"limit": 500}, timeout=10)
+    resp = stack.http.get(stack.url("/api/v1/jobs"), params={"limit": 500}, timeout=10)
     assert resp.status_code == 200, resp.text
     return resp.json()["jobs"]
 
@@ -94,9 +94,11 @@ class RawUpload(threading.Thread):
     """POST a body to /api/v1/jobs/score over a plain socket, `piece` bytes at a time with `pause` seconds
     between pieces; `sent` counts the bytes handed to the kernel, `response` or `error` is how it ended."""
 
-    def __init__(self, port: int, body: bytes, content_type: str, piece: int = 64 * 1024, pause: float = 0.0):
+    def __init__(self, port: int, body: bytes, content_type: str, piece: int = 64 * 1024, pause: float = 0.0,
+                 token: str | None = None):
         super().__init__(daemon=True)
         self.port, self.body, self.content_type, self.piece, self.pause = port, body, content_type, piece, pause
+        self.token = token
         self.sent = 0
         self.response: bytes | None = None
         self.error: OSError | None = None
@@ -104,7 +106,8 @@ class RawUpload(threading.Thread):
     def run(self) -> None:
         head = (f"POST /api/v1/jobs/score HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
                 f"Content-Type: {self.content_type}\r\nContent-Length: {len(self.body)}\r\n"
-                "Connection: close\r\n\r\n").encode()
+                + (f"Authorization: Bearer {self.token}\r\n" if self.token else "")
+                + "Connection: close\r\n\r\n").encode()
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=60) as sock:
                 sock.sendall(head)
@@ -146,14 +149,14 @@ class Prober(threading.Thread):
 
 
 def sweeper_metric(stack: FaultStack) -> float:
-    text = requests.get(stack.url("/metrics"), timeout=10).text
+    text = stack.http.get(stack.url("/metrics"), timeout=10).text
     found = re.search(rf"^{SWEEPER_METRIC}\s+(\S+)$", text, re.MULTILINE)
     assert found, f"/metrics has no {SWEEPER_METRIC}:\n{text[:2000]}"
     return float(found.group(1))
 
 
 def readyz(stack: FaultStack) -> tuple[int, dict]:
-    resp = requests.get(stack.url("/readyz"), timeout=10)
+    resp = stack.http.get(stack.url("/readyz"), timeout=10)
     return resp.status_code, resp.json()
 
 
@@ -180,14 +183,14 @@ def test_a_web_front_killed_right_after_a_202_loses_nothing_and_a_retried_post_r
     paths = write_photos(stack.data / "after-202", 48, seed=11)
     body = {"model": model, "items": items_for(paths, stack.data), "cache": False}
     key = f"after-202-{uuid.uuid4().hex}"
-    resp = requests.post(stack.url("/api/v1/jobs/score"), json=body, headers={"Idempotency-Key": key}, timeout=60)
+    resp = stack.http.post(stack.url("/api/v1/jobs/score"), json=body, headers={"Idempotency-Key": key}, timeout=60)
     assert resp.status_code == 202, resp.text
     job_id = resp.json()["id"]
     killed_at = time.time()
     stack.kill_web()
     assert stack.web.poll() is not None
     with pytest.raises(requests.ConnectionError):
-        requests.get(stack.url("/healthz"), timeout=5)
+        stack.http.get(stack.url("/healthz"), timeout=5)
     def done_items():
         with session_scope(stack.database_url) as s:
             return s.get(Job, job_id).done_items
@@ -199,7 +202,7 @@ def test_a_web_front_killed_right_after_a_202_loses_nothing_and_a_retried_post_r
     web_back = time.time() - killed_at
     job = stack.wait_job(job_id, timeout=300)
     finished = time.time() - killed_at
-    again = requests.post(stack.url("/api/v1/jobs/score"), json=body, headers={"Idempotency-Key": key}, timeout=60)
+    again = stack.http.post(stack.url("/api/v1/jobs/score"), json=body, headers={"Idempotency-Key": key}, timeout=60)
     assert again.status_code == 202, again.text
     assert again.json()["id"] == job_id and again.headers.get("Idempotent-Replayed") == "true"
     assert [j["id"] for j in listed_jobs(stack)] == [job_id]  # no second job
@@ -224,7 +227,7 @@ def test_a_web_front_killed_during_an_upload_creates_no_job_and_its_leftovers_ar
     # a) killed while the body still arrives (three 4 MB files, 64 KiB every 10 ms)
     files = [(f"slow-{i}.jpg", os.urandom(4 << 20)) for i in range(3)]
     body, content_type = multipart_body({"model": model, "cache": "false"}, files)
-    upload = RawUpload(stack.port, body, content_type, pause=0.01)
+    upload = RawUpload(stack.port, body, content_type, pause=0.01, token=stack.token)
     upload.start()
     wait_until(lambda: upload.sent >= len(body) * 0.4, 60, "40% of the slow upload sent")
     in_flight = folders(uploads)  # the body is still arriving: werkzeug spools it to temporary files first
@@ -250,7 +253,7 @@ def test_a_web_front_killed_during_an_upload_creates_no_job_and_its_leftovers_ar
     # b) killed while the whole body is being written to its upload folder (three 24 MB files, sent at once)
     files = [(f"big-{i}.jpg", os.urandom(24 << 20)) for i in range(3)]
     body, content_type = multipart_body({"model": model, "cache": "false"}, files)
-    upload = RawUpload(stack.port, body, content_type, piece=1 << 20)
+    upload = RawUpload(stack.port, body, content_type, piece=1 << 20, token=stack.token)
     upload.start()
     deadline = time.time() + 120
     while not (new := writing(uploads)) and time.time() < deadline:
@@ -290,7 +293,7 @@ def test_a_finished_upload_jobs_folder_is_removed_after_the_retention_and_its_re
     model = register_model(stack, model_files["regression"])
     paths = write_photos(stack.data / "to-upload", 24, seed=21)
     files = [("files", (p.stem, p.read_bytes(), "image/jpeg")) for p in paths]
-    resp = requests.post(stack.url("/api/v1/jobs/score"), data={"model": model, "cache": "false"}, files=files,
+    resp = stack.http.post(stack.url("/api/v1/jobs/score"), data={"model": model, "cache": "false"}, files=files,
                          timeout=120)
     assert resp.status_code == 202, resp.text
     job_id, folder = resp.json()["id"], resp.json()["source"]["folder"]
@@ -310,7 +313,7 @@ def test_a_finished_upload_jobs_folder_is_removed_after_the_retention_and_its_re
     results = stack.all_results(job_id)
     assert sorted(r["id"] for r in results) == sorted(p.stem for p in paths)
     assert all(r["status"] == "ok" and "pageviews" in r["outputs"] for r in results)
-    assert requests.get(stack.url(f"/api/v1/jobs/{job_id}"), timeout=10).json()["status"] == "succeeded"
+    assert stack.http.get(stack.url(f"/api/v1/jobs/{job_id}"), timeout=10).json()["status"] == "succeeded"
     fault_report.record(fault="upload retention over (IMGQ_UPLOAD_RETENTION)", case="upload, 24 photos",
                         recover_seconds=removed_after, items=check.items, lost=check.lost,
                         duplicated=check.duplicated, verdict="pass",
@@ -337,7 +340,7 @@ def create_minutely_schedule(stack: FaultStack) -> int:
     without a training, so slots can be counted in seconds rather than epochs."""
     train = {"task": "classification", "input_size": 32, "epochs": 1, "base": {"version": "no-such-model"},
              "dataset": {"path": "crawl/{date:%Y-%m-%d}/items.csv", "label_column": "label"}}
-    resp = requests.post(stack.url("/api/v1/schedules"), timeout=30,
+    resp = stack.http.post(stack.url("/api/v1/schedules"), timeout=30,
                          json={"name": f"every-minute-{uuid.uuid4().hex[:6]}", "cron": "* * * * *",
                                "timezone": "UTC", "model": "minutely", "train": train})
     assert resp.status_code == 201, resp.text

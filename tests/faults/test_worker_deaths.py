@@ -150,16 +150,16 @@ def test_a_hanging_read_becomes_that_items_error_without_holding_its_chunk_or_ma
     wait_until(lambda: any(state == "running" and time.time() - started.timestamp() > 3
                            for state, _, _, _, started in chunk_rows(stack.database_url, job_id).values()),
                120, "the chunk holding the stuck item to hang")
-    swept_before = requests.get(stack.url("/readyz"), timeout=10).json()["sweeper_age_seconds"]
+    swept_before = stack.http.get(stack.url("/readyz"), timeout=10).json()["sweeper_age_seconds"]
     time.sleep(8)  # while the read hangs, maintenance must go on
-    ready = requests.get(stack.url("/readyz"), timeout=10)
+    ready = stack.http.get(stack.url("/readyz"), timeout=10)
     assert ready.status_code == 200, ready.text
     assert ready.json()["sweeper_age_seconds"] < 6 and swept_before is not None
     job = stack.wait_job(job_id, timeout=180)
     expected = {**expected_pageviews(model_files["regression"], paths), "stuck": None}
     check = score_job_check(stack.database_url, job_id, expected)
     assert job["status"] == "succeeded" and check.ok, check.violations
-    error = requests.get(stack.url(f"/api/v1/jobs/{job_id}/results"), params={"limit": 100}, timeout=10).json()
+    error = stack.http.get(stack.url(f"/api/v1/jobs/{job_id}/results"), params={"limit": 100}, timeout=10).json()
     stuck = next(r for r in error["results"] if r["id"] == "stuck")
     assert "timed out after 15 s" in stuck["error"]
     attempts = [a for _, a, _, _, _ in chunk_rows(stack.database_url, job_id).values()]
@@ -182,7 +182,7 @@ def test_an_item_that_kills_every_worker_scoring_it_fails_alone(stack_factory, m
     with session_scope(stack.database_url) as s:
         assert s.scalar(select(func.count(func.distinct(JobItem.chunk_no))).where(JobItem.job_id == job_id)) == 1
     kills, killed_attempt, started = 0, 0, time.time()
-    while requests.get(stack.url(f"/api/v1/jobs/{job_id}"), timeout=10).json()["status"] == "running" \
+    while stack.http.get(stack.url(f"/api/v1/jobs/{job_id}"), timeout=10).json()["status"] == "running" \
             or kills == 0:
         state, attempts, _, suspect, begun = chunk_rows(stack.database_url, job_id)[0]
         hung = state == "running" and attempts > killed_attempt and \
@@ -200,7 +200,7 @@ def test_an_item_that_kills_every_worker_scoring_it_fails_alone(stack_factory, m
     check = score_job_check(stack.database_url, job_id, expected)
     assert job["status"] == "succeeded" and check.ok, check.violations
     assert job["progress"]["failed"] == 1 and kills == 5  # 3 ordinary attempts + 2 deaths on the item alone
-    results = requests.get(stack.url(f"/api/v1/jobs/{job_id}/results"), params={"limit": 100}, timeout=10).json()
+    results = stack.http.get(stack.url(f"/api/v1/jobs/{job_id}/results"), params={"limit": 100}, timeout=10).json()
     poison = next(r for r in results["results"] if r["id"] == "p00007-poison")
     assert "died 2 times while scoring this item alone" in poison["error"]
     fault_report.record(fault="an item that kills its worker (5 kill -9s of the pool process)", case="score",
