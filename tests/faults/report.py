@@ -43,9 +43,29 @@ class RandomRun:
 
 
 @dataclass
+class LoadRow:
+    endpoint: str
+    requests: int
+    per_second: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    statuses: str  # e.g. "202: 812, 429: 3"
+
+
+LOAD_COLUMNS = ("endpoint", "requests", "per second", "p50 ms", "p95 ms", "p99 ms", "statuses")
+
+
+@dataclass
 class FaultReport:
     rows: list[FaultRow] = field(default_factory=list)
     random_runs: list[RandomRun] = field(default_factory=list)
+    load_rows: list[LoadRow] = field(default_factory=list)
+    load_notes: str = ""
+
+    def record_load(self, rows: list[LoadRow], notes: str) -> None:
+        """The bounded load test's figures: one row per endpoint, and how the run was set up."""
+        self.load_rows, self.load_notes = list(rows), notes
 
     def record(self, *, fault: str, case: str, recover_seconds: float | None, items: int, lost: int,
                duplicated: int, verdict: str, notes: str = "") -> FaultRow:
@@ -66,7 +86,7 @@ class FaultReport:
         return run
 
     def is_empty(self) -> bool:
-        return not self.rows and not self.random_runs
+        return not self.rows and not self.random_runs and not self.load_rows
 
     def write(self, path: Path | str = DEFAULT_PATH, command: str | None = None) -> Path | None:
         """Write the Markdown file (creating its folder); returns its path, or None when nothing was recorded."""
@@ -102,6 +122,11 @@ class FaultReport:
                 lines.append(f"- notes: {_one_line(run.notes)}")
             lines += ["", "Faults in the order injected:", ""]
             lines += [f"{n}. {_one_line(f)}" for n, f in enumerate(run.faults, 1)] or ["(none)"]
+        if self.load_rows:
+            lines += ["", "## Load", "", _one_line(self.load_notes), "",
+                      *markdown_table(LOAD_COLUMNS, [[r.endpoint, str(r.requests), f"{r.per_second:.1f}",
+                                                      f"{r.p50_ms:.1f}", f"{r.p95_ms:.1f}", f"{r.p99_ms:.1f}",
+                                                      r.statuses] for r in self.load_rows])]
         return "\n".join(lines) + "\n"
 
 

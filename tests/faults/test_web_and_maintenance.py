@@ -353,6 +353,7 @@ def create_minutely_schedule(stack: FaultStack) -> int:
 def test_two_beat_processes_at_once_lose_nothing_duplicate_nothing_and_take_each_schedule_slot_once(
         stack_factory, model_files, fault_report):
     stack = stack_factory(start=False, IMGQ_SCHEDULE_TICK="2")
+    stack.authenticate()
     stack.start_web()
     stack.start_worker("w1")
     stack.start_maintenance()
