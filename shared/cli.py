@@ -38,6 +38,19 @@ def cmd_db_upgrade(args) -> int:
     return 0
 
 
+def _name(value: str) -> str:
+    """argparse type for a model name (shared/names.py), imported only when a command takes one."""
+    from shared.names import argparse_name
+
+    return argparse_name(value)
+
+
+def _alias(value: str) -> str:
+    from shared.names import argparse_alias
+
+    return argparse_alias(value)
+
+
 def cmd_serve(args) -> int:
     s = _settings()
     if os.environ.get("IMGQ_AUTO_MIGRATE", "1") != "0":
@@ -46,6 +59,9 @@ def cmd_serve(args) -> int:
         upgrade(s.database_url)
     argv = [sys.executable, "-m", "gunicorn", "web.wsgi:app", "--bind", f"{args.host}:{args.port}",
             "--workers", str(args.workers), "--threads", str(args.threads), "--timeout", "300",
+            # gunicorn's largest request line: the app itself answers longer URLs up to it with a JSON 414
+            # (web/request_checks.py); only beyond it does gunicorn answer with its own HTML 414
+            "--limit-request-line", "8190",
             "--access-logfile", "-" if args.access_log else "/dev/null"]
     os.execv(sys.executable, argv)
     return 0  # not reached
@@ -319,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                                required=True)
     imp = models.add_parser("import", help="register a .keras file as a new version")
     imp.add_argument("file")
-    imp.add_argument("--name", required=True)
+    imp.add_argument("--name", required=True, type=_name, help="letters, digits, '-', '_', '.'; 1-100 characters")
     imp.add_argument("--task", required=True, choices=["regression", "classification", "keypoints"])
     imp.add_argument("--input-size", type=int)
     imp.add_argument("--input-height", type=int)
@@ -338,9 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("name", nargs="?")
     lst.set_defaults(func=cmd_models_list)
     prom = models.add_parser("promote", help="point an alias (production by default) at a version")
-    prom.add_argument("name")
+    prom.add_argument("name", type=_name)
     prom.add_argument("version", type=int)
-    prom.add_argument("--alias", default="production")
+    prom.add_argument("--alias", default="production", type=_alias)
     prom.set_defaults(func=cmd_models_promote)
     rb = models.add_parser("rollback", help="point production back at the version before its last move")
     rb.add_argument("name")

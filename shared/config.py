@@ -89,6 +89,7 @@ class Settings:
     sweep_interval: float
     model_cache_size: int
     max_upload_bytes: int
+    max_json_bytes: int
     schedule_tick: float
     max_train_seconds: int
     read_timeout: float
@@ -157,6 +158,8 @@ def load_settings(env: dict | None = None) -> Settings:
         sweep_interval=sweep_interval,
         model_cache_size=_int(env, "IMGQ_MODEL_CACHE_SIZE", 3),
         max_upload_bytes=_int(env, "IMGQ_MAX_UPLOAD_BYTES", 2 * 1024 ** 3),
+        # 10,000 inline items with long paths, or 100,000 ordinary ones, fit (about 8 MB)
+        max_json_bytes=_int(env, "IMGQ_MAX_JSON_BYTES", 20 * 1024 ** 2, minimum=1024),
         schedule_tick=_float(env, "IMGQ_SCHEDULE_TICK", 30.0),
         max_train_seconds=_int(env, "IMGQ_MAX_TRAIN_SECONDS", 24 * 3600),
         read_timeout=_float(env, "IMGQ_READ_TIMEOUT", 30.0),

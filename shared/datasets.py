@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob as globlib
 import hashlib
+import itertools
 import math
 import os
 from collections import Counter, defaultdict
@@ -108,33 +109,52 @@ def _find_sources(roots: tuple[Path, ...], spec: DatasetSpec) -> list[_Source]:
             raise InvalidRequest(f"nothing matches {spec.path!r} in the data roots", field="path")
         sources: list[_Source] = []
         for match in matches:
-            sources.extend(_crawler_sources(match) if match.is_dir() else [_manifest_source(match)])
+            sources.extend(_crawler_sources(roots, match) if match.is_dir() else [_manifest_source(match)])
         return sources
     try:
         target = resolve_inside(roots, spec.path)
     except OutsideDataRoots as exc:
         raise InvalidRequest(str(exc), field="path") from None
     if target.is_dir():
-        return _crawler_sources(target)
+        return _crawler_sources(roots, target)
     if not target.is_file():
         raise InvalidRequest(f"dataset not found: {spec.path}", field="path")
     return [_manifest_source(target)]
 
 
+def _inside(roots: tuple[Path, ...], path: Path) -> bool:
+    real = path.resolve()
+    return any(real == root or root in real.parents for root in roots)
+
+
 def _glob_inside(roots: tuple[Path, ...], pattern: str) -> list[Path]:
-    """Matches of ``pattern`` under each root (or of an absolute pattern), each checked to lie inside a root."""
+    """Matches of ``pattern`` under each root (or of an absolute pattern that starts inside a root).
+
+    Nothing outside the roots is ever listed or named: a pattern may not climb with '..', an absolute
+    pattern's fixed leading folders must resolve inside a root before anything is globbed (a relative one's
+    too, when they exist: they may be a link), and a match that resolves outside (a link) is refused without
+    naming it.
+    """
     if "\x00" in pattern or "://" in pattern:
         raise InvalidRequest("path must be a local path inside the data roots", field="path")
+    if ".." in Path(pattern).parts:
+        raise InvalidRequest("a glob may not climb out of a folder with '..'", field="path")
+    fixed = Path(*itertools.takewhile(lambda part: not any(ch in part for ch in _GLOB_CHARS), Path(pattern).parts))
     if os.path.isabs(pattern):
+        if not _inside(roots, fixed):
+            raise InvalidRequest(f"path outside the data roots: {pattern}", field="path")
         candidates = globlib.glob(pattern)
     else:
+        if any(os.path.lexists(root / fixed) and not _inside(roots, root / fixed) for root in roots):
+            raise InvalidRequest(f"path outside the data roots: {pattern}", field="path")  # a link, before globbing
         candidates = [p for root in roots for p in globlib.glob(os.path.join(globlib.escape(str(root)), pattern))]
     found: dict[Path, None] = {}
     for candidate in sorted(candidates):
         try:
             real = resolve_inside(roots, candidate)
-        except OutsideDataRoots as exc:
-            raise InvalidRequest(f"{exc} (matched by {pattern!r})", field="path") from None
+        except OutsideDataRoots:
+            raise InvalidRequest(f"a match of {pattern!r} is a link that leads outside the data roots",
+                                 field="path") from None
         if real.is_dir() or real.suffix.lower() in MANIFEST_SUFFIXES:
             found[real] = None
     return list(found)
@@ -146,35 +166,37 @@ def _manifest_source(path: Path) -> _Source:
     return _Source(manifest=path, image_base=path.parent)
 
 
-def _first_manifest(folder: Path, stems: tuple[str, ...]) -> Path | None:
+def _first_manifest(roots: tuple[Path, ...], folder: Path, stems: tuple[str, ...]) -> Path | None:
+    """The first of folder/<stem><suffix> that is a file inside the roots (a link out of them is passed over)."""
     for stem in stems:
         for suffix in MANIFEST_SUFFIXES:
             candidate = folder / f"{stem}{suffix}"
-            if candidate.is_file():
+            if candidate.is_file() and _inside(roots, candidate):
                 return candidate
     return None
 
 
-def _crawler_sources(folder: Path) -> list[_Source]:
+def _crawler_sources(roots: tuple[Path, ...], folder: Path) -> list[_Source]:
     """Categories of a crawler folder, sorted by name.
 
     For each sub-folder ``<category>`` the manifest is the first found of ``<category>/<category>.csv``,
     ``<category>/items.csv`` and ``<category>.csv`` next to it (.tsv and .parquet are accepted too).
     Images are relative to the category folder; for a CSV next to the folder, also to the CSV's folder.
-    A folder with no categories but an ``items.csv`` of its own is read as that one manifest.
+    A folder with no categories but an ``items.csv`` of its own is read as that one manifest. Sub-folders and
+    manifests that are links out of the data roots are passed over.
     """
     sources = []
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and _inside(roots, p)):
         category = sub.name
-        inside = _first_manifest(sub, (category, "items"))
+        inside = _first_manifest(roots, sub, (category, "items"))
         if inside is not None:
             sources.append(_Source(manifest=inside, image_base=sub, category=category))
             continue
-        beside = _first_manifest(folder, (category,))
+        beside = _first_manifest(roots, folder, (category,))
         if beside is not None:
             sources.append(_Source(manifest=beside, image_base=sub, category=category, fallback_base=folder))
     if not sources:
-        plain = _first_manifest(folder, ("items",))
+        plain = _first_manifest(roots, folder, ("items",))
         if plain is not None:  # a plain crawl folder holding its manifest (e.g. a glob of dated folders)
             return [_manifest_source(plain)]
         raise InvalidRequest(
@@ -199,8 +221,12 @@ def _read_table(path: Path, columns: list[str], spec: DatasetSpec) -> pd.DataFra
         raise
     except pd.errors.EmptyDataError:
         raise InvalidRequest(f"manifest {path.name} is empty", field="path") from None
-    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise InvalidRequest(f"cannot read the manifest {path.name}: {exc}", field="path") from None
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read the manifest {path.name}: {exc.strerror or type(exc).__name__}",
+                             field="path") from None
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:  # the path may appear in the text
+        raise InvalidRequest(f"cannot read the manifest {path.name}: {str(exc).replace(str(path), path.name)}",
+                             field="path") from None
 
 
 def _check_columns(path: Path, found: list[str], spec: DatasetSpec) -> None:

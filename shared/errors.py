@@ -33,6 +33,21 @@ class Conflict(ImgqError):
     http_status = 409
 
 
+class RequestEntityTooLarge(ImgqError):
+    """A JSON body over IMGQ_MAX_JSON_BYTES (werkzeug's error of the same name: a multipart body over
+    IMGQ_MAX_UPLOAD_BYTES)."""
+    http_status = 413
+
+
+class RequestURITooLarge(ImgqError):
+    """A URL longer than the web front reads (werkzeug's name for the status)."""
+    http_status = 414
+
+
+class OutsideRoot(InvalidRequest):
+    """A file would be written outside the folder it belongs in (a name with '..' or a separator, or a link)."""
+
+
 class TooManyRequests(ImgqError):
     """A token over its rate or its cap on concurrent jobs; `retry_after` (seconds) becomes Retry-After."""
     http_status = 429

@@ -55,6 +55,9 @@ def create_score_job(session: Session, *, model_ref: str, pieces: Iterable[list[
             if not item_id or len(item_id) > MAX_ID_LENGTH:
                 raise InvalidRequest(f"item id must be 1-{MAX_ID_LENGTH} characters: {item_id[:50]!r}",
                                      field="id")
+            if "\x00" in item_id or "\x00" in uri:  # e.g. from a manifest; the database refuses them
+                raise InvalidRequest(f"item {item_id[:50]!r} holds a NUL byte in its id or image path",
+                                     field="id" if "\x00" in item_id else "uri")
             rows.append({"job_id": job.id, "item_id": item_id, "uri": uri, "chunk_no": total // chunk_size})
             total += 1
         if rows:

@@ -36,6 +36,13 @@ def iter_manifest(path: Path, id_column: str, image_column: str) -> Iterator[lis
         yield list(zip(ids, uris))
 
 
+def _reason(exc: BaseException, path: Path) -> str:
+    """The library's reason, with the manifest named as the client named it, never by its server path."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc).replace(str(path), path.name)
+
+
 def _check_columns(found: list[str], id_column: str, image_column: str) -> None:
     missing = [c for c in (id_column, image_column) if c not in found]
     if missing:
@@ -47,21 +54,21 @@ def _csv_pieces(path: Path, id_column: str, image_column: str, sep: str):
     try:
         header = pd.read_csv(path, sep=sep, nrows=0).columns.tolist()
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise InvalidRequest(f"cannot read the manifest: {exc}", field="manifest") from None
+        raise InvalidRequest(f"cannot read the manifest: {_reason(exc, path)}", field="manifest") from None
     _check_columns(header, id_column, image_column)
     reader = pd.read_csv(path, sep=sep, usecols=[id_column, image_column], dtype=str,
                          chunksize=PIECE_ROWS, keep_default_na=False, na_values=[""])
     try:
         yield from reader
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"cannot read the manifest: {exc}", field="manifest") from None
+        raise InvalidRequest(f"cannot read the manifest: {_reason(exc, path)}", field="manifest") from None
 
 
 def _parquet_pieces(path: Path, id_column: str, image_column: str):
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:
-        raise InvalidRequest(f"cannot read the manifest: {exc}", field="manifest") from None
+        raise InvalidRequest(f"cannot read the manifest: {_reason(exc, path)}", field="manifest") from None
     _check_columns(pf.schema_arrow.names, id_column, image_column)
     for batch in pf.iter_batches(batch_size=PIECE_ROWS, columns=[id_column, image_column]):
         yield batch.to_pandas()

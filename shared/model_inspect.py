@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import zipfile
 
 
 def load_keras_safely(path: str, *, compile: bool = False):
@@ -42,6 +43,9 @@ def describe(model) -> dict:
 def main(argv: list[str]) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    if not zipfile.is_zipfile(argv[0]):  # Keras would call it "file not found"
+        print(json.dumps({"error": "not a Keras 3 model file (a .keras file is a zip archive)"}))
+        return 3
     try:
         info = describe(load_keras_safely(argv[0]))
     except ValueError as exc:

@@ -1,8 +1,14 @@
-"""The registry of model versions: import files into the model store, resolve names, move aliases."""
+"""The registry of model versions: import files into the model store, resolve names, move aliases.
+
+Names and aliases follow shared/names.py; a version number fits its 32-bit column. A stored file's path is
+proven inside the model store (shared.paths.path_inside), and messages about a file name it as the client
+sent it, never by a server path.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -13,15 +19,19 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared import targets
-from shared.outputs import default_output_names
+from shared import names, targets
 from shared.errors import Conflict, InvalidRequest, ModelRejected, NotFound
-from shared.tables import ModelAlias, ModelVersion, utcnow
+from shared.outputs import default_output_names
+from shared.paths import path_inside
+from shared.tables import MAX_INT32, ModelAlias, ModelVersion, utcnow
+
+log = logging.getLogger(__name__)
 
 TASKS = ("regression", "classification", "keypoints")
 RESIZE_MODES = ("stretch", "letterbox")
 PIXEL_SCALES = ("unit", "raw", "symmetric")
 PRODUCTION = "production"
+MAX_VERSION = MAX_INT32  # model_versions.version is a 32-bit INTEGER
 
 
 @dataclass
@@ -94,17 +104,34 @@ def signature_of(v: ModelVersion) -> Signature:
                      target_transform=v.target_transform)
 
 
-def inspect_file(path: Path, timeout: float = 300) -> dict:
-    """Shapes of a Keras file, read in a fresh process with safe_mode on."""
+def _without_paths(text: str, path: Path, shown: str) -> str:
+    """`text` with the file's server path (and its folder) replaced by the name the client knows."""
+    for full in {str(path), str(path.resolve())}:
+        text = text.replace(full, shown)
+    for folder in {str(path.parent), str(path.resolve().parent)}:
+        text = text.replace(folder + os.sep, "").replace(folder, ".")
+    return text
+
+
+def inspect_file(path: Path, timeout: float = 300, shown: str | None = None) -> dict:
+    """Shapes of a Keras file, read in a fresh process with safe_mode on. Errors name the file as `shown`
+    (the uploaded file's name); the inspector's own output goes to the log only."""
+    shown = shown or path.name
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, "-m", "shared.model_inspect", str(path)],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "shared.model_inspect", str(path)],
+                              capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise ModelRejected(f"inspecting the model file {shown} took longer than {timeout:g} s") from None
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if not lines:
-        raise ModelRejected(f"cannot inspect the model file: {proc.stderr.strip()[-500:]}")
+        log.warning("model inspector exited with code %s on %s: %s", proc.returncode, shown,
+                    proc.stderr.strip()[-2000:])
+        raise ModelRejected(f"cannot inspect the model file {shown} (the inspector exited with code "
+                            f"{proc.returncode}); is it a Keras 3 .keras file?")
     info = json.loads(lines[-1])
     if "error" in info:
-        raise ModelRejected(info["error"])
+        raise ModelRejected(f"{shown}: {_without_paths(str(info['error']), path, shown)}")
     return info
 
 
@@ -116,32 +143,35 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def validate_name(name: str) -> str:
-    if not name or len(name) > 100 or not all(c.isalnum() or c in "-_." for c in name) or "@" in name:
-        raise InvalidRequest("model name must be 1-100 letters, digits, '-', '_' or '.'")
-    return name
+def check_version(version, field: str = "version") -> int:
+    """A version number that fits its column (1 .. 2^31-1), else InvalidRequest naming `field`."""
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
+        raise InvalidRequest(f"{field} must be a whole number from 1 to {MAX_VERSION}", field=field)
+    return version
 
 
 def import_model(session: Session, src: Path, name: str, signature: Signature, store: Path,
                  *, description: str | None = None, lineage: dict | None = None,
-                 promote: bool | None = None) -> ModelVersion:
+                 promote: bool | None = None, shown: str | None = None) -> ModelVersion:
     """Store a copy of `src` and register it as the next version of `name`.
 
-    `promote=None` makes the first version of a name its production version.
+    `promote=None` makes the first version of a name its production version. Errors name the file as
+    `shown` (e.g. the uploaded file's name; default: `src`'s own name).
     """
-    validate_name(name)
+    names.check_name(name)
+    shown = shown or src.name
     signature.validated()
     if not src.is_file():
-        raise InvalidRequest(f"model file not found: {src}")
+        raise InvalidRequest(f"model file not found: {shown}")
     if src.suffix != ".keras":
         raise ModelRejected("imgq takes Keras 3 model files (.keras)")
-    shapes = inspect_file(src)
+    shapes = inspect_file(src, shown=shown)
     signature.check_shapes(shapes)
     if signature.output_names is None:
         signature.output_names = default_output_names(signature.task, shapes["outputs"][0][1])
     digest = sha256_file(src)
     version = (session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.name == name)) or 0) + 1
-    dest = store / name / f"v{version}-{digest[:12]}.keras"
+    dest = path_inside(store, name, f"v{version}-{digest[:12]}.keras")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".tmp")
     shutil.copyfile(src, tmp)
@@ -157,17 +187,22 @@ def import_model(session: Session, src: Path, name: str, signature: Signature, s
     return row
 
 
-def parse_ref(ref: str) -> tuple[str, str | int]:
-    """'pageviews' -> (pageviews, 'production'); 'pageviews@3' -> (pageviews, 3); 'x@staging' -> alias."""
-    name, _, tag = (ref or "").partition("@")
-    validate_name(name)
+def parse_ref(ref: str, field: str = "model") -> tuple[str, str | int]:
+    """'pageviews' -> (pageviews, 'production'); 'pageviews@3' -> (pageviews, 3); 'x@staging' -> alias.
+    A bad name, alias or version number is an InvalidRequest naming `field`."""
+    if not isinstance(ref, str) or len(ref) > names.MAX_REF_LENGTH:
+        raise InvalidRequest(f"{field} must be name, name@version or name@alias, at most "
+                             f"{names.MAX_REF_LENGTH} characters", field=field)
+    name, _, tag = ref.partition("@")
+    names.check_name(name, field)
     if not tag:
         return name, PRODUCTION
-    return (name, int(tag)) if tag.isdigit() else (name, tag)
+    names.check_alias(tag, field)  # ASCII only, so isdigit() below means 0-9
+    return (name, check_version(int(tag), field)) if tag.isdigit() else (name, tag)
 
 
-def resolve(session: Session, ref: str) -> ModelVersion:
-    name, tag = parse_ref(ref)
+def resolve(session: Session, ref: str, field: str = "model") -> ModelVersion:
+    name, tag = parse_ref(ref, field)
     if isinstance(tag, int):
         row = session.scalar(select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == tag))
         if row is None:
@@ -182,6 +217,9 @@ def resolve(session: Session, ref: str) -> ModelVersion:
 
 
 def set_alias(session: Session, name: str, alias: str, version: int) -> ModelAlias:
+    names.check_name(name)
+    names.check_alias(alias)
+    check_version(version)
     target = session.scalar(select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version))
     if target is None:
         raise NotFound(f"model {name!r} has no version {version}")
@@ -197,6 +235,8 @@ def set_alias(session: Session, name: str, alias: str, version: int) -> ModelAli
 
 def rollback(session: Session, name: str, alias: str = PRODUCTION) -> ModelAlias:
     """Point the alias back where it was before its last move."""
+    names.check_name(name)
+    names.check_alias(alias)
     row = session.get(ModelAlias, (name, alias))
     if row is None:
         raise NotFound(f"model {name!r} has no alias {alias!r}")
@@ -213,6 +253,7 @@ def production_versions(session: Session) -> list[ModelVersion]:
 
 
 def list_versions(session: Session, name: str) -> list[ModelVersion]:
+    names.check_name(name)
     rows = list(session.scalars(select(ModelVersion).where(ModelVersion.name == name).order_by(ModelVersion.version)))
     if not rows:
         raise NotFound(f"no model named {name!r}")

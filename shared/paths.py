@@ -1,8 +1,14 @@
-"""Resolving user-given paths strictly inside the configured data roots."""
+"""Paths that stay inside their roots: user-given paths read from the data roots (`resolve_inside`), and every
+file written by name (`path_inside`: model store, uploads, checkpoints, training logs).
+
+Both resolve symlinks and '..' before they compare, so neither a link nor a dotted name can step outside.
+"""
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from shared.errors import OutsideRoot
 
 
 class OutsideDataRoots(ValueError):
@@ -34,3 +40,21 @@ def resolve_inside(roots: tuple[Path, ...], uri: str) -> Path:
     if inside is not None:
         return inside  # inside a root but missing: the caller reports "file not found"
     raise OutsideDataRoots(f"path outside the data roots: {uri}")
+
+
+def path_inside(root: Path, *parts: str) -> Path:
+    """`root/part/...`, resolved, proven to lie inside `root` (also resolved); else OutsideRoot.
+
+    Each part is one path component: empty parts, '.', '..', separators and NUL bytes are refused before
+    anything is resolved, and the resolved result must still be inside the root (a symlink on the way out
+    is refused too). The caller creates folders and writes files at the returned path.
+    """
+    real_root = Path(root).resolve()
+    for part in parts:
+        if not isinstance(part, str) or part in ("", ".", "..") or "\x00" in part or "/" in part \
+                or (os.altsep and os.altsep in part):
+            raise OutsideRoot(f"{part!r} cannot name a file or folder inside {real_root.name!r}")
+    dest = real_root.joinpath(*parts).resolve()
+    if parts and real_root not in dest.parents:
+        raise OutsideRoot(f"{'/'.join(parts)!r} leads outside {real_root.name!r}")
+    return dest

@@ -8,6 +8,7 @@ runs: a missed night is caught up once, not many times.
 from __future__ import annotations
 
 import copy
+import string
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -16,10 +17,10 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared import model_registry
+from shared import names
 from shared.db import get_or_404, session_scope
 from shared.errors import ImgqError, InvalidRequest
-from shared.tables import Schedule, ScheduleRun, utcnow
+from shared.tables import MAX_INT32, Schedule, ScheduleRun, utcnow
 from shared.train_jobs import create_train_job
 from shared.train_spec import Gate, TrainRequest
 
@@ -63,19 +64,37 @@ def render_request(schedule: Schedule, slot: datetime, previous: datetime | None
     return TrainRequest.model_validate(spec)
 
 
+def _check_path_pattern(path: str) -> None:
+    """Only {date:<strftime>} and {previous_date:<strftime>}: no attribute or index lookups, conversions or
+    nested fields (`{date.year:>999999999}` would build a gigabyte string each night)."""
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(path)
+                  if name is not None]
+    except ValueError as exc:
+        raise InvalidRequest(f"train.dataset.path has a bad pattern: {exc}", field="train.dataset.path") from None
+    for name, spec, conversion in fields:
+        if name not in ("date", "previous_date") or conversion or "{" in (spec or ""):
+            raise InvalidRequest("train.dataset.path may hold only {date:<strftime pattern>} and "
+                                 "{previous_date:<strftime pattern>}", field="train.dataset.path")
+
+
 def validate_schedule_train(train: dict, model_name: str) -> None:
     spec = copy.deepcopy(train)
     spec["model"] = model_name
-    try:
-        spec["dataset"]["path"] = spec["dataset"]["path"].format(date=utcnow(), previous_date=utcnow())
-    except (KeyError, ValueError, IndexError, TypeError) as exc:
-        raise InvalidRequest(f"train.dataset.path has a bad pattern: {exc}", field="train.dataset.path") from None
+    dataset = spec.get("dataset")
+    if isinstance(dataset, dict) and isinstance(dataset.get("path"), str):  # anything else: TrainRequest says why
+        _check_path_pattern(dataset["path"])
+        try:
+            dataset["path"] = dataset["path"].format(date=utcnow(), previous_date=utcnow())
+        except (KeyError, ValueError, IndexError, TypeError) as exc:
+            raise InvalidRequest(f"train.dataset.path has a bad pattern: {exc}", field="train.dataset.path") from None
     TrainRequest.model_validate(spec)
 
 
 def create_schedule(session: Session, *, name: str, cron: str, timezone_name: str, model_name: str, train: dict,
                     gate: dict | None, enabled: bool = True) -> Schedule:
-    model_registry.validate_name(model_name)
+    names.check_name(name, "name")
+    names.check_name(model_name, "model")
     validate_timing(cron, timezone_name)
     validate_schedule_train(train, model_name)
     gate = Gate.model_validate(gate or {}).model_dump()
@@ -91,6 +110,8 @@ def create_schedule(session: Session, *, name: str, cron: str, timezone_name: st
 
 
 def get_schedule(session: Session, schedule_id: int) -> Schedule:
+    if not 1 <= schedule_id <= MAX_INT32:
+        raise InvalidRequest(f"schedule id must be from 1 to {MAX_INT32}", field="schedule_id")
     return get_or_404(session, Schedule, schedule_id, "schedule")
 
 

@@ -9,6 +9,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 
+MAX_INT32 = 2**31 - 1  # the largest value of an Integer column (INTEGER is 32 bits on PostgreSQL)
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 

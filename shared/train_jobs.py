@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import uuid
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared import model_registry
+from shared import model_registry, names
 from shared.db import get_or_404
 from shared.errors import InvalidRequest
 from shared.quotas import check_active_jobs
@@ -22,8 +23,8 @@ def create_train_job(session: Session, req: TrainRequest, *, idempotency_key: st
                      max_active_jobs: int | None = None) -> Job:
     """Insert the job and its train run in the caller's transaction; the caller enqueues after commit."""
     check_active_jobs(session, token_id, max_active_jobs)
-    model_registry.validate_name(req.model)
-    parent = model_registry.resolve(session, req.base.version) if req.base.version else None
+    names.check_name(req.model, "model")
+    parent = model_registry.resolve(session, req.base.version, "base.version") if req.base.version else None
     if parent is not None and parent.task != req.task:
         raise InvalidRequest(f"cannot fine-tune a {parent.task} model for {req.task}", field="base.version")
     spec = req.model_dump(mode="json")
@@ -74,15 +75,19 @@ def _set_path(spec: dict, dotted: str, value) -> None:
     node[leaf] = value
 
 
+MAX_SWEEP_POINTS = 64
+
+
 def grid_points(grid: dict[str, list]) -> list[dict]:
+    """Every combination of the grid's values; the count is checked before any combination is built."""
     if not grid or not all(isinstance(v, list) and v for v in grid.values()):
         raise InvalidRequest("grid must map setting paths (e.g. 'optimizer.learning_rate') to non-empty lists",
                              field="grid")
+    count = math.prod(len(v) for v in grid.values())
+    if count > MAX_SWEEP_POINTS:
+        raise InvalidRequest(f"the grid has {count} points; at most {MAX_SWEEP_POINTS}", field="grid")
     keys = sorted(grid)
-    points = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
-    if len(points) > 64:
-        raise InvalidRequest(f"the grid has {len(points)} points; at most 64", field="grid")
-    return points
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
 
 def create_sweep(session: Session, base: dict, grid: dict) -> tuple[Sweep, list[Job]]:

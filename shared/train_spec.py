@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shared.names import ModelRef, Name
+
 Architecture = Literal["vgg", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "resnet50", "xception"]
 
 
@@ -27,7 +29,7 @@ class DatasetRef(Strict):
 
 class TrainBase(Strict):
     """Either an existing version to fine-tune (`version`: "pageviews" or "pageviews@3"), or an architecture."""
-    version: str | None = None
+    version: ModelRef | None = None
     architecture: Architecture | None = None
     backbone_weights: str | None = None  # a local file, inside the data roots or the model store
     width: int = Field(default=16, ge=4, le=256)  # VGG filter width
@@ -77,7 +79,7 @@ class Gate(Strict):
 
 
 class TrainRequest(Strict):
-    model: str = Field(min_length=1, max_length=100)  # the name the new version is registered under
+    model: Name  # the name the new version is registered under (a folder of the model store)
     task: Literal["regression", "classification", "keypoints"]
     dataset: DatasetRef
     base: TrainBase
@@ -95,7 +97,7 @@ class TrainRequest(Strict):
     augmentation: dict = Field(default_factory=dict)
     splits: Splits = Field(default_factory=Splits)
     mix_in: MixIn | None = None
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)  # what numpy's generators take
     gate: Gate | None = None  # set: compare with production and promote when better
     shadow_sample: int = Field(default=200, ge=0, le=100_000)
 

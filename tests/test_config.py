@@ -15,6 +15,7 @@ def test_defaults_need_no_servers(tmp_path):
     assert s.model_store == tmp_path / "models"
     assert s.upload_dir not in s.readable_roots()  # no job reads another job's uploads
     assert s.readable_roots("f00") == (*s.data_roots, s.upload_dir / "f00")
+    assert (s.max_json_bytes, s.max_upload_bytes) == (20 * 1024 ** 2, 2 * 1024 ** 3)  # two limits, apart
 
 
 def test_postgres_and_redis_urls(tmp_path):
@@ -39,6 +40,7 @@ def test_data_roots_are_a_path_list(tmp_path):
     ("IMGQ_CHUNK_SIZE", "0", "IMGQ_CHUNK_SIZE must be at least 1"),
     ("IMGQ_HEARTBEAT_TIMEOUT", "-3", "IMGQ_HEARTBEAT_TIMEOUT must be positive"),
     ("IMGQ_SWEEP_INTERVAL", "soon", "IMGQ_SWEEP_INTERVAL must be a number"),
+    ("IMGQ_MAX_JSON_BYTES", "100", "IMGQ_MAX_JSON_BYTES must be at least 1024"),
 ])
 def test_bad_values_are_named(tmp_path, name, value, message):
     with pytest.raises(ConfigError, match=message):

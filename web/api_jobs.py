@@ -9,7 +9,7 @@ from shared.errors import InvalidRequest
 from shared.train_spec import TrainRequest
 from web.auth import caller
 from web.http import created as created_response
-from web.http import json_object
+from web.http import form_fields, json_object, refuse_nul
 from web.schemas import ScoreRequest
 from web.submit import fingerprint, submit_json, submit_train, submit_upload
 
@@ -29,15 +29,21 @@ def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
     return value
 
 
-@bp.post("/score")
-def create_score_job():
-    settings = current_app.config["IMGQ_SETTINGS"]
+def _idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key") or None
     if key is not None and len(key) > 200:
         raise InvalidRequest("Idempotency-Key must be at most 200 characters", field="Idempotency-Key")
+    refuse_nul(key, "Idempotency-Key")
+    return key
+
+
+@bp.post("/score")
+def create_score_job():
+    settings = current_app.config["IMGQ_SETTINGS"]
+    key = _idempotency_key()
     if request.mimetype == "multipart/form-data":
         files = [f for name in request.files for f in request.files.getlist(name)]
-        description, created = submit_upload(settings, files, request.form.to_dict(), key, caller().token_id)
+        description, created = submit_upload(settings, files, form_fields(), key, caller().token_id)
     elif request.is_json:
         description, created = submit_json(settings, ScoreRequest.model_validate(json_object()), key,
                                            caller().token_id)
@@ -55,7 +61,7 @@ def _accepted(description: dict, created: bool):
 @bp.post("/train")
 def create_train_job():
     body = json_object("a JSON object (a train request)")
-    key = request.headers.get("Idempotency-Key") or None
+    key = _idempotency_key()
     settings = current_app.config["IMGQ_SETTINGS"]
     return _accepted(*submit_train(TrainRequest.model_validate(body), key, fingerprint(body), caller().token_id,
                                    settings.max_active_jobs))

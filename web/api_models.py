@@ -1,7 +1,8 @@
-"""HTTP endpoints for the model registry."""
+"""HTTP endpoints for the model registry. Names in the URL are checked by the registry (shared/names.py)."""
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -13,20 +14,36 @@ from shared.db import session_scope
 from shared.errors import InvalidRequest
 from shared.tables import ModelVersion
 from web.schemas import AliasRequest, ModelImportForm
-from web.http import created, json_object
+from web.http import check_tree, created, form_fields, json_object, refuse_nul
 
 bp = Blueprint("models", __name__, url_prefix="/api/v1/models")
+
+
+def _json_field(key: str, raw: str):
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise InvalidRequest(f"form field {key} is nested too deeply", field=key) from None
+    except ValueError as exc:
+        raise InvalidRequest(f"form field {key} holds invalid JSON: {exc}", field=key) from None
+    check_tree(value)
+    return value
 
 
 def _form_value(key: str, raw: str):
     """Multipart fields are text: lists may be JSON or comma-separated, objects JSON."""
     if key in ("class_names", "output_names"):
         raw = raw.strip()
-        return json.loads(raw) if raw.startswith("[") else [p.strip() for p in raw.split(",") if p.strip()]
+        return _json_field(key, raw) if raw.startswith("[") else [p.strip() for p in raw.split(",") if p.strip()]
     if key == "target_transform":
         raw = raw.strip()
-        return json.loads(raw) if raw.startswith("{") else {"kind": raw}
+        return _json_field(key, raw) if raw.startswith("{") else {"kind": raw}
     return raw
+
+
+def _shown_name(filename: str | None) -> str:
+    """How messages name the uploaded file: its own base name, never the temporary path it is saved at."""
+    return os.path.basename((filename or "").replace("\\", "/"))[:200] or "the uploaded file"
 
 
 @bp.post("")
@@ -34,11 +51,8 @@ def import_model():
     upload = request.files.get("file")
     if upload is None:
         raise InvalidRequest("send the .keras file as the multipart part 'file'", field="file")
-    try:
-        fields = {k: _form_value(k, v) for k, v in request.form.items()}
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"a form field holds invalid JSON: {exc}") from None
-    form = ModelImportForm.model_validate(fields)
+    refuse_nul(upload.filename, "file")
+    form = ModelImportForm.model_validate({k: _form_value(k, v) for k, v in form_fields().items()})
     settings = current_app.config["IMGQ_SETTINGS"]
     sig = registry.Signature(task=form.task, input_height=form.input_height, input_width=form.input_width,
                              resize_mode=form.resize_mode, pixel_scale=form.pixel_scale,
@@ -49,7 +63,8 @@ def import_model():
         upload.save(path)
         with session_scope() as s:
             row = registry.import_model(s, path, form.name, sig, settings.model_store,
-                                        description=form.description, promote=form.promote)
+                                        description=form.description, promote=form.promote,
+                                        shown=_shown_name(upload.filename))
             body = registry.version_dict(row, registry.aliases_by_version(s, form.name).get(row.id))
     return created(body, f"/api/v1/models/{form.name}/versions/{body['version']}")
 
@@ -66,13 +81,14 @@ def list_models():
 @bp.get("/<name>/versions")
 def list_versions(name: str):
     with session_scope() as s:
+        versions = registry.list_versions(s, name)
         aliases = registry.aliases_by_version(s, name)
-        return jsonify({"name": name, "versions": [registry.version_dict(v, aliases.get(v.id))
-                                                   for v in registry.list_versions(s, name)]})
+        return jsonify({"name": name, "versions": [registry.version_dict(v, aliases.get(v.id)) for v in versions]})
 
 
 @bp.get("/<name>/versions/<int:version>")
 def get_version(name: str, version: int):
+    registry.check_version(version)
     with session_scope() as s:
         row = registry.resolve(s, f"{name}@{version}")
         return jsonify(registry.version_dict(row, registry.aliases_by_version(s, name).get(row.id)))

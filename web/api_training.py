@@ -1,14 +1,17 @@
 """HTTP endpoints for sweeps and nightly schedules."""
 from __future__ import annotations
 
+import json
+
 from flask import Blueprint, jsonify
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
 
 from shared import schedules as sched
 from shared import train_jobs
 from shared.db import session_scope
 from shared.dispatch import enqueue_train
+from shared.names import Name
 from shared.tables import Schedule
 from web.http import created, json_object
 
@@ -16,18 +19,28 @@ sweeps = Blueprint("sweeps", __name__, url_prefix="/api/v1/sweeps")
 schedules = Blueprint("schedules", __name__, url_prefix="/api/v1/schedules")
 
 
+MAX_SWEEP_BYTES = 256 * 1024  # a train request is under a kilobyte; each of up to 64 jobs stores a copy
+
+
 class SweepRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     base: dict
-    grid: dict[str, list]
+    grid: dict[str, list] = Field(max_length=32)  # setting paths; their points are counted before any is built
+
+    @model_validator(mode="after")
+    def _small(self):
+        size = len(json.dumps({"base": self.base, "grid": self.grid}))
+        if size > MAX_SWEEP_BYTES:
+            raise ValueError(f"base and grid take {size} bytes as JSON; at most {MAX_SWEEP_BYTES}")
+        return self
 
 
 class ScheduleRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    name: str = Field(min_length=1, max_length=100)
-    cron: str
-    timezone: str = "UTC"
-    model: str
+    name: Name
+    cron: str = Field(min_length=1, max_length=100)
+    timezone: str = Field(default="UTC", min_length=1, max_length=64)
+    model: Name
     train: dict
     gate: dict | None = None
     enabled: bool = True

@@ -9,7 +9,8 @@ from shared import dispatch, liveness
 from shared.config import Settings, ensure_dirs
 from shared.config import settings as load
 from shared.db import session_scope
-from web import api_datasets, api_jobs, api_models, api_training, auth, errors, metrics, rate_limits
+from web import (api_datasets, api_jobs, api_models, api_training, auth, errors, metrics, rate_limits,
+                 request_checks)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -20,6 +21,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = s.max_upload_bytes
     app.json.sort_keys = False
     errors.register(app)
+    request_checks.register(app)  # URL length and NUL bytes, before anything reads the request
     auth.register(app)
     rate_limits.register(app, s)
     app.register_blueprint(api_jobs.bp)

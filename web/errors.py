@@ -1,11 +1,16 @@
-"""The one place that maps errors to HTTP responses: always JSON, always saying what is wrong."""
+"""The one place that maps errors to HTTP responses: always JSON, always saying what is wrong.
+
+A database error that a request can still provoke past validation (a value the column refuses, a row that
+conflicts with a concurrent one) is the last line of defence: a 4xx with a generic message that names no
+table, column, value or server detail; the detail goes to the log.
+"""
 from __future__ import annotations
 
 import logging
 
 from flask import Flask, jsonify
 from pydantic import ValidationError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from werkzeug.exceptions import HTTPException, default_exceptions
 
 from shared.errors import ImgqError, TooManyRequests
@@ -23,6 +28,8 @@ def _field_path(loc) -> str:
 
 
 def register(app: Flask) -> None:
+    # the request checks raise errors mapped here; registered first, they run before any other hook
+
     @app.errorhandler(ImgqError)
     def _imgq(exc: ImgqError):
         response, status = error_body(exc.http_status, type(exc).__name__, exc.message, **exc.details)
@@ -41,6 +48,23 @@ def register(app: Flask) -> None:
         # werkzeug's name for the status (RateLimitExceeded is a TooManyRequests): one vocabulary
         kind = default_exceptions.get(exc.code, type(exc)).__name__
         return error_body(exc.code or 500, kind, exc.description or exc.name)
+
+    @app.errorhandler(DataError)
+    def _bad_value(exc: DataError):
+        log.warning("a request gave the database a value it refuses: %s", exc.orig)
+        return error_body(400, "InvalidRequest", "a value in the request does not fit the database "
+                          "(too long, out of range, or holding a NUL byte)")
+
+    @app.errorhandler(OverflowError)
+    def _out_of_range(exc: OverflowError):
+        # SQLite's driver raises it (not a DBAPI error) for an integer beyond 64 bits
+        log.warning("a request gave a number out of range: %s", exc)
+        return error_body(400, "InvalidRequest", "a number in the request is out of range")
+
+    @app.errorhandler(IntegrityError)
+    def _conflict(exc: IntegrityError):
+        log.warning("a request conflicts with stored rows: %s", exc.orig)
+        return error_body(409, "Conflict", "the request conflicts with data stored meanwhile; retry it")
 
     @app.errorhandler(OperationalError)
     def _db_down(exc: OperationalError):

@@ -1,17 +1,97 @@
-"""Small request and response helpers shared by the endpoints."""
+"""Small request and response helpers shared by the endpoints.
+
+A JSON body is read only up to IMGQ_MAX_JSON_BYTES (the Content-Length is checked first, and the stream is
+capped for a body sent without one), must parse (nesting deeper than the C parser can take is a 400, not a
+RecursionError), is nested at most MAX_JSON_DEPTH deep, and holds no NUL byte in any key or string. Form fields
+hold no NUL byte either. Each refusal names where the problem is.
+"""
 from __future__ import annotations
 
-from flask import jsonify, request
+import json
 
-from shared.errors import InvalidRequest
+from flask import current_app, jsonify, request
+
+from shared.errors import InvalidRequest, RequestEntityTooLarge
+
+MAX_JSON_DEPTH = 64
+_BLOCK = 1 << 16
 
 
 def json_object(what: str = "a JSON object") -> dict:
-    """The request body as a dict, or a 400 saying what was expected."""
-    body = request.get_json(silent=True)
+    """The request body as a dict, or a 400 saying what was expected (413 over IMGQ_MAX_JSON_BYTES)."""
+    if not request.is_json:
+        raise InvalidRequest(f"the body must be {what}")
+    try:
+        body = json.loads(_body_bytes(current_app.config["IMGQ_SETTINGS"].max_json_bytes))
+    except RecursionError:
+        raise InvalidRequest(f"the JSON body is nested more than {MAX_JSON_DEPTH} levels deep") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of thousands of digits
+        raise InvalidRequest(f"the body must be {what} ({exc})") from None
     if not isinstance(body, dict):
         raise InvalidRequest(f"the body must be {what}")
+    check_tree(body)
     return body
+
+
+def _body_bytes(limit: int) -> bytes:
+    """The body, read in blocks and never more than `limit` + 1 bytes of it."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise RequestEntityTooLarge(f"the JSON body is {length} bytes; at most {limit} (IMGQ_MAX_JSON_BYTES); "
+                              "send more items as a manifest", limit=limit)
+    blocks, total = [], 0
+    while True:
+        block = request.stream.read(min(_BLOCK, limit + 1 - total))
+        if not block:
+            return b"".join(blocks)
+        blocks.append(block)
+        total += len(block)
+        if total > limit:
+            raise RequestEntityTooLarge(f"the JSON body is over {limit} bytes (IMGQ_MAX_JSON_BYTES); "
+                                  "send more items as a manifest", limit=limit)
+
+
+def _dotted(path: tuple) -> str:
+    return ".".join(str(p).replace("\x00", "\\x00") for p in path) or "body"
+
+
+def check_tree(value, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Refuse nesting deeper than `max_depth` and NUL bytes in any key or string, naming the place
+    (e.g. `items.3.id`). Iterative: no recursion however deep the value."""
+    stack = [(value, (), 1)]
+    while stack:
+        node, path, depth = stack.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                raise InvalidRequest(f"{_dotted(path)}: NUL bytes are not allowed", field=_dotted(path))
+            continue
+        if not isinstance(node, (dict, list)):
+            continue
+        if depth > max_depth:
+            raise InvalidRequest(f"the JSON body is nested more than {max_depth} levels deep (at {_dotted(path)})",
+                                 field=_dotted(path))
+        if isinstance(node, dict):
+            for key, child in node.items():
+                if "\x00" in key:
+                    raise InvalidRequest(f"{_dotted(path + (key,))}: NUL bytes are not allowed in keys",
+                                         field=_dotted(path + (key,)))
+                stack.append((child, path + (key,), depth + 1))
+        else:
+            stack.extend((child, path + (i,), depth + 1) for i, child in enumerate(node))
+
+
+def refuse_nul(value: str | None, field: str) -> None:
+    if value and "\x00" in value:
+        raise InvalidRequest(f"{field}: NUL bytes are not allowed", field=field)
+
+
+def form_fields() -> dict[str, str]:
+    """The multipart or urlencoded text fields (the first value of each), none holding a NUL byte."""
+    fields = request.form.to_dict()
+    for key, value in fields.items():
+        refuse_nul(key, "form field name")
+        refuse_nul(value, key)
+    return fields
 
 
 def created(body: dict, location: str, status: int = 201, **headers):

@@ -1,11 +1,19 @@
-"""Request bodies, validated with pydantic (extra fields are refused, so typos are caught)."""
+"""Request bodies, validated with pydantic (extra fields are refused, so typos are caught).
+
+Every string is bounded by its column (or by a small multiple of any sane value), every name follows
+shared/names.py, and every integer that reaches a column fits it.
+"""
 from __future__ import annotations
 
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from shared.model_registry import MAX_VERSION
+from shared.names import ModelRef, Name
+
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=500)]
+Column = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 MAX_INLINE_ITEMS = 10_000
 
 
@@ -17,11 +25,11 @@ class Item(BaseModel):
 
 class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    model: Annotated[str, StringConstraints(min_length=1, max_length=120)]
+    model: ModelRef
     items: list[Item] | None = Field(default=None, max_length=MAX_INLINE_ITEMS)
     manifest: Annotated[str, StringConstraints(min_length=1, max_length=4000)] | None = None
-    id_column: str = "id"
-    image_column: str = "image"
+    id_column: Column = "id"
+    image_column: Column = "image"
     cache: bool = True
 
     @model_validator(mode="after")
@@ -35,13 +43,13 @@ class ScoreRequest(BaseModel):
 
 class AliasRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_VERSION)
 
 
 class ModelImportForm(BaseModel):
     """The multipart fields of POST /api/v1/models (the file itself is the `file` part)."""
     model_config = ConfigDict(extra="forbid")
-    name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    name: Name
     task: str
     input_size: int | None = Field(default=None, ge=8, le=4096)
     input_height: int | None = Field(default=None, ge=8, le=4096)

@@ -21,7 +21,7 @@ from shared.db import session_scope
 from shared.dispatch import enqueue_chunks, enqueue_train
 from shared.errors import InvalidRequest
 from shared.manifests import iter_manifest
-from shared.paths import OutsideDataRoots, resolve_inside
+from shared.paths import OutsideDataRoots, path_inside, resolve_inside
 from shared.tables import Job
 from shared.train_jobs import create_train_job
 from shared.train_spec import TrainRequest
@@ -107,14 +107,16 @@ def submit_upload(settings: Settings, files: list[FileStorage], form: dict,
     names = [f.filename or "" for f in files]
     if any(not n for n in names):
         raise InvalidRequest("every uploaded file needs a file name (it becomes the item id)", field="files")
+    if any("\x00" in n for n in names):
+        raise InvalidRequest("an uploaded file name holds a NUL byte", field="files")
     if len(set(names)) != len(names):
         raise InvalidRequest("uploaded file names must be unique (they are the item ids)", field="files")
-    folder = settings.upload_dir / uuid.uuid4().hex
+    folder = path_inside(settings.upload_dir, uuid.uuid4().hex)
     folder.mkdir(parents=True)
     try:
         items, hashes = [], []
         for i, (name, storage) in enumerate(zip(names, files)):
-            path = folder / f"{i:06d}-{secure_filename(name) or 'file'}"
+            path = path_inside(folder, f"{i:06d}-{secure_filename(name) or 'file'}")
             hashes.append(_save_upload(storage, path))
             items.append((name, str(path)))
         fp = fingerprint({"model": model_ref, "cache": use_cache, "files": list(zip(names, hashes))})

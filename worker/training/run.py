@@ -24,6 +24,7 @@ from shared.config import settings as load_settings
 from shared.db import retry_on_outage, session_scope
 from shared.errors import ImgqError
 from shared.imaging import Preprocessing
+from shared.paths import path_inside
 from shared.tables import Job, ModelVersion, ScheduleRun, TrainRun, utcnow
 from shared.train_spec import TrainRequest
 from worker.training import lifecycle as life
@@ -248,7 +249,7 @@ def train(job_id: str, attempt: int | None = None) -> None:
     retry_on_outage(hb.beat, within=OUTAGE_PATIENCE)
 
     # each attempt checkpoints into a folder of its own: a superseded attempt never deletes the live one's files
-    folder = settings.data_dir / "checkpoints" / job_id / f"attempt-{attempt or 0}"
+    folder = path_inside(settings.data_dir, "checkpoints", job_id, f"attempt-{attempt or 0}")
     folder.mkdir(parents=True, exist_ok=True)
     resumed = checkpoint_epoch > 0 and checkpoint_path and Path(checkpoint_path).is_file()
     if resumed:

@@ -14,6 +14,7 @@ import time
 
 from shared.config import Settings
 from shared.db import session_scope
+from shared.paths import path_inside
 from worker.training import lifecycle as life
 
 log = logging.getLogger(__name__)
@@ -28,9 +29,8 @@ def run_train_job(job_id: str, *, worker: str, settings: Settings) -> str:
     if isinstance(claimed, str):
         log.info("train job %s skipped: %s", job_id, claimed)
         return claimed
-    logs = settings.data_dir / "train-logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    log_path = logs / f"{job_id}.log"
+    log_path = path_inside(settings.data_dir, "train-logs", f"{job_id}.log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
         out.write(f"\n--- attempt {attempt} on {worker}\n".encode())
         out.flush()
