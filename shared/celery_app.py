@@ -17,6 +17,7 @@ SCORE_CHUNK_TASK = "imgq.score_chunk"
 TRAIN_TASK = "imgq.train"
 SWEEP_TASK = "imgq.sweep"
 SCHEDULE_TICK_TASK = "imgq.schedule_tick"
+IMPORT_MODEL_TASK = "imgq.import_model"
 
 
 def make_celery(s: Settings) -> Celery:
@@ -30,7 +31,8 @@ def make_celery(s: Settings) -> Celery:
         task_queues=[Queue(SCORE_QUEUE), Queue(TRAIN_QUEUE), Queue(MAINTENANCE_QUEUE)],
         task_default_queue=SCORE_QUEUE,
         task_routes={SCORE_CHUNK_TASK: {"queue": SCORE_QUEUE}, TRAIN_TASK: {"queue": TRAIN_QUEUE},
-                     SWEEP_TASK: {"queue": MAINTENANCE_QUEUE}, SCHEDULE_TICK_TASK: {"queue": MAINTENANCE_QUEUE}},
+                     SWEEP_TASK: {"queue": MAINTENANCE_QUEUE}, SCHEDULE_TICK_TASK: {"queue": MAINTENANCE_QUEUE},
+                     IMPORT_MODEL_TASK: {"queue": MAINTENANCE_QUEUE}},
         # At-least-once delivery; idempotent writes make a second delivery harmless.
         task_acks_late=True,
         task_reject_on_worker_lost=True,

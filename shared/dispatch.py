@@ -1,13 +1,15 @@
-"""Putting committed chunks on the queue (the outbox's relay). Never called inside a transaction."""
+"""Putting committed chunks, train runs and model imports on the queue (the outbox's relay). Never called inside
+a transaction."""
 from __future__ import annotations
 
 import logging
 
 from sqlalchemy import update
 
-from shared.celery_app import SCORE_CHUNK_TASK, SCORE_QUEUE, TRAIN_QUEUE, TRAIN_TASK, app
+from shared.celery_app import (IMPORT_MODEL_TASK, MAINTENANCE_QUEUE, SCORE_CHUNK_TASK, SCORE_QUEUE, TRAIN_QUEUE,
+                               TRAIN_TASK, app)
 from shared.db import session_scope
-from shared.tables import Chunk, TrainRun, utcnow
+from shared.tables import Chunk, Job, TrainRun, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,24 @@ def enqueue_train(job_ids: list[str]) -> int:
         with session_scope() as s:
             s.execute(update(TrainRun).where(TrainRun.job_id.in_(sent), TrainRun.state.in_(("pending", "queued")))
                       .values(state="queued", enqueued_at=utcnow()))
+    return len(sent)
+
+
+def enqueue_imports(job_ids: list[str]) -> int:
+    """Send one import task per job to the maintenance queue, then record when; a job the broker did not take
+    is sent later by the sweeper."""
+    sent: list[str] = []
+    try:
+        with app.producer_or_acquire() as producer:
+            for job_id in job_ids:
+                app.send_task(IMPORT_MODEL_TASK, args=[job_id], queue=MAINTENANCE_QUEUE, producer=producer)
+                sent.append(job_id)
+    except Exception:
+        log.exception("could not enqueue import jobs %s; the sweeper will retry", job_ids)
+    if sent:
+        with session_scope() as s:
+            s.execute(update(Job).where(Job.id.in_(sent), Job.status.in_(("queued", "running")))
+                      .values(enqueued_at=utcnow()))
     return len(sent)
 
 

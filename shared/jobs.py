@@ -1,4 +1,4 @@
-"""Score jobs as the web front sees them: create (outbox first), cancel, describe, list, results."""
+"""Jobs as the web front sees them: create score jobs (outbox first), cancel, describe, list, results."""
 from __future__ import annotations
 
 import csv
@@ -11,7 +11,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared import model_registry
+from shared import model_imports, model_registry
 from shared.db import get_or_404
 from shared.errors import Forbidden, InvalidRequest, NotFound, Unprocessable
 from shared.outputs import output_columns
@@ -129,6 +129,10 @@ def describe(session: Session, job: Job) -> dict:
     if job.kind == "train":
         common["links"]["metrics"] = f"/api/v1/jobs/{job.id}/metrics"
         return {**common, **describe_train(session, job, session.get(TrainRun, job.id))}
+    if job.kind == model_imports.KIND:
+        described = model_imports.describe_import(session, job)
+        common["links"].update(described.pop("links"))
+        return {**common, **described}
     version = session.get(ModelVersion, job.model_version_id)
     chunk_states = dict(session.execute(
         select(Chunk.state, func.count()).where(Chunk.job_id == job.id).group_by(Chunk.state)).all())
@@ -164,10 +168,10 @@ def list_jobs(session: Session, *, status: str | None, model: str | None, kind: 
         q = q.where(Job.status == status)
     if kind:
         q = q.where(Job.kind == kind)
-    if model:  # score jobs by the version they use, train jobs by the name they train
+    if model:  # score jobs by the version they use, train and import jobs by the name they make
         name, _, _ = model.partition("@")
         q = q.outerjoin(ModelVersion, ModelVersion.id == Job.model_version_id).where(
-            (ModelVersion.name == name) | ((Job.kind == "train") & (Job.model_ref == name)))
+            (ModelVersion.name == name) | (Job.kind.in_(("train", model_imports.KIND)) & (Job.model_ref == name)))
     if before:
         anchor = session.get(Job, before)
         if anchor is None:

@@ -152,11 +152,13 @@ def check_version(version, field: str = "version") -> int:
 
 def import_model(session: Session, src: Path, name: str, signature: Signature, store: Path,
                  *, description: str | None = None, lineage: dict | None = None,
-                 promote: bool | None = None, shown: str | None = None) -> ModelVersion:
+                 promote: bool | None = None, shown: str | None = None, shapes: dict | None = None) -> ModelVersion:
     """Store a copy of `src` and register it as the next version of `name`.
 
     `promote=None` makes the first version of a name its production version. Errors name the file as
-    `shown` (e.g. the uploaded file's name; default: `src`'s own name).
+    `shown` (e.g. the uploaded file's name; default: `src`'s own name). `shapes`: what `inspect_file` said of
+    `src`, when the caller inspected it outside its transaction (shared/model_imports.py); else it is inspected
+    here.
     """
     names.check_name(name)
     shown = shown or src.name
@@ -165,7 +167,7 @@ def import_model(session: Session, src: Path, name: str, signature: Signature, s
         raise InvalidRequest(f"model file not found: {shown}")
     if src.suffix != ".keras":
         raise ModelRejected("imgq takes Keras 3 model files (.keras)")
-    shapes = inspect_file(src, shown=shown)
+    shapes = shapes if shapes is not None else inspect_file(src, shown=shown)
     signature.check_shapes(shapes)
     if signature.output_names is None:
         signature.output_names = default_output_names(signature.task, shapes["outputs"][0][1])

@@ -88,7 +88,7 @@ class Job(Base):
                       Index("ix_jobs_token_status", "token_id", "status"))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(20))  # score
+    kind: Mapped[str] = mapped_column(String(20))  # score, train, import
     status: Mapped[str] = mapped_column(String(20))  # queued running succeeded failed canceled
     # score: the version used; train: the parent version (None when training an architecture from scratch)
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"), nullable=True)
@@ -111,6 +111,8 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # import jobs: when their task was last sent (the outbox; None: committed but not sent yet)
+    enqueued_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class JobItem(Base):

@@ -194,12 +194,17 @@ def embedded_stack(tmp_path_factory):
 
 
 def import_model_http(stack, file: Path, name: str, **fields) -> dict:
-    import requests
-
+    """POST the file (202 and an import job), wait for the maintenance worker to import it, and return the new
+    version as GET /api/v1/models/<name>/versions/<n> describes it."""
     data = {"name": name, "task": "regression", "input_size": "32", **fields}
     with open(file, "rb") as fh:
         resp = stack.http.post(stack.url("/api/v1/models"), data=data, files={"file": (file.name, fh)}, timeout=120)
-    assert resp.status_code == 201, resp.text
+    assert resp.status_code == 202, resp.text
+    job = stack.wait_job(resp.json()["id"], timeout=300)
+    assert job["status"] == "succeeded", job
+    _, _, version = job["model"]["result"].partition("@")
+    resp = stack.http.get(stack.url(f"/api/v1/models/{name}/versions/{version}"), timeout=10)
+    assert resp.status_code == 200, resp.text
     return resp.json()
 
 

@@ -92,7 +92,11 @@ def test_model_import_errors(stack, model_files):
     with open(model_files["unsafe"], "rb") as fh:
         resp = post(stack, "/api/v1/models", data={"name": "evil", "task": "regression", "input_size": "32"},
                     files={"file": ("unsafe.keras", fh)})
-    assert resp.status_code == 422 and "arbitrary Python code" in resp.json()["error"]["message"]
+    assert resp.status_code == 202 and resp.json()["kind"] == "import", resp.text
+    job = stack.wait_job(resp.json()["id"])  # the maintenance worker inspects the file and refuses it
+    assert job["status"] == "failed" and job["model"]["result"] is None, job
+    assert "arbitrary Python code" in job["error"] and job["error"].startswith("unsafe.keras"), job["error"]
+    assert str(stack.data.parent) not in json.dumps(job) and ".staging" not in json.dumps(job)  # no server path
     with open(model_files["regression"], "rb") as fh:
         resp = post(stack, "/api/v1/models", data={"name": "m2", "task": "regression"},
                     files={"file": ("r.keras", fh)})

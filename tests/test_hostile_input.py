@@ -1,6 +1,7 @@
 """A generated corpus of hostile requests through the app factory, on SQLite and PostgreSQL: each gets its
 documented 4xx and the JSON error body (or, for a problem with one item, a 202 now and an item error when a
-worker scores it: see the score_items tests below), nothing answers 5xx, nothing names a server path or a file
+worker scores it: see the score_items tests below; for a bad model file, a 202 now and an import job that fails
+with the reason), nothing answers 5xx, nothing names a server path or a file
 outside the data roots, and the model and job stored before the corpus are unchanged after it.
 
 The database is shared by the whole module (one per backend), so the corpus runs against state stored first.
@@ -193,8 +194,23 @@ def nothing_beyond_the_store(resp, c):
     assert not stray, stray
 
 
-def names_only_the_upload(resp, c):
-    assert "garbage.keras" in resp.json["error"]["message"]
+def import_fails_naming_only_the_upload(*texts):
+    """The import job a 202 created, run as the maintenance worker runs it: it fails with a reason that names the
+    uploaded file and no server path, and stores nothing."""
+    def check(resp, c):
+        from shared.config import settings
+        from shared.model_imports import run_import, staging_path
+
+        job_id = resp.json["id"]
+        assert resp.json["kind"] == "import" and resp.headers["Location"] == f"/api/v1/jobs/{job_id}"
+        assert run_import(job_id, settings()) == "failed"
+        job = c.client.get(f"/api/v1/jobs/{job_id}").json
+        assert job["status"] == "failed" and job["model"]["result"] is None, job
+        assert all(text in job["error"] for text in texts), job["error"]
+        assert str(c.store) not in json.dumps(job) and ".staging" not in json.dumps(job), job
+        assert not staging_path(c.store, job_id).exists()
+        assert c.client.get(f"/api/v1/models/{resp.json['model']['name']}/versions").status_code == 404
+    return check
 
 
 def lists_nothing_in_etc(resp, c):
@@ -321,11 +337,12 @@ CASES = [
     # uploads: accepted; each file is scored or becomes its item's error (score_items tests below)
     *[Case(f"upload-of-{name.replace('.', '-')}", upload(name), 202) for name in hostile_images()],
     Case("upload-of-every-hostile-file-at-once", upload(*hostile_images()), 202),
-    # model files
-    Case("model-file-asking-for-code-is-422", import_model("evil", file="unsafe"), 422,
-         text="arbitrary Python code"),
-    Case("garbage-model-file-is-422-naming-only-the-upload",
-         import_model("garbage", data=os.urandom(4096), filename="garbage.keras"), 422, check=names_only_the_upload),
+    # model files: accepted as an import job (202), which then fails with the reason
+    Case("model-file-asking-for-code-is-an-import-job-that-fails", import_model("evil", file="unsafe"), 202,
+         check=import_fails_naming_only_the_upload("m.keras", "arbitrary Python code")),
+    Case("garbage-model-file-is-an-import-job-that-fails-naming-only-the-upload",
+         import_model("garbage", data=os.urandom(4096), filename="garbage.keras"), 202,
+         check=import_fails_naming_only_the_upload("garbage.keras")),
     Case("model-class-names-nested-too-deeply",
          import_model("deep", class_names=deep(5000), task="classification"), 400, "class_names"),
 ]
@@ -394,7 +411,10 @@ def baseline(db_url, tmp_path_factory, model_files):
         with open(model_files["regression"], "rb") as fh:
             resp = client.post("/api/v1/models", content_type="multipart/form-data", data={
                 "name": BASELINE_MODEL, "task": "regression", "input_size": "32", "file": (fh, "r.keras")})
-        assert resp.status_code == 201, resp.json
+        assert resp.status_code == 202, resp.json
+        from shared.model_imports import run_import
+
+        assert run_import(resp.json["id"], s) == "succeeded"  # as the maintenance worker would
         (home / "data" / "kept.jpg").write_bytes(hostile_images()["ok.jpg"])
         resp = client.post("/api/v1/jobs/score", json={"model": BASELINE_MODEL,
                                                        "items": [{"id": "kept", "uri": "kept.jpg"}]})

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from pathlib import Path
 
 from flask import Blueprint, current_app, jsonify, request
 from sqlalchemy import func, select
@@ -13,8 +11,10 @@ from shared import model_registry as registry
 from shared.db import session_scope
 from shared.errors import InvalidRequest
 from shared.tables import ModelVersion
-from web.schemas import AliasRequest, ModelImportForm
+from web.auth import caller
 from web.http import check_tree, created, form_fields, json_object, refuse_nul
+from web.schemas import AliasRequest, ModelImportForm
+from web.submit import submit_import
 
 bp = Blueprint("models", __name__, url_prefix="/api/v1/models")
 
@@ -48,25 +48,20 @@ def _shown_name(filename: str | None) -> str:
 
 @bp.post("")
 def import_model():
+    """202 with an import job: the maintenance worker inspects and registers the file (GET /api/v1/jobs/<id>)."""
     upload = request.files.get("file")
     if upload is None:
         raise InvalidRequest("send the .keras file as the multipart part 'file'", field="file")
     refuse_nul(upload.filename, "file")
     form = ModelImportForm.model_validate({k: _form_value(k, v) for k, v in form_fields().items()})
-    settings = current_app.config["IMGQ_SETTINGS"]
     sig = registry.Signature(task=form.task, input_height=form.input_height, input_width=form.input_width,
                              resize_mode=form.resize_mode, pixel_scale=form.pixel_scale,
                              output_names=form.output_names, class_names=form.class_names,
                              target_transform=form.target_transform)
-    with tempfile.TemporaryDirectory(dir=settings.model_store) as tmp:
-        path = Path(tmp) / "upload.keras"
-        upload.save(path)
-        with session_scope() as s:
-            row = registry.import_model(s, path, form.name, sig, settings.model_store,
-                                        description=form.description, promote=form.promote,
-                                        shown=_shown_name(upload.filename))
-            body = registry.version_dict(row, registry.aliases_by_version(s, form.name).get(row.id))
-    return created(body, f"/api/v1/models/{form.name}/versions/{body['version']}")
+    body = submit_import(current_app.config["IMGQ_SETTINGS"], upload, name=form.name, signature=sig,
+                         shown=_shown_name(upload.filename), description=form.description, promote=form.promote,
+                         token_id=caller().token_id)
+    return created(body, body["links"]["self"], 202)
 
 
 @bp.get("")

@@ -1,7 +1,8 @@
-"""Turning a score request (JSON items, a manifest, or uploaded files) into a committed job.
+"""Turning a score request (JSON items, a manifest, or uploaded files), a train request or a model upload into a
+committed job.
 
-The job, its items and its chunks are committed first; only then are the chunks enqueued
-(the outbox pattern: if enqueueing fails, the sweeper sends them later).
+The job (and its items and chunks, or its staged model file) is committed first; only then is it enqueued
+(the outbox pattern: if enqueueing fails, the sweeper sends it later).
 """
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ from sqlalchemy.exc import IntegrityError
 from werkzeug.datastructures import FileStorage
 from werkzeug.utils import secure_filename
 
-from shared import jobs
+from shared import jobs, model_imports
 from shared.config import Settings
 from shared.db import session_scope
-from shared.dispatch import enqueue_chunks, enqueue_train
+from shared.dispatch import enqueue_chunks, enqueue_imports, enqueue_train
 from shared.errors import InvalidRequest
 from shared.manifests import iter_manifest
+from shared.model_registry import Signature
 from shared.paths import OutsideDataRoots, path_inside, resolve_inside
 from shared.tables import Job
 from shared.train_jobs import create_train_job
@@ -143,3 +145,24 @@ def submit_train(req: TrainRequest, idempotency_key: str | None, request_fingerp
     enqueue_train([job_id])
     with session_scope() as s:
         return jobs.describe(s, s.get(Job, job_id)), True
+
+
+def submit_import(settings: Settings, upload: FileStorage, *, name: str, signature: Signature, shown: str,
+                  description: str | None, promote: bool | None, token_id: int | None = None) -> dict:
+    """Stream the model file to its staging place in the model store, commit an import job, then send it to the
+    maintenance worker (which inspects and registers it). Returns the job's description."""
+    job_id = model_imports.new_job_id()
+    signature.validated()  # a bad signature is a 400 before anything is written
+    staged = model_imports.staging_path(settings.model_store, job_id)
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _save_upload(upload, staged)
+        with session_scope() as s:
+            model_imports.create_import_job(s, job_id, name=name, signature=signature, shown=shown,
+                                            description=description, promote=promote, token_id=token_id)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    enqueue_imports([job_id])
+    with session_scope() as s:
+        return jobs.describe(s, s.get(Job, job_id))

@@ -8,6 +8,9 @@
 - running chunks whose heartbeat stopped are taken back (chunk_lifecycle.take_back) and sent again;
   so are chunks whose message a worker took and never started (it died in between);
 - train runs likewise;
+- import jobs committed but never sent, or sent over `requeue_after` ago and not final, are sent (again: the
+  import task skips a final job and finishes a job once, shared/model_imports.py); their staging files left
+  by a crash are removed after `orphan_upload_after`;
 - jobs whose chunks are all finished are closed;
 - upload folders of jobs finished over `upload_retention` ago, and folders no job owns (an upload cut
   off by a web crash) older than `orphan_upload_after`, are removed;
@@ -27,7 +30,7 @@ from sqlalchemy import func, select
 
 from shared.celery_app import SCORE_QUEUE, TRAIN_QUEUE
 from shared.config import Settings
-from shared import liveness
+from shared import liveness, model_imports
 from shared.db import session_scope
 from shared.jobs import FINAL
 from shared.tables import Chunk, Job, TrainRun, utcnow
@@ -38,9 +41,10 @@ SEND_GRACE_SECONDS = 10.0  # the web front sends right after commit; give it tha
 
 
 def sweep(settings: Settings, enqueue, enqueue_train=None,
-          queue_depth: Callable[[str], int | None] | None = None) -> dict:
-    """`enqueue(job_id, chunk_nos)` sends score tasks, `enqueue_train(job_ids)` train tasks, both after the
-    database work is committed; `queue_depth(queue)` counts a queue's messages (None: unknown)."""
+          queue_depth: Callable[[str], int | None] | None = None, enqueue_imports=None) -> dict:
+    """`enqueue(job_id, chunk_nos)` sends score tasks, `enqueue_train(job_ids)` train tasks and
+    `enqueue_imports(job_ids)` import tasks, all after the database work is committed; `queue_depth(queue)`
+    counts a queue's messages (None: unknown)."""
     now = utcnow()
     depth = queue_depth or (lambda _queue: None)
     to_send, given_up = _take_back_dead_chunks(settings, now)
@@ -51,7 +55,11 @@ def sweep(settings: Settings, enqueue, enqueue_train=None,
     trains = _sweep_train_runs(settings, now, depth(TRAIN_QUEUE))
     if trains and enqueue_train is not None:
         sent += enqueue_train(trains)
+    imports = _unsent_imports(settings, now)
+    if imports and enqueue_imports is not None:
+        sent += enqueue_imports(imports)
     removed = remove_old_uploads(settings)
+    model_imports.remove_stale_staging(settings, settings.orphan_upload_after)
     stats = {"sent": sent, "given_up": given_up, "closed": closed, "uploads_removed": removed}
     with session_scope() as session:
         liveness.record_beat(session, liveness.SWEEPER, now, stats)
@@ -136,6 +144,16 @@ def _sweep_train_runs(settings: Settings, now, depth: int | None) -> list[str]:
             elif job_id in lost or enqueued_at < now - timedelta(seconds=settings.requeue_after):
                 out.append(job_id)
     return out
+
+
+def _unsent_imports(settings: Settings, now) -> list[str]:
+    """Import jobs never sent (after the web front's grace), or sent over `requeue_after` ago and still open
+    (the broker lost the message, or the worker died and nothing redelivered it)."""
+    with session_scope() as session:
+        return list(session.scalars(select(Job.id).where(
+            Job.kind == model_imports.KIND, Job.status.in_(model_imports.OPEN),
+            (Job.enqueued_at.is_(None) & (Job.created_at < now - timedelta(seconds=SEND_GRACE_SECONDS)))
+            | (Job.enqueued_at < now - timedelta(seconds=settings.requeue_after)))))
 
 
 def remove_old_uploads(settings: Settings) -> int:

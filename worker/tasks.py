@@ -1,4 +1,4 @@
-"""Celery tasks: thin wrappers over worker.run_chunk and worker.sweeper.
+"""Celery tasks: thin wrappers over worker.run_chunk, worker.sweeper and shared.model_imports.
 
 This module is imported by the worker's main process, which forks the pool: it must not
 import TensorFlow. Models are loaded in each pool process after the fork (worker_process_init).
@@ -14,9 +14,9 @@ import time
 from celery.exceptions import Reject
 from celery.signals import task_received, worker_process_init
 
-from shared.celery_app import SCHEDULE_TICK_TASK, SCORE_CHUNK_TASK, SWEEP_TASK, TRAIN_TASK, app
+from shared.celery_app import IMPORT_MODEL_TASK, SCHEDULE_TICK_TASK, SCORE_CHUNK_TASK, SWEEP_TASK, TRAIN_TASK, app
 from shared.config import settings
-from shared.dispatch import enqueue_chunks, enqueue_train, queue_depth
+from shared.dispatch import enqueue_chunks, enqueue_imports, enqueue_train, queue_depth
 
 log = logging.getLogger(__name__)
 _models = None
@@ -119,13 +119,22 @@ def train(self, job_id: str) -> str:
     return run_train_job(job_id, worker=worker, settings=settings())
 
 
+@app.task(name=IMPORT_MODEL_TASK, bind=True)
+@requeue_on_outage
+def import_model(self, job_id: str) -> str:
+    """On the maintenance queue: the file is inspected in a subprocess, so this process loads no TensorFlow."""
+    from shared.model_imports import run_import
+
+    return run_import(job_id, settings())
+
+
 @app.task(name=SWEEP_TASK)
 def sweep() -> dict | None:
     from shared.db import is_outage
     from worker.sweeper import sweep as run_sweep
 
     try:
-        return run_sweep(settings(), enqueue_chunks, enqueue_train, queue_depth)
+        return run_sweep(settings(), enqueue_chunks, enqueue_train, queue_depth, enqueue_imports)
     except Exception as exc:
         if not is_outage(exc):
             raise

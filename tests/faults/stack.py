@@ -111,7 +111,9 @@ def register_model(stack: LocalStack, file: Path, name: str | None = None) -> st
         resp = stack.http.post(stack.url("/api/v1/models"), files={"file": (file.name, fh)}, timeout=120,
                              data={"name": name, "task": "regression", "input_size": "32",
                                    "target_transform": "log1p", "output_names": "pageviews"})
-    assert resp.status_code == 201, resp.text
+    assert resp.status_code == 202, resp.text
+    job = stack.wait_job(resp.json()["id"])
+    assert job["status"] == "succeeded", job
     return name
 
 
