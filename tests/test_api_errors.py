@@ -5,7 +5,6 @@ import json
 import uuid
 
 import pytest
-import requests
 
 from conftest import import_model_http, write_jpeg
 

@@ -5,7 +5,6 @@ import uuid
 from datetime import datetime, timezone
 
 import pytest
-import requests
 from sqlalchemy import func, select
 
 from shared import schedules

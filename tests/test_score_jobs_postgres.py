@@ -8,7 +8,6 @@ import uuid
 import numpy as np
 import pandas as pd
 import pytest
-import requests
 from sqlalchemy import func, select
 
 from conftest import expected_scores, import_model_http, write_jpeg

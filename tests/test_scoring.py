@@ -155,7 +155,7 @@ def test_an_item_whose_read_hangs_becomes_its_error_and_the_rest_score(tmp_path,
     items = catalog(tmp_path, 10, bad=False)
     os.mkfifo(tmp_path / "stuck.jpg")  # opening it blocks until a writer comes: none will
     items.insert(3, ("stuck", str(tmp_path / "stuck.jpg")))
-    written, lookups = [], []
+    written = []
     opts = ScoreOptions(roots=(tmp_path,), batch_size=4, max_pixels=10_000_000, max_bytes=10_000_000, threads=2,
                         read_timeout=1.0)
     started = time.monotonic()

@@ -6,7 +6,6 @@ import uuid
 import numpy as np
 import pandas as pd
 import pytest
-import requests
 from PIL import Image, ImageDraw
 from sqlalchemy import func, select
 

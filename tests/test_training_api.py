@@ -3,7 +3,6 @@ import time
 import uuid
 
 import pytest
-import requests
 
 from conftest import import_model_http, write_jpeg
 

@@ -11,7 +11,6 @@ import re
 import time
 
 import pytest
-import requests
 from sqlalchemy import func, select
 
 from shared.db import session_scope
