@@ -34,16 +34,22 @@ def enqueue_chunks(job_id: str, chunk_nos: list[int]) -> int:
     return len(sent)
 
 
-def enqueue_train(job_ids: list[str]) -> int:
-    """Send one train task per job; a job the broker did not take is sent later by the sweeper."""
+def _send_each(task: str, queue: str, job_ids: list[str], what: str) -> list[str]:
+    """Send `task(job_id)` per job; returns the ids the broker took (the sweeper sends the rest later)."""
     sent: list[str] = []
     try:
         with app.producer_or_acquire() as producer:
             for job_id in job_ids:
-                app.send_task(TRAIN_TASK, args=[job_id], queue=TRAIN_QUEUE, producer=producer)
+                app.send_task(task, args=[job_id], queue=queue, producer=producer)
                 sent.append(job_id)
     except Exception:
-        log.exception("could not enqueue train jobs %s; the sweeper will retry", job_ids)
+        log.exception("could not enqueue %s jobs %s; the sweeper will retry", what, job_ids)
+    return sent
+
+
+def enqueue_train(job_ids: list[str]) -> int:
+    """Send one train task per job, then record when."""
+    sent = _send_each(TRAIN_TASK, TRAIN_QUEUE, job_ids, "train")
     if sent:
         with session_scope() as s:
             s.execute(update(TrainRun).where(TrainRun.job_id.in_(sent), TrainRun.state.in_(("pending", "queued")))
@@ -52,16 +58,8 @@ def enqueue_train(job_ids: list[str]) -> int:
 
 
 def enqueue_imports(job_ids: list[str]) -> int:
-    """Send one import task per job to the maintenance queue, then record when; a job the broker did not take
-    is sent later by the sweeper."""
-    sent: list[str] = []
-    try:
-        with app.producer_or_acquire() as producer:
-            for job_id in job_ids:
-                app.send_task(IMPORT_MODEL_TASK, args=[job_id], queue=MAINTENANCE_QUEUE, producer=producer)
-                sent.append(job_id)
-    except Exception:
-        log.exception("could not enqueue import jobs %s; the sweeper will retry", job_ids)
+    """Send one import task per job to the maintenance queue, then record when."""
+    sent = _send_each(IMPORT_MODEL_TASK, MAINTENANCE_QUEUE, job_ids, "import")
     if sent:
         with session_scope() as s:
             s.execute(update(Job).where(Job.id.in_(sent), Job.status.in_(("queued", "running")))
