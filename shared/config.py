@@ -29,7 +29,7 @@ def _int(env: dict, name: str, default: int, minimum: int = 1) -> int:
     return value
 
 
-def _float(env: dict, name: str, default: float) -> float:
+def _float(env: dict, name: str, default: float, zero_allowed: bool = False) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -37,8 +37,8 @@ def _float(env: dict, name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{name} must be positive, got {value}")
+    if value < 0 or (value == 0 and not zero_allowed) or value != value:
+        raise ConfigError(f"{name} must be {'zero or ' if zero_allowed else ''}positive, got {value}")
     return value
 
 
@@ -79,6 +79,7 @@ class Settings:
     upload_dir: Path
     model_store: Path
     chunk_size: int
+    chain_seconds: float
     batch_size: int
     decode_threads: int
     max_image_pixels: int
@@ -148,6 +149,7 @@ def load_settings(env: dict | None = None) -> Settings:
         upload_dir=Path(env.get("IMGQ_UPLOAD_DIR") or data_dir / "uploads").expanduser().resolve(),
         model_store=Path(env.get("IMGQ_MODEL_STORE") or data_dir / "models").expanduser().resolve(),
         chunk_size=_int(env, "IMGQ_CHUNK_SIZE", 256),
+        chain_seconds=_float(env, "IMGQ_CHAIN_SECONDS", 60.0, zero_allowed=True),
         batch_size=_int(env, "IMGQ_BATCH_SIZE", 64),
         decode_threads=_int(env, "IMGQ_DECODE_THREADS", max(2, os.cpu_count() or 2)),
         max_image_pixels=_int(env, "IMGQ_MAX_IMAGE_PIXELS", 40_000_000),

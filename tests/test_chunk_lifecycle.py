@@ -41,7 +41,7 @@ def claim(url, job_id, no, timeout=60.0, attempts=3, worker="test"):
 
 def write(url, job_id, no, ids, status="ok"):
     with session_scope(url) as s:
-        return life.record_batch(s, job_id, no, [
+        return life.record_batch(s, job_id, [
             {"item_id": i, "status": status, "outputs": {"value": 1.0} if status == "ok" else None,
              "error": None if status == "ok" else "broken", "content_hash": f"h{i}"} for i in ids],
             [{"content_hash": f"h{i}", "model_version_id": 1, "outputs": {"value": 1.0}} for i in ids

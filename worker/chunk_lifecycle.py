@@ -119,6 +119,24 @@ def claim(session: Session, job_id: str, chunk_no: int, *, worker: str,
                         isolate=chunk.attempts > max_attempts, upload_folder=job.upload_folder)
 
 
+def claim_next_fresh(session: Session, job_id: str, after: int, *, worker: str, heartbeat_timeout: float,
+                     max_attempts: int) -> ClaimedChunk | None:
+    """The job's next fresh chunk after `after` (pending|queued, never attempted) -> running, for a task that
+    keeps its pipeline going across chunks; None when there is none or the job has ended. The broker's
+    message for that chunk later finds it taken and is skipped. Locks as `claim` does."""
+    candidates = session.scalars(select(Chunk.chunk_no).where(
+        Chunk.job_id == job_id, Chunk.chunk_no > after, Chunk.state.in_(("pending", "queued")),
+        Chunk.attempts == 0).order_by(Chunk.chunk_no).limit(4)).all()
+    for chunk_no in candidates:  # one may have been taken since the read above; claim checks under lock
+        claimed = claim(session, job_id, chunk_no, worker=worker, heartbeat_timeout=heartbeat_timeout,
+                        max_attempts=max_attempts)
+        if not isinstance(claimed, str):
+            return claimed
+        if claimed.startswith("job is"):
+            return None
+    return None
+
+
 def record_death(session: Session, job: Job, chunk: Chunk, max_attempts: int) -> None:
     """running(dead) -> running (the caller moves it on), or failed/done. The caller holds the job and
     chunk row locks. After an isolated attempt dies, its suspect item takes the blame; an item blamed
@@ -138,7 +156,7 @@ def record_death(session: Session, job: Job, chunk: Chunk, max_attempts: int) ->
         return
     chunk.suspect_deaths += 1
     if chunk.suspect_deaths >= POISON_DEATHS:
-        record_batch(session, job.id, chunk.chunk_no, [{
+        record_batch(session, job.id, [{
             "item_id": suspect, "status": "error",
             "error": f"the worker died {chunk.suspect_deaths} times while scoring this item alone "
                      "(a poison item: it crashes or hangs the process)"}], [])
@@ -175,7 +193,7 @@ def name_suspect(session: Session, job_id: str, chunk_no: int, attempt: int, ite
                                 .values(suspect_deaths=deaths, suspect_item=item_id)).rowcount)
 
 
-def record_batch(session: Session, job_id: str, chunk_no: int, results: list[dict],
+def record_batch(session: Session, job_id: str, results: list[dict],
                  cache_rows: list[dict]) -> int:
     """Insert result rows (and score-cache rows); count only the rows that are new. Not fenced: a result
     is the same whichever attempt computes it, and the first one written wins."""
@@ -234,7 +252,7 @@ def give_up(session: Session, job: Job, chunk: Chunk, reason: str) -> None:
     """any open state -> failed: every item of the chunk still without a result fails with `reason`.
     The caller holds the job and chunk row locks."""
     missing = [item_id for item_id, _ in _unscored(session, job.id, chunk.chunk_no, False)]
-    record_batch(session, job.id, chunk.chunk_no,
+    record_batch(session, job.id,
                  [{"item_id": i, "status": "error", "error": reason} for i in missing], [])
     _close(session, job, chunk, "failed", reason)
 

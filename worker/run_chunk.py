@@ -1,46 +1,107 @@
-"""One chunk from claim to finish: the whole body of the score task, without Celery.
+"""One score task from claim to finish, without Celery: its chunk, then the job's next fresh chunks.
 
-While the chunk runs, a heartbeat thread writes its liveness at a fixed interval, whatever a batch
-costs, so a slow batch never looks like a dead worker. Every write after the claim is fenced by the
-attempt number (see worker/chunk_lifecycle.py).
+The decode pipeline stays alive across chunks: while the last batches of a chunk are decoded and scored,
+the task claims the job's next fresh chunk (`chunk_lifecycle.claim_next_fresh`) and feeds its items into
+the same stream, for up to IMGQ_CHAIN_SECONDS, so the cores never idle between chunks. A chunk is
+finished in the same transaction as the batch that writes its last result. The broker's message for a
+chunk taken this way finds it running or done and is skipped.
+
+While the task holds chunks, a heartbeat thread writes their liveness at a fixed interval, whatever a
+batch costs, so a slow batch never looks like a dead worker. Every write after a claim is fenced by that
+chunk's attempt number (see worker/chunk_lifecycle.py).
 """
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import replace
+from typing import Iterator
 
 from shared.config import Settings
 from shared.db import session_scope
 from worker import chunk_lifecycle
+from worker.chunk_lifecycle import ClaimedChunk
 from worker.model_cache import ModelCache
 from worker.scoring import ScoreOptions, score_items
 
 log = logging.getLogger(__name__)
 
 
-class ChunkHeartbeat(threading.Thread):
-    """Writes the attempt's heartbeat every `interval` seconds until stopped; notes when the attempt
-    lost its chunk (a newer attempt took it), and keeps beating through a database outage."""
+class HeldChunks:
+    """The chunks a task holds (claimed, not yet finished) and which of their items still lack a result.
+    Shared by the feeding thread, the writer thread and the heartbeat thread."""
 
-    def __init__(self, job_id: str, chunk_no: int, attempt: int, interval: float):
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._attempts: dict[int, int] = {}  # chunk_no -> attempt
+        self._left: dict[int, int] = {}  # chunk_no -> items fed and not yet written
+        self._chunk_of: dict[str, int] = {}  # item id -> chunk_no, while in flight
+
+    def take(self, claimed: ClaimedChunk) -> bool:
+        """Hold a claimed chunk; True if it has nothing left to score (finish it at once)."""
+        with self._lock:
+            self._attempts[claimed.chunk_no] = claimed.attempt
+            if not claimed.items:
+                return True
+            self._left[claimed.chunk_no] = len(claimed.items)
+            self._chunk_of.update((item_id, claimed.chunk_no) for item_id, _ in claimed.items)
+            return False
+
+    def written(self, item_ids) -> list[tuple[int, int]]:
+        """Note results written; returns the (chunk_no, attempt) whose last result this was."""
+        complete = []
+        with self._lock:
+            for item_id in item_ids:
+                chunk_no = self._chunk_of.pop(item_id, None)
+                if chunk_no is None:
+                    continue
+                self._left[chunk_no] -= 1
+                if self._left[chunk_no] == 0:
+                    del self._left[chunk_no]
+                    complete.append((chunk_no, self._attempts.pop(chunk_no)))
+        return complete
+
+    def drop(self, chunk_no: int) -> int:
+        """Stop holding a chunk (finished with nothing to score); returns its attempt."""
+        with self._lock:
+            return self._attempts.pop(chunk_no)
+
+    def held(self) -> list[tuple[int, int]]:
+        with self._lock:
+            return list(self._attempts.items())
+
+    def release_all(self) -> list[tuple[int, int]]:
+        with self._lock:
+            held = list(self._attempts.items())
+            self._attempts.clear()
+            self._left.clear()
+            self._chunk_of.clear()
+            return held
+
+
+class ChunkHeartbeat(threading.Thread):
+    """Writes the liveness of every held chunk every `interval` seconds until stopped; notes chunks whose
+    attempt lost them (a newer attempt took over), and keeps beating through a database outage."""
+
+    def __init__(self, job_id: str, chunks: HeldChunks, interval: float):
         super().__init__(name="imgq-heartbeat", daemon=True)
-        self.job_id, self.chunk_no, self.attempt, self.interval = job_id, chunk_no, attempt, interval
-        self.lost = False
+        self.job_id, self.chunks, self.interval = job_id, chunks, interval
+        self.lost: set[int] = set()
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         while not self._stop_event.wait(self.interval):
             try:
                 with session_scope() as session:
-                    owned = chunk_lifecycle.heartbeat(session, self.job_id, self.chunk_no, self.attempt)
+                    owned = {no: chunk_lifecycle.heartbeat(session, self.job_id, no, attempt)
+                             for no, attempt in self.chunks.held()}
             except Exception:  # the database is away: the next beat tries again
-                log.warning("job %s chunk %s: heartbeat failed", self.job_id, self.chunk_no, exc_info=True)
+                log.warning("job %s: heartbeat failed", self.job_id, exc_info=True)
                 continue
-            if not owned and not self.lost:
-                self.lost = True
-                log.warning("job %s chunk %s: attempt %s no longer owns the chunk", self.job_id, self.chunk_no,
-                            self.attempt)
+            for chunk_no in sorted(no for no, still in owned.items() if not still and no not in self.lost):
+                self.lost.add(chunk_no)
+                log.warning("job %s chunk %s: this attempt no longer owns the chunk", self.job_id, chunk_no)
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -76,47 +137,94 @@ def run_chunk(job_id: str, chunk_no: int, *, worker: str, models: ModelCache, se
     if isinstance(claimed, str):
         log.info("job %s chunk %s skipped: %s", job_id, chunk_no, claimed)
         return claimed
-    beat = ChunkHeartbeat(job_id, chunk_no, claimed.attempt, heartbeat_interval(settings))
+    chunks = HeldChunks()
+    beat = ChunkHeartbeat(job_id, chunks, heartbeat_interval(settings))
     beat.start()
     try:
-        _score_claimed(claimed, model, settings)
+        if claimed.isolate:
+            _score_isolated(claimed, chunks, model, settings)
+        else:
+            _score_chained(claimed, chunks, model, settings, worker)
     except BaseException as exc:  # results so far are kept; the rest is retried, attempts bounded
         beat.stop()
         with session_scope() as session:
-            chunk_lifecycle.release(session, job_id, chunk_no, claimed.attempt, f"{type(exc).__name__}: {exc}")
+            for held_no, attempt in chunks.release_all():
+                chunk_lifecycle.release(session, job_id, held_no, attempt, f"{type(exc).__name__}: {exc}")
         raise
     beat.stop()
-    with session_scope() as session:
-        owned = chunk_lifecycle.finish(session, job_id, chunk_no, claimed.attempt)
-    if not owned:
-        log.info("job %s chunk %s: attempt %s finished after a newer attempt took over", job_id, chunk_no,
-                 claimed.attempt)
     return "done"
 
 
-def _score_claimed(claimed: chunk_lifecycle.ClaimedChunk, model, settings: Settings) -> None:
-    job_id, chunk_no = claimed.job_id, claimed.chunk_no
-
-    def lookup(hashes):
-        with session_scope() as session:
-            return chunk_lifecycle.lookup_cache(session, claimed.model_version.id, hashes)
-
-    def write(results, cache_rows):
-        with session_scope() as session:
-            chunk_lifecycle.record_batch(session, job_id, chunk_no, results, cache_rows)
-
-    opts = ScoreOptions(roots=settings.readable_roots(claimed.upload_folder), batch_size=settings.batch_size,
+def _options(claimed: ClaimedChunk, settings: Settings) -> ScoreOptions:
+    return ScoreOptions(roots=settings.readable_roots(claimed.upload_folder), batch_size=settings.batch_size,
                         max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes,
                         threads=settings.decode_threads, use_cache=claimed.use_cache,
                         read_timeout=settings.read_timeout, decode_timeout=settings.decode_timeout)
-    if not claimed.isolate:
-        score_items(claimed.items, model, opts, lookup, write)
-        return
+
+
+def _lookup(claimed: ClaimedChunk):
+    def lookup(hashes):
+        with session_scope() as session:
+            return chunk_lifecycle.lookup_cache(session, claimed.model_version.id, hashes)
+    return lookup
+
+
+def _finish(session, job_id: str, chunk_no: int, attempt: int) -> None:
+    if not chunk_lifecycle.finish(session, job_id, chunk_no, attempt):
+        log.info("job %s chunk %s: attempt %s finished after a newer attempt took over", job_id, chunk_no, attempt)
+
+
+def _score_chained(first: ClaimedChunk, chunks: HeldChunks, model, settings: Settings, worker: str) -> None:
+    job_id = first.job_id
+
+    def write(results, cache_rows):
+        with session_scope() as session:
+            chunk_lifecycle.record_batch(session, job_id, results, cache_rows)
+            for chunk_no, attempt in chunks.written(r["item_id"] for r in results):
+                _finish(session, job_id, chunk_no, attempt)
+
+    score_items(_chained_items(first, chunks, settings, worker), model, _options(first, settings),
+                _lookup(first), write)
+
+
+def _chained_items(first: ClaimedChunk, chunks: HeldChunks, settings: Settings,
+                   worker: str) -> Iterator[tuple[str, str]]:
+    """The items of `first`, then of the job's next fresh chunks, claimed as the stream reaches them."""
+    stop_at = time.monotonic() + settings.chain_seconds
+    claimed: ClaimedChunk | None = first
+    while claimed is not None:
+        if chunks.take(claimed):
+            with session_scope() as session:
+                _finish(session, claimed.job_id, claimed.chunk_no, chunks.drop(claimed.chunk_no))
+        yield from claimed.items
+        if time.monotonic() >= stop_at:
+            return
+        with session_scope() as session:
+            claimed = chunk_lifecycle.claim_next_fresh(
+                session, first.job_id, claimed.chunk_no, worker=worker,
+                heartbeat_timeout=settings.heartbeat_timeout, max_attempts=settings.max_attempts)
+        if claimed is not None:
+            log.info("job %s chunk %s: claimed by the same task, attempt %s", claimed.job_id, claimed.chunk_no,
+                     claimed.attempt)
+
+
+def _score_isolated(claimed: ClaimedChunk, chunks: HeldChunks, model, settings: Settings) -> None:
+    """Attempts beyond IMGQ_MAX_ATTEMPTS: each untried item alone, named as the suspect first."""
+    job_id, chunk_no = claimed.job_id, claimed.chunk_no
     log.warning("job %s chunk %s: attempt %s scores its %d items one at a time to find a poison item",
                 job_id, chunk_no, claimed.attempt, len(claimed.items))
-    alone = replace(opts, batch_size=1)
+    chunks.take(claimed)
+
+    def write(results, cache_rows):
+        with session_scope() as session:
+            chunk_lifecycle.record_batch(session, job_id, results, cache_rows)
+
+    alone = replace(_options(claimed, settings), batch_size=1)
     for item in claimed.items:
         with session_scope() as session:
             if not chunk_lifecycle.name_suspect(session, job_id, chunk_no, claimed.attempt, item[0]):
+                chunks.release_all()
                 return  # a newer attempt owns the chunk
-        score_items([item], model, alone, lookup, write)
+        score_items([item], model, alone, _lookup(claimed), write)
+    with session_scope() as session:
+        _finish(session, job_id, chunk_no, chunks.drop(chunk_no))

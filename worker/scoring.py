@@ -11,8 +11,9 @@ import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -98,9 +99,11 @@ def _prepare(batch, model, opts, pool, lookup_cache) -> Prepared:
     return prepared
 
 
-def _batches(items, size) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    """Lists of `size` items (the last one shorter), pulled from `items` only as each batch is needed."""
+    stream = iter(items)
+    while batch := list(islice(stream, size)):
+        yield batch
 
 
 def _prefetch(produce: Iterator[Prepared], depth: int = 2) -> Iterator[Prepared]:
@@ -138,11 +141,12 @@ def _prefetch(produce: Iterator[Prepared], depth: int = 2) -> Iterator[Prepared]
         stop.set()
 
 
-def score_items(items: list[tuple[str, str]], model, opts: ScoreOptions,
+def score_items(items: Iterable[tuple[str, str]], model, opts: ScoreOptions,
                 lookup_cache: Callable[[list[str]], dict], write_batch: Callable[[list[dict], list[dict]], None]
                 ) -> None:
-    """Score `items` [(id, uri)] in batches; `write_batch(results, cache_rows)` once per batch, in order,
-    from a writer thread (at most one write in flight), so database writes overlap inference."""
+    """Score `items` [(id, uri)] in batches, pulling from the iterable only as batches are prepared;
+    `write_batch(results, cache_rows)` once per batch, in order, from a writer thread (at most one write in
+    flight), so database writes overlap inference."""
     sig = model.signature
     pool = ItemPool(opts.threads)
     try:
