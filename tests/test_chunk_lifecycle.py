@@ -96,6 +96,26 @@ def test_a_chunk_delivered_twice_writes_and_counts_once(db_url, model_id):
     assert claim(db_url, job_id, 0) == "chunk already done"
 
 
+def test_a_batch_half_written_before_counts_and_stores_only_its_new_rows(db_url, model_id):
+    job_id = make_job(db_url, n=4, chunk_size=4)
+    claim(db_url, job_id, 0)
+    assert write(db_url, job_id, 0, ["i00", "i01"]) == 2
+    with session_scope(db_url) as s:
+        assert life.record_batch(s, job_id, [
+            {"item_id": "i01", "status": "ok", "outputs": {"value": 9.0}},  # already written: the first one wins
+            {"item_id": "i02", "status": "ok", "outputs": {"value": 2.5, "label": "coat"}, "from_cache": True,
+             "content_hash": "h2"},
+            {"item_id": "i03", "status": "error", "error": "truncated image: x"}], []) == 2
+    job = job_row(db_url, job_id)
+    assert (job.done_items, job.failed_items, job.cached_items) == (4, 1, 1)
+    with session_scope(db_url) as s:
+        rows = {r.item_id: r for r in s.scalars(select(Result).where(Result.job_id == job_id))}
+    assert rows["i01"].outputs == {"value": 1.0}
+    assert (rows["i02"].outputs, rows["i02"].from_cache, rows["i02"].content_hash) == (
+        {"value": 2.5, "label": "coat"}, True, "h2")
+    assert (rows["i03"].status, rows["i03"].outputs, rows["i03"].error) == ("error", None, "truncated image: x")
+
+
 def test_a_running_chunk_with_a_live_heartbeat_is_not_taken(db_url, model_id):
     job_id = make_job(db_url, n=2)
     assert not isinstance(claim(db_url, job_id, 0), str)

@@ -12,12 +12,13 @@ Invariants:
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
-from sqlalchemy import case, exists, func, select, update
+from sqlalchemy import case, exists, func, select, text, update
 from sqlalchemy.orm import Session
 
-from shared.db import insert_ignoring_conflicts
+from shared.db import insert_ignoring_conflicts, is_postgres
 from shared.jobs import FINAL
 from shared.tables import Chunk, Job, JobItem, ModelVersion, Result, ScoreCache, utcnow
 
@@ -193,10 +194,14 @@ def name_suspect(session: Session, job_id: str, chunk_no: int, attempt: int, ite
                                 .values(suspect_deaths=deaths, suspect_item=item_id)).rowcount)
 
 
-def record_batch(session: Session, job_id: str, results: list[dict],
-                 cache_rows: list[dict]) -> int:
+def record_batch(session: Session, job_id: str, results: list[dict], cache_rows: list[dict]) -> int:
     """Insert result rows (and score-cache rows); count only the rows that are new. Not fenced: a result
-    is the same whichever attempt computes it, and the first one written wins."""
+    is the same whichever attempt computes it, and the first one written wins. On PostgreSQL the rows
+    travel as arrays in one statement that also grows the counters (see `_record_batch_postgres`)."""
+    if not results and not cache_rows:
+        return 0
+    if is_postgres(session):
+        return _record_batch_postgres(session, job_id, results, cache_rows)
     now = utcnow()
     for r in results:
         r.setdefault("job_id", job_id)
@@ -217,6 +222,59 @@ def record_batch(session: Session, job_id: str, results: list[dict],
             failed_items=Job.failed_items + sum(r["status"] == "error" for r in new),
             cached_items=Job.cached_items + sum(bool(r["from_cache"]) for r in new)))
     return len(new)
+
+
+# One statement text whatever the batch size: the driver parses it once and the server prepares it, where a
+# multi-row VALUES list is a new query of 64 x 7 placeholders for the client to split on every batch.
+_INSERT_RESULTS_PG = text("""
+WITH new AS (
+    INSERT INTO results (job_id, item_id, status, outputs, error, content_hash, from_cache, created_at)
+    SELECT :job_id, t.item_id, t.status, t.outputs::json, t.error, t.content_hash, t.from_cache, :now
+    FROM unnest(CAST(:item_ids AS text[]), CAST(:statuses AS text[]), CAST(:outputs AS text[]),
+                CAST(:errors AS text[]), CAST(:hashes AS text[]), CAST(:from_cache AS boolean[]))
+         AS t(item_id, status, outputs, error, content_hash, from_cache)
+    ON CONFLICT (job_id, item_id) DO NOTHING
+    RETURNING status, from_cache
+), counted AS (
+    SELECT count(*) AS done, count(*) FILTER (WHERE status = 'error') AS failed,
+           count(*) FILTER (WHERE from_cache) AS cached FROM new
+), grown AS (
+    UPDATE jobs SET done_items = done_items + counted.done, failed_items = failed_items + counted.failed,
+                    cached_items = cached_items + counted.cached
+    FROM counted WHERE jobs.id = :job_id AND counted.done > 0
+)
+SELECT done FROM counted""")
+
+_INSERT_CACHE_PG = text("""
+INSERT INTO score_cache (content_hash, model_version_id, outputs, created_at)
+SELECT t.content_hash, t.model_version_id, t.outputs::json, :now
+FROM unnest(CAST(:hashes AS text[]), CAST(:version_ids AS integer[]), CAST(:outputs AS text[]))
+     AS t(content_hash, model_version_id, outputs)
+ON CONFLICT (content_hash, model_version_id) DO NOTHING""")
+
+
+def _json_or_none(value) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _record_batch_postgres(session: Session, job_id: str, results: list[dict], cache_rows: list[dict]) -> int:
+    now = utcnow()
+    new = 0
+    if results:
+        new = session.execute(_INSERT_RESULTS_PG, {
+            "job_id": job_id, "now": now,
+            "item_ids": [r["item_id"] for r in results],
+            "statuses": [r["status"] for r in results],
+            "outputs": [_json_or_none(r.get("outputs")) for r in results],
+            "errors": [r.get("error") for r in results],
+            "hashes": [r.get("content_hash") for r in results],
+            "from_cache": [bool(r.get("from_cache", False)) for r in results]}).scalar_one()
+    if cache_rows:
+        session.execute(_INSERT_CACHE_PG, {
+            "now": now, "hashes": [c["content_hash"] for c in cache_rows],
+            "version_ids": [c["model_version_id"] for c in cache_rows],
+            "outputs": [json.dumps(c["outputs"]) for c in cache_rows]})
+    return new
 
 
 def finish(session: Session, job_id: str, chunk_no: int, attempt: int) -> bool:
