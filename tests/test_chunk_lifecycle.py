@@ -336,3 +336,51 @@ def test_sweeper_removes_expired_and_orphan_upload_folders_only(db_url, model_id
     paths["orphan-new"] = folder("orphan-new")  # an upload in flight: its job is not committed yet
     assert remove_old_uploads(configured) == 2
     assert {name for name, p in paths.items() if p.exists()} == {"running", "recent", "orphan-new"}
+
+
+def _plan_nodes(plan: dict):
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _plan_nodes(child)
+
+
+def test_a_retry_finds_its_unscored_items_by_primary_key_whatever_the_statistics_say(pg_url):
+    """The query plan of a retry's claim (and of give_up) must not read the job's other results, even when
+    the tables were last analyzed empty, as on a fresh database whose autovacuum has not run yet."""
+    from sqlalchemy import text
+
+    from shared.migrate import upgrade
+
+    upgrade(pg_url)
+    with session_scope(pg_url) as s:
+        s.execute(text("ANALYZE"))  # statistics say: every table is empty
+        s.add(ModelVersion(name="m", version=1, task="regression", input_height=32, input_width=32,
+                           resize_mode="stretch", pixel_scale="unit", output_names=["value"],
+                           target_transform={"kind": "none"}, path="/nowhere.keras", sha256="0" * 64,
+                           size_bytes=1))
+        s.flush()
+        from shared.model_registry import set_alias
+
+        set_alias(s, "m", "production", 1)
+    job_id = make_job(pg_url, n=20_000, chunk_size=256)
+    with session_scope(pg_url) as s:
+        for start in range(0, 19_968, 1024):
+            life.record_batch(s, job_id, [{"item_id": f"i{k:02d}", "status": "ok", "outputs": {"value": 1.0}}
+                                          for k in range(start, min(start + 1024, 19_968))], [])
+    last_chunk = 19_999 // 256
+    with session_scope(pg_url) as s:
+        ids = list(s.scalars(select(life.JobItem.item_id).where(life.JobItem.job_id == job_id,
+                                                                  life.JobItem.chunk_no == last_chunk)))
+        query = life.scored_among(job_id, ids).compile(s.get_bind(), compile_kwargs={"literal_binds": True})
+        plan = s.execute(text(f"EXPLAIN (ANALYZE, FORMAT JSON) {query}")).scalar_one()[0]["Plan"]
+    nodes = list(_plan_nodes(plan))
+    assert all(n["Node Type"] != "Seq Scan" and "Hash" not in n["Node Type"] for n in nodes), nodes
+    assert any(n.get("Index Name") == "results_pkey" for n in nodes), nodes
+    assert max(n["Actual Rows"] * n.get("Actual Loops", 1) for n in nodes) <= len(ids), nodes  # no other rows
+    # the retry itself: the chunk's 32 unscored items, and nothing else
+    age(pg_url, Chunk, "heartbeat_at", 0)
+    with session_scope(pg_url) as s:
+        s.execute(update(Chunk).where(Chunk.job_id == job_id, Chunk.chunk_no == last_chunk)
+                  .values(state="queued", attempts=1))
+    again = claim(pg_url, job_id, last_chunk)
+    assert [i for i, _ in again.items] == [f"i{k:02d}" for k in range(19_968, 20_000)]

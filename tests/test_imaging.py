@@ -1,15 +1,18 @@
-"""Tests for shared.imaging: decoding every mode to RGB, orientation, geometry, draft mode and errors."""
+"""Tests for shared.imaging: decoding every mode to RGB, orientation, geometry, draft mode, errors and the fast
+JPEG path (simplejpeg), which must give the Pillow path's inputs, Geometry and error messages."""
 
 from __future__ import annotations
 
 import hashlib
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
+from sklearn.datasets import load_sample_image
 
 from shared.imaging import (
     Geometry,
@@ -17,6 +20,7 @@ from shared.imaging import (
     Preprocessing,
     content_hash,
     decode_rgb,
+    decoder_counts,
     load_for_model,
     preprocess,
     to_rgb,
@@ -76,7 +80,8 @@ def png_header_only(width: int, height: int) -> bytes:
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    idat = zlib.compress(b"\0" * 100)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def gradient_jpeg(size: tuple[int, int], marker: tuple[int, int, int, int], **save_kwargs) -> bytes:
@@ -492,3 +497,199 @@ def test_load_for_model_end_to_end():
     assert -1.0 <= arr.min() and arr.max() <= 1.0
     assert (geo.orig_width, geo.orig_height, geo.pad_x, geo.pad_y) == (40, 20, 0.0, 8.0)
     assert_close(marker_in_original((arr + 1) * 127.5, geo), (32, 12), tol=1)
+
+
+# ---------------------------------------------------------------- fast JPEG path (simplejpeg)
+
+# The fast path's model inputs equal the Pillow path's (module docstring of shared.imaging): both run
+# libjpeg-turbo at the same DCT scale with the same accurate DCT and fancy upsampling.
+FAST_JPEG_TOLERANCE = 0.0
+
+PHOTO_PREPS = [
+    Preprocessing(60, 60),
+    Preprocessing(128, 128, resize_mode="letterbox"),
+    Preprocessing(224, 224),
+    Preprocessing(96, 160, resize_mode="letterbox", pixel_scale="symmetric", pad_value=17),
+    Preprocessing(700, 500, pixel_scale="raw"),  # larger than the photo: no DCT scaling
+]
+
+
+@pytest.fixture(scope="module")
+def photo() -> Image.Image:
+    """A real photo at an odd size (DCT-scaled sizes then leave a fractional content box)."""
+    return Image.fromarray(load_sample_image("china.jpg")).resize((601, 797), Image.Resampling.LANCZOS)
+
+
+def counted(fn, *args, **kwargs):
+    """(fn's result, how many items each decoder took meanwhile)."""
+    before = decoder_counts()
+    result = fn(*args, **kwargs)
+    after = decoder_counts()
+    return result, {k: after.get(k, 0) - before.get(k, 0) for k in ("fast_jpeg", "fast_jpeg_rejected", "pillow")}
+
+
+def assert_paths_agree(data: bytes, prep: Preprocessing) -> tuple[np.ndarray, Geometry]:
+    """The fast path decodes `data` and gives the Pillow path's input (within the tolerance) and Geometry."""
+    (fast, fast_geo), used = counted(load_for_model, data, prep, max_pixels=BIG)
+    assert used == {"fast_jpeg": 1, "fast_jpeg_rejected": 0, "pillow": 0}
+    slow, slow_geo = load_for_model(data, prep, max_pixels=BIG, fast_jpeg=False)
+    assert fast.shape == slow.shape and fast.dtype == slow.dtype == np.float32
+    span = {"unit": 1.0, "symmetric": 2.0, "raw": 255.0}[prep.pixel_scale]  # the tolerance is in 0..1 units
+    assert float(np.max(np.abs(fast - slow))) / span <= FAST_JPEG_TOLERANCE
+    assert fast_geo == slow_geo
+    return fast, fast_geo
+
+
+def error_of(data: bytes, **kwargs) -> str:
+    with pytest.raises(ImageError) as info:
+        load_for_model(data, Preprocessing(64, 64), max_pixels=kwargs.pop("max_pixels", BIG), **kwargs)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("prep", PHOTO_PREPS, ids=lambda p: f"{p.width}x{p.height}-{p.resize_mode}")
+@pytest.mark.parametrize(
+    "kind, save_kwargs",
+    [
+        ("RGB", {}),
+        ("RGB", {"progressive": True}),
+        ("RGB", {"subsampling": 0}),  # 4:4:4
+        ("RGB", {"restart_marker_blocks": 4}),
+        ("L", {}),
+        ("L", {"progressive": True}),
+    ],
+    ids=["baseline", "progressive", "444", "restart-markers", "grey", "grey-progressive"],
+)
+def test_the_fast_path_gives_the_pillow_paths_inputs_for_photo_jpegs(photo, kind, save_kwargs, prep):
+    assert_paths_agree(encode(photo.convert(kind), "JPEG", quality=90, **save_kwargs), prep)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("resize_mode", ["stretch", "letterbox"])
+def test_the_fast_path_applies_every_exif_orientation_and_maps_points_back(orientation, resize_mode):
+    # stored 1001x757 with a marker centred at (920, 660); 1/8 scale leaves a fractional content box
+    stored_w, stored_h, cx, cy = 1001, 757, 920, 660
+    data = gradient_jpeg((stored_w, stored_h), (880, 620, 960, 700), exif=exif_with_orientation(orientation))
+    arr, geo = assert_paths_agree(data, Preprocessing(height=64, width=80, resize_mode=resize_mode))
+    displayed = {1: (cx, cy), 2: (stored_w - cx, cy), 3: (stored_w - cx, stored_h - cy), 4: (cx, stored_h - cy),
+                 5: (cy, cx), 6: (stored_h - cy, cx), 7: (stored_h - cy, stored_w - cx), 8: (cy, stored_w - cx)}
+    assert (geo.orig_width, geo.orig_height) == ((stored_h, stored_w) if orientation >= 5 else (stored_w, stored_h))
+    assert_close(marker_in_original(arr, geo), displayed[orientation], tol=8)
+
+
+def test_the_fast_path_handles_photos_with_exif_orientation(photo):
+    for orientation in range(1, 9):
+        data = encode(photo, "JPEG", quality=90, exif=exif_with_orientation(orientation))
+        assert_paths_agree(data, Preprocessing(128, 96, resize_mode="letterbox"))
+
+
+def test_only_jpegs_take_the_fast_path_and_it_can_be_switched_off(photo):
+    jpeg, png = encode(photo, "JPEG", quality=90), encode(photo, "PNG")
+    prep = Preprocessing(32, 32)
+    assert counted(load_for_model, jpeg, prep, max_pixels=BIG)[1] == {"fast_jpeg": 1, "fast_jpeg_rejected": 0,
+                                                                      "pillow": 0}
+    assert counted(load_for_model, jpeg, prep, max_pixels=BIG, fast_jpeg=False)[1]["pillow"] == 1
+    assert counted(load_for_model, png, prep, max_pixels=BIG)[1] == {"fast_jpeg": 0, "fast_jpeg_rejected": 0,
+                                                                     "pillow": 1}
+    assert counted(decode_rgb, jpeg, max_pixels=BIG)[1]["pillow"] == 1  # decode_rgb stays Pillow-only
+
+
+@pytest.mark.parametrize("size", [(5, 7), (7, 3)])
+def test_jpegs_under_eight_pixels_stay_with_pillow(size):
+    data = encode(Image.new("RGB", size, (10, 200, 30)), "JPEG", quality=95)
+    (arr, _), used = counted(load_for_model, data, Preprocessing(4, 4), max_pixels=BIG)
+    assert used == {"fast_jpeg": 0, "fast_jpeg_rejected": 0, "pillow": 1}
+    assert np.array_equal(arr, load_for_model(data, Preprocessing(4, 4), max_pixels=BIG, fast_jpeg=False)[0])
+
+
+def test_a_cmyk_jpeg_is_decoded_by_pillow_with_the_same_result(photo):
+    data = encode(photo.convert("CMYK"), "JPEG", quality=90)
+    (arr, geo), used = counted(load_for_model, data, Preprocessing(64, 64), max_pixels=BIG)
+    assert used == {"fast_jpeg": 0, "fast_jpeg_rejected": 0, "pillow": 1}
+    slow, slow_geo = load_for_model(data, Preprocessing(64, 64), max_pixels=BIG, fast_jpeg=False)
+    assert np.array_equal(arr, slow) and geo == slow_geo
+
+
+def truncated(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+def soi_then_garbage(_: bytes) -> bytes:
+    return b"\xff\xd8\xff" + np.random.default_rng(3).integers(0, 256, 4000, dtype=np.uint8).tobytes()
+
+
+def without_eoi(data: bytes) -> bytes:
+    return data[:-2]
+
+
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        (truncated, r"^truncated image: image file is truncated"),
+        (without_eoi, r"^truncated image: image file is truncated"),
+        (soi_then_garbage, r"^not an image \(cannot identify image file\)$"),
+        (lambda data: b"", r"^empty file$"),
+    ],
+    ids=["truncated", "no-EOI", "garbage-after-SOI", "zero-size"],
+)
+@pytest.mark.parametrize("mode", ["RGB", "CMYK"])
+def test_broken_jpegs_keep_the_pillow_paths_error_messages(photo, breakage, message, mode):
+    data = breakage(encode(photo.convert(mode), "JPEG", quality=90, progressive=mode == "RGB"))
+    fast_message, used = counted(error_of, data)
+    assert fast_message == error_of(data, fast_jpeg=False)
+    assert used["fast_jpeg"] == 0
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+    with pytest.raises(ImageError, match=message):
+        load_for_model(data, Preprocessing(64, 64), max_pixels=BIG)
+
+
+def test_corrupt_jpeg_data_gives_the_pillow_paths_result_or_error(photo):
+    # libjpeg-turbo warns about most corruptions (the fast path then hands the bytes to Pillow, which decodes
+    # them as before); either way the outcome must equal the Pillow path's
+    data = encode(photo, "JPEG", quality=90)
+    rng = np.random.default_rng(4)
+    outcomes = []
+    for _ in range(40):
+        bad = bytearray(data)
+        pos, n = int(rng.integers(700, len(data) - 40)), int(rng.integers(1, 30))
+        bad[pos:pos + n] = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        results = []
+        for fast_jpeg in (True, False):
+            try:
+                results.append(load_for_model(bytes(bad), Preprocessing(64, 64), max_pixels=BIG, fast_jpeg=fast_jpeg))
+            except ImageError as exc:
+                results.append(str(exc))
+        if isinstance(results[0], str) or isinstance(results[1], str):
+            assert results[0] == results[1]
+        else:
+            assert np.array_equal(results[0][0], results[1][0]) and results[0][1] == results[1][1]
+        outcomes.append(type(results[0]).__name__)
+    assert "tuple" in outcomes  # some corruptions still decode
+
+
+def jpeg_header_claiming(width: int, height: int) -> bytes:
+    """A JPEG whose SOF claims ``width`` x ``height`` and whose scan data is almost entirely missing."""
+    data = encode(Image.new("RGB", (16, 16), GREY), "JPEG", quality=90)
+    sof = data.index(b"\xff\xc0")
+    patched = data[: sof + 5] + struct.pack(">HH", height, width) + data[sof + 9:]
+    return patched[: patched.index(b"\xff\xda") + 20]
+
+
+def test_too_many_pixels_is_checked_before_the_fast_path_decodes():
+    data = jpeg_header_claiming(10000, 5000)
+    message, used = counted(error_of, data, max_pixels=40_000_000)
+    assert message == "too many pixels: 10000x5000 = 50000000 > limit 40000000"
+    assert used == {"fast_jpeg": 0, "fast_jpeg_rejected": 0, "pillow": 0}  # nothing was decoded
+
+    real = encode(Image.new("RGB", (100, 100), GREY), "JPEG")
+    message, used = counted(error_of, real, max_pixels=5000)
+    assert message == "too many pixels: 100x100 = 10000 > limit 5000"
+    assert used == {"fast_jpeg": 0, "fast_jpeg_rejected": 0, "pillow": 0}
+
+
+def test_the_fast_path_gives_the_same_inputs_from_several_threads(photo):
+    blobs = [encode(photo.rotate(angle), "JPEG", quality=90) for angle in range(0, 40, 5)]
+    prep = Preprocessing(96, 96)
+    serial = [load_for_model(b, prep, max_pixels=BIG, fast_jpeg=False)[0] for b in blobs]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        threaded = list(pool.map(lambda b: load_for_model(b, prep, max_pixels=BIG)[0], blobs * 2))
+    assert all(np.array_equal(a, b) for a, b in zip(threaded, serial * 2))

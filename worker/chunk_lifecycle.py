@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import case, exists, func, select, text, update
+from sqlalchemy import case, func, select, text, update
 from sqlalchemy.orm import Session
 
 from shared.db import insert_ignoring_conflicts, is_postgres
@@ -77,12 +77,21 @@ def mark_delivered(session: Session, job_id: str, chunk_no: int, worker: str) ->
 
 
 def _unscored(session: Session, job_id: str, chunk_no: int, first_attempt: bool) -> list[tuple[str, str]]:
-    """Items of the chunk without a result. A first attempt has none to exclude; a retry uses NOT EXISTS
-    over the primary key, a plan that does not depend on fresh table statistics."""
-    query = select(JobItem.item_id, JobItem.uri).where(JobItem.job_id == job_id, JobItem.chunk_no == chunk_no)
-    if not first_attempt:
-        query = query.where(~exists().where(Result.job_id == JobItem.job_id, Result.item_id == JobItem.item_id))
-    return [tuple(row) for row in session.execute(query.order_by(JobItem.item_id))]
+    """Items of the chunk without a result. A first attempt has none to exclude. Otherwise the chunk's own
+    ids are looked up in the results' primary key (`scored_among`): a plan that does not depend on fresh
+    table statistics, where an anti-join may hash every result the job has written so far."""
+    items = [tuple(row) for row in session.execute(
+        select(JobItem.item_id, JobItem.uri).where(JobItem.job_id == job_id, JobItem.chunk_no == chunk_no)
+        .order_by(JobItem.item_id))]
+    if first_attempt or not items:
+        return items
+    scored = set(session.scalars(scored_among(job_id, [item_id for item_id, _ in items])))
+    return [item for item in items if item[0] not in scored]
+
+
+def scored_among(job_id: str, item_ids: list[str]):
+    """The query for which of `item_ids` already have a result: primary-key lookups, one per id."""
+    return select(Result.item_id).where(Result.job_id == job_id, Result.item_id.in_(item_ids))
 
 
 def claim(session: Session, job_id: str, chunk_no: int, *, worker: str,
