@@ -371,8 +371,8 @@ def test_a_retry_finds_its_unscored_items_by_primary_key_whatever_the_statistics
     with session_scope(pg_url) as s:
         ids = list(s.scalars(select(life.JobItem.item_id).where(life.JobItem.job_id == job_id,
                                                                   life.JobItem.chunk_no == last_chunk)))
-        query = life.scored_among(job_id, ids).compile(s.get_bind(), compile_kwargs={"literal_binds": True})
-        plan = s.execute(text(f"EXPLAIN (ANALYZE, FORMAT JSON) {query}")).scalar_one()[0]["Plan"]
+        query, params = life.scored_among(s, job_id, ids)
+        plan = s.execute(text(f"EXPLAIN (ANALYZE, FORMAT JSON) {query.text}"), params).scalar_one()[0]["Plan"]
     nodes = list(_plan_nodes(plan))
     assert all(n["Node Type"] != "Seq Scan" and "Hash" not in n["Node Type"] for n in nodes), nodes
     assert any(n.get("Index Name") == "results_pkey" for n in nodes), nodes

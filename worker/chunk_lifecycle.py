@@ -77,21 +77,30 @@ def mark_delivered(session: Session, job_id: str, chunk_no: int, worker: str) ->
 
 
 def _unscored(session: Session, job_id: str, chunk_no: int, first_attempt: bool) -> list[tuple[str, str]]:
-    """Items of the chunk without a result. A first attempt has none to exclude. Otherwise the chunk's own
-    ids are looked up in the results' primary key (`scored_among`): a plan that does not depend on fresh
-    table statistics, where an anti-join may hash every result the job has written so far."""
+    """Items of the chunk without a result. A first attempt has none to exclude; a retry looks its own ids
+    up one by one (`scored_among`)."""
     items = [tuple(row) for row in session.execute(
         select(JobItem.item_id, JobItem.uri).where(JobItem.job_id == job_id, JobItem.chunk_no == chunk_no)
         .order_by(JobItem.item_id))]
     if first_attempt or not items:
         return items
-    scored = set(session.scalars(scored_among(job_id, [item_id for item_id, _ in items])))
+    scored = set(session.scalars(*scored_among(session, job_id, [item_id for item_id, _ in items])))
     return [item for item in items if item[0] not in scored]
 
 
-def scored_among(job_id: str, item_ids: list[str]):
-    """The query for which of `item_ids` already have a result: primary-key lookups, one per id."""
-    return select(Result.item_id).where(Result.job_id == job_id, Result.item_id.in_(item_ids))
+# A LATERAL subquery with LIMIT cannot be flattened into a join, so PostgreSQL probes the results' primary key
+# once per id whatever its statistics say. `job_id = :job AND item_id IN (...)` or an anti-join let the planner,
+# with statistics from before the job grew, read every result the job has written and filter them.
+_SCORED_AMONG_PG = text("""
+SELECT u.item_id FROM unnest(CAST(:item_ids AS text[])) AS u(item_id)
+CROSS JOIN LATERAL (SELECT 1 FROM results r WHERE r.job_id = :job_id AND r.item_id = u.item_id LIMIT 1) AS hit""")
+
+
+def scored_among(session: Session, job_id: str, item_ids: list[str]) -> tuple:
+    """(statement, parameters) finding which of `item_ids` already have a result, one key lookup per id."""
+    if is_postgres(session):
+        return _SCORED_AMONG_PG, {"job_id": job_id, "item_ids": item_ids}
+    return select(Result.item_id).where(Result.job_id == job_id, Result.item_id.in_(item_ids)), {}
 
 
 def claim(session: Session, job_id: str, chunk_no: int, *, worker: str,
