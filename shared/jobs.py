@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared import model_imports, model_registry
-from shared.db import get_or_404
+from shared.db import get_or_404, is_postgres
 from shared.errors import Forbidden, InvalidRequest, NotFound, Unprocessable
 from shared.outputs import output_columns
 from shared.quotas import check_active_jobs
@@ -63,7 +63,7 @@ def create_score_job(session: Session, *, model_ref: str, pieces: Iterable[list[
         if rows:
             try:
                 with session.begin_nested():
-                    session.execute(insert(JobItem), rows)
+                    _insert_items(session, job.id, rows)
             except IntegrityError:
                 raise InvalidRequest("item ids must be unique within a job; "
                                      f"a duplicate is among {rows[0]['item_id']!r}..{rows[-1]['item_id']!r}",
@@ -76,6 +76,23 @@ def create_score_job(session: Session, *, model_ref: str, pieces: Iterable[list[
          "item_count": min(chunk_size, total - no * chunk_size)} for no in range(n_chunks)])
     job.total_items, job.total_chunks = total, n_chunks
     return job
+
+
+def _insert_items(session: Session, job_id: str, rows: list[dict]) -> None:
+    """On PostgreSQL by COPY: a 100,000-item manifest costs the server a fraction of 100,000 INSERT rows and the
+    client no query text to build or split."""
+    if not is_postgres(session):
+        session.execute(insert(JobItem), rows)
+        return
+    from psycopg.errors import UniqueViolation
+
+    cursor = session.connection().connection.driver_connection.cursor()
+    try:
+        with cursor.copy("COPY job_items (job_id, item_id, uri, chunk_no) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row((job_id, row["item_id"], row["uri"], row["chunk_no"]))
+    except UniqueViolation as exc:  # the driver's own error: say it as SQLAlchemy would
+        raise IntegrityError("COPY job_items", None, exc) from exc
 
 
 def get_job(session: Session, job_id: str) -> Job:

@@ -384,3 +384,27 @@ def test_a_retry_finds_its_unscored_items_by_primary_key_whatever_the_statistics
                   .values(state="queued", attempts=1))
     again = claim(pg_url, job_id, last_chunk)
     assert [i for i, _ in again.items] == [f"i{k:02d}" for k in range(19_968, 20_000)]
+
+
+@pytest.mark.parametrize("pieces", [[[("a", "1.jpg"), ("b", "2.jpg"), ("a", "3.jpg")]],
+                                    [[("a", "1.jpg")], [("b", "2.jpg"), ("a", "3.jpg")]]])
+def test_a_job_with_a_repeated_item_id_is_refused_and_leaves_nothing(db_url, model_id, pieces):
+    from shared.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match="unique within a job"):
+        with session_scope(db_url) as s:
+            jobs.create_score_job(s, model_ref="m", pieces=pieces, source={"type": "items"}, use_cache=True,
+                                  chunk_size=2)
+    with session_scope(db_url) as s:
+        assert s.scalar(select(func.count()).select_from(Job)) == 0
+        assert s.scalar(select(func.count()).select_from(life.JobItem)) == 0
+
+
+def test_item_ids_and_paths_with_tabs_quotes_and_backslashes_are_stored_as_given(db_url, model_id):
+    odd = [("a\tb", "dir\\x.jpg"), ('q"uote', "new\nline.jpg"), ("ünï", "\\N")]
+    with session_scope(db_url) as s:
+        job_id = jobs.create_score_job(s, model_ref="m", pieces=[odd], source={"type": "items"}, use_cache=True,
+                                       chunk_size=2).id
+    with session_scope(db_url) as s:
+        stored = set(s.execute(select(life.JobItem.item_id, life.JobItem.uri).where(life.JobItem.job_id == job_id)))
+    assert stored == set(odd)
