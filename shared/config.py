@@ -82,6 +82,7 @@ class Settings:
     chain_seconds: float
     batch_size: int
     decode_threads: int
+    fast_jpeg: bool
     max_image_pixels: int
     max_image_bytes: int
     max_attempts: int
@@ -152,6 +153,7 @@ def load_settings(env: dict | None = None) -> Settings:
         chain_seconds=_float(env, "IMGQ_CHAIN_SECONDS", 60.0, zero_allowed=True),
         batch_size=_int(env, "IMGQ_BATCH_SIZE", 64),
         decode_threads=_int(env, "IMGQ_DECODE_THREADS", max(2, os.cpu_count() or 2)),
+        fast_jpeg=_bool(env, "IMGQ_FAST_JPEG", True),
         max_image_pixels=_int(env, "IMGQ_MAX_IMAGE_PIXELS", 40_000_000),
         max_image_bytes=_int(env, "IMGQ_MAX_IMAGE_BYTES", 50 * 1024 * 1024),
         max_attempts=_int(env, "IMGQ_MAX_ATTEMPTS", 3),

@@ -158,7 +158,7 @@ def run_chunk(job_id: str, chunk_no: int, *, worker: str, models: ModelCache, se
 def _options(claimed: ClaimedChunk, settings: Settings) -> ScoreOptions:
     return ScoreOptions(roots=settings.readable_roots(claimed.upload_folder), batch_size=settings.batch_size,
                         max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes,
-                        threads=settings.decode_threads, use_cache=claimed.use_cache,
+                        threads=settings.decode_threads, use_cache=claimed.use_cache, fast_jpeg=settings.fast_jpeg,
                         read_timeout=settings.read_timeout, decode_timeout=settings.decode_timeout)
 
 

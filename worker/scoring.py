@@ -41,6 +41,7 @@ class ScoreOptions:
     max_bytes: int
     threads: int
     use_cache: bool = True
+    fast_jpeg: bool = True  # JPEG pixels by simplejpeg (same result as Pillow, see shared/imaging.py)
     read_timeout: float = 30.0  # per item: a read that blocks longer becomes that item's error
     decode_timeout: float = 60.0
 
@@ -80,7 +81,8 @@ def _prepare(batch, model, opts, pool, lookup_cache) -> Prepared:
     def decode(entry):
         item_id, data, digest = entry
         try:
-            return item_id, digest, load_for_model(data, model.preprocessing, max_pixels=opts.max_pixels), None
+            return item_id, digest, load_for_model(data, model.preprocessing, max_pixels=opts.max_pixels,
+                                                  fast_jpeg=opts.fast_jpeg), None
         except ImageError as exc:
             return item_id, digest, None, str(exc)
 

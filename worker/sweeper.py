@@ -28,9 +28,9 @@ from typing import Callable
 
 from sqlalchemy import func, select
 
+from shared import liveness, model_imports
 from shared.celery_app import SCORE_QUEUE, TRAIN_QUEUE
 from shared.config import Settings
-from shared import liveness, model_imports
 from shared.db import session_scope
 from shared.jobs import FINAL
 from shared.tables import Chunk, Job, TrainRun, utcnow

@@ -346,9 +346,9 @@ def _succeed(job_id, attempt, req, version, metrics, comparison, data) -> None:
 
 def _compare_and_report(req, model, data, signature, metrics, settings) -> dict:
     """Evaluate production on the same holdout, shadow-score a sample next to it, apply the gate."""
+    from shared.errors import NotFound
     from shared.model_inspect import load_keras_safely
     from shared.model_registry import resolve
-    from shared.errors import NotFound
     from worker.training import evaluate
 
     holdout = data.splits["holdout"]
@@ -415,8 +415,9 @@ def _register(req, job_id, model, signature, metrics, data, parent, settings, *,
         path = Path(tmp) / "model.keras"
         model.save(path)
         with session_scope() as s:
+            # promote=None: the first version of a new name becomes production, later ones wait for the gate
             version = import_model(s, path, req.model, Signature(**signature), settings.model_store,
-                                   description=f"trained by job {job_id}", lineage=lineage, promote=None)  # a new name: first version is production
+                                   description=f"trained by job {job_id}", lineage=lineage, promote=None)
             s.expunge(version)
     return version
 
