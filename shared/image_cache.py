@@ -27,8 +27,7 @@ from pathlib import Path
 import numpy as np
 import PIL
 
-from shared.imaging import (Geometry, ImageError, Preprocessing, scale_pixels, content_hash, load_for_model,
-                            read_image_file)
+from shared.imaging import Geometry, ImageError, Preprocessing, load_for_model, read_and_hash, scale_pixels
 
 CACHE_FORMAT = 1
 _GEOMETRY_FIELDS = ("orig_width", "orig_height", "scale_x", "scale_y", "pad_x", "pad_y", "input_width", "input_height")
@@ -81,8 +80,7 @@ class DecodedImageCache:
         """
         digest = None
         try:
-            data = read_image_file(Path(path), max_bytes=self.max_bytes)
-            digest = content_hash(data)
+            data, digest = read_and_hash(Path(path), max_bytes=self.max_bytes)
             array, geometry = self._load_hashed(data, digest)
             if not pixels:
                 array = scale_pixels(array.astype(np.float32), self.prep.pixel_scale)

@@ -554,10 +554,11 @@ def error_of(data: bytes, **kwargs) -> str:
         ("RGB", {"progressive": True}),
         ("RGB", {"subsampling": 0}),  # 4:4:4
         ("RGB", {"restart_marker_blocks": 4}),
+        ("RGB", {"keep_rgb": True}),  # stored as RGB, not YCbCr (Adobe transform 0)
         ("L", {}),
         ("L", {"progressive": True}),
     ],
-    ids=["baseline", "progressive", "444", "restart-markers", "grey", "grey-progressive"],
+    ids=["baseline", "progressive", "444", "restart-markers", "rgb-colourspace", "grey", "grey-progressive"],
 )
 def test_the_fast_path_gives_the_pillow_paths_inputs_for_photo_jpegs(photo, kind, save_kwargs, prep):
     assert_paths_agree(encode(photo.convert(kind), "JPEG", quality=90, **save_kwargs), prep)

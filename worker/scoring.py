@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from shared.imaging import ImageError, content_hash, load_for_model, read_image_file
+from shared.imaging import ImageError, load_for_model, read_and_hash
 from shared.outputs import interpret
 from shared.paths import OutsideDataRoots, resolve_inside
 from worker.item_pool import ItemPool
@@ -46,19 +46,20 @@ class ScoreOptions:
     decode_timeout: float = 60.0
 
 
-def read_item(uri: str, roots: tuple[Path, ...], max_bytes: int) -> bytes:
+def read_item(uri: str, roots: tuple[Path, ...], max_bytes: int) -> tuple[bytearray, str]:
+    """The item's bytes and their content hash, in one pass over the file."""
     try:
         path = resolve_inside(roots, uri)
     except OutsideDataRoots as exc:
         raise ImageError(str(exc)) from None
-    return read_image_file(path, max_bytes=max_bytes, shown=uri)
+    return read_and_hash(path, max_bytes=max_bytes, shown=uri)
 
 
 def _fetch(item, opts):
     item_id, uri = item
     try:
-        data = read_item(uri, opts.roots, opts.max_bytes)
-        return item_id, data, content_hash(data), None
+        data, digest = read_item(uri, opts.roots, opts.max_bytes)
+        return item_id, data, digest, None
     except ImageError as exc:
         return item_id, None, None, str(exc)
 
