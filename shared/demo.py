@@ -10,7 +10,6 @@ import os
 import sys
 import time
 
-
 from shared.config import ensure_dirs, settings
 from shared.local_stack import LocalStack
 

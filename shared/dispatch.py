@@ -6,8 +6,15 @@ import logging
 
 from sqlalchemy import update
 
-from shared.celery_app import (IMPORT_MODEL_TASK, MAINTENANCE_QUEUE, SCORE_CHUNK_TASK, SCORE_QUEUE, TRAIN_QUEUE,
-                               TRAIN_TASK, app)
+from shared.celery_app import (
+    IMPORT_MODEL_TASK,
+    MAINTENANCE_QUEUE,
+    SCORE_CHUNK_TASK,
+    SCORE_QUEUE,
+    TRAIN_QUEUE,
+    TRAIN_TASK,
+    app,
+)
 from shared.db import session_scope
 from shared.tables import Chunk, Job, TrainRun, utcnow
 

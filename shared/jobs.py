@@ -4,8 +4,8 @@ from __future__ import annotations
 import csv
 import io
 import uuid
+from collections.abc import Iterable, Iterator
 from datetime import datetime
-from typing import Iterable, Iterator
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError

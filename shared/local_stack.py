@@ -77,7 +77,7 @@ class LocalStack:
             self.token = self.create_token()
             self.http.headers["Authorization"] = f"Bearer {self.token}"
 
-    def start(self, timeout: float = 90) -> "LocalStack":
+    def start(self, timeout: float = 90) -> LocalStack:
         self.authenticate()
         self.start_web()
         self.start_worker()
@@ -147,7 +147,7 @@ class LocalStack:
             log.close()
         self._logs.clear()
 
-    def __enter__(self) -> "LocalStack":
+    def __enter__(self) -> LocalStack:
         return self.start()
 
     def __exit__(self, *exc) -> None:

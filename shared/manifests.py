@@ -1,8 +1,8 @@
 """Reading item lists from CSV or Parquet manifests in bounded pieces, never whole."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pandas as pd
 import pyarrow.parquet as pq

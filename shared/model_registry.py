@@ -46,7 +46,7 @@ class Signature:
     class_names: list[str] | None = None
     target_transform: dict = field(default_factory=lambda: {"kind": "none"})
 
-    def validated(self) -> "Signature":
+    def validated(self) -> Signature:
         if self.task not in TASKS:
             raise InvalidRequest(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.resize_mode not in RESIZE_MODES:

@@ -391,10 +391,9 @@ def test_a_retry_finds_its_unscored_items_by_primary_key_whatever_the_statistics
 def test_a_job_with_a_repeated_item_id_is_refused_and_leaves_nothing(db_url, model_id, pieces):
     from shared.errors import InvalidRequest
 
-    with pytest.raises(InvalidRequest, match="unique within a job"):
-        with session_scope(db_url) as s:
-            jobs.create_score_job(s, model_ref="m", pieces=pieces, source={"type": "items"}, use_cache=True,
-                                  chunk_size=2)
+    with pytest.raises(InvalidRequest, match="unique within a job"), session_scope(db_url) as s:
+        jobs.create_score_job(s, model_ref="m", pieces=pieces, source={"type": "items"}, use_cache=True,
+                              chunk_size=2)
     with session_scope(db_url) as s:
         assert s.scalar(select(func.count()).select_from(Job)) == 0
         assert s.scalar(select(func.count()).select_from(life.JobItem)) == 0

@@ -8,9 +8,9 @@ from dataclasses import asdict
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import write_jpeg
 
 import shared.datasets as datasets
-from conftest import write_jpeg
 from shared.datasets import SPLITS, DatasetSpec, assign_splits, check_dataset, load_dataset, split_of
 from shared.errors import InvalidRequest
 

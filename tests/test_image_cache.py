@@ -5,10 +5,10 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import write_jpeg
 from PIL import Image
 
 import shared.image_cache as image_cache
-from conftest import write_jpeg
 from shared.image_cache import DecodedImageCache
 from shared.imaging import ImageError, Preprocessing, content_hash, load_for_model
 
@@ -249,4 +249,4 @@ def test_concurrent_loads_of_the_same_new_image(tmp_path):
             np.testing.assert_allclose(array, expected, atol=1e-6, rtol=0)
     assert sum(c.stats.corrupt for c in caches) == 0
     assert sum(c.stats.hits for c in caches) >= 4 * 19
-    assert not [p for p in (tmp_path / "cache").rglob(".tmp-*")]
+    assert not list((tmp_path / "cache").rglob(".tmp-*"))

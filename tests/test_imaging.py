@@ -322,7 +322,7 @@ def test_normalised_round_trip(resize_mode):
     np.testing.assert_allclose(back_x, x, atol=1e-9)
     np.testing.assert_allclose(back_y, y, atol=1e-9)
     # the original frame fills [0,1] in stretch and stays inside it in letterbox
-    assert 0 <= xn.min() and xn.max() <= 1 and 0 <= yn.min() and yn.max() <= 1
+    assert xn.min() >= 0 and xn.max() <= 1 and yn.min() >= 0 and yn.max() <= 1
     # scalars work too and follow the documented formula
     sx, sy = geo.to_original(0.5, 0.25)
     assert float(sx) == pytest.approx((0.5 * 128 - geo.pad_x) / geo.scale_x)
@@ -494,7 +494,7 @@ def test_load_for_model_end_to_end():
     arr, geo = load_for_model(data, Preprocessing(32, 32, resize_mode="letterbox", pixel_scale="symmetric"),
                               max_pixels=BIG)
     assert arr.shape == (32, 32, 3) and arr.dtype == np.float32
-    assert -1.0 <= arr.min() and arr.max() <= 1.0
+    assert arr.min() >= -1.0 and arr.max() <= 1.0
     assert (geo.orig_width, geo.orig_height, geo.pad_x, geo.pad_y) == (40, 20, 0.0, 8.0)
     assert_close(marker_in_original((arr + 1) * 127.5, geo), (32, 12), tol=1)
 

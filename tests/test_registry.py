@@ -38,9 +38,8 @@ def test_a_file_asking_for_code_is_refused(sqlite_url, tmp_path, model_files):
     from shared.migrate import upgrade
 
     upgrade(sqlite_url)
-    with session_scope(sqlite_url) as s:
-        with pytest.raises(ModelRejected, match="arbitrary Python code"):
-            registry.import_model(s, model_files["unsafe"], "evil", sig(), tmp_path / "store")
+    with session_scope(sqlite_url) as s, pytest.raises(ModelRejected, match="arbitrary Python code"):
+        registry.import_model(s, model_files["unsafe"], "evil", sig(), tmp_path / "store")
 
 
 @pytest.mark.parametrize("signature, message", [
@@ -55,9 +54,8 @@ def test_signature_mismatches_are_refused(sqlite_url, tmp_path, model_files, sig
 
     upgrade(sqlite_url)
     file = model_files["classification" if signature.task == "classification" else "regression"]
-    with session_scope(sqlite_url) as s:
-        with pytest.raises((ModelRejected, InvalidRequest), match=message):
-            registry.import_model(s, file, "m", signature, tmp_path / "store")
+    with session_scope(sqlite_url) as s, pytest.raises((ModelRejected, InvalidRequest), match=message):
+        registry.import_model(s, file, "m", signature, tmp_path / "store")
 
 
 def test_refs_are_parsed():

@@ -1,8 +1,8 @@
 """The batched scoring pipeline, without Celery or a database: real images, a real Keras model."""
 import numpy as np
 import pytest
-
 from conftest import write_jpeg
+
 from shared.imaging import Preprocessing, load_for_model
 from shared.model_registry import sha256_file
 from shared.tables import ModelVersion
@@ -106,7 +106,7 @@ def test_letterboxed_keypoints_map_back_to_original_pixels(tmp_path, model_files
     ex, ey = geom.to_original(raw[0::2], raw[1::2])
     assert out["a_x"] == pytest.approx(float(ex[0]), abs=1e-3)
     assert out["b_y"] == pytest.approx(float(ey[1]), abs=1e-3)
-    assert 0 <= out["a_x"] <= 120 and 0 - 1e-6 <= out["a_y"]  # sigmoid outputs land in the image frame
+    assert 0 <= out["a_x"] <= 120 and out["a_y"] >= 0 - 1e-6  # sigmoid outputs land in the image frame
 
 
 def test_model_cache_loads_once_and_evicts_least_recent(model_files):

@@ -3,7 +3,6 @@ import time
 import uuid
 
 import pytest
-
 from conftest import import_model_http, write_jpeg
 
 pytestmark = pytest.mark.integration
@@ -21,7 +20,8 @@ def test_promotion_and_rollback_reach_the_next_job_without_a_restart(pg_stack, m
         return pg_stack.wait_job(job["id"])["model"]["ref"]
 
     assert scored_by() == f"{name}@1"
-    resp = pg_stack.http.post(pg_stack.url(f"/api/v1/models/{name}/aliases/production"), json={"version": 2}, timeout=10)
+    resp = pg_stack.http.post(pg_stack.url(f"/api/v1/models/{name}/aliases/production"), json={"version": 2},
+                              timeout=10)
     assert resp.status_code == 200
     assert scored_by() == f"{name}@2"  # the same worker, no restart
     models = pg_stack.http.get(pg_stack.url("/api/v1/models"), timeout=10).json()["models"]
@@ -62,7 +62,8 @@ def test_a_sweep_runs_one_job_per_point_compared_on_one_holdout(pg_stack, digits
 
 
 def test_bad_sweeps_and_train_requests_are_4xx(pg_stack):
-    bad_grid = pg_stack.http.post(pg_stack.url("/api/v1/sweeps"), json={"base": base_request("x"), "grid": {"epochs": []}},
+    bad_grid = pg_stack.http.post(pg_stack.url("/api/v1/sweeps"),
+                                  json={"base": base_request("x"), "grid": {"epochs": []}},
                              timeout=10)
     assert bad_grid.status_code == 400 and bad_grid.json()["error"]["field"] == "grid"
     no_labels = pg_stack.http.post(pg_stack.url("/api/v1/jobs/train"), timeout=10, json={

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-
 from worker.training import models as M
+
+keras = pytest.importorskip("keras")
 
 RNG = np.random.default_rng(0)
 

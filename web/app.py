@@ -9,8 +9,7 @@ from shared import dispatch, liveness
 from shared.config import Settings, ensure_dirs
 from shared.config import settings as load
 from shared.db import session_scope
-from web import (api_datasets, api_jobs, api_models, api_training, auth, errors, metrics, rate_limits,
-                 request_checks)
+from web import api_datasets, api_jobs, api_models, api_training, auth, errors, metrics, rate_limits, request_checks
 
 
 def create_app(settings: Settings | None = None) -> Flask:

@@ -356,4 +356,4 @@ def lookup_cache(session: Session, model_version_id: int, hashes: list[str]) -> 
         return {}
     rows = session.execute(select(ScoreCache.content_hash, ScoreCache.outputs).where(
         ScoreCache.model_version_id == model_version_id, ScoreCache.content_hash.in_(set(hashes))))
-    return {digest: outputs for digest, outputs in rows}
+    return dict(rows.tuples())

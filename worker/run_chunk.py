@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
-from typing import Iterator
 
 from shared.config import Settings
 from shared.db import session_scope

@@ -1,12 +1,11 @@
 """score jobs, model registry, score cache
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-25 09:39:59.941711
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0001'
 down_revision = None

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import requests
@@ -43,7 +43,7 @@ class FaultStack(LocalStack):
         super().__init__(full_env, tmp / "logs")
         self.worker_names = [f"w{k + 1}" for k in range(workers)]
 
-    def start(self, timeout: float = 120) -> "FaultStack":
+    def start(self, timeout: float = 120) -> FaultStack:
         self.authenticate()
         self.start_web()
         for name in self.worker_names:

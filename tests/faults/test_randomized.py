@@ -234,7 +234,7 @@ class FaultDriver(threading.Thread):
         self.note(f"{kind} {target} (back in {for_seconds:.1f}s)")
 
     def heal(self, due_only: bool = False) -> None:
-        for target, (at, kind) in list(self.down.items()):
+        for target, (at, _kind) in list(self.down.items()):
             if due_only and time.monotonic() < at:
                 continue
             if target == "postgres":

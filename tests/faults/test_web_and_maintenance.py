@@ -212,8 +212,9 @@ def test_a_web_front_killed_right_after_a_202_loses_nothing_and_a_retried_post_r
     assert check.results == 48 and check.lost == check.duplicated == 0
     fault_report.record(fault="kill -9 of the web front right after a 202", case="score, Idempotency-Key",
                         recover_seconds=web_back, items=check.items, lost=check.lost, duplicated=check.duplicated,
-                        verdict="pass", notes=f"{done_while_down} items scored while it was down (restarted then); job done "
-                                          f"{finished:.0f} s after the kill; the retried POST replayed the same job")
+                        verdict="pass",
+                        notes=f"{done_while_down} items scored while it was down (restarted then); job done "
+                              f"{finished:.0f} s after the kill; the retried POST replayed the same job")
 
 
 # ---------------------------------------------------------------- 2. the web front dies during an upload

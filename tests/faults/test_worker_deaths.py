@@ -105,7 +105,7 @@ def test_a_3000_item_job_survives_three_kill_9s_of_workers_and_pool_processes(st
     job_id = submit_items(stack, model, items_for(paths, stack.data))
     faults = []
     for at, fault in ((300, "pool:w1"), (1200, "worker:w1"), (2100, "pool:w2")):
-        wait_until(lambda: progress(stack, job_id)["done"] >= at, 600, f"{at} items done")
+        wait_until(lambda at=at: progress(stack, job_id)["done"] >= at, 600, f"{at} items done")
         kind, name = fault.split(":")
         if kind == "pool":
             assert stack.kill_pool_child(name) is not None

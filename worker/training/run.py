@@ -203,7 +203,7 @@ def _datasets(split, batch_size, augmentation, seed, shuffle, pixel_scale):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _stop_if_told(hb: "Heartbeat") -> None:
+def _stop_if_told(hb: Heartbeat) -> None:
     if hb.superseded.is_set():
         raise Superseded()
     if hb.canceled.is_set():
