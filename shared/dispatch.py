@@ -16,6 +16,7 @@ from shared.celery_app import (
     app,
 )
 from shared.db import session_scope
+from shared.states import OPEN_JOB_STATUSES, UNSENT_CHUNK_STATES, UNSENT_RUN_STATES, ChunkState, RunState
 from shared.tables import Chunk, Job, TrainRun, utcnow
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,8 @@ def enqueue_chunks(job_id: str, chunk_nos: list[int]) -> int:
         with session_scope() as s:
             s.execute(update(Chunk)
                       .where(Chunk.job_id == job_id, Chunk.chunk_no.in_(sent),
-                             Chunk.state.in_(("pending", "queued")))
-                      .values(state="queued", enqueued_at=utcnow()))
+                             Chunk.state.in_(UNSENT_CHUNK_STATES))
+                      .values(state=ChunkState.QUEUED, enqueued_at=utcnow()))
     return len(sent)
 
 
@@ -59,8 +60,8 @@ def enqueue_train(job_ids: list[str]) -> int:
     sent = _send_each(TRAIN_TASK, TRAIN_QUEUE, job_ids, "train")
     if sent:
         with session_scope() as s:
-            s.execute(update(TrainRun).where(TrainRun.job_id.in_(sent), TrainRun.state.in_(("pending", "queued")))
-                      .values(state="queued", enqueued_at=utcnow()))
+            s.execute(update(TrainRun).where(TrainRun.job_id.in_(sent), TrainRun.state.in_(UNSENT_RUN_STATES))
+                      .values(state=RunState.QUEUED, enqueued_at=utcnow()))
     return len(sent)
 
 
@@ -69,7 +70,7 @@ def enqueue_imports(job_ids: list[str]) -> int:
     sent = _send_each(IMPORT_MODEL_TASK, MAINTENANCE_QUEUE, job_ids, "import")
     if sent:
         with session_scope() as s:
-            s.execute(update(Job).where(Job.id.in_(sent), Job.status.in_(("queued", "running")))
+            s.execute(update(Job).where(Job.id.in_(sent), Job.status.in_(OPEN_JOB_STATUSES))
                       .values(enqueued_at=utcnow()))
     return len(sent)
 

@@ -16,12 +16,11 @@ from shared.db import get_or_404, is_postgres
 from shared.errors import Forbidden, InvalidRequest, NotFound, Unprocessable
 from shared.outputs import output_columns
 from shared.quotas import check_active_jobs
+from shared.states import FINAL_JOB_STATUSES, ChunkState, JobStatus, RunState
 from shared.tables import Chunk, Job, JobItem, ModelVersion, Result, TrainRun, utcnow
 from shared.tokens import ANYONE, Caller
 from shared.train_jobs import describe_train
 
-STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
-FINAL = ("succeeded", "failed", "canceled")
 MAX_ID_LENGTH = 500
 
 
@@ -41,7 +40,7 @@ def create_score_job(session: Session, *, model_ref: str, pieces: Iterable[list[
     here: the caller commits first, then calls shared.dispatch.enqueue_chunks."""
     check_active_jobs(session, token_id, max_active_jobs)
     version = model_registry.resolve(session, model_ref)
-    job = Job(id=str(uuid.uuid4()), kind="score", status="queued", model_version_id=version.id,
+    job = Job(id=str(uuid.uuid4()), kind="score", status=JobStatus.QUEUED, model_version_id=version.id,
               model_ref=model_ref, idempotency_key=idempotency_key, request_fingerprint=fingerprint,
               source=source, upload_folder=source.get("folder") if source.get("type") == "upload" else None,
               use_cache=use_cache, token_id=token_id, total_items=0, done_items=0, failed_items=0,
@@ -72,7 +71,7 @@ def create_score_job(session: Session, *, model_ref: str, pieces: Iterable[list[
         raise InvalidRequest("the job has no items", field="items")
     n_chunks = -(-total // chunk_size)
     session.execute(insert(Chunk), [
-        {"job_id": job.id, "chunk_no": no, "state": "pending", "attempts": 0,
+        {"job_id": job.id, "chunk_no": no, "state": ChunkState.PENDING, "attempts": 0,
          "item_count": min(chunk_size, total - no * chunk_size)} for no in range(n_chunks)])
     job.total_items, job.total_chunks = total, n_chunks
     return job
@@ -101,23 +100,25 @@ def get_job(session: Session, job_id: str) -> Job:
 
 def cancel_job(session: Session, job_id: str, who: Caller = ANYONE) -> Job:
     """Stop handing out chunks (a chunk already running finishes; its results are kept), or stop a
-    training at its next batch. Only the token that created the job, or an admin, may cancel it."""
+    training at its next batch. Only the token that created the job, or an admin, may cancel it.
+    queued|running -> canceled for the job, pending|queued|delivered -> canceled for its chunks or run.
+    Locks the job row."""
     job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
     if job is None:
         raise NotFound(f"no job {job_id}")
     if not who.is_admin and job.token_id != who.token_id:
         raise Forbidden("only the token that created this job, or an admin token, may cancel it")
-    if job.status in FINAL:
+    if job.status in FINAL_JOB_STATUSES:
         return job
-    session.execute(update(Chunk).where(Chunk.job_id == job_id,
-                                        Chunk.state.in_(("pending", "queued", "delivered")))
-                    .values(state="canceled", finished_at=utcnow()))
+    session.execute(update(Chunk).where(Chunk.job_id == job_id, Chunk.state.in_(
+        (ChunkState.PENDING, ChunkState.QUEUED, ChunkState.DELIVERED))).values(state=ChunkState.CANCELED,
+                                                                               finished_at=utcnow()))
 
     # a queued training never starts; a running one sees the status at its next batch and stops
     session.execute(update(TrainRun).where(TrainRun.job_id == job_id,
-                                           TrainRun.state.in_(("pending", "queued", "delivered")))
-                    .values(state="canceled"))
-    job.status, job.finished_at = "canceled", utcnow()
+                                           TrainRun.state.in_((RunState.PENDING, RunState.QUEUED, RunState.DELIVERED)))
+                    .values(state=RunState.CANCELED))
+    job.status, job.finished_at = JobStatus.CANCELED, utcnow()
     return job
 
 
@@ -157,7 +158,7 @@ def describe(session: Session, job: Job) -> dict:
     done = job.done_items
     rate = done / elapsed if elapsed and done else None
     remaining = job.total_items - done
-    eta = remaining / rate if rate and job.status not in FINAL else None
+    eta = remaining / rate if rate and job.status not in FINAL_JOB_STATUSES else None
     common["links"]["results"] = f"/api/v1/jobs/{job.id}/results"
     return {
         **common,
@@ -169,9 +170,7 @@ def describe(session: Session, job: Job) -> dict:
             "images_per_second": round(rate, 2) if rate else None,
             "eta_seconds": round(eta, 1) if eta is not None else None,
         },
-        "chunks": {"total": job.total_chunks, **{s: chunk_states.get(s, 0) for s in
-                                                 ("pending", "queued", "delivered", "running", "done", "failed",
-                                                  "canceled")}},
+        "chunks": {"total": job.total_chunks, **{state.value: chunk_states.get(state, 0) for state in ChunkState}},
         "cache": job.use_cache,
     }
 
@@ -180,8 +179,8 @@ def list_jobs(session: Session, *, status: str | None, model: str | None, kind: 
               limit: int, before: str | None) -> list[Job]:
     q = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
     if status:
-        if status not in STATUSES:
-            raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}", field="status")
+        if status not in {s.value for s in JobStatus}:
+            raise InvalidRequest(f"status must be one of {', '.join(s.value for s in JobStatus)}", field="status")
         q = q.where(Job.status == status)
     if kind:
         q = q.where(Job.kind == kind)

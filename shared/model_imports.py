@@ -29,14 +29,13 @@ from shared.config import Settings
 from shared.db import is_outage, session_scope
 from shared.errors import ImgqError, ModelRejected
 from shared.paths import path_inside
+from shared.states import FINAL_JOB_STATUSES, OPEN_JOB_STATUSES, JobStatus
 from shared.tables import Job, ModelVersion, utcnow
 
 log = logging.getLogger(__name__)
 
 KIND = "import"
 STAGING = ".staging"  # a folder of the model store; no model name starts with "."
-OPEN = ("queued", "running")
-FINAL = ("succeeded", "failed", "canceled")
 STORE_TRIES = 3  # two imports of one name may race for the next version number
 
 
@@ -59,7 +58,7 @@ def create_import_job(session: Session, job_id: str, *, name: str, signature: re
     shared.dispatch.enqueue_imports. The name and signature are checked here (a 400 before anything runs)."""
     names.check_name(name)
     signature.validated()
-    job = Job(id=job_id, kind=KIND, status="queued", model_ref=name, token_id=token_id, use_cache=False,
+    job = Job(id=job_id, kind=KIND, status=JobStatus.QUEUED, model_ref=name, token_id=token_id, use_cache=False,
               source={"type": KIND, "name": name, "file": shown, "signature": signature.as_columns(),
                       "description": description, "promote": promote},
               total_items=1, done_items=0, failed_items=0, cached_items=0, total_chunks=0)
@@ -71,19 +70,20 @@ def claim(session: Session, job_id: str) -> dict | None:
     """queued|running -> running, under the job row's lock. Returns the job's source, or None when the job is
     final or missing (nothing to do)."""
     job = session.scalar(select(Job).where(Job.id == job_id, Job.kind == KIND).with_for_update())
-    if job is None or job.status not in OPEN:
+    if job is None or job.status not in OPEN_JOB_STATUSES:
         return None
     now = utcnow()
-    job.status, job.heartbeat_at = "running", now
+    job.status, job.heartbeat_at = JobStatus.RUNNING, now
     job.started_at = job.started_at or now
     return dict(job.source)
 
 
-def _finish(session: Session, job_id: str, status: str, error: str | None = None) -> bool:
+def _finish(session: Session, job_id: str, status: JobStatus, error: str | None = None) -> bool:
     """queued|running -> succeeded|failed, once (a conditional UPDATE takes the row's lock). False when the
     job was already final."""
-    done = session.execute(update(Job).where(Job.id == job_id, Job.status.in_(OPEN)).values(
-        status=status, error=error, finished_at=utcnow(), done_items=1, failed_items=int(status == "failed")))
+    done = session.execute(update(Job).where(Job.id == job_id, Job.status.in_(OPEN_JOB_STATUSES)).values(
+        status=status, error=error, finished_at=utcnow(), done_items=1,
+        failed_items=int(status == JobStatus.FAILED)))
     return done.rowcount == 1
 
 
@@ -93,7 +93,7 @@ def _store(settings: Settings, job_id: str, source: dict, staged: Path, shapes: 
     for attempt in range(1, STORE_TRIES + 1):
         try:
             with session_scope() as session:
-                if not _finish(session, job_id, "succeeded"):
+                if not _finish(session, job_id, JobStatus.SUCCEEDED):
                     return None
                 row = registry.import_model(
                     session, staged, source["name"], registry.Signature(**source["signature"]),
@@ -111,7 +111,7 @@ def _store(settings: Settings, job_id: str, source: dict, staged: Path, shapes: 
 def fail(job_id: str, reason: str) -> bool:
     """running -> failed with `reason` (a message for the client), unless the job is final already."""
     with session_scope() as session:
-        return _finish(session, job_id, "failed", reason)
+        return _finish(session, job_id, JobStatus.FAILED, reason)
 
 
 def run_import(job_id: str, settings: Settings) -> str:
@@ -149,7 +149,7 @@ def describe_import(session: Session, job: Job) -> dict:
     source = job.source or {}
     version = session.get(ModelVersion, job.model_version_id) if job.model_version_id else None
     result = f"{version.name}@{version.version}" if version is not None else None
-    done = job.status in FINAL
+    done = job.status in FINAL_JOB_STATUSES
     links = {"version": f"/api/v1/models/{version.name}/versions/{version.version}"} if version else {}
     return {
         "model": {"name": source.get("name"), "file": source.get("file"), "result": result,
@@ -157,7 +157,7 @@ def describe_import(session: Session, job: Job) -> dict:
         "progress": {"total": 1, "done": int(done), "succeeded": int(result is not None),
                      "failed": int(done and result is None), "remaining": int(not done),
                      "percent": 100.0 if done else 0.0,
-                     "phase": {"queued": "waiting", "running": "inspecting"}.get(job.status, "done")},
+                     "phase": {JobStatus.QUEUED: "waiting", JobStatus.RUNNING: "inspecting"}.get(job.status, "done")},
         "links": links,
     }
 
@@ -173,7 +173,7 @@ def remove_stale_staging(settings: Settings, older_than: float) -> int:
     if not old:
         return 0
     with session_scope() as session:
-        open_ids = set(session.scalars(select(Job.id).where(Job.id.in_(list(old)), Job.status.in_(OPEN))))
+        open_ids = set(session.scalars(select(Job.id).where(Job.id.in_(list(old)), Job.status.in_(OPEN_JOB_STATUSES))))
     for job_id in set(old) - open_ids:
         old[job_id].unlink(missing_ok=True)
         log.info("removed the staging file of import job %s", job_id)

@@ -5,6 +5,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared.errors import TooManyRequests
+from shared.states import OPEN_JOB_STATUSES
 from shared.tables import Job
 
 
@@ -13,7 +14,7 @@ def check_active_jobs(session: Session, token_id: int | None, limit: int | None,
     if token_id is None or limit is None:
         return
     active = session.scalar(select(func.count()).select_from(Job).where(
-        Job.token_id == token_id, Job.status.in_(("queued", "running"))))
+        Job.token_id == token_id, Job.status.in_(OPEN_JOB_STATUSES)))
     if active + adding > limit:
         raise TooManyRequests(f"this token has {active} jobs queued or running, its limit is {limit}; "
                               "wait for some to finish", retry_after=30, active=active, limit=limit)

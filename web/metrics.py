@@ -7,6 +7,7 @@ from sqlalchemy import func, select
 
 from shared import liveness
 from shared.db import session_scope
+from shared.states import OPEN_JOB_STATUSES
 from shared.tables import Chunk, Job
 
 
@@ -23,10 +24,10 @@ class QueueCollector:
             for kind, status, n in s.execute(select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status)):
                 jobs.add_metric([kind, status], n)
             for state, n in s.execute(select(Chunk.state, func.count()).join(Job, Job.id == Chunk.job_id)
-                                      .where(Job.status.in_(("queued", "running"))).group_by(Chunk.state)):
+                                      .where(Job.status.in_(OPEN_JOB_STATUSES)).group_by(Chunk.state)):
                 chunks.add_metric([state], n)
             remaining = s.scalar(select(func.coalesce(func.sum(Job.total_items - Job.done_items), 0))
-                                 .where(Job.status.in_(("queued", "running"))))
+                                 .where(Job.status.in_(OPEN_JOB_STATUSES)))
             items.add_metric([], remaining or 0)
         yield from (jobs, chunks, items, swept)
 

@@ -19,10 +19,9 @@ from sqlalchemy import case, func, select, text, update
 from sqlalchemy.orm import Session
 
 from shared.db import insert_ignoring_conflicts, is_postgres
-from shared.jobs import FINAL
+from shared.states import FINAL_JOB_STATUSES, TERMINAL_CHUNK_STATES, UNSENT_CHUNK_STATES, ChunkState, JobStatus
 from shared.tables import Chunk, Job, JobItem, ModelVersion, Result, ScoreCache, utcnow
 
-TERMINAL_CHUNK_STATES = ("done", "failed", "canceled")
 POISON_DEATHS = 2  # deaths while an item was scored alone before that item is failed
 
 
@@ -50,7 +49,7 @@ def _lock_chunk(session: Session, job_id: str, chunk_no: int) -> Chunk | None:
 def _owned(job_id: str, chunk_no: int, attempt: int):
     """The fence: the chunk is still running the given attempt."""
     return (Chunk.job_id == job_id, Chunk.chunk_no == chunk_no, Chunk.attempts == attempt,
-            Chunk.state == "running")
+            Chunk.state == ChunkState.RUNNING)
 
 
 def model_for(session: Session, job_id: str, chunk_no: int) -> ModelVersion | str:
@@ -72,8 +71,8 @@ def mark_delivered(session: Session, job_id: str, chunk_no: int, worker: str) ->
     silence is visible. A worker killed between taking a message and claiming the chunk would otherwise
     leave it queued, its message held by a dead consumer until the broker's visibility timeout."""
     session.execute(update(Chunk).where(Chunk.job_id == job_id, Chunk.chunk_no == chunk_no,
-                                        Chunk.state.in_(("pending", "queued")))
-                    .values(state="delivered", worker=worker, heartbeat_at=utcnow()))
+                                        Chunk.state.in_(UNSENT_CHUNK_STATES))
+                    .values(state=ChunkState.DELIVERED, worker=worker, heartbeat_at=utcnow()))
 
 
 def _unscored(session: Session, job_id: str, chunk_no: int, first_attempt: bool) -> list[tuple[str, str]]:
@@ -115,10 +114,10 @@ def claim(session: Session, job_id: str, chunk_no: int, *, worker: str,
     now = utcnow()
     if chunk.state in TERMINAL_CHUNK_STATES:
         return f"chunk already {chunk.state}"
-    if job.status in FINAL:
-        chunk.state, chunk.finished_at = "canceled", now
+    if job.status in FINAL_JOB_STATUSES:
+        chunk.state, chunk.finished_at = ChunkState.CANCELED, now
         return f"job is {job.status}"
-    if chunk.state == "running":
+    if chunk.state == ChunkState.RUNNING:
         if chunk.worker != worker and chunk.heartbeat_at is not None and \
                 (now - chunk.heartbeat_at).total_seconds() < heartbeat_timeout:
             return "chunk is running on another worker"
@@ -126,10 +125,10 @@ def claim(session: Session, job_id: str, chunk_no: int, *, worker: str,
         if chunk.state in TERMINAL_CHUNK_STATES:
             return f"chunk {chunk.state} after its worker died"
     first = chunk.attempts == 0
-    chunk.state, chunk.attempts, chunk.worker = "running", chunk.attempts + 1, worker
+    chunk.state, chunk.attempts, chunk.worker = ChunkState.RUNNING, chunk.attempts + 1, worker
     chunk.started_at = chunk.heartbeat_at = now
-    if job.status == "queued":
-        job.status, job.started_at = "running", now
+    if job.status == JobStatus.QUEUED:
+        job.status, job.started_at = JobStatus.RUNNING, now
     job.heartbeat_at = now
     items = _unscored(session, job_id, chunk_no, first)
     version = session.get(ModelVersion, job.model_version_id)
@@ -144,7 +143,7 @@ def claim_next_fresh(session: Session, job_id: str, after: int, *, worker: str, 
     keeps its pipeline going across chunks; None when there is none or the job has ended. The broker's
     message for that chunk later finds it taken and is skipped. Locks as `claim` does."""
     candidates = session.scalars(select(Chunk.chunk_no).where(
-        Chunk.job_id == job_id, Chunk.chunk_no > after, Chunk.state.in_(("pending", "queued")),
+        Chunk.job_id == job_id, Chunk.chunk_no > after, Chunk.state.in_(UNSENT_CHUNK_STATES),
         Chunk.attempts == 0).order_by(Chunk.chunk_no).limit(4)).all()
     for chunk_no in candidates:  # one may have been taken since the read above; claim checks under lock
         claimed = claim(session, job_id, chunk_no, worker=worker, heartbeat_timeout=heartbeat_timeout,
@@ -167,7 +166,7 @@ def record_death(session: Session, job: Job, chunk: Chunk, max_attempts: int) ->
         select(func.count()).select_from(Result).where(Result.job_id == job.id, Result.item_id == suspect))
     if suspect is None or scored:
         if not _unscored(session, job.id, chunk.chunk_no, False):
-            _close(session, job, chunk, "done", None)
+            _close(session, job, chunk, ChunkState.DONE, None)
             return
         if suspect is None:  # died before naming any item: nothing to isolate, so give the chunk up
             give_up(session, job, chunk, f"gave up after {chunk.attempts} attempts: the worker scoring this "
@@ -185,11 +184,11 @@ def record_death(session: Session, job: Job, chunk: Chunk, max_attempts: int) ->
 def take_back(session: Session, job: Job, chunk: Chunk, max_attempts: int) -> bool:
     """delivered|running(dead) -> queued, for the sweeper to send again; False if the chunk ended instead.
     The caller holds the job and chunk row locks and has seen the chunk's heartbeat go stale."""
-    if chunk.state == "running":
+    if chunk.state == ChunkState.RUNNING:
         record_death(session, job, chunk, max_attempts)
     if chunk.state in TERMINAL_CHUNK_STATES:
         return False
-    chunk.state, chunk.enqueued_at = "queued", None
+    chunk.state, chunk.enqueued_at = ChunkState.QUEUED, None
     return True
 
 
@@ -300,7 +299,7 @@ def finish(session: Session, job_id: str, chunk_no: int, attempt: int) -> bool:
     it; closes the job when it was its last open chunk. Returns whether the attempt still owned it."""
     job = lock_job(session, job_id)
     owned = session.execute(update(Chunk).where(*_owned(job_id, chunk_no, attempt))
-                            .values(state="done", finished_at=utcnow(), error=None)).rowcount
+                            .values(state=ChunkState.DONE, finished_at=utcnow(), error=None)).rowcount
     if job is not None:
         finalize_if_complete(session, job)
     return bool(owned)
@@ -308,17 +307,17 @@ def finish(session: Session, job_id: str, chunk_no: int, attempt: int) -> bool:
 
 def finalize_if_complete(session: Session, job: Job) -> bool:
     """running|queued -> succeeded once no chunk of a score job is left to run. The caller holds the job lock."""
-    if job.status in FINAL or job.kind != "score":
+    if job.status in FINAL_JOB_STATUSES or job.kind != "score":
         return False
     open_chunks = session.scalar(select(func.count()).select_from(Chunk).where(
         Chunk.job_id == job.id, Chunk.state.not_in(TERMINAL_CHUNK_STATES)))
     if open_chunks:
         return False
-    job.status, job.finished_at = "succeeded", utcnow()
+    job.status, job.finished_at = JobStatus.SUCCEEDED, utcnow()
     return True
 
 
-def _close(session: Session, job: Job, chunk: Chunk, state: str, reason: str | None) -> None:
+def _close(session: Session, job: Job, chunk: Chunk, state: ChunkState, reason: str | None) -> None:
     chunk.state, chunk.finished_at, chunk.error = state, utcnow(), reason
     session.flush()
     finalize_if_complete(session, job)
@@ -330,25 +329,25 @@ def give_up(session: Session, job: Job, chunk: Chunk, reason: str) -> None:
     missing = [item_id for item_id, _ in _unscored(session, job.id, chunk.chunk_no, False)]
     record_batch(session, job.id,
                  [{"item_id": i, "status": "error", "error": reason} for i in missing], [])
-    _close(session, job, chunk, "failed", reason)
+    _close(session, job, chunk, ChunkState.FAILED, reason)
 
 
 def release(session: Session, job_id: str, chunk_no: int, attempt: int, error: str) -> bool:
     """running(attempt) -> pending after an unexpected error, for the sweeper to send again (attempts stay
     counted). Fenced: a stale attempt cannot put back a chunk that a newer attempt is running."""
     return bool(session.execute(update(Chunk).where(*_owned(job_id, chunk_no, attempt))
-                                .values(state="pending", enqueued_at=None, error=error[:2000])).rowcount)
+                                .values(state=ChunkState.PENDING, enqueued_at=None, error=error[:2000])).rowcount)
 
 
 def fail_job(session: Session, job_id: str, reason: str) -> None:
     """queued|running -> failed for the job and all its open chunks (e.g. its model cannot be loaded).
     Locks the job row."""
     job = lock_job(session, job_id)
-    if job is None or job.status in FINAL:
+    if job is None or job.status in FINAL_JOB_STATUSES:
         return
     session.execute(update(Chunk).where(Chunk.job_id == job_id, Chunk.state.not_in(TERMINAL_CHUNK_STATES))
-                    .values(state="failed", finished_at=utcnow(), error=reason))
-    job.status, job.error, job.finished_at = "failed", reason, utcnow()
+                    .values(state=ChunkState.FAILED, finished_at=utcnow(), error=reason))
+    job.status, job.error, job.finished_at = JobStatus.FAILED, reason, utcnow()
 
 
 def lookup_cache(session: Session, model_version_id: int, hashes: list[str]) -> dict[str, dict]:

@@ -32,7 +32,16 @@ from shared import liveness, model_imports
 from shared.celery_app import SCORE_QUEUE, TRAIN_QUEUE
 from shared.config import Settings
 from shared.db import session_scope
-from shared.jobs import FINAL
+from shared.states import (
+    FINAL_JOB_STATUSES,
+    OPEN_JOB_STATUSES,
+    TAKEN_CHUNK_STATES,
+    TAKEN_RUN_STATES,
+    TERMINAL_RUN_STATES,
+    UNSENT_CHUNK_STATES,
+    ChunkState,
+    RunState,
+)
 from shared.tables import Chunk, Job, TrainRun, utcnow
 from worker import chunk_lifecycle
 
@@ -71,19 +80,19 @@ def _take_back_dead_chunks(settings: Settings, now) -> tuple[dict[str, list[int]
     given_up = 0
     with session_scope() as session:
         stale = list(session.execute(select(Chunk.job_id, Chunk.chunk_no).where(
-            Chunk.state.in_(("running", "delivered")),
+            Chunk.state.in_(TAKEN_CHUNK_STATES),
             Chunk.heartbeat_at < now - timedelta(seconds=settings.heartbeat_timeout))))
     for job_id, chunk_no in stale:  # one transaction per chunk: locks are held briefly
         with session_scope() as session:
             job = chunk_lifecycle.lock_job(session, job_id)
             chunk = session.scalar(select(Chunk).where(Chunk.job_id == job_id, Chunk.chunk_no == chunk_no)
                                    .with_for_update())
-            if chunk.state not in ("running", "delivered") or \
+            if chunk.state not in TAKEN_CHUNK_STATES or \
                     chunk.heartbeat_at >= now - timedelta(seconds=settings.heartbeat_timeout):
                 continue  # it moved on since the first read
             if chunk_lifecycle.take_back(session, job, chunk, settings.max_attempts):
                 to_send.setdefault(job_id, []).append(chunk_no)
-            elif chunk.state == "failed":
+            elif chunk.state == ChunkState.FAILED:
                 given_up += 1
     return to_send, given_up
 
@@ -91,11 +100,11 @@ def _take_back_dead_chunks(settings: Settings, now) -> tuple[dict[str, list[int]
 def _unsent_or_lost_chunks(settings: Settings, now, depth: int | None) -> list[tuple[str, int]]:
     with session_scope() as session:
         unsent = session.execute(select(Chunk.job_id, Chunk.chunk_no).join(Job, Job.id == Chunk.job_id).where(
-            Chunk.state.in_(("pending", "queued")),
+            Chunk.state.in_(UNSENT_CHUNK_STATES),
             ((Chunk.enqueued_at.is_(None) & (Job.created_at < now - timedelta(seconds=SEND_GRACE_SECONDS)))
              | (Chunk.enqueued_at < now - timedelta(seconds=settings.requeue_after))))).all()
         waiting = select(Chunk.job_id, Chunk.chunk_no).where(
-            Chunk.state == "queued", Chunk.enqueued_at < now - timedelta(seconds=settings.lost_after))
+            Chunk.state == ChunkState.QUEUED, Chunk.enqueued_at < now - timedelta(seconds=settings.lost_after))
         lost = []
         if depth is not None:
             count = session.scalar(select(func.count()).select_from(waiting.subquery()))
@@ -110,7 +119,7 @@ def _close_finished_jobs() -> int:
     closed = 0
     with session_scope() as session:
         open_jobs = list(session.scalars(select(Job.id).where(Job.kind == "score",
-                                                              Job.status.in_(("queued", "running")))))
+                                                              Job.status.in_(OPEN_JOB_STATUSES))))
     for job_id in open_jobs:
         with session_scope() as session:
             job = chunk_lifecycle.lock_job(session, job_id)
@@ -128,13 +137,13 @@ def _sweep_train_runs(settings: Settings, now, depth: int | None) -> list[str]:
     with session_scope() as session:
         rows = session.execute(select(TrainRun.job_id, TrainRun.state, TrainRun.enqueued_at, Job.created_at,
                                       Job.heartbeat_at).join(Job, Job.id == TrainRun.job_id)
-                               .where(TrainRun.state.in_(("pending", "queued", "delivered", "running")))).all()
-        waiting = [r.job_id for r in rows if r.state == "queued" and r.enqueued_at is not None
+                               .where(TrainRun.state.not_in(TERMINAL_RUN_STATES))).all()
+        waiting = [r.job_id for r in rows if r.state == RunState.QUEUED and r.enqueued_at is not None
                    and r.enqueued_at < lost_before]
         lost = set(waiting) if depth is not None and depth < len(waiting) else set()
         out = []
         for job_id, state, enqueued_at, created_at, heartbeat_at in rows:
-            if state in ("running", "delivered"):
+            if state in TAKEN_RUN_STATES:
                 if heartbeat_at is not None and heartbeat_at < stale_before and \
                         train_lifecycle.take_back(session, job_id, stale_before):
                     out.append(job_id)
@@ -151,7 +160,7 @@ def _unsent_imports(settings: Settings, now) -> list[str]:
     (the broker lost the message, or the worker died and nothing redelivered it)."""
     with session_scope() as session:
         return list(session.scalars(select(Job.id).where(
-            Job.kind == model_imports.KIND, Job.status.in_(model_imports.OPEN),
+            Job.kind == model_imports.KIND, Job.status.in_(OPEN_JOB_STATUSES),
             (Job.enqueued_at.is_(None) & (Job.created_at < now - timedelta(seconds=SEND_GRACE_SECONDS)))
             | (Job.enqueued_at < now - timedelta(seconds=settings.requeue_after)))))
 
@@ -170,7 +179,7 @@ def remove_old_uploads(settings: Settings) -> int:
         owners = dict(session.execute(select(Job.upload_folder, Job.status).where(
             Job.upload_folder.in_(list(names)))).all())
         expired = set(session.scalars(select(Job.upload_folder).where(
-            Job.upload_folder.in_(list(names)), Job.status.in_(FINAL), Job.finished_at < retention_cut)))
+            Job.upload_folder.in_(list(names)), Job.status.in_(FINAL_JOB_STATUSES), Job.finished_at < retention_cut)))
     orphan_cut = time.time() - settings.orphan_upload_after
     removed = 0
     for name, path in names.items():

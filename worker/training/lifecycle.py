@@ -9,44 +9,52 @@ from __future__ import annotations
 from sqlalchemy import delete, select, true, update
 from sqlalchemy.orm import Session
 
-from shared.jobs import FINAL
+from shared.states import (
+    FINAL_JOB_STATUSES,
+    TAKEN_RUN_STATES,
+    TERMINAL_RUN_STATES,
+    UNSENT_RUN_STATES,
+    JobStatus,
+    RunState,
+)
 from shared.tables import Job, TrainMetric, TrainRun, utcnow
 from worker.chunk_lifecycle import lock_job
-
-TERMINAL = ("done", "failed", "canceled")
 
 
 def _fence(attempt: int | None):
     """The attempt still owns the run (no condition when the caller does not say which attempt it is)."""
-    return true() if attempt is None else (TrainRun.attempts == attempt) & (TrainRun.state == "running")
+    return true() if attempt is None else (TrainRun.attempts == attempt) & (TrainRun.state == RunState.RUNNING)
 
 
 def mark_delivered(session: Session, job_id: str, worker: str) -> None:
-    """A trainer took the job's message: its silence from now on is visible to the sweeper."""
-    session.execute(update(TrainRun).where(TrainRun.job_id == job_id, TrainRun.state.in_(("pending", "queued")))
-                    .values(state="delivered", worker=worker))
+    """pending|queued -> delivered: a trainer took the job's message; its silence from now on is visible to the
+    sweeper."""
+    session.execute(update(TrainRun).where(TrainRun.job_id == job_id, TrainRun.state.in_(UNSENT_RUN_STATES))
+                    .values(state=RunState.DELIVERED, worker=worker))
     session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow()))
 
 
 def claim(session: Session, job_id: str, *, worker: str, heartbeat_timeout: float, max_attempts: int) -> TrainRun | str:
+    """pending|queued|delivered|running(dead) -> running, attempt + 1 (or failed when attempts are exhausted, or
+    canceled with its job); or say why not (a string). Locks the job row, then the run."""
     job = lock_job(session, job_id)
     run = session.get(TrainRun, job_id, with_for_update=True)
     if job is None or run is None:
         return "unknown train job"
     now = utcnow()
-    if run.state in TERMINAL:
+    if run.state in TERMINAL_RUN_STATES:
         return f"train job already {run.state}"
-    if job.status in FINAL:
-        run.state = "canceled"
+    if job.status in FINAL_JOB_STATUSES:
+        run.state = RunState.CANCELED
         return f"job is {job.status}"
-    if run.state == "running" and run.worker != worker and job.heartbeat_at is not None and \
+    if run.state == RunState.RUNNING and run.worker != worker and job.heartbeat_at is not None and \
             (now - job.heartbeat_at).total_seconds() < heartbeat_timeout:
         return "train job is running on another worker"
     if run.attempts >= max_attempts:
         fail(session, job_id, f"gave up after {run.attempts} attempts: the training process died each time")
         return "attempts exhausted"
-    run.state, run.attempts, run.worker = "running", run.attempts + 1, worker
-    job.status, job.heartbeat_at = "running", now
+    run.state, run.attempts, run.worker = RunState.RUNNING, run.attempts + 1, worker
+    job.status, job.heartbeat_at = JobStatus.RUNNING, now
     job.started_at = job.started_at or now
     session.flush()
     return run
@@ -100,16 +108,16 @@ def succeed(session: Session, job_id: str, attempt: int | None = None, **outcome
     """running(attempt) -> done, and the job succeeded. Locks the job row. False if the attempt lost the run."""
     job = lock_job(session, job_id)
     owned = session.execute(update(TrainRun).where(TrainRun.job_id == job_id, _fence(attempt))
-                            .values(state="done", phase="done", **outcome)).rowcount
-    if owned and job.status not in FINAL:
-        job.status, job.finished_at = "succeeded", utcnow()
+                            .values(state=RunState.DONE, phase="done", **outcome)).rowcount
+    if owned and job.status not in FINAL_JOB_STATUSES:
+        job.status, job.finished_at = JobStatus.SUCCEEDED, utcnow()
     return bool(owned)
 
 
 def canceled(session: Session, job_id: str, attempt: int | None = None) -> None:
     """running(attempt) -> canceled (the job was canceled by a client; its status already says so)."""
     session.execute(update(TrainRun).where(TrainRun.job_id == job_id, _fence(attempt))
-                    .values(state="canceled", phase="canceled"))
+                    .values(state=RunState.CANCELED, phase="canceled"))
 
 
 def take_back(session: Session, job_id: str, stale_before) -> bool:
@@ -118,17 +126,17 @@ def take_back(session: Session, job_id: str, stale_before) -> bool:
     is older than `stale_before` (a claim may have committed since the caller looked)."""
     job = lock_job(session, job_id)
     run = session.get(TrainRun, job_id, with_for_update=True)
-    if run is None or run.state not in ("running", "delivered") or \
+    if run is None or run.state not in TAKEN_RUN_STATES or \
             (job.heartbeat_at is not None and job.heartbeat_at >= stale_before):
         return False
-    run.state, run.enqueued_at = "pending", None
+    run.state, run.enqueued_at = RunState.PENDING, None
     return True
 
 
 def release(session: Session, job_id: str, attempt: int, error: str) -> bool:
     """running(attempt) -> pending: hand a run back for another attempt (it resumes from its last checkpoint)."""
     owned = session.execute(update(TrainRun).where(TrainRun.job_id == job_id, _fence(attempt))
-                            .values(state="pending", enqueued_at=None)).rowcount
+                            .values(state=RunState.PENDING, enqueued_at=None)).rowcount
     if owned:
         session.execute(update(Job).where(Job.id == job_id).values(error=error[-2000:]))
     return bool(owned)
@@ -138,6 +146,6 @@ def fail(session: Session, job_id: str, reason: str, attempt: int | None = None)
     """any -> failed, with the job. Locks the job row. With `attempt`, only while that attempt owns the run."""
     job = lock_job(session, job_id)
     owned = session.execute(update(TrainRun).where(TrainRun.job_id == job_id, _fence(attempt))
-                            .values(state="failed", phase="failed")).rowcount
-    if owned and job is not None and job.status not in FINAL:
-        job.status, job.error, job.finished_at = "failed", reason[-4000:], utcnow()
+                            .values(state=RunState.FAILED, phase="failed")).rowcount
+    if owned and job is not None and job.status not in FINAL_JOB_STATUSES:
+        job.status, job.error, job.finished_at = JobStatus.FAILED, reason[-4000:], utcnow()
