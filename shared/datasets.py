@@ -1,6 +1,6 @@
 """Training datasets: reading them from manifests or crawler folders, deterministic splits, and checks.
 
-A dataset is described by a :class:`DatasetSpec` (JSON-serialisable with :func:`dataclasses.asdict`) and
+A dataset is described by a :class:`DatasetSpec` (a pydantic model; JSON with ``model_dump()``) and
 read with :func:`load_dataset` into one DataFrame row per item. :func:`assign_splits` puts every item in
 ``train``, ``validation`` or ``holdout`` by a stable hash of (salt, item id), so an item never changes split
 from one night to the next. :func:`check_dataset` reports what would go wrong before training starts:
@@ -16,12 +16,14 @@ import math
 import os
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from shared.errors import InvalidRequest
 from shared.imaging import ImageError, content_hash, decode_rgb
@@ -31,11 +33,12 @@ SPLITS = ("train", "validation", "holdout")
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".parquet")
 EXAMPLES = 20  # how many example ids a report lists per problem
 _GLOB_CHARS = ("*", "?", "[")
+Column = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
-@dataclass
-class DatasetSpec:
-    """Where a dataset is and which columns mean what.
+class DatasetSpec(BaseModel):
+    """Where a dataset is and which columns mean what: the one description of a dataset. A train request's
+    `dataset` (shared.train_spec.DatasetRef) and POST /api/v1/datasets/check extend it with their own fields.
 
     ``path`` (relative to a data root, or absolute inside one) is a manifest file (.csv/.tsv/.parquet),
     a glob of manifests (``"crawl/2026-11-*/items.csv"``: all matches concatenated, in sorted order),
@@ -45,14 +48,20 @@ class DatasetSpec:
     is given) and item ids default to ``"<category>/<file>"``.
     """
 
-    path: str
-    image_column: str = "image"  # image path, relative to the manifest's folder unless absolute
-    id_column: str | None = None  # default: the image path relative to the manifest folder
-    target_columns: list[str] = field(default_factory=list)  # regression / keypoint targets (numeric)
-    label_column: str | None = None  # classification label column
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Annotated[str, StringConstraints(min_length=1, max_length=4000)]
+    image_column: Column = "image"  # image path, relative to the manifest's folder unless absolute
+    id_column: Column | None = None  # default: the image path relative to the manifest folder
+    target_columns: list[Column] = Field(default_factory=list, max_length=100)  # regression / keypoint targets
+    label_column: Column | None = None  # classification label column
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self.model_dump()
+
+    def only_dataset(self) -> DatasetSpec:
+        """The dataset's own description, without the fields a request that extends it adds."""
+        return DatasetSpec(**self.model_dump(include=set(DatasetSpec.model_fields)))
 
 
 @dataclass(frozen=True)
@@ -485,7 +494,7 @@ def check_dataset(roots, spec: DatasetSpec, *, max_pixels: int, salt: str = "img
 
     report = {
         "path": spec.path,
-        "spec": asdict(spec),
+        "spec": spec.only_dataset().model_dump(),
         "salt": salt,
         "rows": len(frame),
         "manifests": int(frame["manifest"].nunique()),

@@ -36,8 +36,7 @@ import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.ExifTags import Base as ExifBase
 
-RESIZE_MODES = ("stretch", "letterbox")
-PIXEL_SCALES = ("unit", "raw", "symmetric")
+from shared.vocab import PIXEL_SCALE_MAPS, PIXEL_SCALES, RESIZE_MODES
 
 _RESAMPLE = Image.Resampling.BILINEAR
 _WHITE = (255, 255, 255, 255)
@@ -376,12 +375,10 @@ def _preprocess(img: Image.Image, prep: Preprocessing, *, orig_size: tuple[int, 
 
 
 def scale_pixels(pixels: np.ndarray, pixel_scale: str) -> np.ndarray:
-    """0..255 float32 pixels -> the model's input range."""
-    if pixel_scale == "unit":
-        return pixels / np.float32(255.0)
-    if pixel_scale == "symmetric":
-        return pixels / np.float32(127.5) - np.float32(1.0)
-    return pixels
+    """0..255 float32 pixels -> the model's input range (shared.vocab.PIXEL_SCALE_MAPS)."""
+    divisor, offset = PIXEL_SCALE_MAPS[pixel_scale]
+    scaled = pixels / np.float32(divisor) if divisor != 1.0 else pixels
+    return scaled + np.float32(offset) if offset else scaled
 
 
 def _is_int(value: object) -> bool:

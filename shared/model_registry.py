@@ -24,12 +24,10 @@ from shared.errors import Conflict, InvalidRequest, ModelRejected, NotFound
 from shared.outputs import default_output_names
 from shared.paths import path_inside
 from shared.tables import MAX_INT32, ModelAlias, ModelVersion, utcnow
+from shared.vocab import PIXEL_SCALES, RESIZE_MODES, TASKS
 
 log = logging.getLogger(__name__)
 
-TASKS = ("regression", "classification", "keypoints")
-RESIZE_MODES = ("stretch", "letterbox")
-PIXEL_SCALES = ("unit", "raw", "symmetric")
 PRODUCTION = "production"
 MAX_VERSION = MAX_INT32  # model_versions.version is a 32-bit INTEGER
 
@@ -252,6 +250,13 @@ def production_versions(session: Session) -> list[ModelVersion]:
     return list(session.scalars(
         select(ModelVersion).join(ModelAlias, ModelAlias.version_id == ModelVersion.id)
         .where(ModelAlias.alias == PRODUCTION)))
+
+
+def list_models(session: Session) -> list[dict]:
+    """Every model name, by name, with its number of versions and its production version (None without one)."""
+    counts = dict(session.execute(select(ModelVersion.name, func.count()).group_by(ModelVersion.name)).all())
+    production = {v.name: v.version for v in production_versions(session)}
+    return [{"name": name, "versions": n, "production": production.get(name)} for name, n in sorted(counts.items())]
 
 
 def list_versions(session: Session, name: str) -> list[ModelVersion]:

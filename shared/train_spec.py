@@ -6,21 +6,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shared.datasets import DatasetSpec
 from shared.names import ModelRef, Name
-
-Architecture = Literal["vgg", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "resnet50", "xception"]
+from shared.vocab import Architecture, PixelScale, ResizeMode, Task
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
-class DatasetRef(Strict):
-    path: str = Field(min_length=1)
-    image_column: str = "image"
-    id_column: str | None = None
-    target_columns: list[str] = Field(default_factory=list)
-    label_column: str | None = None
+class DatasetRef(DatasetSpec):
+    """A train request's dataset: the dataset's description, plus which of its rows to take."""
+    model_config = ConfigDict(extra="forbid", frozen=False, protected_namespaces=())
     # only rows of manifests written after this time (a schedule sets it to its previous slot
     # when its dataset says "added_since_last_run": true)
     added_since: datetime | None = None
@@ -80,14 +77,14 @@ class Gate(Strict):
 
 class TrainRequest(Strict):
     model: Name  # the name the new version is registered under (a folder of the model store)
-    task: Literal["regression", "classification", "keypoints"]
+    task: Task
     dataset: DatasetRef
     base: TrainBase
     class_names: list[str] | None = None
     keypoint_names: list[str] | None = None
     input_size: int | None = Field(default=None, ge=16, le=1024)
-    resize_mode: Literal["stretch", "letterbox"] | None = None
-    pixel_scale: Literal["unit", "raw", "symmetric"] | None = None
+    resize_mode: ResizeMode | None = None
+    pixel_scale: PixelScale | None = None
     target_transform: Literal["none", "standardise", "log1p", "log1p_arctan"] = "none"
     freeze: Freeze = Field(default_factory=Freeze)
     optimizer: Optimizer = Field(default_factory=Optimizer)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -199,7 +198,6 @@ def test_glob_matching_nothing(roots, data):
     ({"path": "holes.csv"}, "image_column", "empty 'image' values (rows 2)"),
     ({"path": "notes.txt"}, "path", ".csv, .tsv or .parquet"),
     ({"path": "folder"}, "path", "not a crawler folder"),
-    ({"path": ""}, "path", "path must name"),
     ({"path": "items.csv", "target_columns": ["views", "views"]}, "target_columns", "twice"),
 ])
 def test_spec_errors_name_the_field(roots, data, tmp_path, spec_kw, field, text):
@@ -217,7 +215,7 @@ def test_spec_errors_name_the_field(roots, data, tmp_path, spec_kw, field, text)
 
 def test_spec_is_json_serialisable():
     spec = DatasetSpec(path="crawl", target_columns=["views"], label_column="category")
-    assert json.loads(json.dumps(asdict(spec))) == {"path": "crawl", "image_column": "image", "id_column": None,
+    assert json.loads(json.dumps(spec.model_dump())) == {"path": "crawl", "image_column": "image", "id_column": None,
                                                     "target_columns": ["views"], "label_column": "category"}
     assert DatasetSpec(**json.loads(json.dumps(spec.to_dict()))) == spec
 
@@ -502,3 +500,19 @@ def test_http_not_json(client):
     assert resp.status_code == 400 and "application/json" in resp.get_json()["error"]["message"]
     resp = client.post("/api/v1/datasets/check", json=["set/items.csv"])
     assert resp.status_code == 400 and "JSON object" in resp.get_json()["error"]["message"]
+
+
+def test_one_description_of_a_dataset_is_shared_by_train_requests_and_checks():
+    from pydantic import ValidationError
+
+    from shared.train_spec import DatasetRef
+    from web.api_datasets import DatasetCheckRequest
+
+    for extended in (DatasetRef, DatasetCheckRequest):
+        assert issubclass(extended, DatasetSpec)
+        with pytest.raises(ValidationError, match="path"):
+            extended(path="")
+        with pytest.raises(ValidationError, match="extra"):
+            extended(path="x.csv", image_colum="typo")
+    ref = DatasetRef(path="crawl", target_columns=["views"], added_since_last_run=True)
+    assert ref.only_dataset() == DatasetSpec(path="crawl", target_columns=["views"])

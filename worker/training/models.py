@@ -47,12 +47,10 @@ import numpy as np
 from keras import layers
 
 from shared.architectures import vgg_trunk
+from shared.vocab import ARCHITECTURES, PIXEL_SCALE_MAPS, PIXEL_SCALES, TASKS
 
-ARCHITECTURES = ("vgg", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "resnet50", "xception")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam", "adagrad")
-TASKS = ("regression", "classification", "keypoints")
 SCHEDULES = ("constant", "cosine", "step", "exponential")
-PIXEL_SCALES = ("unit", "raw", "symmetric")
 AUGMENTATIONS = ("flip", "rotation", "zoom", "contrast", "brightness", "translate")
 GEOMETRIC_AUGMENTATIONS = ("flip", "rotation", "zoom", "translate")
 
@@ -69,8 +67,8 @@ _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 # what each backbone wants, as an affine map of raw 0..255 pixels: (scale, offset); "caffe" is special
 _BACKBONE_INPUT = {"vgg": (1 / 255.0, 0.0), "mobilenet_v3_small": (1.0, 0.0), "mobilenet_v3_large": (1.0, 0.0),
                    "efficientnet_b0": (1.0, 0.0), "resnet50": "caffe", "xception": (1 / 127.5, -1.0)}
-# raw = scale * x + offset, for x in each pixel scale
-_TO_RAW = {"raw": (1.0, 0.0), "unit": (255.0, 0.0), "symmetric": (127.5, 127.5)}
+# raw = scale * x + offset, for x in each pixel scale: the inverse of shared.vocab.PIXEL_SCALE_MAPS
+_TO_RAW = {name: (divisor, 0.0 - offset * divisor) for name, (divisor, offset) in PIXEL_SCALE_MAPS.items()}
 
 
 def _choice(kind: str, value, allowed) -> str:
