@@ -22,15 +22,15 @@ from typing import Annotated
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from shared.errors import InvalidRequest
 from shared.imaging import ImageError, content_hash, decode_rgb
+from shared.manifests import check_suffix, read_columns
 from shared.paths import OutsideDataRoots, resolve_inside
+from shared.vocab import MANIFEST_SUFFIXES, manifest_suffix
 
 SPLITS = ("train", "validation", "holdout")
-MANIFEST_SUFFIXES = (".csv", ".tsv", ".parquet")
 EXAMPLES = 20  # how many example ids a report lists per problem
 _GLOB_CHARS = ("*", "?", "[")
 Column = Annotated[str, StringConstraints(min_length=1, max_length=200)]
@@ -164,14 +164,13 @@ def _glob_inside(roots: tuple[Path, ...], pattern: str) -> list[Path]:
         except OutsideDataRoots:
             raise InvalidRequest(f"a match of {pattern!r} is a link that leads outside the data roots",
                                  field="path") from None
-        if real.is_dir() or real.suffix.lower() in MANIFEST_SUFFIXES:
+        if real.is_dir() or manifest_suffix(real.name):
             found[real] = None
     return list(found)
 
 
 def _manifest_source(path: Path) -> _Source:
-    if path.suffix.lower() not in MANIFEST_SUFFIXES:
-        raise InvalidRequest(f"a manifest must be a .csv, .tsv or .parquet file: {path.name}", field="path")
+    check_suffix(path, "path")
     return _Source(manifest=path, image_base=path.parent)
 
 
@@ -189,7 +188,7 @@ def _crawler_sources(roots: tuple[Path, ...], folder: Path) -> list[_Source]:
     """Categories of a crawler folder, sorted by name.
 
     For each sub-folder ``<category>`` the manifest is the first found of ``<category>/<category>.csv``,
-    ``<category>/items.csv`` and ``<category>.csv`` next to it (.tsv and .parquet are accepted too).
+    ``<category>/items.csv`` and ``<category>.csv`` next to it (the other manifest kinds are accepted too).
     Images are relative to the category folder; for a CSV next to the folder, also to the CSV's folder.
     A folder with no categories but an ``items.csv`` of its own is read as that one manifest. Sub-folders and
     manifests that are links out of the data roots are passed over.
@@ -215,40 +214,16 @@ def _crawler_sources(roots: tuple[Path, ...], folder: Path) -> list[_Source]:
 
 
 def _read_table(path: Path, columns: list[str], spec: DatasetSpec) -> pd.DataFrame:
-    """The needed columns of a manifest, all as strings except numeric Parquet columns; empty cells are NaN."""
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".parquet":
-            names = pq.ParquetFile(path).schema_arrow.names
-            _check_columns(path, names, spec)
-            return pq.read_table(path, columns=columns).to_pandas()
-        sep = "\t" if suffix == ".tsv" else ","
-        names = pd.read_csv(path, sep=sep, nrows=0).columns.tolist()
-        _check_columns(path, names, spec)
-        return pd.read_csv(path, sep=sep, usecols=columns, dtype=str, keep_default_na=False, na_values=[""])
-    except InvalidRequest:
-        raise
-    except pd.errors.EmptyDataError:
-        raise InvalidRequest(f"manifest {path.name} is empty", field="path") from None
-    except OSError as exc:
-        raise InvalidRequest(f"cannot read the manifest {path.name}: {exc.strerror or type(exc).__name__}",
-                             field="path") from None
-    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:  # the path may appear in the text
-        raise InvalidRequest(f"cannot read the manifest {path.name}: {str(exc).replace(str(path), path.name)}",
-                             field="path") from None
-
-
-def _check_columns(path: Path, found: list[str], spec: DatasetSpec) -> None:
+    """The needed columns of a manifest (see shared/manifests.read_columns), whole."""
     wanted = [("image_column", spec.image_column)]
     if spec.id_column:
         wanted.append(("id_column", spec.id_column))
     if spec.label_column:
         wanted.append(("label_column", spec.label_column))
     wanted.extend(("target_columns", c) for c in spec.target_columns or [])
-    for field_name, column in wanted:
-        if column not in found:
-            raise InvalidRequest(f"manifest {path.name} has no column {column!r}; it has {', '.join(map(str, found))}",
-                                 field=field_name)
+    wanted.extend(("path", c) for c in columns if c not in {column for _, column in wanted})
+    pieces = list(read_columns(path, wanted, field="path"))
+    return pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame(columns=columns)
 
 
 def _empty_rows(values: pd.Series) -> list[int]:

@@ -1,4 +1,10 @@
-"""Reading item lists from CSV or Parquet manifests in bounded pieces, never whole."""
+"""Reading manifests (CSV, gzipped CSV, TSV or Parquet; shared.vocab.MANIFEST_SUFFIXES) in bounded pieces.
+
+The one reader for score-job manifests (`iter_manifest`: item ids and image paths) and training datasets
+(`read_columns`, used by shared/datasets.py). Cells are strings (numeric Parquet columns keep their type);
+empty cells are NaN. Errors are InvalidRequests naming the manifest as the client named it (never its server
+path) and the request field at fault.
+"""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -8,26 +14,58 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from shared.errors import InvalidRequest
+from shared.vocab import MANIFEST_SUFFIXES, manifest_suffix
 
 PIECE_ROWS = 5000
 
 
+def check_suffix(path: Path, field: str) -> str:
+    """The manifest's kind (its suffix), or an InvalidRequest naming the kinds there are."""
+    suffix = manifest_suffix(path.name)
+    if suffix is None:
+        raise InvalidRequest(f"a manifest must be a {', '.join(MANIFEST_SUFFIXES[:-1])} or {MANIFEST_SUFFIXES[-1]} "
+                             f"file: {path.name}", field=field)
+    return suffix
+
+
+def read_columns(path: Path, wanted: list[tuple[str, str]], *, field: str,
+                 rows: int = PIECE_ROWS) -> Iterator[pd.DataFrame]:
+    """Pieces of at most `rows` rows holding the `wanted` columns [(request field, column name)]. A missing
+    column is an InvalidRequest naming its request field; an unreadable file names `field`."""
+    suffix = check_suffix(path, field)
+    columns = list(dict.fromkeys(column for _, column in wanted))
+    try:
+        if suffix == ".parquet":
+            parquet = pq.ParquetFile(path)
+            _check_columns(path, parquet.schema_arrow.names, wanted)
+            pieces = (batch.to_pandas() for batch in parquet.iter_batches(batch_size=rows, columns=columns))
+        else:
+            sep = "\t" if suffix == ".tsv" else ","
+            _check_columns(path, pd.read_csv(path, sep=sep, nrows=0).columns.tolist(), wanted)
+            pieces = pd.read_csv(path, sep=sep, usecols=columns, dtype=str, keep_default_na=False, na_values=[""],
+                                 chunksize=rows)
+        yield from pieces
+    except InvalidRequest:
+        raise
+    except pd.errors.EmptyDataError:
+        raise InvalidRequest(f"manifest {path.name} is empty", field=field) from None
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read the manifest {path.name}: {exc.strerror or type(exc).__name__}",
+                             field=field) from None
+    except Exception as exc:  # pandas' and pyarrow's parse errors; the server path may appear in the text
+        raise InvalidRequest(f"cannot read the manifest {path.name}: {str(exc).replace(str(path), path.name)}",
+                             field=field) from None
+
+
 def iter_manifest(path: Path, id_column: str, image_column: str) -> Iterator[list[tuple[str, str]]]:
-    """Yields lists of (item id, image uri), PIECE_ROWS at a time.
+    """A score job's items: lists of (item id, image uri), PIECE_ROWS at a time.
 
     Image paths in the manifest are relative to the manifest's own folder unless absolute.
     """
     if not path.is_file():
         raise InvalidRequest(f"manifest not found: {path.name}", field="manifest")
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        pieces = _parquet_pieces(path, id_column, image_column)
-    elif suffix in (".csv", ".tsv", ".txt") or path.name.endswith(".csv.gz"):
-        pieces = _csv_pieces(path, id_column, image_column, sep="\t" if suffix == ".tsv" else ",")
-    else:
-        raise InvalidRequest("manifest must be a .csv, .tsv or .parquet file", field="manifest")
     base = path.parent
-    for frame in pieces:
+    for frame in read_columns(path, [("id_column", id_column), ("image_column", image_column)], field="manifest"):
         if frame[id_column].isna().any() or frame[image_column].isna().any():
             raise InvalidRequest(f"manifest has empty values in {id_column!r} or {image_column!r}",
                                  field="manifest")
@@ -36,39 +74,8 @@ def iter_manifest(path: Path, id_column: str, image_column: str) -> Iterator[lis
         yield list(zip(ids, uris))
 
 
-def _reason(exc: BaseException, path: Path) -> str:
-    """The library's reason, with the manifest named as the client named it, never by its server path."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc).replace(str(path), path.name)
-
-
-def _check_columns(found: list[str], id_column: str, image_column: str) -> None:
-    missing = [c for c in (id_column, image_column) if c not in found]
-    if missing:
-        raise InvalidRequest(f"manifest has no column {missing[0]!r}; it has {', '.join(map(str, found))}",
-                             field="id_column" if missing[0] == id_column else "image_column")
-
-
-def _csv_pieces(path: Path, id_column: str, image_column: str, sep: str):
-    try:
-        header = pd.read_csv(path, sep=sep, nrows=0).columns.tolist()
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise InvalidRequest(f"cannot read the manifest: {_reason(exc, path)}", field="manifest") from None
-    _check_columns(header, id_column, image_column)
-    reader = pd.read_csv(path, sep=sep, usecols=[id_column, image_column], dtype=str,
-                         chunksize=PIECE_ROWS, keep_default_na=False, na_values=[""])
-    try:
-        yield from reader
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"cannot read the manifest: {_reason(exc, path)}", field="manifest") from None
-
-
-def _parquet_pieces(path: Path, id_column: str, image_column: str):
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as exc:
-        raise InvalidRequest(f"cannot read the manifest: {_reason(exc, path)}", field="manifest") from None
-    _check_columns(pf.schema_arrow.names, id_column, image_column)
-    for batch in pf.iter_batches(batch_size=PIECE_ROWS, columns=[id_column, image_column]):
-        yield batch.to_pandas()
+def _check_columns(path: Path, found: list[str], wanted: list[tuple[str, str]]) -> None:
+    for field, column in wanted:
+        if column not in found:
+            raise InvalidRequest(f"manifest {path.name} has no column {column!r}; it has {', '.join(map(str, found))}",
+                                 field=field)

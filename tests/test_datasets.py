@@ -196,7 +196,7 @@ def test_glob_matching_nothing(roots, data):
     ({"path": "items.csv", "target_columns": ["big"]}, "target_columns", "infinite"),
     ({"path": "header_only.csv"}, "path", "no rows"),
     ({"path": "holes.csv"}, "image_column", "empty 'image' values (rows 2)"),
-    ({"path": "notes.txt"}, "path", ".csv, .tsv or .parquet"),
+    ({"path": "notes.txt"}, "path", "a manifest must be a .csv, .csv.gz, .tsv or .parquet file: notes.txt"),
     ({"path": "folder"}, "path", "not a crawler folder"),
     ({"path": "items.csv", "target_columns": ["views", "views"]}, "target_columns", "twice"),
 ])
