@@ -8,8 +8,8 @@ from sqlalchemy import func, select, update
 
 from shared import jobs
 from shared.db import session_scope
-from shared.tables import Chunk, Job, ModelVersion, Result, ScoreCache, utcnow
-from worker import chunk_lifecycle as life
+from shared.tables import Chunk, Job, JobItem, ModelVersion, Result, ScoreCache, utcnow
+from worker import chunk_lifecycle
 from worker.sweeper import sweep
 
 
@@ -36,12 +36,12 @@ def make_job(url, n=10, chunk_size=4, **kw):
 
 def claim(url, job_id, no, timeout=60.0, attempts=3, worker="test"):
     with session_scope(url) as s:
-        return life.claim(s, job_id, no, worker=worker, heartbeat_timeout=timeout, max_attempts=attempts)
+        return chunk_lifecycle.claim(s, job_id, no, worker=worker, heartbeat_timeout=timeout, max_attempts=attempts)
 
 
 def write(url, job_id, no, ids, status="ok"):
     with session_scope(url) as s:
-        return life.record_batch(s, job_id, [
+        return chunk_lifecycle.record_batch(s, job_id, [
             {"item_id": i, "status": status, "outputs": {"value": 1.0} if status == "ok" else None,
              "error": None if status == "ok" else "broken", "content_hash": f"h{i}"} for i in ids],
             [{"content_hash": f"h{i}", "model_version_id": 1, "outputs": {"value": 1.0}} for i in ids
@@ -89,8 +89,8 @@ def test_a_chunk_delivered_twice_writes_and_counts_once(db_url, model_id):
     assert [i for i, _ in again.items] == ["i03"] and again.attempt == 2
     write(db_url, job_id, 0, ["i03"])
     with session_scope(db_url) as s:
-        assert not life.finish(s, job_id, 0, 1)  # the dead first attempt is fenced out
-        assert life.finish(s, job_id, 0, 2)
+        assert not chunk_lifecycle.finish(s, job_id, 0, 1)  # the dead first attempt is fenced out
+        assert chunk_lifecycle.finish(s, job_id, 0, 2)
     job = job_row(db_url, job_id)
     assert (job.status, job.done_items, job.failed_items) == ("succeeded", 4, 1)
     assert claim(db_url, job_id, 0) == "chunk already done"
@@ -101,7 +101,7 @@ def test_a_batch_half_written_before_counts_and_stores_only_its_new_rows(db_url,
     claim(db_url, job_id, 0)
     assert write(db_url, job_id, 0, ["i00", "i01"]) == 2
     with session_scope(db_url) as s:
-        assert life.record_batch(s, job_id, [
+        assert chunk_lifecycle.record_batch(s, job_id, [
             {"item_id": "i01", "status": "ok", "outputs": {"value": 9.0}},  # already written: the first one wins
             {"item_id": "i02", "status": "ok", "outputs": {"value": 2.5, "label": "coat"}, "from_cache": True,
              "content_hash": "h2"},
@@ -131,7 +131,7 @@ def test_chunks_finishing_together_close_the_job_once(db_url, model_id):
     def finish(no):
         try:
             with session_scope(db_url) as s:
-                life.finish(s, job_id, no, 1)
+                chunk_lifecycle.finish(s, job_id, no, 1)
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -153,7 +153,7 @@ def test_cancel_stops_pending_chunks_and_keeps_results(db_url, model_id):
     assert claim(db_url, job_id, 1) == "chunk already canceled"
     write(db_url, job_id, 0, ["i02", "i03"])  # the running chunk finishes its work
     with session_scope(db_url) as s:
-        life.finish(s, job_id, 0, 1)
+        chunk_lifecycle.finish(s, job_id, 0, 1)
         states = dict(s.execute(select(Chunk.chunk_no, Chunk.state).where(Chunk.job_id == job_id)).all())
     job = job_row(db_url, job_id)
     assert job.status == "canceled" and job.done_items == 4
@@ -189,7 +189,7 @@ def die(url, seconds=3600):
 
 def suspect(url, job_id, no, attempt, item_id):
     with session_scope(url) as s:
-        return life.name_suspect(s, job_id, no, attempt, item_id)
+        return chunk_lifecycle.name_suspect(s, job_id, no, attempt, item_id)
 
 
 def test_a_chunk_that_keeps_killing_its_worker_fails_only_its_poison_item(db_url, model_id, configured):
@@ -217,7 +217,7 @@ def test_a_chunk_that_keeps_killing_its_worker_fails_only_its_poison_item(db_url
     assert suspect(db_url, job_id, 0, last.attempt, "i03")
     write(db_url, job_id, 0, ["i03"])
     with session_scope(db_url) as s:
-        assert life.finish(s, job_id, 0, last.attempt)
+        assert chunk_lifecycle.finish(s, job_id, 0, last.attempt)
         rows = {r.item_id: r for r in s.scalars(select(Result).where(Result.job_id == job_id))}
     assert {i for i, r in rows.items() if r.status == "ok"} == {"i00", "i01", "i03"}
     assert "died 2 times while scoring this item alone" in rows["i02"].error
@@ -246,15 +246,15 @@ def test_a_stale_attempt_changes_nothing(db_url, model_id):
     assert second.attempt == first.attempt + 1
     with session_scope(db_url) as s:
         before = s.get(Chunk, (job_id, 0)).heartbeat_at
-        assert not life.release(s, job_id, 0, first.attempt, "stale error")
-        assert not life.heartbeat(s, job_id, 0, first.attempt)
-        assert not life.name_suspect(s, job_id, 0, first.attempt, "i00")
-        assert not life.finish(s, job_id, 0, first.attempt)
+        assert not chunk_lifecycle.release(s, job_id, 0, first.attempt, "stale error")
+        assert not chunk_lifecycle.heartbeat(s, job_id, 0, first.attempt)
+        assert not chunk_lifecycle.name_suspect(s, job_id, 0, first.attempt, "i00")
+        assert not chunk_lifecycle.finish(s, job_id, 0, first.attempt)
     with session_scope(db_url) as s:
         chunk = s.get(Chunk, (job_id, 0))
         assert (chunk.state, chunk.attempts, chunk.error, chunk.suspect_item) == ("running", 2, None, None)
         assert chunk.heartbeat_at == before
-        assert life.heartbeat(s, job_id, 0, second.attempt)
+        assert chunk_lifecycle.heartbeat(s, job_id, 0, second.attempt)
     assert job_row(db_url, job_id).status == "running"
 
 
@@ -264,7 +264,7 @@ def test_a_redelivered_message_of_this_process_takes_its_chunk_back_at_once(db_u
     again = claim(db_url, job_id, 0)  # the same pool process gets the requeued message
     assert not isinstance(again, str) and again.attempt == first.attempt + 1
     with session_scope(db_url) as s:
-        other = life.claim(s, job_id, 0, worker="other", heartbeat_timeout=60, max_attempts=3)
+        other = chunk_lifecycle.claim(s, job_id, 0, worker="other", heartbeat_timeout=60, max_attempts=3)
     assert other == "chunk is running on another worker"
 
 
@@ -272,7 +272,7 @@ def test_a_model_that_cannot_load_fails_the_job(db_url, model_id):
     job_id = make_job(db_url, n=8, chunk_size=4)
     claim(db_url, job_id, 0)
     with session_scope(db_url) as s:
-        life.fail_job(s, job_id, "cannot load model m@1: file missing")
+        chunk_lifecycle.fail_job(s, job_id, "cannot load model m@1: file missing")
     job = job_row(db_url, job_id)
     assert job.status == "failed" and "file missing" in job.error
     assert claim(db_url, job_id, 1) == "chunk already failed"
@@ -283,7 +283,7 @@ def test_a_worker_killed_between_taking_a_message_and_claiming_does_not_strand_t
     job_id = make_job(db_url, n=8, chunk_size=4)
     with session_scope(db_url) as s:
         s.execute(update(Chunk).values(state="queued", enqueued_at=utcnow()))
-        life.mark_delivered(s, job_id, 1, worker="w1")  # taken off the queue; then the worker died
+        chunk_lifecycle.mark_delivered(s, job_id, 1, worker="w1")  # taken off the queue; then the worker died
     sent = []
     assert sweep(configured, lambda j, nos: sent.append((j, nos)) or len(nos))["sent"] == 0  # not silent yet
     age(db_url, Chunk, "heartbeat_at", configured.heartbeat_timeout + 1, chunk_no=1)
@@ -365,13 +365,13 @@ def test_a_retry_finds_its_unscored_items_by_primary_key_whatever_the_statistics
     job_id = make_job(pg_url, n=20_000, chunk_size=256)
     with session_scope(pg_url) as s:
         for start in range(0, 19_968, 1024):
-            life.record_batch(s, job_id, [{"item_id": f"i{k:02d}", "status": "ok", "outputs": {"value": 1.0}}
+            chunk_lifecycle.record_batch(s, job_id, [{"item_id": f"i{k:02d}", "status": "ok", "outputs": {"value": 1.0}}
                                           for k in range(start, min(start + 1024, 19_968))], [])
     last_chunk = 19_999 // 256
     with session_scope(pg_url) as s:
-        ids = list(s.scalars(select(life.JobItem.item_id).where(life.JobItem.job_id == job_id,
-                                                                  life.JobItem.chunk_no == last_chunk)))
-        query, params = life.scored_among(s, job_id, ids)
+        ids = list(s.scalars(select(JobItem.item_id).where(JobItem.job_id == job_id,
+                                                                  JobItem.chunk_no == last_chunk)))
+        query, params = chunk_lifecycle.scored_among(s, job_id, ids)
         plan = s.execute(text(f"EXPLAIN (ANALYZE, FORMAT JSON) {query.text}"), params).scalar_one()[0]["Plan"]
     nodes = list(_plan_nodes(plan))
     assert all(n["Node Type"] != "Seq Scan" and "Hash" not in n["Node Type"] for n in nodes), nodes
@@ -396,7 +396,7 @@ def test_a_job_with_a_repeated_item_id_is_refused_and_leaves_nothing(db_url, mod
                               chunk_size=2)
     with session_scope(db_url) as s:
         assert s.scalar(select(func.count()).select_from(Job)) == 0
-        assert s.scalar(select(func.count()).select_from(life.JobItem)) == 0
+        assert s.scalar(select(func.count()).select_from(JobItem)) == 0
 
 
 def test_item_ids_and_paths_with_tabs_quotes_and_backslashes_are_stored_as_given(db_url, model_id):
@@ -405,5 +405,5 @@ def test_item_ids_and_paths_with_tabs_quotes_and_backslashes_are_stored_as_given
         job_id = jobs.create_score_job(s, model_ref="m", pieces=[odd], source={"type": "items"}, use_cache=True,
                                        chunk_size=2).id
     with session_scope(db_url) as s:
-        stored = set(s.execute(select(life.JobItem.item_id, life.JobItem.uri).where(life.JobItem.job_id == job_id)))
+        stored = set(s.execute(select(JobItem.item_id, JobItem.uri).where(JobItem.job_id == job_id)))
     assert stored == set(odd)

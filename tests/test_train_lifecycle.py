@@ -8,7 +8,7 @@ from shared.db import session_scope
 from shared.tables import Job, TrainRun, utcnow
 from shared.train_jobs import create_train_job
 from shared.train_spec import TrainRequest
-from worker.training import lifecycle as life
+from worker.training import lifecycle as train_lifecycle
 
 
 def make_run(url) -> str:
@@ -22,7 +22,7 @@ def make_run(url) -> str:
 
 def claim(url, job_id, worker):
     with session_scope(url) as s:
-        run = life.claim(s, job_id, worker=worker, heartbeat_timeout=60, max_attempts=3)
+        run = train_lifecycle.claim(s, job_id, worker=worker, heartbeat_timeout=60, max_attempts=3)
         return run if isinstance(run, str) else run.attempts
 
 
@@ -37,22 +37,22 @@ def test_a_superseded_training_attempt_writes_nothing_and_cannot_succeed(configu
     first = claim(configured.database_url, job_id, "w1")
     go_silent(configured.database_url, job_id)  # w1 froze (SIGSTOP, a long outage)
     with session_scope() as s:
-        assert life.take_back(s, job_id, utcnow() - timedelta(seconds=60))
+        assert train_lifecycle.take_back(s, job_id, utcnow() - timedelta(seconds=60))
     second = claim(configured.database_url, job_id, "w2")
     assert (first, second) == (1, 2)
     with session_scope() as s:  # w1 wakes up
-        assert life.heartbeat(s, job_id, first, epoch=1, phase="training") == life.SUPERSEDED
-        life.record_epoch(s, job_id, 1, {"loss": 9.9}, 1.0, "/old/epoch-0001.keras", first)
-        assert not life.succeed(s, job_id, first, holdout_metrics={"accuracy": 0.1})
-        assert not life.release(s, job_id, first, "stale")
-        life.fail(s, job_id, "stale failure", first)
+        assert train_lifecycle.heartbeat(s, job_id, first, epoch=1, phase="training") == train_lifecycle.SUPERSEDED
+        train_lifecycle.record_epoch(s, job_id, 1, {"loss": 9.9}, 1.0, "/old/epoch-0001.keras", first)
+        assert not train_lifecycle.succeed(s, job_id, first, holdout_metrics={"accuracy": 0.1})
+        assert not train_lifecycle.release(s, job_id, first, "stale")
+        train_lifecycle.fail(s, job_id, "stale failure", first)
     with session_scope() as s:
         run, job = s.get(TrainRun, job_id), s.get(Job, job_id)
         assert (run.state, run.attempts, run.epoch, run.checkpoint_path, run.holdout_metrics) == \
             ("running", 2, 0, None, None)
         assert (job.status, job.error) == ("running", None)
-        assert life.heartbeat(s, job_id, second, phase="training") == "running"
-        assert life.succeed(s, job_id, second, holdout_metrics={"accuracy": 0.9})
+        assert train_lifecycle.heartbeat(s, job_id, second, phase="training") == "running"
+        assert train_lifecycle.succeed(s, job_id, second, holdout_metrics={"accuracy": 0.9})
     with session_scope() as s:
         assert s.scalar(select(Job.status).where(Job.id == job_id)) == "succeeded"
 
@@ -61,5 +61,5 @@ def test_the_sweeper_does_not_take_back_a_run_whose_heartbeat_moved_since_it_loo
     job_id = make_run(configured.database_url)
     claim(configured.database_url, job_id, "w1")  # a fresh claim commits between the read and the lock
     with session_scope() as s:
-        assert not life.take_back(s, job_id, utcnow() - timedelta(seconds=60))
+        assert not train_lifecycle.take_back(s, job_id, utcnow() - timedelta(seconds=60))
         assert s.get(TrainRun, job_id).state == "running"

@@ -229,7 +229,7 @@ def test_frozen_backbone_only_the_head_trains():
 
 def test_unfreeze_top_layers_trains_exactly_those():
     model = M.build_model("vgg", (16, 16), M.HeadSpec("regression", 1), width=4)
-    M.set_trainable(model, backbone_trainable=False)  # the head phase first, as a FreezePolicy does
+    M.set_trainable(model, backbone_trainable=False)  # the head phase first, as a train request's freeze phases do
     M.set_trainable(model, backbone_trainable=True, unfreeze_top=5)
     assert [layer.name for layer in M.backbone_layers(model) if layer.trainable] == [
         "block3_conv1", "block3_conv2", "block3_pool", "gap", "fc1"]

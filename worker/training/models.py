@@ -100,13 +100,6 @@ class HeadSpec:
         return HEAD_ACTIVATION[self.task]
 
 
-@dataclass
-class FreezePolicy:
-    head_epochs: int = 0          # train only the head for this many epochs first (0 = no frozen phase)
-    unfreeze_top: int | None = None   # then unfreeze the top K layers of the backbone (None = all)
-    fine_tune_lr_factor: float = 0.1  # learning rate multiplier for the unfrozen phase
-
-
 def recommended_pixel_scale(architecture: str) -> str:
     """The pixel scale to register a model built by :func:`build_model` with: "raw" for every architecture.
 

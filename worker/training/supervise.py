@@ -15,7 +15,7 @@ import time
 from shared.config import Settings
 from shared.db import session_scope
 from shared.paths import path_inside
-from worker.training import lifecycle as life
+from worker.training import lifecycle as train_lifecycle
 
 log = logging.getLogger(__name__)
 FAILED_FOR_GOOD = 3  # exit code of worker.training.run after it recorded a failure no retry can mend
@@ -23,7 +23,7 @@ FAILED_FOR_GOOD = 3  # exit code of worker.training.run after it recorded a fail
 
 def run_train_job(job_id: str, *, worker: str, settings: Settings) -> str:
     with session_scope() as s:
-        claimed = life.claim(s, job_id, worker=worker, heartbeat_timeout=settings.heartbeat_timeout,
+        claimed = train_lifecycle.claim(s, job_id, worker=worker, heartbeat_timeout=settings.heartbeat_timeout,
                              max_attempts=settings.max_attempts)
         attempt = claimed.attempts if not isinstance(claimed, str) else None
     if isinstance(claimed, str):
@@ -53,8 +53,9 @@ def run_train_job(job_id: str, *, worker: str, settings: Settings) -> str:
     tail = log_path.read_text(errors="replace")[-3000:]
     with session_scope() as s:
         if attempt >= settings.max_attempts:
-            life.fail(s, job_id, f"training failed (exit code {child.returncode}) after {attempt} attempts:\n{tail}",
-                      attempt)
+            train_lifecycle.fail(s, job_id, f"training failed (exit code {child.returncode}) after {attempt} "
+                                            f"attempts:\n{tail}", attempt)
         else:
-            life.release(s, job_id, attempt, f"attempt {attempt} exited with code {child.returncode}:\n{tail}")
+            train_lifecycle.release(s, job_id, attempt,
+                                    f"attempt {attempt} exited with code {child.returncode}:\n{tail}")
     return f"exit code {child.returncode}"
