@@ -355,4 +355,4 @@ def lookup_cache(session: Session, model_version_id: int, hashes: list[str]) -> 
         return {}
     rows = session.execute(select(ScoreCache.content_hash, ScoreCache.outputs).where(
         ScoreCache.model_version_id == model_version_id, ScoreCache.content_hash.in_(set(hashes))))
-    return dict(rows.tuples())
+    return dict(rows.all())  # not dict(rows.tuples()): a Result has keys(), so dict() would index it by column
