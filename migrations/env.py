@@ -1,12 +1,12 @@
 """Alembic environment: the database URL comes from imgq's settings unless the caller set one."""
 from alembic import context
 
-from shared.config import settings
+from shared.config import get_settings
 from shared.db import engine_for
 from shared.tables import Base
 
 config = context.config
-url = config.get_main_option("sqlalchemy.url") or settings().database_url
+url = config.get_main_option("sqlalchemy.url") or get_settings().database_url
 
 
 def run_migrations_offline() -> None:

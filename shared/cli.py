@@ -1,5 +1,7 @@
 """The `imgq` command: serve, worker, beat, db, models, demo.
 
+Each command is an entry point: it reads the settings once (`_settings`), creates the data folders and
+configures the database and the Celery app from them before it does anything else.
 Nothing here imports TensorFlow at module level: `imgq worker` must pin its GPU first.
 """
 from __future__ import annotations
@@ -10,12 +12,19 @@ import os
 import sys
 from pathlib import Path
 
+from shared.vocab import PIXEL_SCALES, RESIZE_MODES, TASKS
+
 
 def _settings():
-    from shared.config import ensure_dirs, settings
+    """The settings of this process, read from the environment; with the folders, the database and the
+    Celery app set up from them."""
+    from shared import celery_app, db
+    from shared.config import ensure_dirs, get_settings
 
-    s = settings()
+    s = get_settings()
     ensure_dirs(s)
+    db.configure(s)
+    celery_app.configure(s)
     return s
 
 
@@ -53,11 +62,13 @@ def _alias(value: str) -> str:
 
 def cmd_serve(args) -> int:
     s = _settings()
-    if os.environ.get("IMGQ_AUTO_MIGRATE", "1") != "0":
+    if s.auto_migrate:
         from shared.migrate import upgrade
 
         upgrade(s.database_url)
-    argv = [sys.executable, "-m", "gunicorn", "web.wsgi:app", "--bind", f"{args.host}:{args.port}",
+    # each gunicorn worker calls web.wsgi.create(), which reads the same environment
+    argv = [sys.executable, "-m", "gunicorn", "web.wsgi:create()",
+            "--bind", f"{args.host or s.host}:{args.port or s.port}",
             "--workers", str(args.workers), "--threads", str(args.threads), "--timeout", "300",
             # gunicorn's largest request line: the app itself answers longer URLs up to it with a JSON 414
             # (web/request_checks.py); only beyond it does gunicorn answer with its own HTML 414
@@ -74,13 +85,13 @@ def worker_argv(args) -> list[str]:
             "--without-mingle", "--without-gossip", "-l", args.loglevel]
 
 
-def maintenance_argv(args) -> list[str]:
+def maintenance_argv(args, s) -> list[str]:
     """A worker of its own for the maintenance queue (sweeper, schedule ticks), so they never wait behind
     scoring or training; threads, no TensorFlow. With --beat it also runs the periodic scheduler."""
     argv = ["worker", "-Q", "maintenance", "--pool", "threads", "-c", "2", "-n", f"maintenance-{os.getpid()}@%h",
             "--without-mingle", "--without-gossip", "-l", args.loglevel]
     if args.beat:
-        argv += ["-B", "-s", str(_settings().data_dir / "celerybeat-schedule")]
+        argv += ["-B", "-s", str(s.data_dir / "celerybeat-schedule")]
     return argv
 
 
@@ -89,17 +100,17 @@ def cmd_worker(args) -> int:
 
     pin(None if args.cpu else args.gpu)
     _database_ready()
-    from shared.celery_app import app
+    from shared.celery_app import app  # configured by _database_ready; the pool processes fork from here
 
     app.worker_main(argv=worker_argv(args))
     return 0
 
 
 def cmd_maintenance(args) -> int:
-    _database_ready()
+    s = _database_ready()
     from shared.celery_app import app
 
-    app.worker_main(argv=maintenance_argv(args))
+    app.worker_main(argv=maintenance_argv(args, s))
     return 0
 
 
@@ -108,6 +119,16 @@ def cmd_beat(args) -> int:
     from shared.celery_app import app
 
     app.start(argv=["beat", "-s", str(s.data_dir / "celerybeat-schedule"), "-l", args.loglevel])
+    return 0
+
+
+def cmd_flower(args) -> int:
+    """Celery Flower (the `flower` extra) on the configured app; `celery -A shared.celery_app flower` would see an
+    app with no broker."""
+    _settings()
+    from shared.celery_app import app
+
+    app.start(argv=["flower", f"--port={args.port}"])
     return 0
 
 
@@ -184,23 +205,13 @@ def _read_json(path: str) -> dict:
 
 
 def cmd_train(args) -> int:
-    """Submit a train request (JSON file) the same way the HTTP API does: commit, then enqueue."""
-
-    from shared.db import session_scope
-    from shared.dispatch import enqueue_train
-    from shared.jobs import describe
-    from shared.train_jobs import create_train_job
+    """Submit a train request (JSON file) through the same service as POST /api/v1/jobs/train."""
+    from shared.submission import submit_train
     from shared.train_spec import TrainRequest
 
     _database_ready()
-    req = TrainRequest.model_validate(_read_json(args.request))
-    with session_scope() as session:
-        job_id = create_train_job(session, req).id
-    enqueue_train([job_id])
-    with session_scope() as session:
-        from shared.tables import Job
-
-        print(json.dumps(describe(session, session.get(Job, job_id)), indent=2))
+    description, _ = submit_train(TrainRequest.model_validate(_read_json(args.request)))
+    print(json.dumps(description, indent=2))
     return 0
 
 
@@ -236,15 +247,12 @@ def cmd_schedules_create(args) -> int:
 
 
 def cmd_schedules_list(args) -> int:
-    from sqlalchemy import select
-
     from shared import schedules
     from shared.db import session_scope
-    from shared.tables import Schedule
 
     _database_ready()
     with session_scope() as session:
-        for row in session.scalars(select(Schedule).order_by(Schedule.id)):
+        for row in schedules.list_schedules(session):
             d = schedules.describe(session, row)
             print(f"{d['id']}\t{d['name']}\t{d['cron']} {d['timezone']}\t{d['model']}\tnext {d['next_slot']}"
                   f"\t{'enabled' if d['enabled'] else 'disabled'}")
@@ -290,7 +298,7 @@ def cmd_tokens_revoke(args) -> int:
 def cmd_demo(args) -> int:
     from shared.demo import run_demo
 
-    return run_demo(images=args.images, port=args.port)
+    return run_demo(_settings(), images=args.images, port=args.port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -303,8 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     serve = sub.add_parser("serve", help="run the HTTP API (gunicorn)")
-    serve.add_argument("--host", default=os.environ.get("IMGQ_HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(os.environ.get("IMGQ_PORT", "8000")))
+    serve.add_argument("--host", help="default: IMGQ_HOST (127.0.0.1)")
+    serve.add_argument("--port", type=int, help="default: IMGQ_PORT (8000)")
     serve.add_argument("--workers", type=int, default=2)
     serve.add_argument("--threads", type=int, default=4)
     serve.add_argument("--access-log", action="store_true")
@@ -328,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     beat.add_argument("--loglevel", default="INFO")
     beat.set_defaults(func=cmd_beat)
 
+    flower = sub.add_parser("flower", help="run Celery Flower, the task monitor (needs the flower extra)")
+    flower.add_argument("--port", type=int, default=5555)
+    flower.set_defaults(func=cmd_flower)
+
     db = sub.add_parser("db", help="database migrations").add_subparsers(dest="db_command", required=True)
     db.add_parser("upgrade", help="apply all migrations").set_defaults(func=cmd_db_upgrade)
 
@@ -336,12 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
     imp = models.add_parser("import", help="register a .keras file as a new version")
     imp.add_argument("file")
     imp.add_argument("--name", required=True, type=_name, help="letters, digits, '-', '_', '.'; 1-100 characters")
-    imp.add_argument("--task", required=True, choices=["regression", "classification", "keypoints"])
+    imp.add_argument("--task", required=True, choices=TASKS)
     imp.add_argument("--input-size", type=int)
     imp.add_argument("--input-height", type=int)
     imp.add_argument("--input-width", type=int)
-    imp.add_argument("--resize-mode", default="stretch", choices=["stretch", "letterbox"])
-    imp.add_argument("--pixel-scale", default="unit", choices=["unit", "raw", "symmetric"])
+    imp.add_argument("--resize-mode", default="stretch", choices=RESIZE_MODES)
+    imp.add_argument("--pixel-scale", default="unit", choices=PIXEL_SCALES)
     imp.add_argument("--class-names", help="comma-separated, or a JSON list")
     imp.add_argument("--output-names", help="comma-separated, or a JSON list")
     imp.add_argument("--target-transform", default="none",

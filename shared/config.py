@@ -1,5 +1,10 @@
 """Settings read from environment variables, with defaults that run with no servers.
 
+`load_settings` is the one place that reads the environment (every variable is listed in the README's
+configuration table). Only entry points (the CLI's commands, `web/wsgi.py`, the training process, Alembic's
+`migrations/env.py`) call `get_settings()`; everything else receives the `Settings` they pass down.
+Importing this module reads nothing.
+
 With no DATABASE_URL and no BROKER_URL, imgq keeps everything under one local data
 directory: a SQLite database and kombu's filesystem transport as the message queue
 (a real queue between separate processes, not Celery's eager mode).
@@ -16,7 +21,7 @@ class ConfigError(ValueError):
     """An environment variable holds a value imgq cannot use."""
 
 
-def _int(env: dict, name: str, default: int, minimum: int = 1) -> int:
+def _int(env: dict, name: str, default: int, minimum: int = 1, maximum: int | None = None) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -26,6 +31,8 @@ def _int(env: dict, name: str, default: int, minimum: int = 1) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum}, got {value}")
     return value
 
 
@@ -62,6 +69,14 @@ def _rate(env: dict, name: str, default: str) -> str:
         parse_many(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a rate such as '600 per minute', got {raw!r}") from None
+    return raw
+
+
+def _host(env: dict, name: str, default: str) -> str:
+    """An address to listen on: a host name, an IPv4 or an IPv6 address (no scheme, port or path)."""
+    raw = (env.get(name) or default).strip()
+    if any(c.isspace() or c in "/@" for c in raw) or raw.count(":") == 1:
+        raise ConfigError(f"{name} must be a host name or address such as 0.0.0.0, got {raw!r}")
     return raw
 
 
@@ -107,6 +122,10 @@ class Settings:
     rate_limit: str
     max_active_jobs: int
     limiter_storage: str
+    preload: bool
+    auto_migrate: bool
+    host: str
+    port: int
 
     @property
     def embedded(self) -> bool:
@@ -180,16 +199,21 @@ def load_settings(env: dict | None = None) -> Settings:
         max_active_jobs=_int(env, "IMGQ_MAX_ACTIVE_JOBS", 100),
         limiter_storage=env.get("IMGQ_LIMITER_STORAGE") or (
             broker_url if broker_url.startswith(("redis://", "rediss://")) else "memory://"),
+        preload=_bool(env, "IMGQ_PRELOAD", True),
+        auto_migrate=_bool(env, "IMGQ_AUTO_MIGRATE", True),
+        host=_host(env, "IMGQ_HOST", "127.0.0.1"),
+        port=_int(env, "IMGQ_PORT", 8000, maximum=65535),
     )
 
 
 @lru_cache(maxsize=1)
-def settings() -> Settings:
-    """The process-wide settings, read once from the environment."""
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment; for entry points only."""
     return load_settings()
 
 
 def ensure_dirs(s: Settings) -> None:
+    """Create the data folders (and the embedded broker's); entry points call it, never an import."""
     for path in (s.data_dir, s.upload_dir, s.model_store, *s.data_roots):
         path.mkdir(parents=True, exist_ok=True)
     if s.embedded:

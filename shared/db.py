@@ -1,4 +1,9 @@
-"""Engine and sessions; the one place that knows SQLite from PostgreSQL."""
+"""Engine and sessions; the one place that knows SQLite from PostgreSQL.
+
+`session_scope()` opens a session on the database an entry point named with `configure(settings)` (the CLI's
+commands, `web.app.create_app`, the training process); forked processes inherit it. Importing this module
+connects nothing and reads no environment.
+"""
 from __future__ import annotations
 
 import os
@@ -12,7 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.config import settings
+from shared.config import Settings
 from shared.errors import NotFound
 
 
@@ -73,8 +78,24 @@ def retry_on_outage(fn, *, within: float, pause: float = 1.0):
             time.sleep(pause)
 
 
+_database_url: str | None = None
+
+
+def configure(settings: Settings) -> None:
+    """Make `settings.database_url` this process's database for `session_scope()` and `engine()`."""
+    global _database_url
+    _database_url = settings.database_url
+
+
+def _configured_url() -> str:
+    if _database_url is None:
+        raise RuntimeError("the database is not configured: the entry point calls shared.db.configure(settings) "
+                           "first")
+    return _database_url
+
+
 def engine() -> Engine:
-    return engine_for(settings().database_url)
+    return engine_for(_configured_url())
 
 
 @lru_cache(maxsize=4)
@@ -84,8 +105,9 @@ def _session_factory(url: str) -> sessionmaker:
 
 @contextmanager
 def session_scope(url: str | None = None) -> Iterator[Session]:
-    """A session in one transaction: committed on success, rolled back on error."""
-    session = _session_factory(url or settings().database_url)()
+    """A session in one transaction on `url` or the configured database: committed on success, rolled back on
+    error."""
+    session = _session_factory(url or _configured_url())()
     try:
         with session.begin():
             yield session

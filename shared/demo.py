@@ -2,7 +2,8 @@
 
 Starts the web front and a worker as separate processes, registers a small VGG-style CNN,
 writes a synthetic catalog, submits a score job over HTTP, polls it with a progress bar,
-prints a summary and where the results are, and stops everything.
+prints a summary and where the results are, and stops everything. It runs on the Settings the CLI read
+(and configured the database with); the processes it starts read the same environment.
 """
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ import os
 import sys
 import time
 
-from shared.config import ensure_dirs, settings
+from shared.config import Settings
 from shared.local_stack import LocalStack
 
 MODEL_NAME = "pageviews-demo"
 
 
-def _register_model(s) -> str:
+def _register_model(settings: Settings) -> str:
     from shared import model_registry as registry
     from shared.db import session_scope
 
@@ -28,13 +29,13 @@ def _register_model(s) -> str:
             pass
     from shared.architectures import vgg_regressor
 
-    path = s.data_dir / "demo" / "vgg_regressor_60.keras"
+    path = settings.data_dir / "demo" / "vgg_regressor_60.keras"
     path.parent.mkdir(parents=True, exist_ok=True)
     vgg_regressor(60).save(path)
     sig = registry.Signature(task="regression", input_height=60, input_width=60, output_names=["pageviews"],
                              target_transform={"kind": "log1p"})
     with session_scope() as session:
-        v = registry.import_model(session, path, MODEL_NAME, sig, s.model_store, promote=True,
+        v = registry.import_model(session, path, MODEL_NAME, sig, settings.model_store, promote=True,
                                   description="imgq demo: untrained VGG-style page-view regressor")
         return f"{v.name}@{v.version}"
 
@@ -44,19 +45,18 @@ def _bar(done: int, total: int, width: int = 30) -> str:
     return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
-def run_demo(images: int = 300, port: int = 8765) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    s = settings()
-    if not s.embedded:
+def run_demo(settings: Settings, images: int = 300, port: int = 8765) -> int:
+    """The demo on `settings`, whose folders exist and whose database is configured (shared/cli.py does both)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # for this process's Keras and the processes it starts
+    if not settings.embedded:
         print("note: BROKER_URL is set; the demo uses it instead of the embedded broker")
-    ensure_dirs(s)
     from shared.migrate import upgrade
 
-    upgrade(s.database_url)
-    print(f"imgq demo: data under {s.data_dir}")
-    model_ref = _register_model(s)
+    upgrade(settings.database_url)
+    print(f"imgq demo: data under {settings.data_dir}")
+    model_ref = _register_model(settings)
     print(f"model registered: {model_ref} (production)")
-    catalog = s.data_roots[0] / "demo-catalog"
+    catalog = settings.data_roots[0] / "demo-catalog"
     manifest = catalog / "items.csv"
     if not manifest.exists() or sum(1 for _ in open(manifest)) != images + 4:
         from shared.synthetic import write_catalog
@@ -64,14 +64,14 @@ def run_demo(images: int = 300, port: int = 8765) -> int:
         manifest = write_catalog(catalog, images, size=(480, 640))
     print(f"catalog: {images} JPEGs and 3 broken files in {catalog}")
 
-    logs = s.data_dir / "demo"
-    stack = LocalStack({"IMGQ_HOME": str(s.data_dir)}, logs, port=port)
+    logs = settings.data_dir / "demo"
+    stack = LocalStack({"IMGQ_HOME": str(settings.data_dir)}, logs, port=port)
     base = stack.base
     try:
         stack.start()
         if stack.token:
             print(f"API token (admin, made for this demo): {stack.token}")
-        rel = manifest.relative_to(s.data_roots[0])
+        rel = manifest.relative_to(settings.data_roots[0])
         resp = stack.http.post(f"{base}/api/v1/jobs/score", timeout=60,
                              json={"model": MODEL_NAME, "manifest": str(rel), "id_column": "id",
                                    "image_column": "image"})

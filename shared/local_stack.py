@@ -73,7 +73,9 @@ class LocalStack:
 
     def authenticate(self) -> None:
         """Give `self.http` an admin token (a stack whose auth is off needs none)."""
-        if self.env.get("IMGQ_AUTH", "on").lower() not in ("0", "off", "false", "no"):
+        from shared.config import load_settings
+
+        if load_settings(self.env).auth_enabled:
             self.token = self.create_token()
             self.http.headers["Authorization"] = f"Bearer {self.token}"
 

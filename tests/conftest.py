@@ -70,18 +70,23 @@ def db_url(request, tmp_path):
 
 @pytest.fixture
 def configured(monkeypatch, tmp_path, db_url):
-    """Process settings pointed at `db_url` and temporary folders; returns the Settings."""
-    from shared.config import ensure_dirs, settings
+    """Settings pointed at `db_url` and temporary folders, configured as an entry point would (folders, database,
+    Celery app on the embedded broker); the environment says the same, for code under test that reads it
+    (the CLI). Returns the Settings."""
+    from shared import celery_app, db
+    from shared.config import ensure_dirs, get_settings
 
     monkeypatch.setenv("IMGQ_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DATABASE_URL", db_url)
     monkeypatch.setenv("IMGQ_DATA_ROOTS", str(tmp_path / "data"))
     monkeypatch.delenv("BROKER_URL", raising=False)
-    settings.cache_clear()
-    s = settings()
+    get_settings.cache_clear()
+    s = get_settings()
     ensure_dirs(s)
+    db.configure(s)
+    celery_app.configure(s)
     yield s
-    settings.cache_clear()
+    get_settings.cache_clear()
 
 
 # ---------------------------------------------------------------- small models, built in the test

@@ -1,8 +1,14 @@
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from shared.config import ConfigError, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_defaults_need_no_servers(tmp_path):
@@ -51,3 +57,109 @@ def test_relative_home_is_resolved(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     s = load_settings({})
     assert s.data_dir == Path(tmp_path / ".imgq").resolve()
+
+
+def test_serving_and_worker_start_up_settings(tmp_path):
+    s = load_settings({"IMGQ_HOME": str(tmp_path)})
+    assert (s.preload, s.auto_migrate, s.host, s.port) == (True, True, "127.0.0.1", 8000)
+    s = load_settings({"IMGQ_HOME": str(tmp_path), "IMGQ_PRELOAD": "0", "IMGQ_AUTO_MIGRATE": "off",
+                       "IMGQ_HOST": "0.0.0.0", "IMGQ_PORT": "65535"})
+    assert (s.preload, s.auto_migrate, s.host, s.port) == (False, False, "0.0.0.0", 65535)
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("IMGQ_PORT", "0", "IMGQ_PORT must be at least 1"),
+    ("IMGQ_PORT", "65536", "IMGQ_PORT must be at most 65535"),
+    ("IMGQ_HOST", "example.com:80", "IMGQ_HOST must be a host name or address"),
+    ("IMGQ_HOST", "http://example.com", "IMGQ_HOST must be a host name or address"),
+    ("IMGQ_PRELOAD", "maybe", "IMGQ_PRELOAD must be on or off"),
+    ("IMGQ_AUTO_MIGRATE", "2", "IMGQ_AUTO_MIGRATE must be on or off"),
+])
+def test_bad_start_up_values_are_named(tmp_path, name, value, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings({"IMGQ_HOME": str(tmp_path), name: value})
+
+
+IMPORT_EVERYTHING = """
+import importlib, json, os, pkgutil, socket, sys
+
+OURS = ("IMGQ_", "DATABASE_URL", "BROKER_URL")
+CODE = tuple(os.path.join(sys.argv[1], package) + os.sep for package in ("shared", "web", "worker"))
+read, connects = [], []
+environ_getitem = os._Environ.__getitem__
+
+
+def spy(self, key):  # our code reading our variables (a library copying the whole environment reads no setting)
+    frame = sys._getframe(1)
+    while frame.f_code.co_filename.endswith(("os.py", "_collections_abc.py")):  # os.environ.get, `in`, getenv
+        frame = frame.f_back
+    if isinstance(key, str) and key.startswith(OURS) and frame.f_code.co_filename.startswith(CODE):
+        read.append(f"{key} in {frame.f_code.co_filename}:{frame.f_lineno}")
+    return environ_getitem(self, key)
+
+
+def refuse(self, address):
+    connects.append(repr(address))
+    raise OSError("no connection at import time")
+
+
+os._Environ.__getitem__ = spy
+socket.socket.connect = socket.socket.connect_ex = refuse
+modules = []
+for package in ("shared", "web", "worker"):
+    for info in pkgutil.walk_packages(importlib.import_module(package).__path__, package + "."):
+        importlib.import_module(info.name)
+        modules.append(info.name)
+
+from shared import celery_app, config, db
+
+unconfigured = []
+for use in (lambda: db.session_scope().__enter__(), celery_app.configured_settings):
+    try:
+        use()
+    except RuntimeError as exc:
+        unconfigured.append(str(exc))
+print(json.dumps({"read": read, "connects": connects, "modules": modules, "unconfigured": unconfigured,
+                  "settings_loaded": config.get_settings.cache_info().misses}))
+"""
+
+
+def test_importing_any_module_reads_no_setting_connects_nothing_and_creates_no_folder(tmp_path):
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    cwd.mkdir()
+    env = {**os.environ, "IMGQ_HOME": str(home), "DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none",
+           "BROKER_URL": "redis://127.0.0.1:9/0", "IMGQ_DATA_ROOTS": str(tmp_path / "data"),
+           "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", IMPORT_EVERYTHING, str(REPO)], cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.splitlines()[-1])
+    assert {"shared.cli", "web.wsgi", "worker.tasks", "worker.training.run"} <= set(report["modules"])
+    assert report["read"] == [] and report["settings_loaded"] == 0
+    assert report["connects"] == []
+    assert sorted(tmp_path.iterdir()) == [cwd] and list(cwd.iterdir()) == []  # no .imgq, no home, no broker
+    assert len(report["unconfigured"]) == 2 and all("configure(settings)" in m for m in report["unconfigured"])
+
+
+CONFIGURE_WORKER = """
+import json, sys
+from shared import celery_app
+from shared.config import load_settings
+
+celery_app.configure(load_settings({"IMGQ_HOME": sys.argv[1], "IMGQ_MAX_TRAIN_SECONDS": "100",
+                                    "IMGQ_HEARTBEAT_TIMEOUT": "5", "IMGQ_PRELOAD": "0"}))
+import worker.tasks  # as the worker's main process imports it (include=["worker.tasks"]), after the CLI configured
+
+train, score = (celery_app.app.tasks[name] for name in (celery_app.TRAIN_TASK, celery_app.SCORE_CHUNK_TASK))
+print(json.dumps({"train": [train.soft_time_limit, train.time_limit],
+                  "score": [score.soft_time_limit, score.time_limit], "broker": celery_app.app.conf.broker_url,
+                  "preload": celery_app.configured_settings().preload}))
+"""
+
+
+def test_the_task_time_limits_come_from_the_settings_the_app_is_configured_with(tmp_path):
+    out = subprocess.run([sys.executable, "-c", CONFIGURE_WORKER, str(tmp_path)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.splitlines()[-1])
+    assert report == {"train": [160, 220], "score": [50, 110], "broker": "filesystem://", "preload": False}

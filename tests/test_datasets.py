@@ -440,7 +440,7 @@ def test_check_crawler_folder_class_balance(roots, data):
 
 @pytest.fixture
 def client(monkeypatch, tmp_path, data):
-    from shared.config import settings
+    from shared.config import get_settings
     from web import api_datasets
     from web.app import create_app
 
@@ -448,16 +448,16 @@ def client(monkeypatch, tmp_path, data):
     monkeypatch.setenv("IMGQ_DATA_ROOTS", str(data))
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.delenv("BROKER_URL", raising=False)
-    settings.cache_clear()
+    get_settings.cache_clear()
     from shared.migrate import upgrade
     from tests.helpers import authorized_client
 
-    app = create_app(settings())
-    upgrade(settings().database_url)
+    app = create_app(get_settings())
+    upgrade(get_settings().database_url)
     if "datasets" not in app.blueprints:
         app.register_blueprint(api_datasets.bp)
     yield authorized_client(app, "train")
-    settings.cache_clear()
+    get_settings.cache_clear()
 
 
 def test_http_check(client, messy):

@@ -198,12 +198,12 @@ def import_fails_naming_only_the_upload(*texts):
     """The import job a 202 created, run as the maintenance worker runs it: it fails with a reason that names the
     uploaded file and no server path, and stores nothing."""
     def check(resp, c):
-        from shared.config import settings
+        from shared.config import get_settings
         from shared.model_imports import run_import, staging_path
 
         job_id = resp.json["id"]
         assert resp.json["kind"] == "import" and resp.headers["Location"] == f"/api/v1/jobs/{job_id}"
-        assert run_import(job_id, settings()) == "failed"
+        assert run_import(job_id, get_settings()) == "failed"
         job = c.client.get(f"/api/v1/jobs/{job_id}").json
         assert job["status"] == "failed" and job["model"]["result"] is None, job
         assert all(text in job["error"] for text in texts), job["error"]
@@ -394,7 +394,8 @@ def _job_state(client, job_id) -> dict:
 @pytest.fixture(scope="module")
 def baseline(db_url, tmp_path_factory, model_files):
     """A model and a score job stored before the corpus runs (through the API, with an admin token)."""
-    from shared.config import ensure_dirs, settings
+    from shared import db
+    from shared.config import ensure_dirs, get_settings
 
     home = tmp_path_factory.mktemp("baseline")
     with pytest.MonkeyPatch.context() as mp:
@@ -402,9 +403,10 @@ def baseline(db_url, tmp_path_factory, model_files):
         mp.setenv("DATABASE_URL", db_url)
         mp.setenv("IMGQ_DATA_ROOTS", str(home / "data"))
         mp.delenv("BROKER_URL", raising=False)
-        settings.cache_clear()
-        s = settings()
+        get_settings.cache_clear()
+        s = get_settings()
         ensure_dirs(s)
+        db.configure(s)  # as an entry point would: the token below goes to this database
         with session_scope() as session:
             _, secret = tokens.create_token(session, "hostile-corpus", "admin")
         client = _client(create_app(s), secret)
@@ -423,7 +425,7 @@ def baseline(db_url, tmp_path_factory, model_files):
         model = client.get(f"/api/v1/models/{BASELINE_MODEL}/versions/1").json
         state = Baseline(secret, job_id, model, hashlib.sha256(Path(_stored_path()).read_bytes()).hexdigest(),
                          _job_state(client, job_id))
-    settings.cache_clear()
+    get_settings.cache_clear()
     return state
 
 

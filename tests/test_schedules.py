@@ -124,7 +124,7 @@ def test_scheduled_fine_tunes_promote_when_better_and_keep_production_when_worse
     dispatcher here sends nothing: the stack's sweeper relays the committed jobs (the outbox)."""
     import os
 
-    from shared.config import settings
+    from shared.config import get_settings
 
     def enqueue_train(job_ids):
         return 0
@@ -134,7 +134,10 @@ def test_scheduled_fine_tunes_promote_when_better_and_keep_production_when_worse
            "IMGQ_HOME": pg_stack.env["IMGQ_HOME"], "IMGQ_DATA_ROOTS": pg_stack.env["IMGQ_DATA_ROOTS"]}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    settings.cache_clear()
+    get_settings.cache_clear()
+    from shared import db
+
+    db.configure(get_settings())  # the dispatcher's sessions: the stack's database
     try:
         good = {"task": "classification", "input_size": 32, "epochs": 8, "batch_size": 32,
                 "dataset": {"path": "digits/all.csv", "id_column": "id", "label_column": "label"},
@@ -174,7 +177,7 @@ def test_scheduled_fine_tunes_promote_when_better_and_keep_production_when_worse
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        settings.cache_clear()
+        get_settings.cache_clear()
 
 
 def _wait_schedule_run(stack, schedule_id, n):

@@ -1,28 +1,29 @@
-"""The Flask application factory."""
+"""The Flask application factory: the web front on the Settings it is given, which also name the database its
+sessions use and the broker it sends tasks to (one configuration per process)."""
 from __future__ import annotations
 
 from flask import Flask, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
-from shared import dispatch, liveness
+from shared import celery_app, db, dispatch, liveness
 from shared.config import Settings, ensure_dirs
-from shared.config import settings as load
 from shared.db import session_scope
 from web import api_datasets, api_jobs, api_models, api_training, auth, errors, metrics, rate_limits, request_checks
 
 
-def create_app(settings: Settings | None = None) -> Flask:
-    s = settings or load()
-    ensure_dirs(s)
+def create_app(settings: Settings) -> Flask:
+    ensure_dirs(settings)
+    db.configure(settings)
+    celery_app.configure(settings)
     app = Flask("imgq")
-    app.config["IMGQ_SETTINGS"] = s
-    app.config["MAX_CONTENT_LENGTH"] = s.max_upload_bytes
+    app.config["IMGQ_SETTINGS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json.sort_keys = False
     errors.register(app)
     request_checks.register(app)  # URL length and NUL bytes, before anything reads the request
     auth.register(app)
-    rate_limits.register(app, s)
+    rate_limits.register(app, settings)
     app.register_blueprint(api_jobs.bp)
     app.register_blueprint(api_models.bp)
     app.register_blueprint(api_datasets.bp)
@@ -39,7 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     def readyz():
         broker_ok = dispatch.broker_reachable()
         with session_scope() as session:
-            report = liveness.readiness(session, s, broker_ok)
+            report = liveness.readiness(session, settings, broker_ok)
         return jsonify(report), 200 if report["ready"] else 503
 
     @app.get("/metrics")

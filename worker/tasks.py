@@ -2,6 +2,8 @@
 
 This module is imported by the worker's main process, which forks the pool: it must not
 import TensorFlow. Models are loaded in each pool process after the fork (worker_process_init).
+The tasks run with the Settings the worker's entry point configured the app with (`configured_settings`);
+their time limits come from there too (`shared.celery_app.configure`), never from an import.
 """
 from __future__ import annotations
 
@@ -14,8 +16,15 @@ import time
 from celery.exceptions import Reject
 from celery.signals import task_received, worker_process_init
 
-from shared.celery_app import IMPORT_MODEL_TASK, SCHEDULE_TICK_TASK, SCORE_CHUNK_TASK, SWEEP_TASK, TRAIN_TASK, app
-from shared.config import settings
+from shared.celery_app import (
+    IMPORT_MODEL_TASK,
+    SCHEDULE_TICK_TASK,
+    SCORE_CHUNK_TASK,
+    SWEEP_TASK,
+    TRAIN_TASK,
+    app,
+    configured_settings,
+)
 from shared.dispatch import enqueue_chunks, enqueue_imports, enqueue_train, queue_depth
 
 log = logging.getLogger(__name__)
@@ -28,7 +37,7 @@ def models():
     if _models is None:
         from worker.model_cache import ModelCache
 
-        _models = ModelCache(settings().model_cache_size)
+        _models = ModelCache(configured_settings().model_cache_size)
     return _models
 
 
@@ -36,15 +45,16 @@ def models():
 def _preload_production_models(**_):
     """Load the production version of each model name at start, so the first job does not wait. This runs
     before the pool process reports ready; `worker_proc_alive_timeout` (IMGQ_WORKER_START_TIMEOUT) allows it."""
-    if os.environ.get("IMGQ_PRELOAD", "1") == "0":
+    settings = configured_settings()
+    if not settings.preload:
         return
     from shared.db import session_scope
     from shared.model_registry import production_versions
 
     started = time.monotonic()
     try:
-        with session_scope() as s:
-            versions = production_versions(s)[: settings().model_cache_size]
+        with session_scope() as session:
+            versions = production_versions(session)[: settings.model_cache_size]
         for v in versions:
             models().get(v)
     except Exception:  # a broken model must not keep the worker from starting
@@ -95,7 +105,7 @@ def requeue_on_outage(task):
             if not is_outage(exc):
                 raise
             log.warning("%s%s: database unavailable (%s); message requeued", task.__name__, args[1:], exc)
-            time.sleep(settings().outage_retry_delay)
+            time.sleep(configured_settings().outage_retry_delay)
             raise Reject(exc, requeue=True) from exc
     return run
 
@@ -106,17 +116,16 @@ def score_chunk(self, job_id: str, chunk_no: int) -> str:
     from worker.run_chunk import run_chunk
 
     worker = f"{self.request.hostname or socket.gethostname()}:{os.getpid()}"
-    return run_chunk(job_id, chunk_no, worker=worker, models=models(), settings=settings())
+    return run_chunk(job_id, chunk_no, worker=worker, models=models(), settings=configured_settings())
 
 
-@app.task(name=TRAIN_TASK, bind=True, soft_time_limit=settings().max_train_seconds + 60,
-          time_limit=settings().max_train_seconds + 120)
+@app.task(name=TRAIN_TASK, bind=True)  # its time limits: task_annotations (shared.celery_app.configure)
 @requeue_on_outage
 def train(self, job_id: str) -> str:
     from worker.training.supervise import run_train_job
 
     worker = f"{self.request.hostname or socket.gethostname()}:{os.getpid()}"
-    return run_train_job(job_id, worker=worker, settings=settings())
+    return run_train_job(job_id, worker=worker, settings=configured_settings())
 
 
 @app.task(name=IMPORT_MODEL_TASK, bind=True)
@@ -125,7 +134,7 @@ def import_model(self, job_id: str) -> str:
     """On the maintenance queue: the file is inspected in a subprocess, so this process loads no TensorFlow."""
     from shared.model_imports import run_import
 
-    return run_import(job_id, settings())
+    return run_import(job_id, configured_settings())
 
 
 @app.task(name=SWEEP_TASK)
@@ -133,13 +142,14 @@ def sweep() -> dict | None:
     from shared.db import is_outage
     from worker.sweeper import sweep as run_sweep
 
+    settings = configured_settings()
     try:
-        return run_sweep(settings(), enqueue_chunks, enqueue_train, queue_depth, enqueue_imports)
+        return run_sweep(settings, enqueue_chunks, enqueue_train, queue_depth, enqueue_imports)
     except Exception as exc:
         if not is_outage(exc):
             raise
         log.warning("sweep skipped: database unavailable (%s); the next one runs in %g s", type(exc).__name__,
-                    settings().sweep_interval)
+                    settings.sweep_interval)
         return None
 
 
