@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import string
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
@@ -19,8 +21,9 @@ from sqlalchemy.orm import Session
 
 from shared import names
 from shared.db import get_or_404, session_scope
-from shared.errors import ImgqError, InvalidRequest
-from shared.tables import MAX_INT32, Schedule, ScheduleRun, utcnow
+from shared.errors import Conflict, ImgqError, InvalidRequest
+from shared.submission import commit_and_send
+from shared.tables import MAX_INT32, Job, Schedule, ScheduleRun, utcnow
 from shared.train_jobs import create_train_job
 from shared.train_spec import Gate, TrainRequest
 
@@ -99,8 +102,6 @@ def create_schedule(session: Session, *, name: str, cron: str, timezone_name: st
     validate_schedule_train(train, model_name)
     gate = Gate.model_validate(gate or {}).model_dump()
     if session.scalar(select(Schedule.id).where(Schedule.name == name)) is not None:
-        from shared.errors import Conflict
-
         raise Conflict(f"a schedule named {name!r} exists", field="name")
     row = Schedule(name=name, cron=cron, timezone=timezone_name, model_name=model_name, train=train, gate=gate,
                    enabled=enabled)
@@ -115,6 +116,21 @@ def get_schedule(session: Session, schedule_id: int) -> Schedule:
     return get_or_404(session, Schedule, schedule_id, "schedule")
 
 
+def list_schedules(session: Session, *, enabled_only: bool = False) -> list[Schedule]:
+    query = select(Schedule).order_by(Schedule.id)
+    return list(session.scalars(query.where(Schedule.enabled.is_(True)) if enabled_only else query))
+
+
+def set_enabled(session: Session, schedule_id: int, enabled: bool) -> Schedule:
+    row = get_schedule(session, schedule_id)
+    row.enabled = enabled
+    return row
+
+
+def delete_schedule(session: Session, schedule_id: int) -> None:
+    session.delete(get_schedule(session, schedule_id))
+
+
 def describe(session: Session, row: Schedule, now: datetime | None = None) -> dict:
     runs = session.scalars(select(ScheduleRun).where(ScheduleRun.schedule_id == row.id)
                            .order_by(ScheduleRun.slot_at.desc()).limit(20))
@@ -125,34 +141,39 @@ def describe(session: Session, row: Schedule, now: datetime | None = None) -> di
                       "reason": r.reason} for r in runs]}
 
 
-def dispatch_due(enqueue_train, now: datetime | None = None) -> dict:
-    """Create the train job of every schedule whose latest slot has not run yet; then send them."""
+def dispatch_due(enqueue_train: Callable[[list[str]], int], now: datetime | None = None) -> dict:
+    """Create the train job of every schedule whose latest slot has not run yet, each slot in a transaction of
+    its own, and send it once committed (shared.submission.commit_and_send)."""
     now = now or utcnow()
-    created: list[str] = []
-    with session_scope() as s:
-        schedules = list(s.scalars(select(Schedule).where(Schedule.enabled.is_(True))))
-    for sched in schedules:
+    created = sent = 0
+    with session_scope() as session:
+        due = list_schedules(session, enabled_only=True)
+    for sched in due:
         slot = latest_slot(sched.cron, sched.timezone, now)
         if slot < sched.created_at.replace(microsecond=0):
             continue  # the schedule did not exist yet at that slot
         try:
-            with session_scope() as s:
-                previous = s.scalar(select(func.max(ScheduleRun.slot_at))
-                                    .where(ScheduleRun.schedule_id == sched.id))
-                if previous is not None and previous >= slot:
-                    continue
-                run = ScheduleRun(schedule_id=sched.id, slot_at=slot)
-                s.add(run)
-                s.flush()  # the unique (schedule, slot) row: the one place a slot is taken
-                try:
-                    with s.begin_nested():
-                        job = create_train_job(s, render_request(sched, slot, previous),
-                                               schedule_run_id=run.id)
-                    run.job_id = job.id
-                    created.append(job.id)
-                except (ImgqError, ValueError) as exc:
-                    run.decision, run.reason = "failed", getattr(exc, "message", None) or str(exc)
+            job_ids, n_sent = commit_and_send(partial(_take_slot, schedule=sched, slot=slot), enqueue_train)
         except IntegrityError:
             continue  # another beat took this slot
-    sent = enqueue_train(created) if created else 0
-    return {"created": len(created), "sent": sent}
+        created, sent = created + len(job_ids), sent + n_sent
+    return {"created": created, "sent": sent}
+
+
+def _take_slot(session: Session, *, schedule: Schedule, slot: datetime) -> list[Job]:
+    """The slot's schedule_runs row and its train job, in the caller's transaction. [] when this slot (or a later
+    one) ran already, or when the slot's request cannot train: its run row then records why."""
+    previous = session.scalar(select(func.max(ScheduleRun.slot_at)).where(ScheduleRun.schedule_id == schedule.id))
+    if previous is not None and previous >= slot:
+        return []
+    run = ScheduleRun(schedule_id=schedule.id, slot_at=slot)
+    session.add(run)
+    session.flush()  # the unique (schedule, slot) row: the one place a slot is taken
+    try:
+        with session.begin_nested():
+            job = create_train_job(session, render_request(schedule, slot, previous), schedule_run_id=run.id)
+    except (ImgqError, ValueError) as exc:
+        run.decision, run.reason = "failed", getattr(exc, "message", None) or str(exc)
+        return []
+    run.job_id = job.id
+    return [job]

@@ -91,19 +91,19 @@ def grid_points(grid: dict[str, list]) -> list[dict]:
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
 
-def create_sweep(session: Session, base: dict, grid: dict) -> tuple[Sweep, list[Job]]:
-    """One train job per grid point; all are compared on the same holdout (same model name, same salt)."""
+def create_sweep(session: Session, sweep_id: str, base: dict, grid: dict) -> list[Job]:
+    """Insert the sweep and one train job per grid point in the caller's transaction; the caller enqueues them
+    after commit. All are compared on the same holdout (same model name, same salt)."""
     points = grid_points(grid)
-    sweep = Sweep(id=str(uuid.uuid4()), base=base, grid=grid)
-    session.add(sweep)
+    session.add(Sweep(id=sweep_id, base=base, grid=grid))
     session.flush()
     jobs = []
     for point in points:
         spec = copy.deepcopy(base)
         for key, value in point.items():
             _set_path(spec, key, value)
-        jobs.append(create_train_job(session, TrainRequest.model_validate(spec), sweep_id=sweep.id))
-    return sweep, jobs
+        jobs.append(create_train_job(session, TrainRequest.model_validate(spec), sweep_id=sweep_id))
+    return jobs
 
 
 def describe_sweep(session: Session, sweep_id: str) -> dict:

@@ -1,9 +1,11 @@
-"""HTTP endpoints for score jobs."""
+"""HTTP endpoints for jobs of every kind: submit score and train jobs; list, describe and cancel jobs; results."""
 from __future__ import annotations
+
+from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
-from shared import jobs, train_jobs
+from shared import jobs, submission, train_jobs
 from shared.db import session_scope
 from shared.errors import InvalidRequest
 from shared.train_spec import TrainRequest
@@ -11,7 +13,7 @@ from web.auth import caller
 from web.http import created as created_response
 from web.http import form_fields, json_object, refuse_nul
 from web.schemas import ScoreRequest
-from web.submit import fingerprint, submit_json, submit_train, submit_upload
+from web.submit import submit_json, submit_upload
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs")
 
@@ -63,42 +65,43 @@ def create_train_job():
     body = json_object("a JSON object (a train request)")
     key = _idempotency_key()
     settings = current_app.config["IMGQ_SETTINGS"]
-    return _accepted(*submit_train(TrainRequest.model_validate(body), key, fingerprint(body), caller().token_id,
-                                   settings.max_active_jobs))
+    return _accepted(*submission.submit_train(TrainRequest.model_validate(body), idempotency_key=key,
+                                              request_fingerprint=submission.fingerprint(body),
+                                              token_id=caller().token_id, max_active_jobs=settings.max_active_jobs))
 
 
 @bp.get("/<job_id>/metrics")
 def get_metrics(job_id: str):
-    with session_scope() as s:
-        job = jobs.get_job(s, job_id)
+    with session_scope() as session:
+        job = jobs.get_job(session, job_id)
         if job.kind != "train":
             raise InvalidRequest(f"job {job_id} is a {job.kind} job; metrics belong to train jobs")
-        return jsonify({"job_id": job_id, "status": job.status, "epochs": train_jobs.metrics_history(s, job_id),
-                        "progress": jobs.describe(s, job)["progress"]})
+        return jsonify({"job_id": job_id, "status": job.status, "epochs": train_jobs.metrics_history(session, job_id),
+                        "progress": jobs.describe(session, job)["progress"]})
 
 
 @bp.get("")
 def list_jobs():
-    with session_scope() as s:
-        rows = jobs.list_jobs(s, status=request.args.get("status"), model=request.args.get("model"),
+    with session_scope() as session:
+        rows = jobs.list_jobs(session, status=request.args.get("status"), model=request.args.get("model"),
                               kind=request.args.get("kind"), limit=_int_arg("limit", 50, 1, 500),
                               before=request.args.get("before"))
-        return jsonify({"jobs": [jobs.describe(s, j) for j in rows],
+        return jsonify({"jobs": [jobs.describe(session, j) for j in rows],
                         "next_before": rows[-1].id if rows else None})
 
 
 @bp.get("/<job_id>")
 def get_job(job_id: str):
-    with session_scope() as s:
-        return jsonify(jobs.describe(s, jobs.get_job(s, job_id)))
+    with session_scope() as session:
+        return jsonify(jobs.describe(session, jobs.get_job(session, job_id)))
 
 
 @bp.post("/<job_id>/cancel")
 def cancel_job(job_id: str):
-    with session_scope() as s:
-        job = jobs.cancel_job(s, job_id, caller())
-        s.flush()
-        return jsonify(jobs.describe(s, job))
+    with session_scope() as session:
+        job = jobs.cancel_job(session, job_id, caller())
+        session.flush()
+        return jsonify(jobs.describe(session, job))
 
 
 @bp.get("/<job_id>/results")
@@ -107,12 +110,12 @@ def get_results(job_id: str):
     if fmt not in ("json", "csv"):
         raise InvalidRequest("format must be json or csv", field="format")
     if fmt == "csv":
-        with session_scope() as s:
-            jobs.get_job(s, job_id)  # 404 before streaming starts
+        with session_scope() as session:
+            jobs.get_job(session, job_id)  # 404 before streaming starts
 
         def generate():
-            with session_scope() as s:
-                yield from jobs.results_csv(s, jobs.get_job(s, job_id))
+            with session_scope() as session:
+                yield from jobs.results_csv(session, jobs.get_job(session, job_id))
 
         return Response(stream_with_context(generate()), mimetype="text/csv",
                         headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'})
@@ -121,13 +124,11 @@ def get_results(job_id: str):
         raise InvalidRequest("status must be ok or error", field="status")
     limit = _int_arg("limit", 100, 1, 1000)
     after = request.args.get("after")
-    with session_scope() as s:
-        job = jobs.get_job(s, job_id)
-        rows, next_after = jobs.results_page(s, job, after=after, limit=limit, status=status)
+    with session_scope() as session:
+        job = jobs.get_job(session, job_id)
+        rows, next_after = jobs.results_page(session, job, after=after, limit=limit, status=status)
     body = {"job_id": job_id, "results": rows, "next_after": next_after, "next": None}
     if next_after is not None:
-        from urllib.parse import urlencode
-
         query = {"limit": limit, "after": next_after, **({"status": status} if status else {})}
         body["next"] = f"/api/v1/jobs/{job_id}/results?{urlencode(query)}"
     return jsonify(body)

@@ -5,7 +5,6 @@ import json
 import os
 
 from flask import Blueprint, current_app, jsonify, request
-from sqlalchemy import func, select
 
 from shared import model_registry as registry
 from shared.db import session_scope
@@ -66,35 +65,32 @@ def import_model():
 
 @bp.get("")
 def list_models():
-    with session_scope() as s:
-        counts = dict(s.execute(select(ModelVersion.name, func.count()).group_by(ModelVersion.name)).all())
-        production = {v.name: v.version for v in registry.production_versions(s)}
-        return jsonify({"models": [{"name": n, "versions": c, "production": production.get(n)}
-                                   for n, c in sorted(counts.items())]})
+    with session_scope() as session:
+        return jsonify({"models": registry.list_models(session)})
 
 
 @bp.get("/<name>/versions")
 def list_versions(name: str):
-    with session_scope() as s:
-        versions = registry.list_versions(s, name)
-        aliases = registry.aliases_by_version(s, name)
+    with session_scope() as session:
+        versions = registry.list_versions(session, name)
+        aliases = registry.aliases_by_version(session, name)
         return jsonify({"name": name, "versions": [registry.version_dict(v, aliases.get(v.id)) for v in versions]})
 
 
 @bp.get("/<name>/versions/<int:version>")
 def get_version(name: str, version: int):
     registry.check_version(version)
-    with session_scope() as s:
-        row = registry.resolve(s, f"{name}@{version}")
-        return jsonify(registry.version_dict(row, registry.aliases_by_version(s, name).get(row.id)))
+    with session_scope() as session:
+        row = registry.resolve(session, f"{name}@{version}")
+        return jsonify(registry.version_dict(row, registry.aliases_by_version(session, name).get(row.id)))
 
 
 @bp.post("/<name>/rollback")
 def rollback(name: str):
     """Production goes back to the version it pointed at before its last move."""
-    with session_scope() as s:
-        row = registry.rollback(s, name)
-        version = s.get(ModelVersion, row.version_id)
+    with session_scope() as session:
+        row = registry.rollback(session, name)
+        version = session.get(ModelVersion, row.version_id)
         return jsonify({"name": name, "alias": row.alias, "version": version.version,
                         "updated_at": row.updated_at.isoformat()})
 
@@ -102,7 +98,7 @@ def rollback(name: str):
 @bp.post("/<name>/aliases/<alias>")
 def set_alias(name: str, alias: str):
     req = AliasRequest.model_validate(json_object('a JSON object such as {"version": 3}'))
-    with session_scope() as s:
-        row = registry.set_alias(s, name, alias, req.version)
+    with session_scope() as session:
+        row = registry.set_alias(session, name, alias, req.version)
         return jsonify({"name": name, "alias": alias, "version": req.version,
                         "updated_at": row.updated_at.isoformat()})

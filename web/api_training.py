@@ -5,14 +5,11 @@ import json
 
 from flask import Blueprint, jsonify
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import select
 
-from shared import schedules as sched
-from shared import train_jobs
+import shared.schedules
+from shared import submission, train_jobs
 from shared.db import session_scope
-from shared.dispatch import enqueue_train
 from shared.names import Name
-from shared.tables import Schedule
 from web.http import created, json_object
 
 sweeps = Blueprint("sweeps", __name__, url_prefix="/api/v1/sweeps")
@@ -54,54 +51,50 @@ class ScheduleUpdate(BaseModel):
 @sweeps.post("")
 def create_sweep():
     req = SweepRequest.model_validate(json_object())
-    with session_scope() as s:
-        sweep, jobs = train_jobs.create_sweep(s, req.base, req.grid)
-        sweep_id, job_ids = sweep.id, [j.id for j in jobs]
-    enqueue_train(job_ids)
-    with session_scope() as s:
-        body = train_jobs.describe_sweep(s, sweep_id)
-    return created(body, f"/api/v1/sweeps/{sweep_id}", 202)
+    body = submission.submit_sweep(req.base, req.grid)
+    return created(body, f"/api/v1/sweeps/{body['id']}", 202)
 
 
 @sweeps.get("/<sweep_id>")
 def get_sweep(sweep_id: str):
-    with session_scope() as s:
-        return jsonify(train_jobs.describe_sweep(s, sweep_id))
+    with session_scope() as session:
+        return jsonify(train_jobs.describe_sweep(session, sweep_id))
 
 
 @schedules.post("")
 def create_schedule():
     req = ScheduleRequest.model_validate(json_object())
-    with session_scope() as s:
-        row = sched.create_schedule(s, name=req.name, cron=req.cron, timezone_name=req.timezone,
-                                    model_name=req.model, train=req.train, gate=req.gate, enabled=req.enabled)
-        body = sched.describe(s, row)
+    with session_scope() as session:
+        row = shared.schedules.create_schedule(session, name=req.name, cron=req.cron, timezone_name=req.timezone,
+                                               model_name=req.model, train=req.train, gate=req.gate,
+                                               enabled=req.enabled)
+        body = shared.schedules.describe(session, row)
     return created(body, f"/api/v1/schedules/{body['id']}")
 
 
 @schedules.get("")
 def list_schedules():
-    with session_scope() as s:
-        return jsonify({"schedules": [sched.describe(s, r) for r in s.scalars(select(Schedule).order_by(Schedule.id))]})
+    with session_scope() as session:
+        return jsonify({"schedules": [shared.schedules.describe(session, row)
+                                      for row in shared.schedules.list_schedules(session)]})
 
 
 @schedules.get("/<int:schedule_id>")
 def get_schedule(schedule_id: int):
-    with session_scope() as s:
-        return jsonify(sched.describe(s, sched.get_schedule(s, schedule_id)))
+    with session_scope() as session:
+        return jsonify(shared.schedules.describe(session, shared.schedules.get_schedule(session, schedule_id)))
 
 
 @schedules.patch("/<int:schedule_id>")
 def update_schedule(schedule_id: int):
     req = ScheduleUpdate.model_validate(json_object())
-    with session_scope() as s:
-        row = sched.get_schedule(s, schedule_id)
-        row.enabled = req.enabled
-        return jsonify(sched.describe(s, row))
+    with session_scope() as session:
+        row = shared.schedules.set_enabled(session, schedule_id, req.enabled)
+        return jsonify(shared.schedules.describe(session, row))
 
 
 @schedules.delete("/<int:schedule_id>")
 def delete_schedule(schedule_id: int):
-    with session_scope() as s:
-        s.delete(sched.get_schedule(s, schedule_id))
+    with session_scope() as session:
+        shared.schedules.delete_schedule(session, schedule_id)
     return "", 204
