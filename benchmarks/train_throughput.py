@@ -10,30 +10,36 @@ One run measures, on this machine:
       seconds, epoch 1 excluded (it includes tracing). The job's wall time (POST -> finished_at) is
       reported too, with where it went (queue + claim, process start + data + epoch 1, epochs, evaluation
       + registration);
-  (b) a bare `model.fit` in this process on the same cached tensors: the same model
-      (worker.training.models.build_model("vgg", (60, 60), HeadSpec("regression", 1), width=16) +
-      compile_for_task(adam)), the same split (shared.datasets.assign_splits salted with the model name),
-      the same Preprocessing (60x60 stretch, pixel_scale of run.py's _preprocessing for vgg: "raw"), the
-      inputs read through shared.image_cache.DecodedImageCache (uint8 pixels, as worker/training/data.py),
-      the same tf.data pipeline as run.py (shuffle, batch, scale per batch, prefetch) with the same
-      validation data, timed the same way (on_epoch_begin ->
-      on_epoch_end, which includes the validation pass, epoch 1 excluded);
+  (b) a bare `model.fit` in this process on the same cached tensors, through the job's own phase functions
+      on (a)'s request: its Preprocessing (worker.training.run.preprocessing_for: 60x60 stretch, "raw"), its
+      data (worker.training.data.prepare: the same split, uint8 pixels from the decoded-image cache the jobs
+      filled), its model, tf.data pipelines (shuffle, batch, scale per batch, prefetch) and compilation
+      (worker.training.fitting: new_model, make_datasets, plan_phases, fit), with no database, heartbeat,
+      checkpoints or per-batch callback; timed the same way (on_epoch_begin -> on_epoch_end, which includes
+      the validation pass, epoch 1 excluded);
   (extra) the same bare fit with a no-op `on_train_batch_end` callback: the job's EpochRecorder overrides
       that hook, which by itself turns off Keras' asynchronous batch callbacks and converts the logs to
       Python after every step; this separates that cost from the rest of the job's overhead;
   (c) the decoding a nightly fine-tune does on its second run: a second train job on the same data with
       base {"version": "<name>"}; its data stats (decode_seconds, cache_hits, cache_misses, load_seconds,
-      from GET /api/v1/jobs/<id>, key "data") next to the first run's.
+      from GET /api/v1/jobs/<id>, key "data") next to the first run's;
+  (d) the whole job against a whole bare script: (a)'s wall time from the POST to finished_at (queue + claim,
+      the training process's start, data loading with decoding and cache writes, model build, every epoch
+      with its checkpoint and metrics row, holdout evaluation, registration) against benchmarks/bare_train.py
+      run as a child process doing the same work with none of the service (start, read the manifest, decode
+      the images in the same number of threads, the same split, model, pipeline and epochs, evaluate on the
+      holdout, save the model file), timed from its start to its exit; reported as the ratio of rates, train
+      images x epochs / wall seconds (the job's over the script's), with both breakdowns.
 
 Targets (reported as met / not met, never asserted): (a)/(b) >= 0.9; the fine-tune's second run decodes
-nothing (cache_misses == 0, i.e. all hits).
+nothing (cache_misses == 0, i.e. all hits). (d) is reported without a target.
 
 Results: printed, and written to benchmarks/results/train_throughput-<timestamp>.json/.md and
 benchmarks/results/train_throughput-latest.json. The JPEG catalog is the one score_throughput.py uses
 (benchmarks/.cache/catalogs/, made once and reused); the decoded-image cache lives in the run's temporary
 IMGQ_HOME, so the first job always starts cold.
 
-    python benchmarks/train_throughput.py            # full run (2,000 images, 5 epochs; ~1.5 min on 2 idle cores)
+    python benchmarks/train_throughput.py            # full run (2,000 images, 5 epochs; ~2 min on 2 idle cores)
     python benchmarks/train_throughput.py --quick    # smaller, to check it works
     python benchmarks/train_throughput.py --backend embedded   # SQLite + filesystem broker
 
@@ -46,15 +52,32 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, however this file is run
-from common import (BenchRun, CpuWatch, add_backend_args, add_run_args, catalog_rows, ensure_catalog, log, md_row,
-                    md_table_head, new_parser, parse_ts, print_summary, verdict, wait_final, wait_for_quiet,
-                    write_manifest)
+import common
+from common import (
+    BenchRun,
+    CpuWatch,
+    add_backend_args,
+    add_run_args,
+    catalog_rows,
+    ensure_catalog,
+    log,
+    md_row,
+    md_table_head,
+    new_parser,
+    parse_ts,
+    print_summary,
+    verdict,
+    wait_final,
+    wait_for_quiet,
+    write_manifest,
+)
 
 MODEL_NAME = "bench-train-vgg60"
 ARCHITECTURE = "vgg"
@@ -72,12 +95,14 @@ TARGETS = {
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = new_parser(__doc__)
-    p.add_argument("--quick", action="store_true", help="a smaller run to check the benchmark works (300 images, 3 epochs)")
+    p.add_argument("--quick", action="store_true",
+                   help="a smaller run to check the benchmark works (300 images, 3 epochs)")
     p.add_argument("--images", type=int, help="catalog images in the dataset (default 2000; --quick 300)")
     p.add_argument("--epochs", type=int, help="epochs per train job and for the bare fit (default 5; --quick 3)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size of the jobs and the bare fit")
     add_backend_args(p)
     p.add_argument("--no-fine-tune", action="store_true", help="skip (c), the second (fine-tune) job")
+    p.add_argument("--no-bare-script", action="store_true", help="skip (d), the whole bare script")
     p.add_argument("--no-extra", action="store_true",
                    help="skip the extra bare fit with a per-batch callback (what the job's EpochRecorder costs Keras)")
     p.add_argument("--job-timeout", type=float, default=900.0, help="seconds to wait for each train job")
@@ -103,7 +128,7 @@ def dataset_ref(manifest_rel: str) -> dict:
 
 
 def train_body(manifest_rel: str, args) -> dict:
-    """(a): a new VGG regressor. Resize mode and pixel scale are left to the job (run.py's _preprocessing)."""
+    """(a): a new VGG regressor. Resize mode and pixel scale are left to the job (run.preprocessing_for)."""
     return {"model": MODEL_NAME, "task": "regression", "dataset": dataset_ref(manifest_rel),
             "base": {"architecture": ARCHITECTURE, "width": WIDTH}, "input_size": INPUT_SIZE,
             "target_transform": "log1p", "batch_size": args.batch_size, "epochs": args.epochs, "seed": 0}
@@ -199,7 +224,8 @@ def run_train_job(http, stack, body: dict, label: str, timeout: float) -> dict:
     tp = out["throughput"]
     log(f"{label}: {final['status']} in {out['wall_seconds']:.1f}s wall; {tp['images_per_s']} images/s over epochs "
         f"2..{len(epochs)} ({train_n} train images/epoch, epoch seconds {tp['epoch_seconds']})")
-    log(f"{label}: data {json.dumps({k: data.get(k) for k in ('load_seconds', 'decode_seconds', 'cache_hits', 'cache_misses', 'split_sizes')})}")
+    shown = ("load_seconds", "decode_seconds", "cache_hits", "cache_misses", "split_sizes")
+    log(f"{label}: data {json.dumps({k: data.get(k) for k in shown})}")
     if "breakdown" in out:
         log(f"{label}: wall breakdown {json.dumps(out['breakdown'])}")
     return out
@@ -218,75 +244,33 @@ def version_signature(http, stack, name: str) -> list[dict]:
 
 
 def bare_fit(manifest_rel: str, args, s, with_batch_hook: bool = True) -> dict:
-    """The same model, split, preprocessing, cached tensors and tf.data pipeline as worker/training/run.py,
-    trained with a plain `model.fit` in this process (no database, no heartbeat, no per-batch callback)."""
+    """(a)'s request through the job's own phase functions, in this process and with none of the service: its
+    preprocessing (worker.training.run.preprocessing_for), its data load through the decoded-image cache the jobs
+    filled (worker.training.data.prepare), its model, pipelines, compilation and fit (worker.training.fitting:
+    new_model, make_datasets, plan_phases, fit); no database, heartbeat, checkpoints or per-batch callback."""
     from worker.device import configure_tensorflow
 
-    tf = configure_tensorflow()
+    configure_tensorflow()
     import keras
-    import numpy as np
 
-    from shared import targets as target_transforms
-    from shared.datasets import DatasetSpec, assign_splits, load_dataset
-    from shared.image_cache import DecodedImageCache
-    from shared.imaging import Preprocessing
     from shared.train_spec import TrainRequest
-    from worker.training import models as m
-    from worker.training.run import _preprocessing
+    from worker.training import data as training_data
+    from worker.training import fitting
+    from worker.training.run import preprocessing_for
 
-    # run.py's _preprocessing for a new vgg: input_size, "stretch" (not keypoints), recommended_pixel_scale("vgg")
-    prep = Preprocessing(INPUT_SIZE, INPUT_SIZE, resize_mode="stretch", pixel_scale="raw")
-    job_prep = _preprocessing(TrainRequest.model_validate(train_body(manifest_rel, args)), None)
-    if job_prep != prep:
-        log(f"warning: run.py's _preprocessing gives {job_prep}, the benchmark mirrors {prep}")
-
-    t0 = time.perf_counter()
-    spec = DatasetSpec(**dataset_ref(manifest_rel))
-    frame = assign_splits(load_dataset(s.data_roots, spec), salt=MODEL_NAME, validation=0.1, holdout=0.1)
-    # the job's cache folder: after the jobs ran, every entry is there (all hits confirms the same cache key)
-    cache = DecodedImageCache(s.data_dir / "image-cache", prep, max_pixels=s.max_image_pixels)
-    # as worker/training/data.py: uint8 pixels in memory (scaled to the input range per batch, in the pipeline);
-    # an older cache API without `pixels` hands back float32 inputs already scaled
-    try:
-        loaded = cache.load_many(frame["path"].tolist(), threads=s.decode_threads, pixels=True)
-    except TypeError:
-        loaded = cache.load_many(frame["path"].tolist(), threads=s.decode_threads)
-    ok = np.array([e[0] is not None for e in loaded])
-    frame, loaded = frame[ok].reset_index(drop=True), [e for e, good in zip(loaded, ok) if good]
-    load_seconds = time.perf_counter() - t0
-
-    def split(name):
-        mask = (frame["split"] == name).to_numpy()
-        x = np.stack([e[0] for e, keep in zip(loaded, mask) if keep])
-        y = target_transforms.forward({"kind": "log1p"}, frame[["pageviews"]].to_numpy(dtype=np.float64)[mask])
-        return x, y.astype(np.float32)
-
-    x_train, y_train = split("train")
-    x_val, y_val = split("validation")
-    log(f"(b) data: {len(x_train)} train / {len(x_val)} validation tensors ({x_train.dtype}) in {load_seconds:.2f}s "
-        f"(cache hits {cache.stats.hits}, misses {cache.stats.misses})")
-
-    def scale(x, y):  # uint8 -> the model's input range, one batch at a time (as run.py's _datasets)
-        x = tf.cast(x, tf.float32)
-        if prep.pixel_scale == "unit":
-            x = x / 255.0
-        elif prep.pixel_scale == "symmetric":
-            x = x / 127.5 - 1.0
-        return x, y
-
-    def pipeline(x, y, shuffle):  # as run.py's _datasets (no augmentation)
-        ds = tf.data.Dataset.from_tensor_slices((x, y))
-        if shuffle:
-            ds = ds.shuffle(len(x), seed=0, reshuffle_each_iteration=True)
-        ds = ds.batch(args.batch_size)
-        if x.dtype == np.uint8:
-            ds = ds.map(scale, num_parallel_calls=tf.data.AUTOTUNE)
-        return ds.prefetch(tf.data.AUTOTUNE)
+    req = TrainRequest.model_validate(train_body(manifest_rel, args))
+    prep = preprocessing_for(req, None)
+    data = training_data.prepare(req, s, prep)  # every entry is in the jobs' cache by now: all hits
+    stats, train = data.stats, data.splits["train"]
+    log(f"(b) data: {len(train.ids)} train / {len(data.splits['validation'].ids)} validation tensors "
+        f"({train.x.dtype}) in {stats['load_seconds']:.2f}s (cache hits {stats['cache_hits']}, "
+        f"misses {stats['cache_misses']})")
 
     class EpochTimer(keras.callbacks.Callback):  # the job's EpochRecorder times the same span
         def __init__(self):
             super().__init__()
             self.seconds: list[float] = []
+            self.logs: list[dict] = []
             self._t = 0.0
 
         def on_epoch_begin(self, epoch, logs=None):
@@ -294,6 +278,7 @@ def bare_fit(manifest_rel: str, args, s, with_batch_hook: bool = True) -> dict:
 
         def on_epoch_end(self, epoch, logs=None):
             self.seconds.append(time.monotonic() - self._t)
+            self.logs.append({k: float(v) for k, v in (logs or {}).items()})
 
     class BatchHook(keras.callbacks.Callback):
         """Does what EpochRecorder.on_train_batch_end costs Keras without its work: merely overriding the
@@ -303,34 +288,86 @@ def bare_fit(manifest_rel: str, args, s, with_batch_hook: bool = True) -> dict:
             time.monotonic()
 
     def fit_once(label: str, batch_hook: bool) -> dict:
-        keras.utils.set_random_seed(0)
-        model = m.build_model(ARCHITECTURE, (INPUT_SIZE, INPUT_SIZE), m.HeadSpec("regression", 1), width=WIDTH,
-                              seed=0, pixel_scale=prep.pixel_scale)
-        m.compile_for_task(model, "regression", "adam")
+        fitting.seed(req.seed)
+        model = fitting.new_model(req, None, data, prep, s)
         timer = EpochTimer()
         w = CpuWatch()
         t0 = time.perf_counter()
-        history = model.fit(pipeline(x_train, y_train, True), validation_data=pipeline(x_val, y_val, False),
-                            epochs=args.epochs, callbacks=[timer, *([BatchHook()] if batch_hook else [])],
-                            verbose=0, shuffle=False)
-        out = {"throughput": epoch_rate(len(x_train), timer.seconds),
+        fitting.fit(model, req, fitting.plan_phases(req, learned_weights=False), fitting.make_datasets(req, data, prep),
+                    [timer, *([BatchHook()] if batch_hook else [])],
+                    steps=fitting.steps_per_epoch(len(train.ids), req.batch_size), start_epoch=0)
+        losses = [e["loss"] for e in timer.logs]
+        out = {"throughput": epoch_rate(len(train.ids), timer.seconds),
                "fit_seconds": round(time.perf_counter() - t0, 3), "cpu": w.stop(),
-               "loss_per_epoch": [float(v) for v in history.history["loss"]],
-               "final_loss": round(float(history.history["loss"][-1]), 4),
-               "final_val_loss": round(float(history.history["val_loss"][-1]), 4),
-               "params": int(model.count_params())}
+               "loss_per_epoch": losses, "final_loss": round(losses[-1], 4),
+               "final_val_loss": round(timer.logs[-1]["val_loss"], 4), "params": int(model.count_params())}
         tp = out["throughput"]
-        log(f"{label}: {tp['images_per_s']} images/s over epochs 2..{args.epochs} (epoch seconds {tp['epoch_seconds']})")
+        log(f"{label}: {tp['images_per_s']} images/s over epochs 2..{args.epochs} "
+            f"(epoch seconds {tp['epoch_seconds']})")
         return out
 
     out = fit_once("(b) bare model.fit", batch_hook=False)
-    out.update(load_seconds=round(load_seconds, 3), cache=cache.stats.as_dict(),
-               split_sizes={k: int((frame["split"] == k).sum()) for k in ("train", "validation", "holdout")},
+    out.update(load_seconds=stats["load_seconds"],
+               cache={"hits": stats["cache_hits"], "misses": stats["cache_misses"],
+                      "decode_seconds": stats["decode_seconds"]},
+               split_sizes=stats["split_sizes"],
                preprocessing={"height": prep.height, "width": prep.width, "resize_mode": prep.resize_mode,
                               "pixel_scale": prep.pixel_scale},
-               run_py_preprocessing_matches=job_prep == prep, tensor_dtype=str(x_train.dtype))
+               tensor_dtype=str(train.x.dtype))
     if with_batch_hook:
         out["with_batch_hook"] = fit_once("(extra) bare model.fit + a no-op on_train_batch_end", batch_hook=True)
+    return out
+
+
+# --------------------------------------------------------------------------- (d) the whole bare script
+
+
+def bare_script(manifest_rel: str, args, s, out_dir: Path) -> dict:
+    """benchmarks/bare_train.py as a child process, timed from just before its start to its exit."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve().parent / "bare_train.py"),
+           "--roots", os.pathsep.join(str(r) for r in s.data_roots), "--manifest", manifest_rel,
+           "--salt", MODEL_NAME, "--out", str(out_dir / "bare.keras"), "--epochs", str(args.epochs),
+           "--batch-size", str(args.batch_size), "--input-size", str(INPUT_SIZE), "--architecture", ARCHITECTURE,
+           "--width", str(WIDTH), "--threads", str(s.decode_threads), "--max-pixels", str(s.max_image_pixels)]
+    w = CpuWatch()
+    t_start = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.job_timeout)
+    t_exit = time.time()
+    cpu = w.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"(d) bare script exited with code {proc.returncode}: {proc.stderr[-2000:]}")
+    body = json.loads(proc.stdout.strip().splitlines()[-1])
+    wall = t_exit - t_start
+    work = body["split_sizes"]["train"] * len(body["epoch_seconds"])  # train images x epochs
+    phases = {"process_start": round(body["t0"] - t_start, 3), **body["phases_s"],
+              "exit": round(t_exit - body["end"], 3)}
+    out = {"wall_seconds": round(wall, 3), "images_x_epochs": work, "wall_images_per_s": round(work / wall, 1),
+           "phases_s": phases, "throughput": epoch_rate(body["split_sizes"]["train"], body["epoch_seconds"]),
+           "loss_per_epoch": body["loss_per_epoch"], "split_sizes": body["split_sizes"],
+           "holdout_metrics": body["holdout_metrics"], "model_bytes": (out_dir / "bare.keras").stat().st_size,
+           "cpu": cpu}
+    log(f"(d) bare script: {wall:.1f}s start to exit ({out['wall_images_per_s']} img/s over all epochs); phases "
+        f"{json.dumps(phases)}")
+    return out
+
+
+def whole_comparison(report: dict) -> dict | None:
+    """(d): the whole job's rate (train images x epochs / POST -> finished_at) over the bare script's."""
+    job, script = report.get("job") or {}, report.get("bare_script") or {}
+    if not (job.get("wall_seconds") and script.get("wall_seconds") and job.get("throughput")):
+        return None
+    job_work = job["throughput"]["train_images_per_epoch"] * len(job.get("epochs") or [])
+    job_rate = job_work / job["wall_seconds"]
+    out = {"job_images_per_s": round(job_rate, 1), "bare_script_images_per_s": script["wall_images_per_s"],
+           "ratio": round(job_rate / (script["images_x_epochs"] / script["wall_seconds"]), 3),
+           "extra_seconds": round(job["wall_seconds"] - script["wall_seconds"], 2)}
+    job_losses = [e.get("loss") for e in sorted(job.get("epochs") or [], key=lambda e: e["epoch"])]
+    if job_losses and script.get("loss_per_epoch"):
+        out["max_relative_loss_difference"] = max(abs(a - b) / max(abs(a), 1e-9)
+                                                  for a, b in zip(job_losses, script["loss_per_epoch"]))
+    out["holdout_mae"] = {"job": (job.get("holdout_metrics") or {}).get("mae"),
+                          "bare_script": (script.get("holdout_metrics") or {}).get("mae")}
     return out
 
 
@@ -355,7 +392,8 @@ def markdown(report: dict) -> str:
         tp = a["throughput"]
         lines.append(row(f"(a) train job, epochs 2..{run['epochs']} ({tp['train_images_per_epoch']} img/epoch)",
                          f"{tp['images_per_s']} img/s", a))
-        lines.append(row("(a) epoch seconds (epoch 1 with tracing)", ", ".join(f"{x:.2f}" for x in tp["epoch_seconds"])))
+        lines.append(row("(a) epoch seconds (epoch 1 with tracing)",
+                         ", ".join(f"{x:.2f}" for x in tp["epoch_seconds"])))
         lines.append(row("(a) job wall time, POST -> finished_at", f"{a['wall_seconds']:.1f} s "
                          f"({a['wall_images_per_s']} img/s over all epochs)"))
         if a.get("breakdown"):
@@ -379,7 +417,8 @@ def markdown(report: dict) -> str:
     same = report.get("bare_fit_same_training_as_job")
     if same:
         lines.append(row("(b) trains exactly as (a): per-epoch losses agree",
-                         f"{'yes' if same['same'] else 'NO'} (max rel. diff {same['max_relative_loss_difference']:.1e})"))
+                         f"{'yes' if same['same'] else 'NO'} "
+                         f"(max rel. diff {same['max_relative_loss_difference']:.1e})"))
     first = a.get("data") or {}
     second = c.get("data") or {}
     if first:
@@ -388,23 +427,50 @@ def markdown(report: dict) -> str:
                          f"{first.get('load_seconds')}"))
     if second:
         lines.append(row("(c) 2nd run (fine-tune): decode s / hits / misses / load s",
-                         f"{second.get('decode_seconds')} / {second.get('cache_hits')} / {second.get('cache_misses')} / "
-                         f"{second.get('load_seconds')}", c))
+                         f"{second.get('decode_seconds')} / {second.get('cache_hits')} / "
+                         f"{second.get('cache_misses')} / {second.get('load_seconds')}", c))
     if "fine_tune_cache_misses" in t:
         lines.append(row("(c) 2nd run cache misses", t["fine_tune_cache_misses"]["value"], None,
                          "fine_tune_cache_misses"))
     if c.get("throughput"):
         lines.append(row("(c) fine-tune job, epochs 2..N", f"{c['throughput']['images_per_s']} img/s, "
                          f"wall {c['wall_seconds']:.1f} s"))
+    lines += markdown_whole(report, row)
     lines.append("")
     lines.append("decode_seconds is summed over the decode threads; load_seconds is the wall time of the job's "
                  "data load (read + hash every file, then decode or read the cache entry). Epoch seconds "
-                 "(job and bare fit) run from on_epoch_begin to on_epoch_end and include the validation pass.")
+                 "(job and bare fit) run from on_epoch_begin to on_epoch_end and include the validation pass. "
+                 "(d)'s rates are train images x epochs over the whole wall time: the job's from the POST to "
+                 "finished_at, the bare script's from just before its process starts to its exit.")
     if report.get("notes"):
         lines += ["", "Notes:", *[f"- {x}" for x in report["notes"]]]
     if report.get("errors"):
         lines += ["", "Errors:", *[f"- {x.splitlines()[0] if x else x}" for x in report["errors"]]]
     return "\n".join(lines) + "\n"
+
+
+def markdown_whole(report: dict, row) -> list[str]:
+    """(d)'s rows: the bare script, its phases, and the whole job over it."""
+    script, whole = report.get("bare_script") or {}, report.get("whole_job_vs_bare_script") or {}
+    if not script:
+        return []
+    ph = script["phases_s"]
+    lines = [row("(d) bare script, start -> exit", f"{script['wall_seconds']:.1f} s "
+                 f"({script['wall_images_per_s']} img/s over all epochs)", script),
+             row("(d) script: start / imports / data / build / fit / evaluate / save / exit",
+                 " / ".join(f"{ph.get(k, 0):.1f}" for k in ("process_start", "imports", "data", "build", "fit",
+                                                             "evaluate", "save", "exit")) + " s"),
+             row("(d) script, epochs 2..N (as (b))", f"{script['throughput']['images_per_s']} img/s")]
+    if whole:
+        lines.append(row("(d) whole job / whole bare script, img/s over all epochs",
+                         f"{whole['ratio']} ({whole['job_images_per_s']} / {whole['bare_script_images_per_s']}; "
+                         f"job {whole['extra_seconds']:+.1f} s)"))
+        if "max_relative_loss_difference" in whole:
+            mae = whole["holdout_mae"]
+            maes = " / ".join("?" if v is None else f"{v:.4g}" for v in (mae["job"], mae["bare_script"]))
+            lines.append(row("(d) trains as (a): max rel. diff of epoch losses; holdout MAE job / script",
+                             f"{whole['max_relative_loss_difference']:.1e}; {maes}"))
+    return lines
 
 
 # --------------------------------------------------------------------------- main
@@ -422,6 +488,8 @@ def main(argv=None) -> int:
             "epochs": args.epochs, "batch_size": args.batch_size, "model": MODEL_NAME,
             "architecture": ARCHITECTURE, "width": WIDTH, "input_size": INPUT_SIZE,
         }, {"decode_threads": s.decode_threads}, s)
+        if hasattr(common, "machine"):
+            report["run"]["machine"] = common.machine()
         report["run"]["quiet"] = wait_for_quiet(args.wait_idle)
         ensure_catalog(args.images)
         rows = catalog_rows()[: args.images]
@@ -439,8 +507,10 @@ def main(argv=None) -> int:
             report["fine_tune"] = run_train_job(http, stack, fine_tune_body(manifest, args), "(c)", args.job_timeout)
             report["fine_tune"]["cpu"] = w.stop()
         report["versions"] = version_signature(http, stack, MODEL_NAME)
-        stack.stop()  # (b) gets the machine to itself, as the job had (an idle web front and worker aside)
+        stack.stop()  # (b) and (d) get the machine to themselves, as the job had (an idle web front and worker aside)
 
+        if not args.no_bare_script:  # (d) first: the page cache aside, it starts as cold as the job did
+            report["bare_script"] = bare_script(manifest, args, s, bench.home / "bare-script")
         # ---- (b) the bare fit, on the cached tensors the jobs left behind
         report["bare_fit"] = bare_fit(manifest, args, s, with_batch_hook=not args.no_extra)
 
@@ -485,13 +555,18 @@ def main(argv=None) -> int:
         b_best = report["bare_fit"]["throughput"].get("best_epoch_images_per_s")
         if a_best and b_best:
             report["job_vs_bare_fit_best_epochs"] = round(a_best / b_best, 3)
-    for label, part in (("(a)", report.get("job")), ("(b)", report.get("bare_fit")),
+    for label, part in (("(a)", report.get("job")), ("(b)", report.get("bare_fit")), ("(d)", report.get("bare_script")),
                         ("(extra)", (report.get("bare_fit") or {}).get("with_batch_hook")),
                         ("(c)", report.get("fine_tune"))):
         bg = ((part or {}).get("cpu") or {}).get("background_cpu_pct")
         if bg is not None and bg >= 20:
             report["notes"].append(f"other processes used {bg:.0f} % of the machine during {label}: its figures are "
                                    "low and noisy, and ratios across phases unreliable")
+    report["whole_job_vs_bare_script"] = whole_comparison(report)
+    diff = (report["whole_job_vs_bare_script"] or {}).get("max_relative_loss_difference")
+    if diff is not None and diff >= 1e-3:
+        report["notes"].append(f"the bare script's per-epoch losses differ from the job's (max relative difference "
+                               f"{diff:.2e}): it may not train on the same tensors")
     report["targets"] = targets
 
     text = markdown(report)

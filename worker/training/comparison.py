@@ -1,0 +1,98 @@
+"""A trained candidate measured: its holdout metrics, and its comparison with production through the gate.
+
+Both versions are measured on the same, fixed holdout (split by item id, salted with the model name) in the
+user's units; the comparison also scores a sample of the whole catalog with both (the shadow diff). A
+production version that takes a different input is never compared automatically: the gate keeps it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from shared.db import session_scope
+from shared.errors import NotFound
+from shared.imaging import Preprocessing
+from shared.model_inspect import load_keras_safely
+from shared.model_registry import resolve
+from shared.tables import ModelVersion
+from shared.train_spec import TrainRequest
+from worker.training import evaluate
+from worker.training.data import TrainingData
+
+
+def signature_of(task: str, prep: Preprocessing, data: TrainingData) -> dict:
+    """What the new version takes and gives (shared.model_registry.Signature's fields)."""
+    return {"task": task, "input_height": prep.height, "input_width": prep.width, "resize_mode": prep.resize_mode,
+            "pixel_scale": prep.pixel_scale, "class_names": data.class_names, "output_names": data.output_names,
+            "target_transform": data.target_transform}
+
+
+def holdout_truth(task: str, data: TrainingData):
+    holdout = data.splits["holdout"]
+    return holdout.y if task == "classification" else holdout.raw_targets
+
+
+def measure(task: str, model, data: TrainingData, pixel_scale: str, target_transform: dict) -> dict:
+    """`model`'s metrics on the holdout, in the user's units."""
+    holdout = data.splits["holdout"]
+    predicted = evaluate.to_user_units(task, evaluate.predict(model, holdout.x, pixel_scale), target_transform,
+                                       holdout.geometries)
+    return evaluate.holdout_metrics(task, predicted, holdout_truth(task, data),
+                                    train_truth=data.splits["train"].raw_targets)
+
+
+def evaluate_holdout(task: str, model, data: TrainingData, prep: Preprocessing) -> dict:
+    """The candidate's holdout metrics."""
+    return measure(task, model, data, prep.pixel_scale, data.target_transform)
+
+
+def production_version(name: str) -> ModelVersion | None:
+    """The version the name's production alias points at (detached), or None."""
+    with session_scope() as session:
+        try:
+            production = resolve(session, name)
+        except NotFound:
+            return None
+        session.expunge(production)
+        return production
+
+
+def same_input(production, signature: dict) -> bool:
+    keys = ("input_height", "input_width", "resize_mode", "pixel_scale")
+    return tuple(getattr(production, k) for k in keys) == tuple(signature[k] for k in keys)
+
+
+def shadow_sample(data: TrainingData, size: int, seed: int) -> tuple[list[str], np.ndarray | None, list]:
+    """(ids, uint8 pixels, geometries) of up to `size` items drawn from every split, the same for the same seed."""
+    pool = [(sid, x, g) for split in data.splits.values() for sid, x, g in zip(split.ids, split.x, split.geometries)]
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(pool), size=min(size, len(pool)), replace=False) if pool else []
+    if not len(pick):
+        return [], None, []
+    return [pool[i][0] for i in pick], np.stack([pool[i][1] for i in pick]), [pool[i][2] for i in pick]
+
+
+def compare_with_production(req: TrainRequest, model, data: TrainingData, signature: dict, metrics: dict,
+                            production) -> dict:
+    """The gate's decision over the candidate's `metrics` and production's on the same holdout, with a shadow
+    diff of both on a sample of the catalog. `production`: production_version(req.model)."""
+    task = req.task
+    result: dict = {"production": None, "candidate_metrics": metrics}
+    if production is None:
+        result["gate"] = evaluate.gate(task, metrics, None, req.gate.metric, req.gate.min_improvement)
+        return result
+    result["production"] = f"{production.name}@{production.version}"
+    if not same_input(production, signature):
+        result["gate"] = {"decision": "kept", "reason": "production takes a different input; compare by hand"}
+        return result
+    prod_model = load_keras_safely(production.path)
+    scale = signature["pixel_scale"]
+    result["production_metrics"] = measure(task, prod_model, data, scale, production.target_transform)
+    result["gate"] = evaluate.gate(task, metrics, result["production_metrics"], req.gate.metric,
+                                   req.gate.min_improvement)
+    ids, x, geoms = shadow_sample(data, req.shadow_sample, req.seed)
+    if ids:
+        cand = evaluate.to_user_units(task, evaluate.predict(model, x, scale), signature["target_transform"], geoms)
+        prod = evaluate.to_user_units(task, evaluate.predict(prod_model, x, scale), production.target_transform,
+                                      geoms)
+        result["shadow"] = evaluate.shadow_diff(task, ids, cand, prod, class_names=signature["class_names"])
+    return result
