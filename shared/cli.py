@@ -153,7 +153,7 @@ def cmd_models_import(args) -> int:
     with session_scope() as session:
         row = registry.import_model(session, Path(args.file), args.name, sig, s.model_store,
                                     description=args.description, promote=args.promote)
-        print(json.dumps(registry.version_dict(row, registry.aliases_by_version(session, args.name)
+        print(json.dumps(registry.version_json(row, registry.aliases_by_version(session, args.name)
                                                .get(row.id)), indent=2))
     return 0
 
@@ -242,7 +242,7 @@ def cmd_schedules_create(args) -> int:
         row = schedules.create_schedule(session, name=body["name"], cron=body["cron"],
                                         timezone_name=body.get("timezone", "UTC"), model_name=body["model"],
                                         train=body["train"], gate=body.get("gate"))
-        print(json.dumps(schedules.describe(session, row), indent=2))
+        print(json.dumps(schedules.schedule_json(session, row), indent=2))
     return 0
 
 
@@ -253,7 +253,7 @@ def cmd_schedules_list(args) -> int:
     _database_ready()
     with session_scope() as session:
         for row in schedules.list_schedules(session):
-            d = schedules.describe(session, row)
+            d = schedules.schedule_json(session, row)
             print(f"{d['id']}\t{d['name']}\t{d['cron']} {d['timezone']}\t{d['model']}\tnext {d['next_slot']}"
                   f"\t{'enabled' if d['enabled'] else 'disabled'}")
     return 0

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -145,3 +145,8 @@ def insert_ignoring_conflicts(session: Session, table, rows: list[dict], keys: l
     # executemany with RETURNING ("insertmanyvalues") works on both dialects in SQLAlchemy 2;
     # rows skipped by the conflict clause are not returned.
     return list(session.execute(stmt.returning(*[table.c[k] for k in keys]), rows))
+
+
+def ping(session: Session) -> None:
+    """One round trip to the database (raises when it is unreachable)."""
+    session.execute(text("SELECT 1"))

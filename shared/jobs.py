@@ -16,10 +16,10 @@ from shared.db import get_or_404, is_postgres
 from shared.errors import Forbidden, InvalidRequest, NotFound, Unprocessable
 from shared.outputs import output_columns
 from shared.quotas import check_active_jobs
-from shared.states import FINAL_JOB_STATUSES, ChunkState, JobStatus, RunState
+from shared.states import FINAL_JOB_STATUSES, OPEN_JOB_STATUSES, ChunkState, JobStatus, RunState
 from shared.tables import Chunk, Job, JobItem, ModelVersion, Result, TrainRun, utcnow
 from shared.tokens import ANYONE, Caller
-from shared.train_jobs import describe_train
+from shared.train_jobs import train_json
 
 MAX_ID_LENGTH = 500
 
@@ -94,6 +94,17 @@ def _insert_items(session: Session, job_id: str, rows: list[dict]) -> None:
         raise IntegrityError("COPY job_items", None, exc) from exc
 
 
+def queue_figures(session: Session) -> dict:
+    """For /metrics: jobs by (kind, status), chunks of open jobs by state, items not yet scored in open jobs."""
+    by_status = {(kind, status): n for kind, status, n in session.execute(
+        select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status))}
+    chunks = dict(session.execute(select(Chunk.state, func.count()).join(Job, Job.id == Chunk.job_id)
+                                  .where(Job.status.in_(OPEN_JOB_STATUSES)).group_by(Chunk.state)).all())
+    remaining = session.scalar(select(func.coalesce(func.sum(Job.total_items - Job.done_items), 0))
+                               .where(Job.status.in_(OPEN_JOB_STATUSES)))
+    return {"jobs": by_status, "chunks": chunks, "items_remaining": int(remaining or 0)}
+
+
 def get_job(session: Session, job_id: str) -> Job:
     return get_or_404(session, Job, job_id, "job")
 
@@ -139,16 +150,16 @@ def _timings(job: Job, now) -> dict:
             "elapsed_seconds": _seconds(job.started_at, job.finished_at or now)}
 
 
-def describe(session: Session, job: Job) -> dict:
+def job_json(session: Session, job: Job) -> dict:
     now = utcnow()
     common = {"id": job.id, "kind": job.kind, "status": job.status, "timings": _timings(job, now),
               "source": job.source, "error": job.error,
               "links": {"self": f"/api/v1/jobs/{job.id}", "cancel": f"/api/v1/jobs/{job.id}/cancel"}}
     if job.kind == "train":
         common["links"]["metrics"] = f"/api/v1/jobs/{job.id}/metrics"
-        return {**common, **describe_train(session, job, session.get(TrainRun, job.id))}
+        return {**common, **train_json(session, job, session.get(TrainRun, job.id))}
     if job.kind == model_imports.KIND:
-        described = model_imports.describe_import(session, job)
+        described = model_imports.import_json(session, job)
         common["links"].update(described.pop("links"))
         return {**common, **described}
     version = session.get(ModelVersion, job.model_version_id)
@@ -197,7 +208,7 @@ def list_jobs(session: Session, *, status: str | None, model: str | None, kind: 
     return list(session.scalars(q))
 
 
-def result_dict(r: Result) -> dict:
+def result_json(r: Result) -> dict:
     return {"id": r.item_id, "status": r.status, "outputs": r.outputs, "error": r.error,
             "from_cache": r.from_cache, "content_hash": r.content_hash}
 
@@ -209,7 +220,7 @@ def results_page(session: Session, job: Job, *, after: str | None, limit: int,
         q = q.where(Result.item_id > after)
     if status:
         q = q.where(Result.status == status)
-    rows = [result_dict(r) for r in session.scalars(q)]
+    rows = [result_json(r) for r in session.scalars(q)]
     return rows, (rows[-1]["id"] if len(rows) == limit else None)
 
 

@@ -144,8 +144,8 @@ def run_import(job_id: str, settings: Settings) -> str:
     return outcome
 
 
-def describe_import(session: Session, job: Job) -> dict:
-    """The model and progress parts of an import job's description (shared.jobs.describe)."""
+def import_json(session: Session, job: Job) -> dict:
+    """The model and progress parts of an import job's description (shared.jobs.job_json)."""
     source = job.source or {}
     version = session.get(ModelVersion, job.model_version_id) if job.model_version_id else None
     result = f"{version.name}@{version.version}" if version is not None else None

@@ -34,7 +34,7 @@ def load_keras_safely(path: str, *, compile: bool = False):
         raise ValueError(f"cannot load the model file: {type(exc).__name__}: {str(exc)[:300]}") from exc
 
 
-def describe(model) -> dict:
+def inspection_json(model) -> dict:
     def shapes(tensors):
         return [list(t.shape) for t in tensors]
     return {"inputs": shapes(model.inputs), "outputs": shapes(model.outputs)}
@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
         print(json.dumps({"error": "not a Keras 3 model file (a .keras file is a zip archive)"}))
         return 3
     try:
-        info = describe(load_keras_safely(argv[0]))
+        info = inspection_json(load_keras_safely(argv[0]))
     except ValueError as exc:
         print(json.dumps({"error": str(exc)}))
         return 3

@@ -246,6 +246,12 @@ def rollback(session: Session, name: str, alias: str = PRODUCTION) -> ModelAlias
     return set_alias(session, name, alias, previous.version)
 
 
+def alias_json(session: Session, row: ModelAlias) -> dict:
+    """An alias as the API shows it: which version of the name it points at, since when."""
+    return {"name": row.name, "alias": row.alias, "version": session.get(ModelVersion, row.version_id).version,
+            "updated_at": row.updated_at.isoformat()}
+
+
 def production_versions(session: Session) -> list[ModelVersion]:
     return list(session.scalars(
         select(ModelVersion).join(ModelAlias, ModelAlias.version_id == ModelVersion.id)
@@ -274,7 +280,7 @@ def aliases_by_version(session: Session, name: str) -> dict[int, list[str]]:
     return out
 
 
-def version_dict(v: ModelVersion, aliases: list[str] | None = None) -> dict:
+def version_json(v: ModelVersion, aliases: list[str] | None = None) -> dict:
     return {"name": v.name, "version": v.version, "ref": f"{v.name}@{v.version}", "aliases": aliases or [],
             **signature_of(v).as_columns(), "sha256": v.sha256, "size_bytes": v.size_bytes,
             "description": v.description, "lineage": v.lineage, "created_at": v.created_at.isoformat()}

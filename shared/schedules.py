@@ -131,7 +131,7 @@ def delete_schedule(session: Session, schedule_id: int) -> None:
     session.delete(get_schedule(session, schedule_id))
 
 
-def describe(session: Session, row: Schedule, now: datetime | None = None) -> dict:
+def schedule_json(session: Session, row: Schedule, now: datetime | None = None) -> dict:
     runs = session.scalars(select(ScheduleRun).where(ScheduleRun.schedule_id == row.id)
                            .order_by(ScheduleRun.slot_at.desc()).limit(20))
     return {"id": row.id, "name": row.name, "cron": row.cron, "timezone": row.timezone, "model": row.model_name,

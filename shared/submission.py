@@ -74,7 +74,7 @@ def submit(create: Callable[[Session], Job], *, idempotency_key: str | None = No
     elif discard is not None:
         discard()
     with session_scope() as session:
-        return jobs.describe(session, session.get(Job, job_id)), created
+        return jobs.job_json(session, session.get(Job, job_id)), created
 
 
 def _earlier(session: Session, key: str | None, request_fingerprint: str | None) -> Job | None:
@@ -144,4 +144,4 @@ def submit_sweep(base: dict, grid: dict[str, list]) -> dict:
     sweep_id = str(uuid.uuid4())
     commit_and_send(lambda session: train_jobs.create_sweep(session, sweep_id, base, grid))
     with session_scope() as session:
-        return train_jobs.describe_sweep(session, sweep_id)
+        return train_jobs.sweep_json(session, sweep_id)

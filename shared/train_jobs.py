@@ -45,7 +45,7 @@ def create_train_job(session: Session, req: TrainRequest, *, idempotency_key: st
     return job
 
 
-def describe_train(session: Session, job: Job, run: TrainRun) -> dict:
+def train_json(session: Session, job: Job, run: TrainRun) -> dict:
     result = session.get(ModelVersion, run.result_version_id) if run.result_version_id else None
     parent = session.get(ModelVersion, job.model_version_id) if job.model_version_id else None
     return {
@@ -106,7 +106,7 @@ def create_sweep(session: Session, sweep_id: str, base: dict, grid: dict) -> lis
     return jobs
 
 
-def describe_sweep(session: Session, sweep_id: str) -> dict:
+def sweep_json(session: Session, sweep_id: str) -> dict:
     sweep = get_or_404(session, Sweep, sweep_id, "sweep")
     rows = []
     for run, job in session.execute(select(TrainRun, Job).join(Job, Job.id == TrainRun.job_id)

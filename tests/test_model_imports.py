@@ -31,7 +31,7 @@ def described(job_id: str) -> dict:
     from shared import jobs
 
     with session_scope() as session:
-        return jobs.describe(session, session.get(Job, job_id))
+        return jobs.job_json(session, session.get(Job, job_id))
 
 
 def version_count(name: str) -> int:

@@ -77,7 +77,7 @@ def get_metrics(job_id: str):
         if job.kind != "train":
             raise InvalidRequest(f"job {job_id} is a {job.kind} job; metrics belong to train jobs")
         return jsonify({"job_id": job_id, "status": job.status, "epochs": train_jobs.metrics_history(session, job_id),
-                        "progress": jobs.describe(session, job)["progress"]})
+                        "progress": jobs.job_json(session, job)["progress"]})
 
 
 @bp.get("")
@@ -86,14 +86,14 @@ def list_jobs():
         rows = jobs.list_jobs(session, status=request.args.get("status"), model=request.args.get("model"),
                               kind=request.args.get("kind"), limit=_int_arg("limit", 50, 1, 500),
                               before=request.args.get("before"))
-        return jsonify({"jobs": [jobs.describe(session, j) for j in rows],
+        return jsonify({"jobs": [jobs.job_json(session, j) for j in rows],
                         "next_before": rows[-1].id if rows else None})
 
 
 @bp.get("/<job_id>")
 def get_job(job_id: str):
     with session_scope() as session:
-        return jsonify(jobs.describe(session, jobs.get_job(session, job_id)))
+        return jsonify(jobs.job_json(session, jobs.get_job(session, job_id)))
 
 
 @bp.post("/<job_id>/cancel")
@@ -101,7 +101,7 @@ def cancel_job(job_id: str):
     with session_scope() as session:
         job = jobs.cancel_job(session, job_id, caller())
         session.flush()
-        return jsonify(jobs.describe(session, job))
+        return jsonify(jobs.job_json(session, job))
 
 
 @bp.get("/<job_id>/results")

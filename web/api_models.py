@@ -9,7 +9,6 @@ from flask import Blueprint, current_app, jsonify, request
 from shared import model_registry as registry
 from shared.db import session_scope
 from shared.errors import InvalidRequest
-from shared.tables import ModelVersion
 from web.auth import caller
 from web.http import check_tree, created, form_fields, json_object, refuse_nul
 from web.schemas import AliasRequest, ModelImportForm
@@ -74,7 +73,7 @@ def list_versions(name: str):
     with session_scope() as session:
         versions = registry.list_versions(session, name)
         aliases = registry.aliases_by_version(session, name)
-        return jsonify({"name": name, "versions": [registry.version_dict(v, aliases.get(v.id)) for v in versions]})
+        return jsonify({"name": name, "versions": [registry.version_json(v, aliases.get(v.id)) for v in versions]})
 
 
 @bp.get("/<name>/versions/<int:version>")
@@ -82,23 +81,18 @@ def get_version(name: str, version: int):
     registry.check_version(version)
     with session_scope() as session:
         row = registry.resolve(session, f"{name}@{version}")
-        return jsonify(registry.version_dict(row, registry.aliases_by_version(session, name).get(row.id)))
+        return jsonify(registry.version_json(row, registry.aliases_by_version(session, name).get(row.id)))
 
 
 @bp.post("/<name>/rollback")
 def rollback(name: str):
     """Production goes back to the version it pointed at before its last move."""
     with session_scope() as session:
-        row = registry.rollback(session, name)
-        version = session.get(ModelVersion, row.version_id)
-        return jsonify({"name": name, "alias": row.alias, "version": version.version,
-                        "updated_at": row.updated_at.isoformat()})
+        return jsonify(registry.alias_json(session, registry.rollback(session, name)))
 
 
 @bp.post("/<name>/aliases/<alias>")
 def set_alias(name: str, alias: str):
     req = AliasRequest.model_validate(json_object('a JSON object such as {"version": 3}'))
     with session_scope() as session:
-        row = registry.set_alias(session, name, alias, req.version)
-        return jsonify({"name": name, "alias": alias, "version": req.version,
-                        "updated_at": row.updated_at.isoformat()})
+        return jsonify(registry.alias_json(session, registry.set_alias(session, name, alias, req.version)))

@@ -58,7 +58,7 @@ def create_sweep():
 @sweeps.get("/<sweep_id>")
 def get_sweep(sweep_id: str):
     with session_scope() as session:
-        return jsonify(train_jobs.describe_sweep(session, sweep_id))
+        return jsonify(train_jobs.sweep_json(session, sweep_id))
 
 
 @schedules.post("")
@@ -68,21 +68,21 @@ def create_schedule():
         row = shared.schedules.create_schedule(session, name=req.name, cron=req.cron, timezone_name=req.timezone,
                                                model_name=req.model, train=req.train, gate=req.gate,
                                                enabled=req.enabled)
-        body = shared.schedules.describe(session, row)
+        body = shared.schedules.schedule_json(session, row)
     return created(body, f"/api/v1/schedules/{body['id']}")
 
 
 @schedules.get("")
 def list_schedules():
     with session_scope() as session:
-        return jsonify({"schedules": [shared.schedules.describe(session, row)
+        return jsonify({"schedules": [shared.schedules.schedule_json(session, row)
                                       for row in shared.schedules.list_schedules(session)]})
 
 
 @schedules.get("/<int:schedule_id>")
 def get_schedule(schedule_id: int):
     with session_scope() as session:
-        return jsonify(shared.schedules.describe(session, shared.schedules.get_schedule(session, schedule_id)))
+        return jsonify(shared.schedules.schedule_json(session, shared.schedules.get_schedule(session, schedule_id)))
 
 
 @schedules.patch("/<int:schedule_id>")
@@ -90,7 +90,7 @@ def update_schedule(schedule_id: int):
     req = ScheduleUpdate.model_validate(json_object())
     with session_scope() as session:
         row = shared.schedules.set_enabled(session, schedule_id, req.enabled)
-        return jsonify(shared.schedules.describe(session, row))
+        return jsonify(shared.schedules.schedule_json(session, row))
 
 
 @schedules.delete("/<int:schedule_id>")

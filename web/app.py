@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from flask import Flask, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST
-from sqlalchemy import text
 
 from shared import celery_app, db, dispatch, liveness
 from shared.config import Settings, ensure_dirs
@@ -33,7 +32,7 @@ def create_app(settings: Settings) -> Flask:
     @app.get("/healthz")
     def healthz():
         with session_scope() as session:
-            session.execute(text("SELECT 1"))
+            db.ping(session)
         return jsonify({"status": "ok"})
 
     @app.get("/readyz")
