@@ -21,22 +21,22 @@ def _settings():
     from shared import celery_app, db
     from shared.config import ensure_dirs, get_settings
 
-    s = get_settings()
-    ensure_dirs(s)
-    db.configure(s)
-    celery_app.configure(s)
-    return s
+    settings = get_settings()
+    ensure_dirs(settings)
+    db.configure(settings)
+    celery_app.configure(settings)
+    return settings
 
 
 def _database_ready():
     """On the embedded SQLite default, bring the schema up to date on first use; on PostgreSQL
     migrations are an explicit step (`imgq db upgrade`, or `imgq serve`)."""
-    s = _settings()
-    if s.database_url.startswith("sqlite"):
+    settings = _settings()
+    if settings.database_url.startswith("sqlite"):
         from shared.migrate import upgrade
 
-        upgrade(s.database_url)
-    return s
+        upgrade(settings.database_url)
+    return settings
 
 
 def cmd_db_upgrade(args) -> int:
@@ -61,14 +61,14 @@ def _alias(value: str) -> str:
 
 
 def cmd_serve(args) -> int:
-    s = _settings()
-    if s.auto_migrate:
+    settings = _settings()
+    if settings.auto_migrate:
         from shared.migrate import upgrade
 
-        upgrade(s.database_url)
+        upgrade(settings.database_url)
     # each gunicorn worker calls web.wsgi.create(), which reads the same environment
     argv = [sys.executable, "-m", "gunicorn", "web.wsgi:create()",
-            "--bind", f"{args.host or s.host}:{args.port or s.port}",
+            "--bind", f"{args.host or settings.host}:{args.port or settings.port}",
             "--workers", str(args.workers), "--threads", str(args.threads), "--timeout", "300",
             # gunicorn's largest request line: the app itself answers longer URLs up to it with a JSON 414
             # (web/request_checks.py); only beyond it does gunicorn answer with its own HTML 414
@@ -85,13 +85,13 @@ def worker_argv(args) -> list[str]:
             "--without-mingle", "--without-gossip", "-l", args.loglevel]
 
 
-def maintenance_argv(args, s) -> list[str]:
+def maintenance_argv(args, settings) -> list[str]:
     """A worker of its own for the maintenance queue (sweeper, schedule ticks), so they never wait behind
     scoring or training; threads, no TensorFlow. With --beat it also runs the periodic scheduler."""
     argv = ["worker", "-Q", "maintenance", "--pool", "threads", "-c", "2", "-n", f"maintenance-{os.getpid()}@%h",
             "--without-mingle", "--without-gossip", "-l", args.loglevel]
     if args.beat:
-        argv += ["-B", "-s", str(s.data_dir / "celerybeat-schedule")]
+        argv += ["-B", "-s", str(settings.data_dir / "celerybeat-schedule")]
     return argv
 
 
@@ -107,18 +107,18 @@ def cmd_worker(args) -> int:
 
 
 def cmd_maintenance(args) -> int:
-    s = _database_ready()
+    settings = _database_ready()
     from shared.celery_app import app
 
-    app.worker_main(argv=maintenance_argv(args, s))
+    app.worker_main(argv=maintenance_argv(args, settings))
     return 0
 
 
 def cmd_beat(args) -> int:
-    s = _settings()
+    settings = _settings()
     from shared.celery_app import app
 
-    app.start(argv=["beat", "-s", str(s.data_dir / "celerybeat-schedule"), "-l", args.loglevel])
+    app.start(argv=["beat", "-s", str(settings.data_dir / "celerybeat-schedule"), "-l", args.loglevel])
     return 0
 
 
@@ -143,7 +143,7 @@ def cmd_models_import(args) -> int:
     from shared import model_registry as registry
     from shared.db import session_scope
 
-    s = _database_ready()
+    settings = _database_ready()
     transform = json.loads(args.target_transform) if args.target_transform.startswith("{") \
         else {"kind": args.target_transform}
     sig = registry.Signature(task=args.task, input_height=args.input_height or args.input_size,
@@ -151,7 +151,7 @@ def cmd_models_import(args) -> int:
                              pixel_scale=args.pixel_scale, output_names=_parse_list(args.output_names),
                              class_names=_parse_list(args.class_names), target_transform=transform)
     with session_scope() as session:
-        row = registry.import_model(session, Path(args.file), args.name, sig, s.model_store,
+        row = registry.import_model(session, Path(args.file), args.name, sig, settings.model_store,
                                     description=args.description, promote=args.promote)
         print(json.dumps(registry.version_json(row, registry.aliases_by_version(session, args.name)
                                                .get(row.id)), indent=2))
@@ -218,10 +218,10 @@ def cmd_train(args) -> int:
 def cmd_datasets_check(args) -> int:
     from shared.datasets import DatasetSpec, check_dataset
 
-    s = _settings()
+    settings = _settings()
     spec = DatasetSpec(path=args.path, image_column=args.image_column, id_column=args.id_column,
                        target_columns=_parse_list(args.target_columns) or [], label_column=args.label_column)
-    report = check_dataset(s.data_roots, spec, max_pixels=s.max_image_pixels, salt=args.salt,
+    report = check_dataset(settings.data_roots, spec, max_pixels=settings.max_image_pixels, salt=args.salt,
                            sample=args.sample)
     print(json.dumps(report, indent=2, default=str))
     return 0

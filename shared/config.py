@@ -212,10 +212,10 @@ def get_settings() -> Settings:
     return load_settings()
 
 
-def ensure_dirs(s: Settings) -> None:
+def ensure_dirs(settings: Settings) -> None:
     """Create the data folders (and the embedded broker's); entry points call it, never an import."""
-    for path in (s.data_dir, s.upload_dir, s.model_store, *s.data_roots):
+    for path in (settings.data_dir, settings.upload_dir, settings.model_store, *settings.data_roots):
         path.mkdir(parents=True, exist_ok=True)
-    if s.embedded:
+    if settings.embedded:
         for key in ("data_folder_in", "control_folder"):
-            Path(s.broker_transport_options[key]).mkdir(parents=True, exist_ok=True)
+            Path(settings.broker_transport_options[key]).mkdir(parents=True, exist_ok=True)

@@ -543,8 +543,8 @@ def _class_balance(frame: pd.DataFrame) -> dict:
     counts = frame["label"].astype(str).value_counts()
     counts = counts.sort_index(kind="stable").sort_values(ascending=False, kind="stable")
     total = int(counts.sum())
-    per_split = {s: {str(k): int(n) for k, n in frame.loc[frame["split"] == s, "label"].astype(str)
-                     .value_counts().sort_index().items()} for s in SPLITS}
+    per_split = {split: {str(k): int(n) for k, n in frame.loc[frame["split"] == split, "label"].astype(str)
+                         .value_counts().sort_index().items()} for split in SPLITS}
     return {
         "count": int(counts.size),
         "per_class": {str(k): {"count": int(n), "fraction": int(n) / total} for k, n in counts.items()},
@@ -558,10 +558,11 @@ def _class_balance(frame: pd.DataFrame) -> dict:
 def _split_sizes(frame: pd.DataFrame, validation: float, holdout: float) -> dict:
     counts = frame["split"].value_counts()
     total = len(frame)
-    return {s: {"count": int(counts.get(s, 0)), "fraction": int(counts.get(s, 0)) / total if total else 0.0,
-                "expected_fraction": {"train": 1 - validation - holdout, "validation": validation,
-                                      "holdout": holdout}[s]}
-            for s in SPLITS}
+    return {split: {"count": int(counts.get(split, 0)),
+                    "fraction": int(counts.get(split, 0)) / total if total else 0.0,
+                    "expected_fraction": {"train": 1 - validation - holdout, "validation": validation,
+                                          "holdout": holdout}[split]}
+            for split in SPLITS}
 
 
 def _size_stats(sizes: list[tuple[int, int]]) -> dict | None:

@@ -34,8 +34,8 @@ def enqueue_chunks(job_id: str, chunk_nos: list[int]) -> int:
     except Exception:  # broker down: the sweeper retries from the database
         log.exception("could not enqueue chunks of job %s; the sweeper will retry", job_id)
     if sent:
-        with session_scope() as s:
-            s.execute(update(Chunk)
+        with session_scope() as session:
+            session.execute(update(Chunk)
                       .where(Chunk.job_id == job_id, Chunk.chunk_no.in_(sent),
                              Chunk.state.in_(UNSENT_CHUNK_STATES))
                       .values(state=ChunkState.QUEUED, enqueued_at=utcnow()))
@@ -59,8 +59,8 @@ def enqueue_train(job_ids: list[str]) -> int:
     """Send one train task per job, then record when."""
     sent = _send_each(TRAIN_TASK, TRAIN_QUEUE, job_ids, "train")
     if sent:
-        with session_scope() as s:
-            s.execute(update(TrainRun).where(TrainRun.job_id.in_(sent), TrainRun.state.in_(UNSENT_RUN_STATES))
+        with session_scope() as session:
+            session.execute(update(TrainRun).where(TrainRun.job_id.in_(sent), TrainRun.state.in_(UNSENT_RUN_STATES))
                       .values(state=RunState.QUEUED, enqueued_at=utcnow()))
     return len(sent)
 
@@ -69,8 +69,8 @@ def enqueue_imports(job_ids: list[str]) -> int:
     """Send one import task per job to the maintenance queue, then record when."""
     sent = _send_each(IMPORT_MODEL_TASK, MAINTENANCE_QUEUE, job_ids, "import")
     if sent:
-        with session_scope() as s:
-            s.execute(update(Job).where(Job.id.in_(sent), Job.status.in_(OPEN_JOB_STATUSES))
+        with session_scope() as session:
+            session.execute(update(Job).where(Job.id.in_(sent), Job.status.in_(OPEN_JOB_STATUSES))
                       .values(enqueued_at=utcnow()))
     return len(sent)
 

@@ -190,8 +190,9 @@ def list_jobs(session: Session, *, status: str | None, model: str | None, kind: 
               limit: int, before: str | None) -> list[Job]:
     q = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
     if status:
-        if status not in {s.value for s in JobStatus}:
-            raise InvalidRequest(f"status must be one of {', '.join(s.value for s in JobStatus)}", field="status")
+        if status not in {known.value for known in JobStatus}:
+            raise InvalidRequest(f"status must be one of {', '.join(known.value for known in JobStatus)}",
+                                 field="status")
         q = q.where(Job.status == status)
     if kind:
         q = q.where(Job.kind == kind)

@@ -74,15 +74,15 @@ def _mark_delivered(request=None, **_):
 
     worker = request.hostname or socket.gethostname()
     try:
-        with session_scope() as s:
+        with session_scope() as session:
             if request.name == SCORE_CHUNK_TASK:
                 from worker.chunk_lifecycle import mark_delivered
 
-                mark_delivered(s, *request.args, worker=worker)
+                mark_delivered(session, *request.args, worker=worker)
             else:
                 from worker.training.lifecycle import mark_delivered
 
-                mark_delivered(s, *request.args, worker=worker)
+                mark_delivered(session, *request.args, worker=worker)
     except Exception as exc:  # best effort: the sweeper's checks still cover a lost message
         from shared.db import is_outage
 

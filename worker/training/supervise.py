@@ -22,8 +22,8 @@ FAILED_FOR_GOOD = 3  # exit code of worker.training.run after it recorded a fail
 
 
 def run_train_job(job_id: str, *, worker: str, settings: Settings) -> str:
-    with session_scope() as s:
-        claimed = train_lifecycle.claim(s, job_id, worker=worker, heartbeat_timeout=settings.heartbeat_timeout,
+    with session_scope() as session:
+        claimed = train_lifecycle.claim(session, job_id, worker=worker, heartbeat_timeout=settings.heartbeat_timeout,
                              max_attempts=settings.max_attempts)
         attempt = claimed.attempts if not isinstance(claimed, str) else None
     if isinstance(claimed, str):
@@ -51,11 +51,11 @@ def run_train_job(job_id: str, *, worker: str, settings: Settings) -> str:
     if child.returncode == FAILED_FOR_GOOD:  # the child recorded why; another attempt would fail the same way
         return "failed"
     tail = log_path.read_text(errors="replace")[-3000:]
-    with session_scope() as s:
+    with session_scope() as session:
         if attempt >= settings.max_attempts:
-            train_lifecycle.fail(s, job_id, f"training failed (exit code {child.returncode}) after {attempt} "
+            train_lifecycle.fail(session, job_id, f"training failed (exit code {child.returncode}) after {attempt} "
                                             f"attempts:\n{tail}", attempt)
         else:
-            train_lifecycle.release(s, job_id, attempt,
+            train_lifecycle.release(session, job_id, attempt,
                                     f"attempt {attempt} exited with code {child.returncode}:\n{tail}")
     return f"exit code {child.returncode}"
