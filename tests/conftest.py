@@ -1,36 +1,24 @@
-"""Shared fixtures: real PostgreSQL and Redis (127.0.0.1), SQLite files, small Keras models made here."""
+"""Fixtures: real PostgreSQL and Redis (127.0.0.1), SQLite files, small Keras models made here, the app and a
+client on the app factory, and running stacks. Plain helpers live in tests/helpers.py."""
 from __future__ import annotations
 
 import os
 import uuid
-from pathlib import Path
 
 import numpy as np
-import psycopg
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-PG_ADMIN = os.environ.get("IMGQ_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_BASE = os.environ.get("IMGQ_TEST_REDIS", "redis://127.0.0.1:6379")
-
-
-def _pg_base() -> str:
-    return PG_ADMIN.rsplit("/", 1)[0]
-
-
-def create_pg_database() -> str:
-    name = f"imgq_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{_pg_base()}/{name}".replace("postgresql://", "postgresql+psycopg://", 1)
-
-
-def drop_pg_database(url: str) -> None:
-    name = url.rsplit("/", 1)[1]
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+from tests.helpers import (  # noqa: E402
+    REDIS_BASE,
+    authorized_client,
+    create_pg_database,
+    drop_pg_database,
+    make_stack,
+    tiny_cnn,
+)
 
 
 @pytest.fixture
@@ -89,20 +77,18 @@ def configured(monkeypatch, tmp_path, db_url):
     get_settings.cache_clear()
 
 
-# ---------------------------------------------------------------- small models, built in the test
+@pytest.fixture
+def app(configured):
+    """The Flask app from its factory on the test's migrated database: HTTP contract tests need no gunicorn."""
+    from web.app import create_app
 
-def tiny_cnn(input_size: int, outputs: int, activation: str | None = None, seed: int = 0):
-    import keras
-    from keras import layers
+    return create_app(configured)
 
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((input_size, input_size, 3))
-    x = layers.Conv2D(4, 3, activation="relu")(inputs)
-    x = layers.MaxPooling2D(2)(x)
-    x = layers.Conv2D(8, 3, activation="relu")(x)
-    x = layers.GlobalAveragePooling2D()(x)
-    out = layers.Dense(outputs, activation=activation)(x)
-    return keras.Model(inputs, out)
+
+@pytest.fixture
+def client(app):
+    """A test client of `app` that sends an admin token on every request."""
+    return authorized_client(app)
 
 
 @pytest.fixture(scope="session")
@@ -124,47 +110,6 @@ def model_files(tmp_path_factory):
     return files
 
 
-def write_jpeg(path: Path, size=(64, 48), seed: int = 0, mode: str = "RGB") -> Path:
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    channels = {"RGB": 3, "L": 1, "RGBA": 4, "CMYK": 4}[mode]
-    arr = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
-    img = Image.fromarray(arr[..., 0] if channels == 1 else arr, mode if mode != "CMYK" else None)
-    if mode == "CMYK":
-        img = Image.fromarray(arr[..., :4], "RGBA").convert("CMYK")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = "PNG" if mode == "RGBA" else "JPEG"
-    img.save(path, fmt)
-    return path
-
-
-# ---------------------------------------------------------------- running stacks (web + worker processes)
-
-STACK_ENV = {
-    "IMGQ_CHUNK_SIZE": "16",
-    "IMGQ_BATCH_SIZE": "8",
-    "IMGQ_DECODE_THREADS": "2",
-    "IMGQ_HEARTBEAT_TIMEOUT": "8",
-    "IMGQ_SWEEP_INTERVAL": "2",
-    "IMGQ_MAX_ATTEMPTS": "3",
-    "TF_CPP_MIN_LOG_LEVEL": "2",
-}
-
-
-def _stack(tmp: Path, extra: dict):
-    from shared.local_stack import LocalStack
-
-    env = {**STACK_ENV, "IMGQ_HOME": str(tmp / "home"), "IMGQ_DATA_ROOTS": str(tmp / "data"), **extra}
-    for key in ("DATABASE_URL", "BROKER_URL"):
-        if key not in extra:
-            env[key] = ""
-    stack = LocalStack(env, tmp / "logs")
-    stack.data = tmp / "data"
-    stack.data.mkdir(parents=True, exist_ok=True)
-    return stack
-
-
 @pytest.fixture(scope="session")
 def pg_stack(tmp_path_factory):
     """Web front and a Celery worker as real processes on PostgreSQL and Redis."""
@@ -177,7 +122,7 @@ def pg_stack(tmp_path_factory):
     broker = f"{REDIS_BASE}/9"
     redis.Redis.from_url(broker).flushdb()
     # a key prefix of its own: another test run on the same Redis never takes this run's tasks
-    stack = _stack(tmp_path_factory.mktemp("pg-stack"), {"DATABASE_URL": url, "BROKER_URL": broker,
+    stack = make_stack(tmp_path_factory.mktemp("pg-stack"), {"DATABASE_URL": url, "BROKER_URL": broker,
                                                          "IMGQ_BROKER_PREFIX": f"imgq-test-{uuid.uuid4().hex[:8]}:"})
     stack.database_url = url
     stack.start()
@@ -192,36 +137,10 @@ def pg_stack(tmp_path_factory):
 @pytest.fixture(scope="session")
 def embedded_stack(tmp_path_factory):
     """Web front and a worker on the embedded default: SQLite file and filesystem broker, no servers."""
-    stack = _stack(tmp_path_factory.mktemp("embedded-stack"), {})
+    stack = make_stack(tmp_path_factory.mktemp("embedded-stack"), {})
     stack.start()
     yield stack
     stack.stop()
-
-
-def import_model_http(stack, file: Path, name: str, **fields) -> dict:
-    """POST the file (202 and an import job), wait for the maintenance worker to import it, and return the new
-    version as GET /api/v1/models/<name>/versions/<n> describes it."""
-    data = {"name": name, "task": "regression", "input_size": "32", **fields}
-    with open(file, "rb") as fh:
-        resp = stack.http.post(stack.url("/api/v1/models"), data=data, files={"file": (file.name, fh)}, timeout=120)
-    assert resp.status_code == 202, resp.text
-    job = stack.wait_job(resp.json()["id"], timeout=300)
-    assert job["status"] == "succeeded", job
-    _, _, version = job["model"]["result"].partition("@")
-    resp = stack.http.get(stack.url(f"/api/v1/models/{name}/versions/{version}"), timeout=10)
-    assert resp.status_code == 200, resp.text
-    return resp.json()
-
-
-def expected_scores(model_file: Path, paths: list[Path], size: int = 32, transform=np.expm1) -> np.ndarray:
-    """What model.predict says on the same preprocessed tensors, in target units."""
-    import keras
-
-    from shared.imaging import Preprocessing, load_for_model
-
-    model = keras.models.load_model(model_file)
-    x = np.stack([load_for_model(p.read_bytes(), Preprocessing(size, size), max_pixels=10**8)[0] for p in paths])
-    return transform(model.predict(x, verbose=0)[:, 0])
 
 
 @pytest.fixture(scope="session")

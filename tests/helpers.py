@@ -1,5 +1,113 @@
-"""Helpers shared by tests (import them from here, never from conftest)."""
+"""Helpers shared by tests (import them from here, never from conftest): databases, images, small models,
+stacks of processes and what a model should score."""
 from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import psycopg
+
+PG_ADMIN = os.environ.get("IMGQ_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_BASE = os.environ.get("IMGQ_TEST_REDIS", "redis://127.0.0.1:6379")
+
+
+def _pg_base() -> str:
+    return PG_ADMIN.rsplit("/", 1)[0]
+
+
+def create_pg_database() -> str:
+    name = f"imgq_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{_pg_base()}/{name}".replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def drop_pg_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def tiny_cnn(input_size: int, outputs: int, activation: str | None = None, seed: int = 0):
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((input_size, input_size, 3))
+    x = layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = layers.MaxPooling2D(2)(x)
+    x = layers.Conv2D(8, 3, activation="relu")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    out = layers.Dense(outputs, activation=activation)(x)
+    return keras.Model(inputs, out)
+
+
+def write_jpeg(path: Path, size=(64, 48), seed: int = 0, mode: str = "RGB") -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "L": 1, "RGBA": 4, "CMYK": 4}[mode]
+    arr = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    img = Image.fromarray(arr[..., 0] if channels == 1 else arr, mode if mode != "CMYK" else None)
+    if mode == "CMYK":
+        img = Image.fromarray(arr[..., :4], "RGBA").convert("CMYK")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = "PNG" if mode == "RGBA" else "JPEG"
+    img.save(path, fmt)
+    return path
+
+
+STACK_ENV = {
+    "IMGQ_CHUNK_SIZE": "16",
+    "IMGQ_BATCH_SIZE": "8",
+    "IMGQ_DECODE_THREADS": "2",
+    "IMGQ_HEARTBEAT_TIMEOUT": "8",
+    "IMGQ_SWEEP_INTERVAL": "2",
+    "IMGQ_MAX_ATTEMPTS": "3",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+}
+
+
+def make_stack(tmp: Path, extra: dict):
+    """A LocalStack (not started) with the tests' small chunks and short timeouts, in `tmp`."""
+    from shared.local_stack import LocalStack
+
+    env = {**STACK_ENV, "IMGQ_HOME": str(tmp / "home"), "IMGQ_DATA_ROOTS": str(tmp / "data"), **extra}
+    for key in ("DATABASE_URL", "BROKER_URL"):
+        if key not in extra:
+            env[key] = ""
+    stack = LocalStack(env, tmp / "logs")
+    stack.data = tmp / "data"
+    stack.data.mkdir(parents=True, exist_ok=True)
+    return stack
+
+
+def import_model_http(stack, file: Path, name: str, **fields) -> dict:
+    """POST the file (202 and an import job), wait for the maintenance worker to import it, and return the new
+    version as GET /api/v1/models/<name>/versions/<n> describes it."""
+    data = {"name": name, "task": "regression", "input_size": "32", **fields}
+    with open(file, "rb") as fh:
+        resp = stack.http.post(stack.url("/api/v1/models"), data=data, files={"file": (file.name, fh)}, timeout=120)
+    assert resp.status_code == 202, resp.text
+    job = stack.wait_job(resp.json()["id"], timeout=300)
+    assert job["status"] == "succeeded", job
+    _, _, version = job["model"]["result"].partition("@")
+    resp = stack.http.get(stack.url(f"/api/v1/models/{name}/versions/{version}"), timeout=10)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def expected_scores(model_file: Path, paths: list[Path], size: int = 32, transform=np.expm1) -> np.ndarray:
+    """What model.predict says on the same preprocessed tensors, in target units."""
+    import keras
+
+    from shared.imaging import Preprocessing, load_for_model
+
+    model = keras.models.load_model(model_file)
+    x = np.stack([load_for_model(p.read_bytes(), Preprocessing(size, size), max_pixels=10**8)[0] for p in paths])
+    return transform(model.predict(x, verbose=0)[:, 0])
 
 
 def authorized_client(app, scopes: str = "admin", name: str = "test-client"):

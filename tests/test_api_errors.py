@@ -5,7 +5,8 @@ import json
 import uuid
 
 import pytest
-from conftest import import_model_http, write_jpeg
+
+from tests.helpers import import_model_http, write_jpeg
 
 pytestmark = pytest.mark.integration
 

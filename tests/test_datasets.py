@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import write_jpeg
 
 import shared.datasets as datasets
 from shared.datasets import SPLITS, DatasetSpec, assign_splits, check_dataset, load_dataset, split_of
 from shared.errors import InvalidRequest
+from tests.helpers import write_jpeg
 
 
 @pytest.fixture

@@ -2,9 +2,9 @@
 front and the worker as separate processes (a real queue between them, not eager mode)."""
 import numpy as np
 import pytest
-from conftest import expected_scores, import_model_http
 
 from shared.synthetic import write_catalog
+from tests.helpers import expected_scores, import_model_http
 
 pytestmark = pytest.mark.integration
 

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import create_pg_database, drop_pg_database
 from PIL import Image
 
 from shared import tokens
 from shared.db import session_scope
 from shared.errors import OutsideRoot
 from shared.paths import path_inside
+from tests.helpers import create_pg_database, drop_pg_database
 from web.app import create_app
 
 SECRET = "7f3a"  # in the names and contents of files outside the data roots; never in any answer

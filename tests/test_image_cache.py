@@ -5,12 +5,12 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import write_jpeg
 from PIL import Image
 
 import shared.image_cache as image_cache
 from shared.image_cache import DecodedImageCache
 from shared.imaging import ImageError, Preprocessing, content_hash, load_for_model
+from tests.helpers import write_jpeg
 
 MAX_PIXELS = 10 ** 7
 

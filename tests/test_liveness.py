@@ -3,12 +3,10 @@ from datetime import timedelta
 
 from shared.db import session_scope
 from shared.tables import MaintenanceBeat
-from web.app import create_app
 from worker.sweeper import sweep
 
 
-def test_readyz_fails_until_the_sweeper_runs_and_again_when_it_stops(configured):
-    client = create_app(configured).test_client()
+def test_readyz_fails_until_the_sweeper_runs_and_again_when_it_stops(configured, client):
     assert client.get("/healthz").status_code == 200
     before = client.get("/readyz")
     assert before.status_code == 503 and "the sweeper has never run" in before.json["problems"][0]

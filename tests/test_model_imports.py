@@ -11,7 +11,6 @@ from shared.db import session_scope
 from shared.model_registry import Signature
 from shared.tables import Job, ModelVersion, utcnow
 from tests.helpers import authorized_client
-from web.app import create_app
 
 
 def stage(settings, file, name: str, shown: str = "upload.keras") -> str:
@@ -67,9 +66,7 @@ def test_an_unsafe_file_fails_its_job_with_the_reason_naming_the_upload_and_no_s
     assert described(job_id)["error"] == job["error"]
 
 
-def test_the_post_answers_202_at_once_with_a_queued_import_job(configured, model_files):
-    app = create_app(configured)
-    client = authorized_client(app)
+def test_the_post_answers_202_at_once_with_a_queued_import_job(configured, model_files, client):
     started = time.monotonic()
     with open(model_files["regression"], "rb") as fh:
         resp = client.post("/api/v1/models", content_type="multipart/form-data", data={
@@ -90,8 +87,7 @@ def test_the_post_answers_202_at_once_with_a_queued_import_job(configured, model
     assert client.get(job["links"]["version"]).json["aliases"] == ["production"]
 
 
-def test_a_bad_import_request_is_a_400_and_stages_nothing(configured, model_files):
-    client = authorized_client(create_app(configured))
+def test_a_bad_import_request_is_a_400_and_stages_nothing(configured, model_files, client, app):
     with open(model_files["regression"], "rb") as fh:
         resp = client.post("/api/v1/models", content_type="multipart/form-data", data={
             "name": "cls", "task": "classification", "input_size": "32", "file": (fh, "c.keras")})
@@ -99,7 +95,7 @@ def test_a_bad_import_request_is_a_400_and_stages_nothing(configured, model_file
     staging = model_imports.staging_dir(configured.model_store)
     assert not staging.exists() or not list(staging.iterdir())
     with open(model_files["regression"], "rb") as fh:
-        resp = authorized_client(create_app(configured), "read", "reader").post(
+        resp = authorized_client(app, "read", "reader").post(
             "/api/v1/models", content_type="multipart/form-data",
             data={"name": "pv", "task": "regression", "input_size": "32", "file": (fh, "pv.keras")})
     assert resp.status_code == 403

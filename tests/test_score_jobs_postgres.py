@@ -8,11 +8,11 @@ import uuid
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import expected_scores, import_model_http, write_jpeg
 from sqlalchemy import func, select
 
 from shared.db import session_scope
 from shared.tables import Chunk, Job, Result
+from tests.helpers import expected_scores, import_model_http, write_jpeg
 
 pytestmark = pytest.mark.integration
 

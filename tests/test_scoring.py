@@ -1,11 +1,11 @@
 """The batched scoring pipeline, without Celery or a database: real images, a real Keras model."""
 import numpy as np
 import pytest
-from conftest import write_jpeg
 
 from shared.imaging import Preprocessing, load_for_model
 from shared.model_registry import sha256_file
 from shared.tables import ModelVersion
+from tests.helpers import write_jpeg
 from worker.model_cache import ModelCache, load
 from worker.scoring import ScoreOptions, score_items
 
