@@ -16,7 +16,7 @@ from shared.db import get_or_404, is_postgres
 from shared.errors import Forbidden, InvalidRequest, NotFound, Unprocessable
 from shared.outputs import output_columns
 from shared.quotas import check_active_jobs
-from shared.states import FINAL_JOB_STATUSES, OPEN_JOB_STATUSES, ChunkState, JobStatus, RunState
+from shared.states import FINAL_JOB_STATUSES, OPEN_JOB_STATUSES, ChunkState, JobKind, JobStatus, RunState
 from shared.tables import Chunk, Job, JobItem, ModelVersion, Result, TrainRun, utcnow
 from shared.tokens import ANYONE, Caller
 from shared.train_jobs import train_json
@@ -40,7 +40,7 @@ def create_score_job(session: Session, *, model_ref: str, pieces: Iterable[list[
     here: the caller commits first, then calls shared.dispatch.enqueue_chunks."""
     check_active_jobs(session, token_id, max_active_jobs)
     version = model_registry.resolve(session, model_ref)
-    job = Job(id=str(uuid.uuid4()), kind="score", status=JobStatus.QUEUED, model_version_id=version.id,
+    job = Job(id=str(uuid.uuid4()), kind=JobKind.SCORE, status=JobStatus.QUEUED, model_version_id=version.id,
               model_ref=model_ref, idempotency_key=idempotency_key, request_fingerprint=fingerprint,
               source=source, upload_folder=source.get("folder") if source.get("type") == "upload" else None,
               use_cache=use_cache, token_id=token_id, total_items=0, done_items=0, failed_items=0,
@@ -155,10 +155,10 @@ def job_json(session: Session, job: Job) -> dict:
     common = {"id": job.id, "kind": job.kind, "status": job.status, "timings": _timings(job, now),
               "source": job.source, "error": job.error,
               "links": {"self": f"/api/v1/jobs/{job.id}", "cancel": f"/api/v1/jobs/{job.id}/cancel"}}
-    if job.kind == "train":
+    if job.kind == JobKind.TRAIN:
         common["links"]["metrics"] = f"/api/v1/jobs/{job.id}/metrics"
         return {**common, **train_json(session, job, session.get(TrainRun, job.id))}
-    if job.kind == model_imports.KIND:
+    if job.kind == JobKind.IMPORT:
         described = model_imports.import_json(session, job)
         common["links"].update(described.pop("links"))
         return {**common, **described}
@@ -199,7 +199,7 @@ def list_jobs(session: Session, *, status: str | None, model: str | None, kind: 
     if model:  # score jobs by the version they use, train and import jobs by the name they make
         name, _, _ = model.partition("@")
         q = q.outerjoin(ModelVersion, ModelVersion.id == Job.model_version_id).where(
-            (ModelVersion.name == name) | (Job.kind.in_(("train", model_imports.KIND)) & (Job.model_ref == name)))
+            (ModelVersion.name == name) | (Job.kind.in_((JobKind.TRAIN, JobKind.IMPORT)) & (Job.model_ref == name)))
     if before:
         anchor = session.get(Job, before)
         if anchor is None:

@@ -29,12 +29,11 @@ from shared.config import Settings
 from shared.db import is_outage, session_scope
 from shared.errors import ImgqError, ModelRejected
 from shared.paths import path_inside
-from shared.states import FINAL_JOB_STATUSES, OPEN_JOB_STATUSES, JobStatus
+from shared.states import FINAL_JOB_STATUSES, OPEN_JOB_STATUSES, JobKind, JobStatus
 from shared.tables import Job, ModelVersion, utcnow
 
 log = logging.getLogger(__name__)
 
-KIND = "import"
 STAGING = ".staging"  # a folder of the model store; no model name starts with "."
 STORE_TRIES = 3  # two imports of one name may race for the next version number
 
@@ -58,8 +57,9 @@ def create_import_job(session: Session, job_id: str, *, name: str, signature: re
     shared.dispatch.enqueue_imports. The name and signature are checked here (a 400 before anything runs)."""
     names.check_name(name)
     signature.validated()
-    job = Job(id=job_id, kind=KIND, status=JobStatus.QUEUED, model_ref=name, token_id=token_id, use_cache=False,
-              source={"type": KIND, "name": name, "file": shown, "signature": signature.as_columns(),
+    job = Job(id=job_id, kind=JobKind.IMPORT, status=JobStatus.QUEUED, model_ref=name, token_id=token_id,
+              use_cache=False,
+              source={"type": JobKind.IMPORT.value, "name": name, "file": shown, "signature": signature.as_columns(),
                       "description": description, "promote": promote},
               total_items=1, done_items=0, failed_items=0, cached_items=0, total_chunks=0)
     session.add(job)
@@ -69,7 +69,7 @@ def create_import_job(session: Session, job_id: str, *, name: str, signature: re
 def claim(session: Session, job_id: str) -> dict | None:
     """queued|running -> running, under the job row's lock. Returns the job's source, or None when the job is
     final or missing (nothing to do)."""
-    job = session.scalar(select(Job).where(Job.id == job_id, Job.kind == KIND).with_for_update())
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.kind == JobKind.IMPORT).with_for_update())
     if job is None or job.status not in OPEN_JOB_STATUSES:
         return None
     now = utcnow()

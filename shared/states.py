@@ -17,6 +17,13 @@ class _State(str, Enum):
         return self.value
 
 
+class JobKind(_State):
+    """What a job does: score items, train a model, or import a model file."""
+    SCORE = "score"
+    TRAIN = "train"
+    IMPORT = "import"
+
+
 class JobStatus(_State):
     """What a client sees: GET /api/v1/jobs/<id> -> status."""
     QUEUED = "queued"

@@ -28,6 +28,7 @@ from shared import dispatch, jobs, model_imports, train_jobs
 from shared.config import Settings
 from shared.db import session_scope
 from shared.model_registry import Signature
+from shared.states import JobKind
 from shared.tables import Job
 from shared.train_spec import TrainRequest
 
@@ -44,8 +45,9 @@ def send(job_ids: list[str]) -> int:
     many messages the broker took."""
     with session_scope() as session:
         rows = session.execute(select(Job.id, Job.kind, Job.total_chunks).where(Job.id.in_(job_ids))).all()
-    sent = sum(dispatch.enqueue_chunks(row.id, list(range(row.total_chunks))) for row in rows if row.kind == "score")
-    for kind, enqueue in (("train", dispatch.enqueue_train), (model_imports.KIND, dispatch.enqueue_imports)):
+    sent = sum(dispatch.enqueue_chunks(row.id, list(range(row.total_chunks)))
+               for row in rows if row.kind == JobKind.SCORE)
+    for kind, enqueue in ((JobKind.TRAIN, dispatch.enqueue_train), (JobKind.IMPORT, dispatch.enqueue_imports)):
         ids = [row.id for row in rows if row.kind == kind]
         sent += enqueue(ids) if ids else 0
     return sent

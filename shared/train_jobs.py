@@ -13,7 +13,7 @@ from shared import model_registry, names
 from shared.db import get_or_404
 from shared.errors import InvalidRequest
 from shared.quotas import check_active_jobs
-from shared.states import JobStatus, RunState
+from shared.states import JobKind, JobStatus, RunState
 from shared.tables import Job, ModelVersion, Sweep, TrainMetric, TrainRun
 from shared.train_spec import TrainRequest
 
@@ -31,7 +31,7 @@ def create_train_job(session: Session, req: TrainRequest, *, idempotency_key: st
     spec = req.model_dump(mode="json")
     if parent is not None:
         spec["base"]["version"] = f"{parent.name}@{parent.version}"  # pin what 'production' meant now
-    job = Job(id=str(uuid.uuid4()), kind="train", status=JobStatus.QUEUED,
+    job = Job(id=str(uuid.uuid4()), kind=JobKind.TRAIN, status=JobStatus.QUEUED,
               model_version_id=parent.id if parent else None, model_ref=req.model,
               idempotency_key=idempotency_key, request_fingerprint=fingerprint, token_id=token_id,
               source={"type": "train", "dataset": req.dataset.path}, use_cache=True, total_items=0,

@@ -8,6 +8,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, stream_wit
 from shared import jobs, submission, train_jobs
 from shared.db import session_scope
 from shared.errors import InvalidRequest
+from shared.states import JobKind
 from shared.train_spec import TrainRequest
 from web.auth import caller
 from web.http import created as created_response
@@ -74,7 +75,7 @@ def create_train_job():
 def get_metrics(job_id: str):
     with session_scope() as session:
         job = jobs.get_job(session, job_id)
-        if job.kind != "train":
+        if job.kind != JobKind.TRAIN:
             raise InvalidRequest(f"job {job_id} is a {job.kind} job; metrics belong to train jobs")
         return jsonify({"job_id": job_id, "status": job.status, "epochs": train_jobs.metrics_history(session, job_id),
                         "progress": jobs.job_json(session, job)["progress"]})

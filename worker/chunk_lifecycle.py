@@ -19,7 +19,7 @@ from sqlalchemy import case, func, select, text, update
 from sqlalchemy.orm import Session
 
 from shared.db import insert_ignoring_conflicts, is_postgres
-from shared.states import FINAL_JOB_STATUSES, TERMINAL_CHUNK_STATES, UNSENT_CHUNK_STATES, ChunkState, JobStatus
+from shared.states import FINAL_JOB_STATUSES, TERMINAL_CHUNK_STATES, UNSENT_CHUNK_STATES, ChunkState, JobKind, JobStatus
 from shared.tables import Chunk, Job, JobItem, ModelVersion, Result, ScoreCache, utcnow
 
 POISON_DEATHS = 2  # deaths while an item was scored alone before that item is failed
@@ -307,7 +307,7 @@ def finish(session: Session, job_id: str, chunk_no: int, attempt: int) -> bool:
 
 def finalize_if_complete(session: Session, job: Job) -> bool:
     """running|queued -> succeeded once no chunk of a score job is left to run. The caller holds the job lock."""
-    if job.status in FINAL_JOB_STATUSES or job.kind != "score":
+    if job.status in FINAL_JOB_STATUSES or job.kind != JobKind.SCORE:
         return False
     open_chunks = session.scalar(select(func.count()).select_from(Chunk).where(
         Chunk.job_id == job.id, Chunk.state.not_in(TERMINAL_CHUNK_STATES)))

@@ -40,6 +40,7 @@ from shared.states import (
     TERMINAL_RUN_STATES,
     UNSENT_CHUNK_STATES,
     ChunkState,
+    JobKind,
     RunState,
 )
 from shared.tables import Chunk, Job, TrainRun, utcnow
@@ -118,7 +119,7 @@ def _unsent_or_lost_chunks(settings: Settings, now, depth: int | None) -> list[t
 def _close_finished_jobs() -> int:
     closed = 0
     with session_scope() as session:
-        open_jobs = list(session.scalars(select(Job.id).where(Job.kind == "score",
+        open_jobs = list(session.scalars(select(Job.id).where(Job.kind == JobKind.SCORE,
                                                               Job.status.in_(OPEN_JOB_STATUSES))))
     for job_id in open_jobs:
         with session_scope() as session:
@@ -160,7 +161,7 @@ def _unsent_imports(settings: Settings, now) -> list[str]:
     (the broker lost the message, or the worker died and nothing redelivered it)."""
     with session_scope() as session:
         return list(session.scalars(select(Job.id).where(
-            Job.kind == model_imports.KIND, Job.status.in_(OPEN_JOB_STATUSES),
+            Job.kind == JobKind.IMPORT, Job.status.in_(OPEN_JOB_STATUSES),
             (Job.enqueued_at.is_(None) & (Job.created_at < now - timedelta(seconds=SEND_GRACE_SECONDS)))
             | (Job.enqueued_at < now - timedelta(seconds=settings.requeue_after)))))
 
