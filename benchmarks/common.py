@@ -157,16 +157,18 @@ class BenchRun:
         self.ok = False
 
     def setup_backend(self):
-        """Create the database (or not, embedded), migrate it; returns shared.config.settings()."""
+        """Create the database (or not, embedded), migrate it; returns shared.config.get_settings()."""
         self.backend.setup()
         os.environ.update(self.backend.env)
-        from shared.config import ensure_dirs, settings
+        from shared.config import ensure_dirs, get_settings
+        from shared.db import configure
         from shared.migrate import upgrade
 
-        s = settings()
+        s = get_settings()
         CATALOG_DIR.parent.mkdir(parents=True, exist_ok=True)
         self.manifest_dir.mkdir(parents=True, exist_ok=True)
         ensure_dirs(s)
+        configure(s)  # this benchmark process's own sessions (the stack's processes configure themselves)
         upgrade(s.database_url)
         return s
 
@@ -266,15 +268,15 @@ def catalog_rows() -> list[list[str]]:
     return rows[1:]
 
 
-def write_manifest(folder: Path, name: str, rows: list[list[str]]) -> str:
-    """A manifest of catalog `rows` (id, image as an absolute path into the catalog, pageviews) in the run's
+def write_manifest(folder: Path, name: str, rows: list[list[str]], catalog_dir: Path = CATALOG_DIR) -> str:
+    """A manifest of catalog `rows` (id, image as an absolute path into `catalog_dir`, pageviews) in the run's
     own folder, so the cached catalog is never modified; returns its path relative to that data root."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.csv"
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["id", "image", "pageviews"])
-        writer.writerows([r[0], str(CATALOG_DIR / r[1]), *r[2:]] for r in rows)
+        writer.writerows([r[0], str(catalog_dir / r[1]), *r[2:]] for r in rows)
     return path.name
 
 
@@ -459,6 +461,23 @@ def write_report(name: str, report: dict, stamp: str, markdown_text: str) -> Non
         paths.append(path)
     for path in paths:
         print(f"  wrote {path.relative_to(ROOT)}")
+
+
+def machine() -> dict:
+    """What the figures ran on: CPU model and count, memory, OS and Python."""
+    out = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+           "hostname": socket.gethostname()}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                out["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                out["mem_gib"] = round(int(line.split()[1]) / 2**20, 1)
+                break
+    return out
 
 
 def git_dirty() -> list[str]:

@@ -1,631 +1,377 @@
 #!/usr/bin/env python
-"""Score-job throughput benchmark: how close does a real imgq job come to the hardware's limits?
+"""Score-job throughput benchmark: how close does a real imgq score job come to a plain tf.data script?
 
-One run measures, on this machine:
+One run compares, on this machine, the same photo-like JPEGs (about 600x800, benchmarks/photo_catalog.py)
+scored by three models (benchmarks/bench_models.py: the demo VGG, a seed-size VGG of ~1.36 GFLOP per image
+and MobileNetV3Small at 224x224), each registered through shared.model_registry:
 
-  (a) raw model throughput on pre-decoded tensors through worker.model_cache.LoadedModel.predict
-      (the tf.function the worker uses) for batch sizes 16/32/64/128;
-  (b) decode+resize throughput alone: shared.imaging.load_for_model over the catalog's bytes (already
-      in memory) in a ThreadPoolExecutor with the worker's thread count (settings().decode_threads);
-  (c) end-to-end images/s of a real score job: `imgq serve` + `imgq worker --cpu` (LocalStack), a
-      manifest job submitted over HTTP with cache=false, timed from the POST to the job's finished_at;
-  (d) the naive loop: per image decode + keras `model.predict(x[None])`;
-  (e) the worker pool process's memory (VmRSS/VmHWM) over consecutive small score jobs;
-  (f) latency of GET /api/v1/jobs/<id> while a job runs.
+  naive     the naive loop: per image Pillow decode (shared.imaging.load_for_model) + keras
+            `model.predict(x[None])`, in this process, on a subset;
+  celery    a naive one-task-per-image Celery set-up (benchmarks/naive_celery.py: one solo worker process
+            that loads the model once and scores one image per task), one task per image, on a subset;
+  tfdata    the plain single-process tf.data script (benchmarks/yardsticks.py): decode_jpeg with DCT scaling,
+            resize, `model(x, training=False)` in a tf.function, CSV out; timed from the start to the CSV closed;
+  postgres  a real imgq score job: `imgq serve` + `imgq worker --cpu` (LocalStack) on PostgreSQL + Redis, a
+            manifest job submitted over HTTP with cache=false, timed from the POST to the job's finished_at;
+  embedded  the same on imgq's embedded default (SQLite + the filesystem broker), a second stack started
+            beside the first in the same run.
 
-Targets (reported as met / not met, never asserted): (c)/min(a,b) >= 0.8, (c)/(d) >= 10,
-RSS growth over the memory jobs < 5 %, p95 of GET /api/v1/jobs/<id> < 20 ms.
+Each column is measured `--repeats` times (default 3), interleaved (every column of every model in each round,
+so a slow spell of TensorFlow or of the machine hits them alike), and reported as the median with the
+minimum and maximum as its spread. Also per model, one run each: the model alone on pre-decoded batches
+(worker.model_cache.LoadedModel.predict), decoding alone (load_for_model in the worker's thread count) and
+worker.scoring.score_items in-process with no database or queue. And, on the first stack with the demo model:
+  (e) the worker pool process's RSS over consecutive small jobs (peak flat);
+  (f) the latency of GET /api/v1/jobs/<id> while a job runs.
+
+Targets (reported as met / not met, never asserted), per model: postgres / tfdata >= 0.85,
+embedded / tfdata >= 0.7, postgres / naive >= 10; RSS growth over the memory jobs < 5 %; p95 of GET
+/api/v1/jobs/<id> < 20 ms. (These ratios replace the former (c) / min(model alone, decode alone) >= 0.8.)
 
 Results: printed, and written to benchmarks/results/score_throughput-<timestamp>.json/.md and
-benchmarks/results/score_throughput-latest.json. The JPEG catalog is made once under
-benchmarks/.cache/ and reused.
+benchmarks/results/score_throughput-latest.json, stamped with the commit (and files changed since), the
+machine and the backends. The photo catalog is made once under benchmarks/.cache/catalogs/ and reused.
 
-    python benchmarks/score_throughput.py            # full run (2,000 images; ~5-10 min on 2 cores)
-    python benchmarks/score_throughput.py --quick    # smaller, to check it works
-    python benchmarks/score_throughput.py --backend embedded   # SQLite + filesystem broker
+    python benchmarks/score_throughput.py            # full run (~20 min on 2 cores)
+    python benchmarks/score_throughput.py --quick    # everything small, to check it works (~3 min)
+    python benchmarks/score_throughput.py --backend embedded   # the embedded stack only
 
-The backend, the run's environment, LocalStack, CPU accounting and the results files are
-benchmarks/common.py's (shared with train_throughput.py): the postgres backend, the default when
-127.0.0.1:5432 and Redis answer, creates a fresh database imgq_bench_<pid> and drops it at the end.
+The backend, the run's environment, LocalStack, CPU accounting and the results files are benchmarks/common.py's
+(shared with train_throughput.py): the postgres backend, the default when 127.0.0.1:5432 and Redis answer,
+creates a fresh database imgq_bench_<pid> and drops it at the end; this benchmark's Redis databases (13 for
+imgq's broker, 14 for the naive Celery app, unless given) are flushed first and last.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
-from datetime import timezone
-from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, however this file is run
-from common import (CATALOG_DIR, BenchRun, CpuWatch, add_backend_args, add_run_args, catalog_rows, child_pids,
-                    ensure_catalog, log, md_row, md_table_head, new_parser, parse_ts, print_summary, verdict,
-                    wait_final, wait_for_quiet, write_manifest)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules, however this file is run
+from bench_models import MODELS, build_and_save, register
+from common import (
+    BenchRun,
+    CpuWatch,
+    add_backend_args,
+    add_run_args,
+    log,
+    machine,
+    new_parser,
+    print_summary,
+    wait_for_quiet,
+    write_manifest,
+)
+from photo_catalog import PHOTO_DIR, ensure_photo_catalog, photo_rows
+from score_report import markdown, summarise_columns
+from score_stacks import Stack, embedded_env, prepare_embedded, run_job, run_latency, run_memory, start_stack, warm
+from yardsticks import naive_loop, single_figures, tfdata_script, traced_infer
 
-MODEL_NAME = "bench-vgg60"
-INPUT_SIZE = 60
-
+COLUMNS = ("naive", "celery", "tfdata", "postgres", "embedded")
+COLUMN_TITLES = {"naive": "naive loop", "celery": "naive Celery", "tfdata": "tf.data script",
+                 "postgres": "imgq PostgreSQL", "embedded": "imgq embedded"}
 TARGETS = {
-    "e2e_vs_min_ab": (">=", 0.8),
-    "e2e_vs_naive": (">=", 10.0),
+    "postgres_vs_tfdata": (">=", 0.85),
+    "embedded_vs_tfdata": (">=", 0.7),
+    "postgres_vs_naive": (">=", 10.0),
     "worker_rss_growth_pct": ("<", 5.0),
     "job_get_p95_ms": ("<", 20.0),
 }
 
 
-# --------------------------------------------------------------------------- arguments
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = new_parser(__doc__)
-    p.add_argument("--quick", action="store_true",
-                   help="a smaller run to check the benchmark works (300 images, 5 memory jobs)")
-    p.add_argument("--images", type=int, help="catalog images in the end-to-end job (default 2000; --quick 300)")
+    p.add_argument("--quick", action="store_true", help="everything small, to check the benchmark works")
+    p.add_argument("--images", type=int, help="images per job and tf.data run, demo VGG (default 2000; --quick 300)")
+    p.add_argument("--heavy-images", type=int,
+                   help="images per job and tf.data run, seed-size VGG and MobileNet (default 500; --quick 100)")
+    p.add_argument("--naive-images", type=int, help="images in the naive loop (default 100; --quick 20)")
+    p.add_argument("--celery-images", type=int,
+                   help="images (tasks) in the naive Celery run, demo VGG (default 300; --quick 30)")
+    p.add_argument("--celery-heavy-images", type=int,
+                   help="images (tasks) in the naive Celery run, the heavier models (default 100; --quick 20)")
+    p.add_argument("--repeats", type=int, help="runs of every column, median reported (default 3; --quick 2)")
+    p.add_argument("--models", default="demo_vgg,seed_vgg,mobilenet", help="which models (comma-separated)")
+    p.add_argument("--columns", default=",".join(COLUMNS), help="which columns (comma-separated)")
     add_backend_args(p)
-    p.add_argument("--batch-sizes", default="16,32,64,128", help="batch sizes for (a)")
-    p.add_argument("--naive-images", type=int, help="images in the naive loop (d) (default 200; --quick 60)")
-    p.add_argument("--memory-jobs", type=int, help="consecutive jobs for (e) (default 20; --quick 5)")
-    p.add_argument("--memory-job-images", type=int, help="images per memory job (default 200; --quick 100)")
+    p.set_defaults(redis_url="redis://127.0.0.1:6379/13")
+    p.add_argument("--celery-url", default="redis://127.0.0.1:6379/14",
+                   help="Redis database of the naive Celery app (flushed first and last)")
+    p.add_argument("--memory-jobs", type=int, help="consecutive jobs for (e) (default 20; --quick 4)")
+    p.add_argument("--memory-job-images", type=int, help="images per memory job (default 200; --quick 64)")
     p.add_argument("--latency-requests", type=int,
-                   help="minimum GET /jobs/<id> samples while a job runs for (f) (default 300; --quick 100)")
-    p.add_argument("--e2e-runs", type=int, help="score jobs timed for (c), median reported (default 5; --quick 2)")
+                   help="minimum GET /jobs/<id> samples while a job runs for (f) (default 300; --quick 50)")
     add_run_args(p)
     args = p.parse_args(argv)
     q = args.quick
     args.images = args.images or (300 if q else 2000)
-    args.naive_images = args.naive_images or (60 if q else 200)
-    args.memory_jobs = args.memory_jobs or (5 if q else 20)
-    args.memory_job_images = args.memory_job_images or (100 if q else 200)
-    args.latency_requests = args.latency_requests or (100 if q else 300)
-    args.e2e_runs = max(1, args.e2e_runs or (2 if q else 5))
-    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
-    args.model_seconds = 1.5 if q else 4.0  # timed seconds per batch size in (a)
-    if args.images < 1 or args.memory_job_images < 1:
-        p.error("--images and --memory-job-images must be positive")
+    args.heavy_images = args.heavy_images or (100 if q else 500)
+    args.naive_images = args.naive_images or (20 if q else 100)
+    args.celery_images = args.celery_images or (30 if q else 300)
+    args.celery_heavy_images = args.celery_heavy_images or (20 if q else 100)
+    args.repeats = max(1, args.repeats or (2 if q else 3))
+    args.memory_jobs = args.memory_jobs or (4 if q else 20)
+    args.memory_job_images = args.memory_job_images or (64 if q else 200)
+    args.latency_requests = args.latency_requests or (50 if q else 300)
+    args.model_seconds = 1.0 if q else 3.0  # timed seconds of the model-alone figure
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    args.columns = [c.strip() for c in args.columns.split(",") if c.strip()]
+    for m in args.models:
+        if m not in MODELS:
+            p.error(f"unknown model {m!r}: choose from {', '.join(MODELS)}")
+    for c in args.columns:
+        if c not in COLUMNS:
+            p.error(f"unknown column {c!r}: choose from {', '.join(COLUMNS)}")
+    if min(args.images, args.heavy_images, args.naive_images, args.celery_images, args.memory_job_images) < 1:
+        p.error("image counts must be positive")
     return args
 
 
-# --------------------------------------------------------------------------- manifests
+def images_for(args, key: str, column: str = "tfdata") -> int:
+    """The images a column scores for a model: the naive loop and Celery a subset, the heavier models fewer."""
+    if column == "naive":
+        return args.naive_images
+    if column == "celery":
+        return args.celery_images if key == "demo_vgg" else args.celery_heavy_images
+    return args.images if key == "demo_vgg" else args.heavy_images
 
 
-MANIFEST_DIR: Path | None = None  # set in main(): a data root inside the run's temporary IMGQ_HOME
+class ScoreBench:
+    """One run's state: settings, models, stacks, the naive Celery worker, and the figures so far."""
 
+    def __init__(self, args, bench: BenchRun, report: dict):
+        self.args, self.bench, self.report = args, bench, report
+        self.s = None
+        self.rows: list[list[str]] = []
+        self.specs, self.keras, self.paths, self.loaded = {}, {}, {}, {}
+        self.stacks: dict = {}  # label -> score_stacks.Stack
+        self.embedded_home: Path | None = None
+        self.embedded_settings = None
+        self.celery = None
+        self.infer = {}
+        self.runs: dict = {}  # model key -> column -> list of run dicts
 
-def subset_manifest(name: str, rows: list[list[str]]) -> str:
-    """Write a manifest of `rows` (absolute image paths into the catalog) in the run's own manifest folder,
-    so the cached catalog is never modified; returns its path relative to that data root."""
-    assert MANIFEST_DIR is not None
-    return write_manifest(MANIFEST_DIR, name, rows)
+    def manifest(self, name: str, rows: list[list[str]]) -> str:
+        return write_manifest(self.bench.manifest_dir, name, rows, catalog_dir=PHOTO_DIR)
 
+    # ------------------------------------------------------------------ setup
 
-# --------------------------------------------------------------------------- model
+    def setup(self) -> None:
+        args = self.args
+        self.s = s = self.bench.setup_backend()
+        self.report["run"] = self.bench.describe({"models": args.models, "repeats": args.repeats}, {
+            "machine": machine(),
+            "settings": {"batch_size": s.batch_size, "decode_threads": s.decode_threads,
+                         "chunk_size": s.chunk_size, "model_cache_size": s.model_cache_size},
+            "imgq_preload": os.environ.get("IMGQ_PRELOAD", "(unset: 1)"),
+            # (f) polls one job as fast as it answers: the per-token limit (1200/min by default) must not shape it
+            "imgq_rate_limit": os.environ.setdefault("IMGQ_RATE_LIMIT", "100000 per minute"),
+        }, s)
+        self.report["run"]["quiet"] = wait_for_quiet(args.wait_idle)
+        need = max(max(images_for(args, key, col) for key in args.models for col in COLUMNS), args.memory_job_images)
+        self.report["run"]["catalog"] = ensure_photo_catalog(need)
+        self.rows = photo_rows()
+        if self.bench.backend_kind == "postgres" and "embedded" in args.columns:
+            self.embedded_home = Path(tempfile.mkdtemp(prefix="imgq-bench-embedded-"))
+            self.embedded_settings = prepare_embedded(self.embedded_home)
+            self.report["run"]["embedded_database"] = self.embedded_settings.database_url.split("@")[-1]
 
+    def prepare_models(self) -> None:
+        """Build, save and register every model (in each stack's database); keep it loaded here too."""
+        targets = [(self.s.database_url, self.s.model_store)]
+        if self.embedded_settings is not None:
+            targets.append((self.embedded_settings.database_url, self.embedded_settings.model_store))
+        self.report["models"] = {}
+        for key in self.args.models:
+            spec = self.specs[key] = MODELS[key]
+            model, path, info = build_and_save(spec, self.bench.home / "bench-models")
+            versions = register(spec, path, targets)
+            self.keras[key], self.paths[key] = model, path
+            from worker.model_cache import LoadedModel
 
-def register_model(store: Path):
-    """Build vgg_regressor(60), save it, import it as MODEL_NAME (production). Returns (keras model, version)."""
-    from shared import model_registry as registry
-    from shared.architectures import vgg_regressor
-    from shared.db import session_scope
+            self.loaded[key] = LoadedModel(versions[0], model)
+            self.report["models"][key] = {**info, "images": images_for(self.args, key)}
+            log(f"model {key}: {spec.builder}, {spec.input_size}x{spec.input_size}, pixel_scale {spec.pixel_scale}, "
+                f"{info['gflop_per_image']} GFLOP per image (computed), {info['params']:,} parameters")
+        import tensorflow as tf
 
-    model = vgg_regressor(INPUT_SIZE)
-    path = store.parent / "bench" / f"vgg_regressor_{INPUT_SIZE}.keras"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(path)
-    sig = registry.Signature(task="regression", input_height=INPUT_SIZE, input_width=INPUT_SIZE,
-                             output_names=["pageviews"], target_transform={"kind": "log1p"})
-    with session_scope() as session:
-        version = registry.import_model(session, path, MODEL_NAME, sig, store, promote=True,
-                                        description="score_throughput benchmark: untrained VGG-style regressor")
-        session.flush()
-        session.expunge(version)
-    return model, version
+        self.report["run"]["tensorflow"] = tf.__version__
 
+    def single_figures(self) -> None:
+        log("model alone, decode alone and score_items in-process (one run each):")
+        for key in self.args.models:
+            w = CpuWatch()
+            figures = single_figures(self.loaded[key], self.specs[key], self.rows, PHOTO_DIR, self.s,
+                                     images_for(self.args, key), self.args.model_seconds)
+            self.report["models"][key]["parts"] = {**figures, "cpu": w.stop()}
 
-# --------------------------------------------------------------------------- (a) (b) (d)
+    def start_services(self) -> None:
+        """The naive Celery worker, the stacks, and a warm-up of every model on each."""
+        cols = self.args.columns
+        if "celery" in cols:
+            os.environ["NAIVE_CELERY_URL"] = self.args.celery_url
+            from naive_celery import NaiveCelery  # here: the module reads NAIVE_CELERY_URL when imported
 
-
-def bench_model(loaded, inputs, batch_sizes: list[int], seconds: float, rounds: int = 3) -> dict:
-    """Images/s per batch size: best of `rounds` rounds, the batch sizes interleaved in each round,
-    so a burst of load from elsewhere on the machine does not sink one batch size alone."""
-    import numpy as np
-
-    batches = {}
-    for bs in batch_sizes:
-        reps = -(-bs // len(inputs))
-        batches[bs] = np.ascontiguousarray(np.concatenate([inputs] * reps)[:bs], dtype=np.float32)
-        for _ in range(5):  # trace + warm up
-            loaded.predict(batches[bs])
-    measured: dict[int, list[float]] = {bs: [] for bs in batch_sizes}
-    for _ in range(rounds):
-        for bs, batch in batches.items():
-            n_batches, t0 = 0, time.perf_counter()
-            while True:
-                loaded.predict(batch)
-                n_batches += 1
-                elapsed = time.perf_counter() - t0
-                if elapsed >= seconds / rounds and n_batches >= 5:
-                    break
-            measured[bs].append(n_batches * bs / elapsed)
-    out = {}
-    for bs, rates in measured.items():
-        out[bs] = round(max(rates), 1)
-        log(f"(a) batch {bs:>4}: {out[bs]:8.1f} images/s (rounds: {', '.join(f'{r:.0f}' for r in rates)})")
-    return out
-
-
-def bench_pipeline(loaded, rows: list[list[str]], s) -> dict:
-    """Extra: worker.scoring.score_items in this process with no database and no queue (no-op callbacks).
-
-    Separates the decode/predict pipeline from the job machinery around it (claim, DB writes, broker)."""
-    from worker.scoring import ScoreOptions, score_items
-
-    items = [(r[0], str(CATALOG_DIR / r[1])) for r in rows]
-    opts = ScoreOptions(roots=(CATALOG_DIR.parent,), batch_size=s.batch_size, max_pixels=s.max_image_pixels,
-                        max_bytes=s.max_image_bytes, threads=s.decode_threads, use_cache=False)
-    count = [0]
-
-    def write(results, cache_rows):
-        count[0] += sum(r["status"] == "ok" for r in results)
-
-    score_items(items[: 2 * s.batch_size], loaded, opts, lambda h: {}, write)  # warm up
-    count[0] = 0
-    t0 = time.perf_counter()
-    score_items(items, loaded, opts, lambda h: {}, write)
-    elapsed = time.perf_counter() - t0
-    rate = count[0] / elapsed
-    log(f"(extra) score_items in-process, no DB/queue: {rate:.1f} images/s ({count[0]} ok in {elapsed:.2f}s)")
-    return {"images_per_s": round(rate, 1), "images": count[0], "seconds": round(elapsed, 3)}
-
-
-def bench_decode(blobs: list[bytes], prep, threads: int, max_pixels: int) -> dict:
-    from shared.imaging import load_for_model
-
-    def one(data):
-        return load_for_model(data, prep, max_pixels=max_pixels)[0]
-
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="bench-decode") as pool:
-        list(pool.map(one, blobs[: min(len(blobs), 64)]))  # warm up
+            self.celery = NaiveCelery(self.bench.home / "logs" / "naive-celery.log")
+            self.celery.start()
         t0 = time.perf_counter()
-        arrays = list(pool.map(one, blobs))
-        elapsed = time.perf_counter() - t0
-    rate = len(blobs) / elapsed
-    log(f"(b) decode+resize: {rate:.1f} images/s ({len(blobs)} images, {threads} threads, {elapsed:.2f}s)")
-    return {"images_per_s": round(rate, 1), "images": len(blobs), "threads": threads,
-            "seconds": round(elapsed, 3), "arrays": arrays}
+        if "postgres" in cols or "embedded" in cols:
+            local, _, _ = self.bench.start_stack()
+            self.stacks[self.bench.backend_kind] = Stack(self.bench.backend_kind, local, self.s.database_url)
+        if self.embedded_home is not None:
+            self.stacks["embedded"] = start_stack("embedded", embedded_env(self.embedded_home), self.embedded_home,
+                                                  self.embedded_settings.database_url)
+        warm_rows = self.rows[: 2 * self.s.batch_size]
+        warm_manifest = self.manifest("bench-warm", warm_rows)
+        for stack in self.stacks.values():
+            for key in self.args.models:
+                warm(stack, self.specs[key].name, warm_manifest)
+        if self.celery is not None:
+            for key in self.args.models:
+                spec = self.specs[key]
+                self.celery.run(self.photo_paths(4), self.paths[key], spec.input_size, spec.pixel_scale)
+        log(f"stacks {', '.join(self.stacks)}{' and the naive Celery worker' if self.celery else ''} up and warm "
+            f"in {time.perf_counter() - t0:.1f}s")
 
+    def photo_paths(self, n: int) -> list[Path]:
+        return [PHOTO_DIR / r[1] for r in self.rows[:n]]
 
-def bench_naive(model, paths: list[Path], prep, max_pixels: int) -> dict:
-    from shared.imaging import load_for_model
+    # ------------------------------------------------------------------ the columns
 
-    def one(path):
-        x, _ = load_for_model(path.read_bytes(), prep, max_pixels=max_pixels)
-        return model.predict(x[None], verbose=0)
+    def measure(self, key: str, column: str, round_no: int) -> dict | None:
+        spec, n = self.specs[key], images_for(self.args, key)
+        if column == "tfdata":
+            if key not in self.infer:
+                self.infer[key] = traced_infer(self.keras[key], spec.input_size)
+            out_csv = self.bench.home / "tfdata" / f"{key}-{round_no}.csv"
+            out_csv.parent.mkdir(parents=True, exist_ok=True)
+            rows = self.rows[:n]
+            return tfdata_script(self.infer[key], [r[0] for r in rows], self.photo_paths(n), spec.input_size,
+                                 spec.pixel_scale, out_csv, self.s.batch_size)
+        if column == "naive":
+            return naive_loop(self.keras[key], self.photo_paths(images_for(self.args, key, column)),
+                              self.loaded[key].preprocessing, self.s.max_image_pixels)
+        if column == "celery":
+            if self.celery is None:
+                return None
+            n = images_for(self.args, key, column)
+            return self.celery.run(self.photo_paths(n), self.paths[key], spec.input_size, spec.pixel_scale,
+                                   timeout=max(600.0, 2.0 * n))
+        stack = self.stacks.get(column)
+        if stack is None:
+            return None
+        manifest = self.manifest(f"bench-{key}-{n}", self.rows[:n])
+        return run_job(stack, spec.name, manifest, n, timeout=max(300.0, n / 2))
 
-    for p in paths[:3]:  # builds keras' predict function
-        one(p)
-    t0 = time.perf_counter()
-    for p in paths:
-        one(p)
-    elapsed = time.perf_counter() - t0
-    rate = len(paths) / elapsed
-    log(f"(d) naive loop: {rate:.1f} images/s ({len(paths)} images, {elapsed:.2f}s)")
-    return {"images_per_s": round(rate, 2), "images": len(paths), "seconds": round(elapsed, 3)}
+    def rounds(self) -> None:
+        for r in range(self.args.repeats):
+            log(f"round {r + 1}/{self.args.repeats}")
+            for key in self.args.models:
+                for column in self.args.columns:
+                    w = CpuWatch()
+                    try:
+                        run = self.measure(key, column, r)
+                    except Exception as exc:  # one failed measurement must not cost the run's other figures
+                        log(f"  {key:<9} {COLUMN_TITLES[column]:<16} failed: {type(exc).__name__}: {exc}")
+                        self.report["errors"].append(f"{key} {column} round {r + 1}: {type(exc).__name__}: {exc}")
+                        continue
+                    if run is None:
+                        continue
+                    run["cpu"] = w.stop()
+                    self.runs.setdefault(key, {}).setdefault(column, []).append(run)
+                    log(f"  {key:<9} {COLUMN_TITLES[column]:<16} {run['images_per_s']} img/s "
+                        f"({run['images']} images, {run['seconds']:.2f}s; others' CPU "
+                        f"{run['cpu']['background_cpu_pct']:.0f} %)" + _breakdown_text(run))
 
-
-# --------------------------------------------------------------------------- processes (/proc or psutil)
-
-
-def _status_kb(pid: int) -> dict:
-    out = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM", "Name"):
-                out[key] = value.strip() if key == "Name" else int(value.split()[0])
-    except OSError:
-        pass
-    return out
-
-
-def _uses_tensorflow(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/maps") as fh:
-            return any("tensorflow" in line for line in fh)
-    except OSError:
-        return False
-
-
-def worker_children(worker_pid: int) -> list[dict]:
-    """The `imgq worker` process's children: the prefork pool process(es) and, with -B, the beat process."""
-    out = []
-    for pid in child_pids(worker_pid):
-        st = _status_kb(pid)
-        if not st:
-            continue
-        out.append({"pid": pid, "name": st.get("Name"), "rss_kb": st.get("VmRSS"), "hwm_kb": st.get("VmHWM"),
-                    "pool": _uses_tensorflow(pid)})
-    return out
-
-
-# --------------------------------------------------------------------------- HTTP helpers
-
-
-def submit(session, stack, manifest_rel: str) -> tuple[dict, float]:
-    t0 = time.time()
-    resp = session.post(stack.url("/api/v1/jobs/score"), timeout=120,
-                        json={"model": MODEL_NAME, "manifest": manifest_rel, "id_column": "id",
-                              "image_column": "image", "cache": False})
-    if resp.status_code != 202:
-        raise RuntimeError(f"submit failed: {resp.status_code} {resp.text[:500]}")
-    return resp.json(), t0
-
-
-def last_result_at(job_id: str) -> float | None:
-    from sqlalchemy import func, select
-
-    from shared.db import session_scope
-    from shared.tables import Result
-
-    with session_scope() as s:
-        t = s.scalar(select(func.max(Result.created_at)).where(Result.job_id == job_id))
-    if t is None:
-        return None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
-    return t.timestamp()
-
-
-def chunk_breakdown(job_id: str, t_submit: float, finished: float | None) -> dict:
-    """Where a job's wall time went, from its chunk rows: before the first chunk started, inside
-    chunks, between chunks (queue + claim), and from the last chunk to the job's finished_at."""
-    from sqlalchemy import select
-
-    from shared.db import session_scope
-    from shared.tables import Chunk
-
-    def ts(t):
-        return None if t is None else (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
-
-    with session_scope() as s:
-        spans = sorted((ts(a), ts(b)) for a, b in s.execute(
-            select(Chunk.started_at, Chunk.finished_at).where(Chunk.job_id == job_id)))
-    spans = [(a, b) for a, b in spans if a is not None and b is not None]
-    if not spans:
-        return {}
-    inside = sum(b - a for a, b in spans)
-    between = sum(max(0.0, spans[i + 1][0] - spans[i][1]) for i in range(len(spans) - 1))
-    return {"chunks": len(spans), "before_first_chunk_s": round(spans[0][0] - t_submit, 3),
-            "inside_chunks_s": round(inside, 3), "between_chunks_s": round(between, 3),
-            "after_last_chunk_s": round(finished - max(b for _, b in spans), 3) if finished else None,
-            "mean_chunk_s": round(inside / len(spans), 3)}
-
-
-def percentile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    if not s:
-        return float("nan")
-    k = (len(s) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
-def latency_summary(samples_s: list[float]) -> dict:
-    ms = [x * 1000 for x in samples_s]
-    if not ms:
-        return {"requests": 0}
-    return {"requests": len(ms), "p50_ms": round(percentile(ms, 0.5), 2), "p95_ms": round(percentile(ms, 0.95), 2),
-            "p99_ms": round(percentile(ms, 0.99), 2), "max_ms": round(max(ms), 2),
-            "mean_ms": round(statistics.fmean(ms), 2)}
-
-
-# --------------------------------------------------------------------------- stack phases
-
-
-def run_e2e(session, stack, manifest_rel: str, n: int, timeout: float) -> dict:
-    job, t_submit = submit(session, stack, manifest_rel)
-    t_accepted = time.time()
-    log(f"(c) job {job['id']}: {job['progress']['total']} items in {job['chunks']['total']} chunks "
-        f"(POST took {1000 * (t_accepted - t_submit):.0f} ms)")
-    final = wait_final(session, stack, job["id"], timeout)
-    t_seen = time.time()
-    p = final["progress"]
-    finished = parse_ts(final["timings"]["finished_at"])
-    started = parse_ts(final["timings"]["started_at"])
-    last_row = last_result_at(job["id"])
-    end = finished or last_row or t_seen
-    seconds = end - t_submit
-    rate = p["succeeded"] / seconds if seconds > 0 else None
-    breakdown = chunk_breakdown(job["id"], t_submit, finished)
-    log(f"(c) {final['status']}: {p['succeeded']} scored, {p['failed']} failed in {seconds:.2f}s "
-        f"submit->finished_at = {rate:.1f} images/s (job's own rate since started_at: {p['images_per_second']})")
-    if breakdown:
-        log(f"    {breakdown['before_first_chunk_s']:.2f}s before the first chunk, {breakdown['inside_chunks_s']:.2f}s "
-            f"in {breakdown['chunks']} chunks, {breakdown['between_chunks_s']:.2f}s between chunks, "
-            f"{breakdown['after_last_chunk_s']}s after the last")
-    return {
-        "job_id": job["id"], "status": final["status"], "images": n, "succeeded": p["succeeded"],
-        "failed": p["failed"], "from_cache": p["from_cache"], "chunks": final["chunks"]["total"],
-        "submit_http_ms": round(1000 * (t_accepted - t_submit), 1),
-        "seconds_submit_to_finished": round(seconds, 3),
-        "seconds_submit_to_started": round(started - t_submit, 3) if started else None,
-        "seconds_submit_to_last_result": round(last_row - t_submit, 3) if last_row else None,
-        "seconds_submit_to_seen_final": round(t_seen - t_submit, 3),
-        "images_per_s": round(rate, 1) if rate else None,
-        "job_reported_images_per_s": p["images_per_second"],
-        "breakdown": breakdown,
-    }
-
-
-def run_latency(session, stack, rows: list[list[str]], n_items: int, min_requests: int, timeout: float,
-                gap: float = 0.01, max_jobs: int = 5) -> dict:
-    """Poll GET /api/v1/jobs/<id> in a loop while score jobs run, until `min_requests` samples fell
-    while a job was running (a further job is submitted if one ends too soon)."""
-    reps = -(-n_items // len(rows))
-    manifest = subset_manifest(f"bench-latency-{n_items}",
-                               [[f"{r[0]}-{k}", r[1], r[2]] for k in range(reps) for r in rows][:n_items])
-    running, queued, statuses, job_ids = [], [], {}, []
-    for _ in range(max_jobs):
-        job, _ = submit(session, stack, manifest)
-        job_ids.append(job["id"])
-        job_url = stack.url(f"/api/v1/jobs/{job['id']}")
-        deadline = time.time() + timeout
-        while True:
-            t0 = time.perf_counter()
-            r = session.get(job_url, timeout=30)
-            dt = time.perf_counter() - t0
-            status = r.json()["status"]
-            statuses[status] = statuses.get(status, 0) + 1
-            if status == "running":
-                running.append(dt)
-            elif status == "queued":
-                queued.append(dt)
-            else:
-                break
-            if time.time() > deadline:
-                raise TimeoutError(f"latency job {job['id']} did not finish in {timeout}s")
-            time.sleep(gap)
-        if len(running) >= min_requests:
-            break
-    idle = []  # the same request with no job running, for comparison
-    for _ in range(100):
+    def memory_and_latency(self) -> None:
+        """(e) and (f) on the first stack, with the first model (the demo VGG by default)."""
+        if not self.stacks:
+            return
+        stack = next(iter(self.stacks.values()))
+        key = self.args.models[0]
+        name, a = self.specs[key].name, self.args
         t0 = time.perf_counter()
-        session.get(job_url, timeout=30).raise_for_status()
-        idle.append(time.perf_counter() - t0)
-        time.sleep(gap)
-    out = {"job_ids": job_ids, "items_per_job": n_items, "poll_gap_ms": gap * 1000,
-           "while_running": latency_summary(running), "while_queued": latency_summary(queued),
-           "idle": latency_summary(idle), "responses_by_status": statuses}
-    w = out["while_running"]
-    if w["requests"] < min_requests:
-        out["note"] = f"only {w['requests']} requests fell while a job was running (wanted {min_requests})"
-    log(f"(f) GET /api/v1/jobs/<id> while running: {w.get('requests')} requests over {len(job_ids)} job(s), "
-        f"p50 {w.get('p50_ms')} ms, p95 {w.get('p95_ms')} ms, max {w.get('max_ms')} ms; "
-        f"idle p50 {out['idle'].get('p50_ms')} / p95 {out['idle'].get('p95_ms')} ms")
-    return out
+        for label in list(self.stacks)[1:]:  # the other stack would only add noise now
+            self.stacks.pop(label).local.stop()
+        if self.celery is not None:
+            self.celery.stop()
+            self.celery = None
+        log(f"other stack and naive Celery worker stopped in {time.perf_counter() - t0:.1f}s")
+        rate = _median([x["images_per_s"] for x in self.runs.get(key, {}).get(stack.label, [])]) or 100.0
+        n_latency = max(images_for(a, key), int(rate * a.latency_requests * 0.03))
+        reps = -(-n_latency // len(self.rows))
+        manifest = self.manifest(f"bench-latency-{n_latency}", [[f"{r[0]}-{k}", r[1], r[2]] for k in range(reps)
+                                                                for r in self.rows][:n_latency])
+        w = CpuWatch()
+        self.report["latency"] = run_latency(stack, name, manifest, n_latency, a.latency_requests,
+                                             max(300.0, n_latency / 5))
+        self.report["latency"].update(cpu=w.stop(), stack=stack.label, model=key)
+        w = CpuWatch()
+        self.report["memory"] = run_memory(stack, name, self.manifest, self.rows, a.memory_jobs, a.memory_job_images,
+                                           timeout=max(120.0, a.memory_job_images / 2))
+        self.report["memory"].update(cpu=w.stop(), stack=stack.label, model=key)
+
+    def stop(self) -> None:
+        """Everything but the BenchRun's own stack (BenchRun.measuring stops that one)."""
+        if self.celery is not None:
+            self.celery.stop()
+        for stack in self.stacks.values():
+            if stack.local is not self.bench.stack:
+                stack.local.stop()
+
+    def remove_embedded_home(self) -> None:
+        """As BenchRun.close does for its IMGQ_HOME: kept with --keep or after an error."""
+        if self.embedded_home is None:
+            return
+        if self.bench.ok and not self.args.keep:
+            shutil.rmtree(self.embedded_home, ignore_errors=True)
+        else:
+            log(f"embedded IMGQ_HOME kept: {self.embedded_home}")
 
 
-def run_memory(session, stack, rows: list[list[str]], jobs: int, per_job: int, timeout: float) -> dict:
-    series = []
-    for k in range(jobs):
-        start = (k * per_job) % len(rows)
-        subset = (rows[start:] + rows[:start])[:per_job] if per_job <= len(rows) else \
-            (rows * (-(-per_job // len(rows))))[:per_job]
-        # (if per_job > catalog, ids repeat: make them unique)
-        subset = [[f"{r[0]}-{i}", r[1], r[2]] for i, r in enumerate(subset)]
-        manifest = subset_manifest(f"bench-mem-{k:02d}", subset)
-        job, t0 = submit(session, stack, manifest)
-        final = wait_final(session, stack, job["id"], timeout, poll=0.2)
-        elapsed = time.time() - t0
-        kids = worker_children(stack.worker.pid)
-        pool = [c for c in kids if c["pool"]] or kids
-        rss = sum(c["rss_kb"] or 0 for c in pool)
-        hwm = sum(c["hwm_kb"] or 0 for c in pool)
-        series.append({"job": k + 1, "status": final["status"], "succeeded": final["progress"]["succeeded"],
-                       "seconds": round(elapsed, 2), "pool_pids": [c["pid"] for c in pool],
-                       "pool_rss_kb": rss, "pool_hwm_kb": hwm,
-                       "main_rss_kb": _status_kb(stack.worker.pid).get("VmRSS"),
-                       "children": kids})
-        log(f"(e) job {k + 1:>2}/{jobs}: {final['status']} {final['progress']['succeeded']}/{per_job} in "
-            f"{elapsed:.1f}s; pool RSS {rss / 1024:.1f} MiB (peak {hwm / 1024:.1f} MiB) pids {[c['pid'] for c in pool]}")
-    first, last = series[0], series[-1]
-    growth = 100.0 * (last["pool_rss_kb"] - first["pool_rss_kb"]) / first["pool_rss_kb"] if first["pool_rss_kb"] else None
-    return {
-        "jobs": jobs, "images_per_job": per_job,
-        "rss_after_first_mib": round(first["pool_rss_kb"] / 1024, 1),
-        "rss_after_last_mib": round(last["pool_rss_kb"] / 1024, 1),
-        "rss_growth_pct": round(growth, 2) if growth is not None else None,
-        "peak_hwm_mib": round(max(s["pool_hwm_kb"] for s in series) / 1024, 1),
-        "pool_pid_changed": len({tuple(s["pool_pids"]) for s in series}) > 1,
-        "memory_source": "psutil" if _has_psutil() else "/proc/<pid>/status",
-        "series": series,
-    }
+def _breakdown_text(run: dict) -> str:
+    b = run.get("breakdown")
+    if not b:
+        return ""
+    return (f"; {b['before_first_chunk_s']:.2f}s before the first chunk, {b['inside_chunks_s']:.2f}s in "
+            f"{b['chunks']} chunks, {b['between_chunks_s']:.2f}s between, {b['after_last_chunk_s']}s after")
 
 
-def _has_psutil() -> bool:
-    try:
-        import psutil  # noqa: F401
-        return True
-    except ImportError:
-        return False
-
-
-# --------------------------------------------------------------------------- report
-
-
-def markdown(report: dict) -> str:
-    a, b, c, d, e, f = (report.get(k, {}) for k in ("model", "decode", "e2e", "naive", "memory", "latency"))
-    extra = report.get("pipeline_no_db", {})
-    t = report.get("targets", {})
-    run = report["run"]
-
-    row = partial(md_row, t)
-    settings = run.get("settings", {})
-    lines = [
-        f"# score_throughput — {run['timestamp']}",
-        "",
-        f"backend {run['backend']}, {run['cpus']} CPUs, images {run['images']}, "
-        f"batch {settings.get('batch_size')}, decode threads {settings.get('decode_threads')}, "
-        f"chunk {settings.get('chunk_size')}, commit {run.get('git_commit', '?')}"
-        f"{' (quick)' if run['quick'] else ''}, total {run.get('seconds_total', '?')} s",
-    ]
-    lines += md_table_head(run)
-    if a:
-        lines.append(row(f"(a) model, best batch {a['best_batch_size']}", f"{a['best_images_per_s']:.1f} img/s", a))
-        lines.append(row("(a) by batch size", ", ".join(f"{k}: {v:.0f}" for k, v in a["images_per_s"].items())))
-    if b:
-        lines.append(row(f"(b) decode+resize ({b['threads']} threads)", f"{b['images_per_s']:.1f} img/s", b))
-    if c:
-        lines.append(row(f"(c) end to end, {c['images']} images ({c.get('statistic', '1 job')})",
-                         f"{c['images_per_s']} img/s", c))
-    if extra:
-        lines.append(row("(extra) score_items in-process, no DB/queue", f"{extra['images_per_s']:.1f} img/s", extra))
-    if "serial_bound_images_per_s" in report:
-        lines.append(row("(extra) serial bound 1/(1/a+1/b)", f"{report['serial_bound_images_per_s']:.1f} img/s"))
-    if d:
-        lines.append(row("(d) naive loop", f"{d['images_per_s']:.1f} img/s", d))
-    if "e2e_vs_min_ab" in t:
-        lines.append(row("(c) / min(a, b)", t["e2e_vs_min_ab"]["value"], None, "e2e_vs_min_ab"))
-    if "e2e_vs_naive" in t:
-        lines.append(row("(c) / (d)", t["e2e_vs_naive"]["value"], None, "e2e_vs_naive"))
-    if e:
-        lines.append(row(f"(e) pool RSS after job 1 / job {e['jobs']} (peak)",
-                         f"{e['rss_after_first_mib']} / {e['rss_after_last_mib']} MiB ({e['peak_hwm_mib']})", e))
-        lines.append(row("(e) RSS growth, %", e["rss_growth_pct"], None, "worker_rss_growth_pct"))
-    if f:
-        w = f["while_running"]
-        lines.append(row(f"(f) GET job while running, p95 ms ({w.get('requests')} req)", w.get("p95_ms"), f,
-                         "job_get_p95_ms"))
-        lines.append(row("(f) p50 / max ms; idle p50 / p95 ms",
-                         f"{w.get('p50_ms')} / {w.get('max_ms')}; {f['idle'].get('p50_ms')} / {f['idle'].get('p95_ms')}"))
-    if report.get("errors"):
-        lines += ["", "Errors:", *[f"- {x}" for x in report["errors"]]]
-    return "\n".join(lines) + "\n"
-
-
-# --------------------------------------------------------------------------- main
+def _median(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    bench = BenchRun("score_throughput", args, "imgq-bench-")
-    global MANIFEST_DIR
-    MANIFEST_DIR = bench.manifest_dir
+    bench = BenchRun("score_throughput", args, "imgq-bench-",
+                     detail=f" (demo VGG; {args.heavy_images} for the heavier models), "
+                            f"models {', '.join(args.models)}, {args.repeats} repeats")
     report: dict = {"errors": []}
-    failed_early = bench.describe({}, {"settings": {"batch_size": "?", "decode_threads": "?", "chunk_size": "?"}})
+    failed_early = bench.describe({"models": args.models, "repeats": args.repeats}, {"settings": {}})
+    run = ScoreBench(args, bench, report)
     with bench.measuring(report, failed_early):
-        s = bench.setup_backend()
-        report["run"] = bench.describe({}, {
-            "imgq_preload": os.environ.get("IMGQ_PRELOAD", "(unset: 1)"),
-            "settings": {"batch_size": s.batch_size, "decode_threads": s.decode_threads,
-                         "chunk_size": s.chunk_size, "model_cache_size": s.model_cache_size},
-        }, s)
+        try:
+            run.setup()
+            run.prepare_models()
+            run.single_figures()
+            run.start_services()
+            run.rounds()
+            run.memory_and_latency()
+        except KeyboardInterrupt:  # still stop everything, drop the database and write what was measured
+            raise RuntimeError("interrupted") from None
+        finally:
+            run.stop()
+    summarise_columns(report, run.runs, TARGETS)
 
-        report["run"]["quiet"] = wait_for_quiet(args.wait_idle)
-        needed = max(args.images, args.naive_images, min(args.memory_job_images, args.images))
-        ensure_catalog(needed)
-        rows = catalog_rows()
-        e2e_rows = rows[: args.images]
-
-        log("registering the model (vgg_regressor(60)) ...")
-        keras_model, version = register_model(s.model_store)
-        import tensorflow as tf
-
-        report["run"]["tensorflow"] = tf.__version__
-        from worker.model_cache import LoadedModel
-
-        loaded = LoadedModel(version, keras_model)
-        prep = loaded.preprocessing
-
-        # (b) first: its arrays feed (a) as real pre-decoded tensors
-        blobs = [(CATALOG_DIR / r[1]).read_bytes() for r in e2e_rows]
-        w = CpuWatch()
-        b = bench_decode(blobs, prep, s.decode_threads, s.max_image_pixels)
-        b["cpu"] = w.stop()
-        arrays = b.pop("arrays")
-        import numpy as np
-
-        inputs = np.stack(arrays[: max(args.batch_sizes)])
-        del blobs, arrays
-        report["decode"] = b
-
-        w = CpuWatch()
-        a = bench_model(loaded, inputs, args.batch_sizes, args.model_seconds)
-        best = max(a, key=a.get)
-        report["model"] = {"images_per_s": a, "best_batch_size": best, "best_images_per_s": a[best],
-                           "at_configured_batch_size": a.get(s.batch_size), "cpu": w.stop()}
-
-        w = CpuWatch()
-        report["pipeline_no_db"] = bench_pipeline(loaded, e2e_rows, s)
-        report["pipeline_no_db"]["cpu"] = w.stop()
-
-        w = CpuWatch()
-        d = bench_naive(keras_model, [CATALOG_DIR / r[1] for r in rows[: args.naive_images]], prep,
-                        s.max_image_pixels)
-        d["cpu"] = w.stop()
-        report["naive"] = d
-
-        # ---- the real stack
-        stack, http, t0 = bench.start_stack()
-        warm_n = min(len(rows), 2 * s.batch_size)
-        warm = subset_manifest(f"bench-warm-{warm_n}", rows[:warm_n])
-        job, _ = submit(http, stack, warm)
-        wait_final(http, stack, job["id"], timeout=300)
-        log(f"stack up and warm (web + worker, a {warm_n}-image warm-up job) in {time.perf_counter() - t0:.1f}s")
-
-        manifest = subset_manifest(f"bench-e2e-{args.images}", e2e_rows)
-        job_timeout = max(300.0, args.images / 5)
-        w = CpuWatch()
-        runs = [run_e2e(http, stack, manifest, args.images, job_timeout) for _ in range(args.e2e_runs)]
-        e2e_cpu = w.stop()
-        runs_ok = [r for r in runs if r["images_per_s"]]
-        median = sorted(runs_ok, key=lambda r: r["images_per_s"])[len(runs_ok) // 2]
-        report["e2e"] = {**median, "statistic": f"median of {len(runs)} jobs",
-                         "all_images_per_s": [r["images_per_s"] for r in runs], "runs": runs,
-                         "cpu": e2e_cpu}
-        log(f"(c) median of {len(runs)} jobs: {median['images_per_s']} images/s")
-
-        # (f) needs a job that runs long enough for min_requests polls (~20 ms each)
-        rate = median["images_per_s"] or 100.0
-        n_latency = max(args.images, int(rate * args.latency_requests * 0.03))
-        w = CpuWatch()
-        report["latency"] = run_latency(http, stack, rows[: args.images], n_latency, args.latency_requests,
-                                        max(300.0, n_latency / 5))
-        report["latency"]["cpu"] = w.stop()
-        w = CpuWatch()
-        report["memory"] = run_memory(http, stack, rows, args.memory_jobs, args.memory_job_images,
-                                      timeout=max(120.0, args.memory_job_images / 2))
-        report["memory"]["cpu"] = w.stop()
-
-    # ---- ratios and targets (figures only: a missed target never fails the run)
-    targets = {}
-    a_best = report.get("model", {}).get("best_images_per_s")
-    b_rate = report.get("decode", {}).get("images_per_s")
-    c_rate = report.get("e2e", {}).get("images_per_s")
-    d_rate = report.get("naive", {}).get("images_per_s")
-    if a_best and b_rate and c_rate:
-        targets["e2e_vs_min_ab"] = verdict(TARGETS, "e2e_vs_min_ab", round(c_rate / min(a_best, b_rate), 3))
-        # on a shared CPU the decoder and the model compete: the serial bound 1/(1/a + 1/b) is informative
-        report["serial_bound_images_per_s"] = round(1 / (1 / a_best + 1 / b_rate), 1)
-        report["e2e_vs_serial_bound"] = round(c_rate / report["serial_bound_images_per_s"], 3)
-    if c_rate and d_rate:
-        targets["e2e_vs_naive"] = verdict(TARGETS, "e2e_vs_naive", round(c_rate / d_rate, 2))
-    if report.get("memory", {}).get("rss_growth_pct") is not None:
-        targets["worker_rss_growth_pct"] = verdict(TARGETS, "worker_rss_growth_pct",
-                                                   report["memory"]["rss_growth_pct"])
-    if report.get("latency", {}).get("while_running", {}).get("p95_ms") is not None:
-        targets["job_get_p95_ms"] = verdict(TARGETS, "job_get_p95_ms",
-                                            report["latency"]["while_running"]["p95_ms"])
-    report["targets"] = targets
-
-    text = markdown(report)
-    print_summary(text, targets)
-    if "serial_bound_images_per_s" in report:
-        print(f"  (info) serial bound 1/(1/a+1/b) = {report['serial_bound_images_per_s']} img/s; "
-              f"(c) reaches {report['e2e_vs_serial_bound']:.2f} of it")
+    text = markdown(report, COLUMNS, COLUMN_TITLES)
+    print_summary(text, report.get("targets", {}))
     bench.write_report(report, text)
+    run.remove_embedded_home()
     return bench.close()
 
 
