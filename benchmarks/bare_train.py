@@ -4,8 +4,8 @@ in one plain process, with none of the service around it (no database, queue, he
 checkpoints, metrics rows or registration).
 
 Phases, each timed from this process's first line: imports (TensorFlow and Keras included), data (the manifest
-read with shared.datasets.load_dataset, split with assign_splits salted as the job salts it, every image read and
-decoded with shared.imaging.load_for_model in `--threads` threads into uint8 pixels, log1p targets), build (the
+read with shared.images.datasets.load_dataset, split with assign_splits salted as the job salts it, every image read and
+decoded with shared.images.imaging.load_for_model in `--threads` threads into uint8 pixels, log1p targets), build (the
 job's worker.training.models.build_model + compile_for_task "adam", seeded as the job is), fit (the job's tf.data
 pipeline, worker.training.fitting.make_dataset: shuffle, batch, scale per batch, prefetch; validation each epoch),
 evaluate (the holdout through worker.training.evaluate, as the job), save (model.save to `--out`).
@@ -45,9 +45,9 @@ def load_data(args, prep):
     """(train, validation, holdout) as (uint8 pixels, learned targets, raw targets), and the split sizes."""
     import numpy as np
 
-    from shared import targets as target_transforms
-    from shared.datasets import DatasetSpec, assign_splits, load_dataset
-    from shared.imaging import ImageError, load_for_model
+    from shared.images.datasets import DatasetSpec, assign_splits, load_dataset
+    from shared.images.imaging import ImageError, load_for_model
+    from shared.models import targets as target_transforms
 
     spec = DatasetSpec(path=args.manifest, image_column="image", id_column="id", target_columns=["pageviews"])
     frame = load_dataset(tuple(Path(r) for r in args.roots.split(os.pathsep)), spec)
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     tf = configure_tensorflow()
     import keras
 
-    from shared.imaging import Preprocessing
+    from shared.images.imaging import Preprocessing
     from worker.training import evaluate, fitting
     from worker.training import models as m
 

@@ -1,12 +1,12 @@
 """The three models score_throughput.py compares, and their registration through the public registry.
 
-  demo_vgg   shared.architectures.vgg_regressor(60): the demo-size VGG (width 16), ~0.07 GFLOP per image;
+  demo_vgg   shared.models.architectures.vgg_regressor(60): the demo-size VGG (width 16), ~0.07 GFLOP per image;
   seed_vgg   the same builder at full width, vgg_regressor(60, width=72): ~1.36 GFLOP per image, the size of
              the page-view seed model;
   mobilenet  keras.applications.MobileNetV3Small(weights=None, 224x224, include_top=False, pooling="avg",
              include_preprocessing=False) + Dense(1): ~0.11 GFLOP per image, but many small layers.
 
-Pixel scaling is part of each model's registry Signature (shared.imaging.Preprocessing.pixel_scale): the VGGs
+Pixel scaling is part of each model's registry Signature (shared.images.imaging.Preprocessing.pixel_scale): the VGGs
 take "unit" ([0, 1], as vgg_regressor documents); the MobileNet is built without its own rescaling layer and
 takes "symmetric" ([-1, 1], the range its include_preprocessing layer would produce). Every column of the
 benchmark scales pixels this way. Weights are random (seeded): nothing is downloaded, and speed does not
@@ -34,11 +34,11 @@ class ModelSpec:
         import keras
 
         if self.key == "demo_vgg":
-            from shared.architectures import vgg_regressor
+            from shared.models.architectures import vgg_regressor
 
             return vgg_regressor(self.input_size)
         if self.key == "seed_vgg":
-            from shared.architectures import vgg_regressor
+            from shared.models.architectures import vgg_regressor
 
             return vgg_regressor(self.input_size, width=72)
         keras.utils.set_random_seed(0)
@@ -94,10 +94,10 @@ def build_and_save(spec: ModelSpec, folder: Path):
 
 def register(spec: ModelSpec, path: Path, targets: list[tuple[str, Path]]) -> list:
     """Import the file as spec.name (promoted to production) into each (database URL, model store) of
-    `targets`, as register_model did for one; the file is inspected once (shared.model_registry.inspect_file)
+    `targets`, as register_model did for one; the file is inspected once (shared.services.model_registry.inspect_file)
     and its shapes passed to every import. Returns the ModelVersion rows (expunged), in `targets` order."""
-    from shared import model_registry as registry
-    from shared.db import session_scope
+    from shared.core.db import session_scope
+    from shared.services import model_registry as registry
 
     shapes = registry.inspect_file(path)
     versions = []

@@ -115,7 +115,7 @@ class Backend:
             log(f"warning: could not flush {self.redis_url}: {exc}")
         if self.created:
             try:
-                from shared.db import engine
+                from shared.core.db import engine
 
                 engine().dispose()  # close this process's pooled connections
             except Exception:
@@ -157,12 +157,12 @@ class BenchRun:
         self.ok = False
 
     def setup_backend(self):
-        """Create the database (or not, embedded), migrate it; returns shared.config.get_settings()."""
+        """Create the database (or not, embedded), migrate it; returns shared.core.config.get_settings()."""
         self.backend.setup()
         os.environ.update(self.backend.env)
-        from shared.config import ensure_dirs, get_settings
-        from shared.db import configure
-        from shared.migrate import upgrade
+        from shared.core.config import ensure_dirs, get_settings
+        from shared.core.db import configure
+        from shared.core.migrate import upgrade
 
         s = get_settings()
         CATALOG_DIR.parent.mkdir(parents=True, exist_ok=True)
@@ -189,7 +189,7 @@ class BenchRun:
     def start_stack(self):
         """`imgq serve` + `imgq worker --cpu` on the environment already in os.environ.
         Returns (the LocalStack, its requests.Session carrying an admin token, the perf_counter before the start)."""
-        from shared.local_stack import LocalStack
+        from shared.tools.local_stack import LocalStack
 
         self.stack = LocalStack({}, self.home / "logs")
         t0 = time.perf_counter()
@@ -240,7 +240,7 @@ def ensure_catalog(n: int) -> Path:
     write_catalog draws image i from one seeded stream, so the first k images of any catalog are the
     same: a bigger catalog serves every smaller run through a subset manifest.
     """
-    from shared.synthetic import write_catalog
+    from shared.images.synthetic import write_catalog
 
     marker = CATALOG_DIR / "catalog.json"
     have = 0

@@ -1,4 +1,4 @@
-"""Decode + resize speed of JPEG photos: shared.imaging.load_for_model with Pillow alone and with its fast
+"""Decode + resize speed of JPEG photos: shared.images.imaging.load_for_model with Pillow alone and with its fast
 JPEG path (simplejpeg), against a bare simplejpeg + preprocess loop and TensorFlow's decoder.
 
 Usage: .venv/bin/python benchmarks/decode_speed.py [--images 300] [--repeats 3] [--no-tf] [--quick]
@@ -97,13 +97,13 @@ def make_jpegs(n: int, seed: int = 0) -> list[dict]:
 
 
 def pillow_decoder(prep):
-    from shared.imaging import load_for_model
+    from shared.images.imaging import load_for_model
 
     return lambda photo: load_for_model(photo["data"], prep, max_pixels=MAX_PIXELS, fast_jpeg=False)[0]
 
 
 def fast_decoder(prep):
-    from shared.imaging import load_for_model
+    from shared.images.imaging import load_for_model
 
     return lambda photo: load_for_model(photo["data"], prep, max_pixels=MAX_PIXELS, fast_jpeg=True)[0]
 
@@ -118,7 +118,7 @@ def bare_simplejpeg_decoder(prep):
     import simplejpeg
     from PIL import Image
 
-    from shared.imaging import preprocess
+    from shared.images.imaging import preprocess
 
     side = max(prep.width, prep.height)
 
@@ -160,7 +160,7 @@ def decoders(use_tf: bool) -> dict:
 
 def agreement(photos: list[dict], use_tf: bool) -> dict:
     """Fast path vs Pillow path (inputs and Geometry) for every photo and target; TF vs Pillow for scale."""
-    from shared.imaging import Preprocessing, decoder_counts, load_for_model
+    from shared.images.imaging import Preprocessing, decoder_counts, load_for_model
 
     before = decoder_counts()
     worst, identical, geometry_equal, total, tf_worst = 0.0, 0, 0, 0, 0.0
@@ -214,7 +214,7 @@ def rates(runs: dict, photos: list[dict], threads: int, repeats: int) -> dict:
 
 
 def speed(photos: list[dict], names: dict, thread_counts: list[int], repeats: int) -> list[dict]:
-    from shared.imaging import Preprocessing
+    from shared.images.imaging import Preprocessing
 
     rows = []
     for side, mode in TARGETS:
@@ -258,7 +258,7 @@ class GilHog:
 
 
 def gil_contention(photos: list[dict], names: dict, repeats: int) -> dict:
-    from shared.imaging import Preprocessing
+    from shared.images.imaging import Preprocessing
 
     prep = Preprocessing(224, 224)
     with GilHog() as alone:

@@ -1,7 +1,7 @@
 """The naive one-task-per-image Celery set-up score_throughput.py compares imgq with: what a user who "just
 puts the model behind Celery" writes. A tiny Celery app on Redis (broker and result backend on one database
 number, NAIVE_CELERY_URL); its task loads the model once per process (a module-level cache) and scores one
-image with Pillow (shared.imaging.load_for_model) + keras `model.predict(x[None])`.
+image with Pillow (shared.images.imaging.load_for_model) + keras `model.predict(x[None])`.
 
 The worker is a fresh `celery -A naive_celery worker -P solo -c 1` process started by NaiveCelery; the client
 submits one task per image and waits for every result.
@@ -39,7 +39,7 @@ def _model(path: str):
 
 @app.task(name="naive.score")
 def score(image_path: str, model_path: str, size: int, pixel_scale: str) -> float:
-    from shared.imaging import Preprocessing, load_for_model
+    from shared.images.imaging import Preprocessing, load_for_model
 
     x, _ = load_for_model(Path(image_path).read_bytes(), Preprocessing(size, size, pixel_scale=pixel_scale),
                           max_pixels=40_000_000)

@@ -80,7 +80,7 @@ class PhaseCpu:
     def backend_cpu_s() -> dict[int, float]:
         from sqlalchemy import text
 
-        from shared.db import session_scope
+        from shared.core.db import session_scope
 
         with session_scope() as s:
             if s.get_bind().dialect.name != "postgresql":

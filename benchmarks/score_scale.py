@@ -3,7 +3,7 @@
 scale").
 
 One run, on this machine, with `imgq serve` + `imgq worker --cpu` (LocalStack) and the demo-size model
-(shared.architectures.vgg_regressor(60), untrained, imported through shared.model_registry), every job a
+(shared.models.architectures.vgg_regressor(60), untrained, imported through shared.services.model_registry), every job a
 manifest submitted over HTTP with "cache": false:
 
   (a) a small job (default 5,000 items) and a large one (default 100,000): images/s end to end (POST ->
@@ -135,8 +135,8 @@ def chunk_spans(job_id: str) -> list[tuple[float, float, int]]:
     """(started_at, finished_at, item_count) of the job's finished chunks, by started_at."""
     from sqlalchemy import select
 
-    from shared.db import session_scope
-    from shared.tables import Chunk
+    from shared.core.db import session_scope
+    from shared.core.tables import Chunk
 
     with session_scope() as s:
         rows = s.execute(select(Chunk.started_at, Chunk.finished_at, Chunk.item_count)
@@ -206,7 +206,7 @@ def relation_sizes(session, table: str) -> dict:
 def table_sizes() -> dict:
     """Each table's size, and scaled to a million results (PostgreSQL only). score_cache grows with distinct
     images, not with results: it is scaled by its own rows (one per result when every image differs)."""
-    from shared.db import session_scope
+    from shared.core.db import session_scope
 
     with session_scope() as s:
         if s.get_bind().dialect.name != "postgresql":

@@ -1,4 +1,4 @@
-"""imgq's own measurements for score_throughput.py, on running stacks (shared.local_stack.LocalStack):
+"""imgq's own measurements for score_throughput.py, on running stacks (shared.tools.local_stack.LocalStack):
 
   run_job      one score job submitted over HTTP (cache off), timed from the POST to the job's finished_at,
                with where its time went from the chunk rows (before the first chunk, inside, between, after);
@@ -23,7 +23,7 @@ from common import child_pids, log, parse_ts, wait_final
 @dataclass
 class Stack:
     label: str  # "postgres" | "embedded"
-    local: object  # shared.local_stack.LocalStack
+    local: object  # shared.tools.local_stack.LocalStack
     db_url: str
 
     @property
@@ -40,8 +40,8 @@ def prepare_embedded(home: Path):
     """Settings of an embedded installation in `home`, its folders made and its SQLite database migrated."""
     import os
 
-    from shared.config import ensure_dirs, load_settings
-    from shared.migrate import upgrade
+    from shared.core.config import ensure_dirs, load_settings
+    from shared.core.migrate import upgrade
 
     s = load_settings({**os.environ, **embedded_env(home)})
     ensure_dirs(s)
@@ -50,7 +50,7 @@ def prepare_embedded(home: Path):
 
 
 def start_stack(label: str, env: dict, home: Path, db_url: str) -> Stack:
-    from shared.local_stack import LocalStack
+    from shared.tools.local_stack import LocalStack
 
     local = LocalStack(env, home / "logs")
     local.start(timeout=180)
@@ -77,8 +77,8 @@ def _utc(t) -> float | None:
 def last_result_at(db_url: str, job_id: str) -> float | None:
     from sqlalchemy import func, select
 
-    from shared.db import session_scope
-    from shared.tables import Result
+    from shared.core.db import session_scope
+    from shared.core.tables import Result
 
     with session_scope(db_url) as s:
         return _utc(s.scalar(select(func.max(Result.created_at)).where(Result.job_id == job_id)))
@@ -89,8 +89,8 @@ def chunk_breakdown(db_url: str, job_id: str, t_submit: float, finished: float |
     chunks, between chunks (queue + claim), and from the last chunk to the job's finished_at."""
     from sqlalchemy import select
 
-    from shared.db import session_scope
-    from shared.tables import Chunk
+    from shared.core.db import session_scope
+    from shared.core.tables import Chunk
 
     with session_scope(db_url) as s:
         spans = sorted((_utc(a), _utc(b)) for a, b in s.execute(

@@ -3,9 +3,9 @@
 
 One run compares, on this machine, the same photo-like JPEGs (about 600x800, benchmarks/photo_catalog.py)
 scored by three models (benchmarks/bench_models.py: the demo VGG, a seed-size VGG of ~1.36 GFLOP per image
-and MobileNetV3Small at 224x224), each registered through shared.model_registry:
+and MobileNetV3Small at 224x224), each registered through shared.services.model_registry:
 
-  naive     the naive loop: per image Pillow decode (shared.imaging.load_for_model) + keras
+  naive     the naive loop: per image Pillow decode (shared.images.imaging.load_for_model) + keras
             `model.predict(x[None])`, in this process, on a subset;
   celery    a naive one-task-per-image Celery set-up (benchmarks/naive_celery.py: one solo worker process
             that loads the model once and scores one image per task), one task per image, on a subset;

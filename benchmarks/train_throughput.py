@@ -148,8 +148,8 @@ def epoch_created_at(job_id: str) -> dict[int, float]:
     """When each epoch's metrics row was written (TrainMetric.created_at), for the wall-time breakdown."""
     from sqlalchemy import select
 
-    from shared.db import session_scope
-    from shared.tables import TrainMetric
+    from shared.core.db import session_scope
+    from shared.core.tables import TrainMetric
 
     with session_scope() as s:
         return {e: parse_ts(t) for e, t in s.execute(
@@ -253,7 +253,7 @@ def bare_fit(manifest_rel: str, args, s, with_batch_hook: bool = True) -> dict:
     configure_tensorflow()
     import keras
 
-    from shared.train_spec import TrainRequest
+    from shared.services.train_spec import TrainRequest
     from worker.training import data as training_data
     from worker.training import fitting
     from worker.training.run import preprocessing_for

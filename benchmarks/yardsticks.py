@@ -9,9 +9,9 @@
                  starts (the imgq worker has the model warm from a warm-up job too). Its resize does not
                  antialias (as a plain script would not), so its scores differ somewhat from imgq's Pillow path;
                  only the speed is compared.
-  naive_loop     per image: shared.imaging.load_for_model (Pillow) + keras `model.predict(x[None])`.
+  naive_loop     per image: shared.images.imaging.load_for_model (Pillow) + keras `model.predict(x[None])`.
   model_alone    worker.model_cache.LoadedModel.predict (the worker's tf.function) on pre-decoded batches.
-  decode_alone   shared.imaging.load_for_model over bytes already in memory, in a thread pool of the worker's
+  decode_alone   shared.images.imaging.load_for_model over bytes already in memory, in a thread pool of the worker's
                  decode thread count.
   score_items    worker.scoring.score_items in this process with no database and no queue (no-op writes):
                  imgq's pipeline without the job machinery around it.
@@ -90,7 +90,7 @@ def tfdata_script(infer, ids: list[str], paths: list[Path], size: int, pixel_sca
 
 
 def naive_loop(model, paths: list[Path], prep, max_pixels: int) -> dict:
-    from shared.imaging import load_for_model
+    from shared.images.imaging import load_for_model
 
     def one(path):
         x, _ = load_for_model(path.read_bytes(), prep, max_pixels=max_pixels)
@@ -107,7 +107,7 @@ def naive_loop(model, paths: list[Path], prep, max_pixels: int) -> dict:
 
 def decode_alone(blobs: list[bytes], prep, threads: int, max_pixels: int) -> tuple[dict, list]:
     """Images/s of load_for_model over `blobs` in `threads` threads; also returns the arrays."""
-    from shared.imaging import load_for_model
+    from shared.images.imaging import load_for_model
 
     def one(data):
         return load_for_model(data, prep, max_pixels=max_pixels)[0]

@@ -1,9 +1,9 @@
 """Alembic environment: the database URL comes from imgq's settings unless the caller set one."""
 from alembic import context
 
-from shared.config import get_settings
-from shared.db import engine_for
-from shared.tables import Base
+from shared.core.config import get_settings
+from shared.core.db import engine_for
+from shared.core.tables import Base
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url") or get_settings().database_url

@@ -26,7 +26,7 @@ def pg_url():
     """A fresh, empty PostgreSQL database for one test."""
     url = create_pg_database()
     yield url
-    from shared.db import engine_for
+    from shared.core.db import engine_for
 
     engine_for(url).dispose()
     drop_pg_database(url)
@@ -40,7 +40,7 @@ def sqlite_url(tmp_path):
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(request, tmp_path):
     """The same test on the embedded SQLite database and on a fresh PostgreSQL database, migrated."""
-    from shared.migrate import upgrade
+    from shared.core.migrate import upgrade
 
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'imgq.db'}"
@@ -50,7 +50,7 @@ def db_url(request, tmp_path):
     url = create_pg_database()
     upgrade(url)
     yield url
-    from shared.db import engine_for
+    from shared.core.db import engine_for
 
     engine_for(url).dispose()
     drop_pg_database(url)
@@ -61,8 +61,8 @@ def configured(monkeypatch, tmp_path, db_url):
     """Settings pointed at `db_url` and temporary folders, configured as an entry point would (folders, database,
     Celery app on the embedded broker); the environment says the same, for code under test that reads it
     (the CLI). Returns the Settings."""
-    from shared import celery_app, db
-    from shared.config import ensure_dirs, get_settings
+    from shared.core import celery_app, db
+    from shared.core.config import ensure_dirs, get_settings
 
     monkeypatch.setenv("IMGQ_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DATABASE_URL", db_url)
@@ -115,7 +115,7 @@ def pg_stack(tmp_path_factory):
     """Web front and a Celery worker as real processes on PostgreSQL and Redis."""
     import redis
 
-    from shared.migrate import upgrade
+    from shared.core.migrate import upgrade
 
     url = create_pg_database()
     upgrade(url)
@@ -128,7 +128,7 @@ def pg_stack(tmp_path_factory):
     stack.start()
     yield stack
     stack.stop()
-    from shared.db import engine_for
+    from shared.core.db import engine_for
 
     engine_for(url).dispose()
     drop_pg_database(url)
@@ -162,3 +162,11 @@ def digits(pg_stack):
     frame.iloc[:900].to_csv(folder / "first-night.csv", index=False)
     frame.to_csv(folder / "all.csv", index=False)
     return folder
+
+
+def pytest_collection_modifyitems(items):
+    """Everything under tests/integration/ talks to real servers or processes: mark it so `-m "not integration"`
+    runs the unit tests alone (seconds, no servers)."""
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)

@@ -72,7 +72,7 @@ STACK_ENV = {
 
 def make_stack(tmp: Path, extra: dict):
     """A LocalStack (not started) with the tests' small chunks and short timeouts, in `tmp`."""
-    from shared.local_stack import LocalStack
+    from shared.tools.local_stack import LocalStack
 
     env = {**STACK_ENV, "IMGQ_HOME": str(tmp / "home"), "IMGQ_DATA_ROOTS": str(tmp / "data"), **extra}
     for key in ("DATABASE_URL", "BROKER_URL"):
@@ -103,7 +103,7 @@ def expected_scores(model_file: Path, paths: list[Path], size: int = 32, transfo
     """What model.predict says on the same preprocessed tensors, in target units."""
     import keras
 
-    from shared.imaging import Preprocessing, load_for_model
+    from shared.images.imaging import Preprocessing, load_for_model
 
     model = keras.models.load_model(model_file)
     x = np.stack([load_for_model(p.read_bytes(), Preprocessing(size, size), max_pixels=10**8)[0] for p in paths])
@@ -113,8 +113,8 @@ def expected_scores(model_file: Path, paths: list[Path], size: int = 32, transfo
 def authorized_client(app, scopes: str = "admin", name: str = "test-client"):
     """app.test_client() that sends a fresh API token with the given scopes on every request; the database of
     the app's settings must be migrated."""
-    from shared import tokens
-    from shared.db import session_scope
+    from shared.core.db import session_scope
+    from shared.services import tokens
 
     with session_scope() as session:
         _, secret = tokens.create_token(session, name, scopes)

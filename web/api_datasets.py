@@ -6,8 +6,8 @@ from typing import Annotated
 from flask import Blueprint, current_app, jsonify, request
 from pydantic import Field, StringConstraints
 
-from shared.datasets import DatasetSpec, check_dataset
-from shared.errors import InvalidRequest
+from shared.core.errors import InvalidRequest
+from shared.images.datasets import DatasetSpec, check_dataset
 from web.http import json_object
 
 bp = Blueprint("datasets", __name__, url_prefix="/api/v1/datasets")

@@ -5,11 +5,11 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
-from shared import jobs, submission, train_jobs
-from shared.db import session_scope
-from shared.errors import InvalidRequest
-from shared.states import JobKind
-from shared.train_spec import TrainRequest
+from shared.core.db import session_scope
+from shared.core.errors import InvalidRequest
+from shared.core.states import JobKind
+from shared.services import jobs, submission, train_jobs
+from shared.services.train_spec import TrainRequest
 from web.auth import caller
 from web.http import created as created_response
 from web.http import form_fields, json_object, refuse_nul

@@ -1,4 +1,4 @@
-"""HTTP endpoints for the model registry. Names in the URL are checked by the registry (shared/names.py)."""
+"""HTTP endpoints for the model registry. Names in the URL are checked by the registry (shared/core/names.py)."""
 from __future__ import annotations
 
 import json
@@ -6,9 +6,9 @@ import os
 
 from flask import Blueprint, current_app, jsonify, request
 
-from shared import model_registry as registry
-from shared.db import session_scope
-from shared.errors import InvalidRequest
+from shared.core.db import session_scope
+from shared.core.errors import InvalidRequest
+from shared.services import model_registry as registry
 from web.auth import caller
 from web.http import check_tree, created, form_fields, json_object, refuse_nul
 from web.schemas import AliasRequest, ModelImportForm

@@ -6,14 +6,13 @@ import json
 from flask import Blueprint, jsonify
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-import shared.schedules
-from shared import submission, train_jobs
-from shared.db import session_scope
-from shared.names import Name
+from shared.core.db import session_scope
+from shared.core.names import Name
+from shared.services import schedules, submission, train_jobs
 from web.http import created, json_object
 
-sweeps = Blueprint("sweeps", __name__, url_prefix="/api/v1/sweeps")
-schedules = Blueprint("schedules", __name__, url_prefix="/api/v1/schedules")
+sweeps_bp = Blueprint("sweeps", __name__, url_prefix="/api/v1/sweeps")
+schedules_bp = Blueprint("schedules", __name__, url_prefix="/api/v1/schedules")
 
 
 MAX_SWEEP_BYTES = 256 * 1024  # a train request is under a kilobyte; each of up to 64 jobs stores a copy
@@ -48,53 +47,53 @@ class ScheduleUpdate(BaseModel):
     enabled: bool
 
 
-@sweeps.post("")
+@sweeps_bp.post("")
 def create_sweep():
     req = SweepRequest.model_validate(json_object())
     body = submission.submit_sweep(req.base, req.grid)
     return created(body, f"/api/v1/sweeps/{body['id']}", 202)
 
 
-@sweeps.get("/<sweep_id>")
+@sweeps_bp.get("/<sweep_id>")
 def get_sweep(sweep_id: str):
     with session_scope() as session:
         return jsonify(train_jobs.sweep_json(session, sweep_id))
 
 
-@schedules.post("")
+@schedules_bp.post("")
 def create_schedule():
     req = ScheduleRequest.model_validate(json_object())
     with session_scope() as session:
-        row = shared.schedules.create_schedule(session, name=req.name, cron=req.cron, timezone_name=req.timezone,
+        row = schedules.create_schedule(session, name=req.name, cron=req.cron, timezone_name=req.timezone,
                                                model_name=req.model, train=req.train, gate=req.gate,
                                                enabled=req.enabled)
-        body = shared.schedules.schedule_json(session, row)
+        body = schedules.schedule_json(session, row)
     return created(body, f"/api/v1/schedules/{body['id']}")
 
 
-@schedules.get("")
+@schedules_bp.get("")
 def list_schedules():
     with session_scope() as session:
-        return jsonify({"schedules": [shared.schedules.schedule_json(session, row)
-                                      for row in shared.schedules.list_schedules(session)]})
+        return jsonify({"schedules": [schedules.schedule_json(session, row)
+                                      for row in schedules.list_schedules(session)]})
 
 
-@schedules.get("/<int:schedule_id>")
+@schedules_bp.get("/<int:schedule_id>")
 def get_schedule(schedule_id: int):
     with session_scope() as session:
-        return jsonify(shared.schedules.schedule_json(session, shared.schedules.get_schedule(session, schedule_id)))
+        return jsonify(schedules.schedule_json(session, schedules.get_schedule(session, schedule_id)))
 
 
-@schedules.patch("/<int:schedule_id>")
+@schedules_bp.patch("/<int:schedule_id>")
 def update_schedule(schedule_id: int):
     req = ScheduleUpdate.model_validate(json_object())
     with session_scope() as session:
-        row = shared.schedules.set_enabled(session, schedule_id, req.enabled)
-        return jsonify(shared.schedules.schedule_json(session, row))
+        row = schedules.set_enabled(session, schedule_id, req.enabled)
+        return jsonify(schedules.schedule_json(session, row))
 
 
-@schedules.delete("/<int:schedule_id>")
+@schedules_bp.delete("/<int:schedule_id>")
 def delete_schedule(schedule_id: int):
     with session_scope() as session:
-        shared.schedules.delete_schedule(session, schedule_id)
+        schedules.delete_schedule(session, schedule_id)
     return "", 204

@@ -5,9 +5,9 @@ from __future__ import annotations
 from flask import Flask, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from shared import celery_app, db, dispatch, liveness
-from shared.config import Settings, ensure_dirs
-from shared.db import session_scope
+from shared.core import celery_app, db, dispatch, liveness
+from shared.core.config import Settings, ensure_dirs
+from shared.core.db import session_scope
 from web import api_datasets, api_jobs, api_models, api_training, auth, errors, metrics, rate_limits, request_checks
 
 
@@ -26,8 +26,8 @@ def create_app(settings: Settings) -> Flask:
     app.register_blueprint(api_jobs.bp)
     app.register_blueprint(api_models.bp)
     app.register_blueprint(api_datasets.bp)
-    app.register_blueprint(api_training.sweeps)
-    app.register_blueprint(api_training.schedules)
+    app.register_blueprint(api_training.sweeps_bp)
+    app.register_blueprint(api_training.schedules_bp)
 
     @app.get("/healthz")
     def healthz():

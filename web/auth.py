@@ -11,9 +11,9 @@ import logging
 
 from flask import Flask, current_app, g, request
 
-from shared import tokens
-from shared.db import session_scope
-from shared.errors import Forbidden, Unauthorized
+from shared.core.db import session_scope
+from shared.core.errors import Forbidden, Unauthorized
+from shared.services import tokens
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ OPEN = {"healthz", "readyz", "static"}
 SCOPE_OF = {
     "jobs.create_score_job": "score",
     "jobs.create_train_job": "train",
-    "jobs.cancel_job": "read",  # and the job's own token, or admin: see shared.jobs.cancel_job
+    "jobs.cancel_job": "read",  # and the job's own token, or admin: see shared.services.jobs.cancel_job
     "jobs.list_jobs": "read",
     "jobs.get_job": "read",
     "jobs.get_results": "read",

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from werkzeug.exceptions import HTTPException, default_exceptions
 
-from shared.errors import ImgqError, TooManyRequests
+from shared.core.errors import ImgqError, TooManyRequests
 
 log = logging.getLogger(__name__)
 

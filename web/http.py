@@ -11,7 +11,7 @@ import json
 
 from flask import current_app, jsonify, request
 
-from shared.errors import InvalidRequest, RequestEntityTooLarge
+from shared.core.errors import InvalidRequest, RequestEntityTooLarge
 
 MAX_JSON_DEPTH = 64
 _BLOCK = 1 << 16

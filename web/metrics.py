@@ -4,8 +4,9 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from shared import jobs, liveness
-from shared.db import session_scope
+from shared.core import liveness
+from shared.core.db import session_scope
+from shared.services import jobs
 
 
 class QueueCollector:

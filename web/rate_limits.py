@@ -7,7 +7,7 @@ from flask import Flask, g, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
-from shared.config import Settings
+from shared.core.config import Settings
 
 UNLIMITED = {"healthz", "readyz", "prometheus_metrics"}
 

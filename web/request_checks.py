@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flask import Flask, request
 
-from shared.errors import InvalidRequest, RequestURITooLarge
+from shared.core.errors import InvalidRequest, RequestURITooLarge
 
 MAX_URL_BYTES = 4096
 

@@ -1,7 +1,7 @@
 """Request bodies, validated with pydantic (extra fields are refused, so typos are caught).
 
 Every string is bounded by its column (or by a small multiple of any sane value), every name follows
-shared/names.py, and every integer that reaches a column fits it.
+shared/core/names.py, and every integer that reaches a column fits it.
 """
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from shared.model_registry import MAX_VERSION
-from shared.names import ModelRef, Name
+from shared.core.names import ModelRef, Name
+from shared.services.model_registry import MAX_VERSION
 
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=500)]
 Column = Annotated[str, StringConstraints(min_length=1, max_length=200)]

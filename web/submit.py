@@ -1,5 +1,5 @@
 """The HTTP side of submitting a job: a score request's items (JSON items, a manifest, or uploaded files) and a
-model upload, turned into a call to shared/submission.py (which commits, enqueues and describes).
+model upload, turned into a call to shared/services/submission.py (which commits, enqueues and describes).
 
 Uploaded files are streamed to disk before the job is committed (workers read them there); when the submission
 commits nothing (an error, or a repeated Idempotency-Key), they are removed again.
@@ -15,12 +15,12 @@ from pathlib import Path
 from werkzeug.datastructures import FileStorage
 from werkzeug.utils import secure_filename
 
-from shared import model_imports, submission
-from shared.config import Settings
-from shared.errors import InvalidRequest
-from shared.manifests import iter_manifest
-from shared.model_registry import Signature
-from shared.paths import OutsideDataRoots, path_inside, resolve_inside
+from shared.core.config import Settings
+from shared.core.errors import InvalidRequest
+from shared.core.paths import OutsideDataRoots, path_inside, resolve_inside
+from shared.images.manifests import iter_manifest
+from shared.services import model_imports, submission
+from shared.services.model_registry import Signature
 from web.schemas import ScoreRequest
 
 

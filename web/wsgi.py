@@ -3,7 +3,7 @@ gunicorn worker. The web front's settings are read here, when gunicorn calls it;
 nothing."""
 from flask import Flask
 
-from shared.config import get_settings
+from shared.core.config import get_settings
 from web.app import create_app
 
 

@@ -18,9 +18,16 @@ from dataclasses import dataclass
 from sqlalchemy import case, func, select, text, update
 from sqlalchemy.orm import Session
 
-from shared.db import insert_ignoring_conflicts, is_postgres
-from shared.states import FINAL_JOB_STATUSES, TERMINAL_CHUNK_STATES, UNSENT_CHUNK_STATES, ChunkState, JobKind, JobStatus
-from shared.tables import Chunk, Job, JobItem, ModelVersion, Result, ScoreCache, utcnow
+from shared.core.db import insert_ignoring_conflicts, is_postgres
+from shared.core.states import (
+    FINAL_JOB_STATUSES,
+    TERMINAL_CHUNK_STATES,
+    UNSENT_CHUNK_STATES,
+    ChunkState,
+    JobKind,
+    JobStatus,
+)
+from shared.core.tables import Chunk, Job, JobItem, ModelVersion, Result, ScoreCache, utcnow
 
 POISON_DEATHS = 2  # deaths while an item was scored alone before that item is failed
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.imaging import Preprocessing
-from shared.model_inspect import load_keras_safely
-from shared.model_registry import sha256_file, signature_of
-from shared.tables import ModelVersion
+from shared.core.tables import ModelVersion
+from shared.images.imaging import Preprocessing
+from shared.models.model_inspect import load_keras_safely
+from shared.services.model_registry import sha256_file, signature_of
 
 log = logging.getLogger(__name__)
 

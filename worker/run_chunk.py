@@ -18,8 +18,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 
-from shared.config import Settings
-from shared.db import session_scope
+from shared.core.config import Settings
+from shared.core.db import session_scope
 from worker import chunk_lifecycle
 from worker.chunk_lifecycle import ClaimedChunk
 from worker.model_cache import ModelCache

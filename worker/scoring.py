@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.imaging import ImageError, load_for_model, read_and_hash
-from shared.outputs import interpret
-from shared.paths import OutsideDataRoots, resolve_inside
+from shared.core.paths import OutsideDataRoots, resolve_inside
+from shared.images.imaging import ImageError, load_for_model, read_and_hash
+from shared.models.outputs import interpret
 from worker.item_pool import ItemPool
 
 
@@ -41,7 +41,7 @@ class ScoreOptions:
     max_bytes: int
     threads: int
     use_cache: bool = True
-    fast_jpeg: bool = True  # JPEG pixels by simplejpeg (same result as Pillow, see shared/imaging.py)
+    fast_jpeg: bool = True  # JPEG pixels by simplejpeg (same result as Pillow, see shared/images/imaging.py)
     read_timeout: float = 30.0  # per item: a read that blocks longer becomes that item's error
     decode_timeout: float = 60.0
 

@@ -9,7 +9,7 @@
   so are chunks whose message a worker took and never started (it died in between);
 - train runs likewise;
 - import jobs committed but never sent, or sent over `requeue_after` ago and not final, are sent (again: the
-  import task skips a final job and finishes a job once, shared/model_imports.py); their staging files left
+  import task skips a final job and finishes a job once, shared/services/model_imports.py); their staging files left
   by a crash are removed after `orphan_upload_after`;
 - jobs whose chunks are all finished are closed;
 - upload folders of jobs finished over `upload_retention` ago, and folders no job owns (an upload cut
@@ -28,11 +28,11 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from shared import liveness, model_imports
-from shared.celery_app import SCORE_QUEUE, TRAIN_QUEUE
-from shared.config import Settings
-from shared.db import session_scope
-from shared.states import (
+from shared.core import liveness
+from shared.core.celery_app import SCORE_QUEUE, TRAIN_QUEUE
+from shared.core.config import Settings
+from shared.core.db import session_scope
+from shared.core.states import (
     FINAL_JOB_STATUSES,
     OPEN_JOB_STATUSES,
     TAKEN_CHUNK_STATES,
@@ -43,7 +43,8 @@ from shared.states import (
     JobKind,
     RunState,
 )
-from shared.tables import Chunk, Job, TrainRun, utcnow
+from shared.core.tables import Chunk, Job, TrainRun, utcnow
+from shared.services import model_imports
 from worker import chunk_lifecycle
 
 log = logging.getLogger(__name__)

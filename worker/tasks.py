@@ -1,9 +1,9 @@
-"""Celery tasks: thin wrappers over worker.run_chunk, worker.sweeper and shared.model_imports.
+"""Celery tasks: thin wrappers over worker.run_chunk, worker.sweeper and shared.services.model_imports.
 
 This module is imported by the worker's main process, which forks the pool: it must not
 import TensorFlow. Models are loaded in each pool process after the fork (worker_process_init).
 The tasks run with the Settings the worker's entry point configured the app with (`configured_settings`);
-their time limits come from there too (`shared.celery_app.configure`), never from an import.
+their time limits come from there too (`shared.core.celery_app.configure`), never from an import.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import time
 from celery.exceptions import Reject
 from celery.signals import task_received, worker_process_init
 
-from shared.celery_app import (
+from shared.core.celery_app import (
     IMPORT_MODEL_TASK,
     SCHEDULE_TICK_TASK,
     SCORE_CHUNK_TASK,
@@ -25,7 +25,7 @@ from shared.celery_app import (
     app,
     configured_settings,
 )
-from shared.dispatch import enqueue_chunks, enqueue_imports, enqueue_train, queue_depth
+from shared.core.dispatch import enqueue_chunks, enqueue_imports, enqueue_train, queue_depth
 
 log = logging.getLogger(__name__)
 _models = None
@@ -48,8 +48,8 @@ def _preload_production_models(**_):
     settings = configured_settings()
     if not settings.preload:
         return
-    from shared.db import session_scope
-    from shared.model_registry import production_versions
+    from shared.core.db import session_scope
+    from shared.services.model_registry import production_versions
 
     started = time.monotonic()
     try:
@@ -70,7 +70,7 @@ def _mark_delivered(request=None, **_):
     the task starts does not leave its chunk or training waiting for the broker's visibility timeout."""
     if request is None or request.name not in (SCORE_CHUNK_TASK, TRAIN_TASK):
         return
-    from shared.db import session_scope
+    from shared.core.db import session_scope
 
     worker = request.hostname or socket.gethostname()
     try:
@@ -84,7 +84,7 @@ def _mark_delivered(request=None, **_):
 
                 mark_delivered(session, *request.args, worker=worker)
     except Exception as exc:  # best effort: the sweeper's checks still cover a lost message
-        from shared.db import is_outage
+        from shared.core.db import is_outage
 
         if not is_outage(exc):
             log.exception("could not record the delivery of %s%s", request.name, request.args)
@@ -97,7 +97,7 @@ def requeue_on_outage(task):
     (after a pause, so an outage is not a busy loop) instead of being acknowledged as done."""
     @functools.wraps(task)
     def run(*args, **kwargs):
-        from shared.db import is_outage
+        from shared.core.db import is_outage
 
         try:
             return task(*args, **kwargs)
@@ -119,7 +119,7 @@ def score_chunk(self, job_id: str, chunk_no: int) -> str:
     return run_chunk(job_id, chunk_no, worker=worker, models=models(), settings=configured_settings())
 
 
-@app.task(name=TRAIN_TASK, bind=True)  # its time limits: task_annotations (shared.celery_app.configure)
+@app.task(name=TRAIN_TASK, bind=True)  # its time limits: task_annotations (shared.core.celery_app.configure)
 @requeue_on_outage
 def train(self, job_id: str) -> str:
     from worker.training.supervise import run_train_job
@@ -132,14 +132,14 @@ def train(self, job_id: str) -> str:
 @requeue_on_outage
 def import_model(self, job_id: str) -> str:
     """On the maintenance queue: the file is inspected in a subprocess, so this process loads no TensorFlow."""
-    from shared.model_imports import run_import
+    from shared.services.model_imports import run_import
 
     return run_import(job_id, configured_settings())
 
 
 @app.task(name=SWEEP_TASK)
 def sweep() -> dict | None:
-    from shared.db import is_outage
+    from shared.core.db import is_outage
     from worker.sweeper import sweep as run_sweep
 
     settings = configured_settings()
@@ -155,6 +155,6 @@ def sweep() -> dict | None:
 
 @app.task(name=SCHEDULE_TICK_TASK)
 def schedule_tick() -> dict:
-    from shared.schedules import dispatch_due
+    from shared.services.schedules import dispatch_due
 
     return dispatch_due(enqueue_train)

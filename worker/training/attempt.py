@@ -16,8 +16,8 @@ import os
 import threading
 from pathlib import Path
 
-from shared.db import retry_on_outage, session_scope
-from shared.states import JobStatus
+from shared.core.db import retry_on_outage, session_scope
+from shared.core.states import JobStatus
 from worker.training import lifecycle
 
 log = logging.getLogger(__name__)

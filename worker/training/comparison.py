@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.db import session_scope
-from shared.errors import NotFound
-from shared.imaging import Preprocessing
-from shared.model_inspect import load_keras_safely
-from shared.model_registry import resolve
-from shared.tables import ModelVersion
-from shared.train_spec import TrainRequest
+from shared.core.db import session_scope
+from shared.core.errors import NotFound
+from shared.core.tables import ModelVersion
+from shared.images.imaging import Preprocessing
+from shared.models.model_inspect import load_keras_safely
+from shared.services.model_registry import resolve
+from shared.services.train_spec import TrainRequest
 from worker.training import evaluate
 from worker.training.data import TrainingData
 
 
 def signature_of(task: str, prep: Preprocessing, data: TrainingData) -> dict:
-    """What the new version takes and gives (shared.model_registry.Signature's fields)."""
+    """What the new version takes and gives (shared.services.model_registry.Signature's fields)."""
     return {"task": task, "input_height": prep.height, "input_width": prep.width, "resize_mode": prep.resize_mode,
             "pixel_scale": prep.pixel_scale, "class_names": data.class_names, "output_names": data.output_names,
             "target_transform": data.target_transform}

@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from shared import targets as target_transforms
-from shared.config import Settings
-from shared.datasets import DatasetSpec, assign_splits, load_dataset
-from shared.image_cache import DecodedImageCache
-from shared.imaging import Preprocessing
-from shared.train_spec import DatasetRef, TrainRequest
+from shared.core.config import Settings
+from shared.images.datasets import DatasetSpec, assign_splits, load_dataset
+from shared.images.image_cache import DecodedImageCache
+from shared.images.imaging import Preprocessing
+from shared.models import targets as target_transforms
+from shared.services.train_spec import DatasetRef, TrainRequest
 
 
 class DataError(ValueError):

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared import targets as target_transforms
-from shared.imaging import scale_pixels
+from shared.images.imaging import scale_pixels
+from shared.models import targets as target_transforms
 
 LOWER_IS_BETTER = {"mae": True, "rmse": True, "pixel_error": True, "log_loss": True, "accuracy": False, "r2": False}
 

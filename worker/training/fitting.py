@@ -18,13 +18,13 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from shared.config import Settings
-from shared.errors import ImgqError
-from shared.imaging import Preprocessing
-from shared.model_inspect import load_keras_safely
-from shared.paths import OutsideDataRoots, resolve_inside
-from shared.train_spec import TrainRequest
-from shared.vocab import PIXEL_SCALE_MAPS
+from shared.core.config import Settings
+from shared.core.errors import ImgqError
+from shared.core.paths import OutsideDataRoots, resolve_inside
+from shared.core.vocab import PIXEL_SCALE_MAPS
+from shared.images.imaging import Preprocessing
+from shared.models.model_inspect import load_keras_safely
+from shared.services.train_spec import TrainRequest
 from worker.training import models
 from worker.training.data import TrainingData
 

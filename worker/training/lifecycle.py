@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import delete, select, true, update
 from sqlalchemy.orm import Session
 
-from shared.states import (
+from shared.core.states import (
     FINAL_JOB_STATUSES,
     TAKEN_RUN_STATES,
     TERMINAL_RUN_STATES,
@@ -17,7 +17,7 @@ from shared.states import (
     JobStatus,
     RunState,
 )
-from shared.tables import Job, TrainMetric, TrainRun, utcnow
+from shared.core.tables import Job, TrainMetric, TrainRun, utcnow
 from worker.chunk_lifecycle import lock_job
 
 

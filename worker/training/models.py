@@ -31,7 +31,7 @@ Model layout
 ------------
 ``image`` (Input) -> ``preprocess`` (optional) -> ``backbone`` (a nested ``keras.Model``)
 -> ``head_dropout`` (Dropout) -> ``output`` (Dense, float32). Freezing addresses the nested
-``backbone``; for flat models (e.g. :func:`shared.architectures.vgg_regressor` files given to
+``backbone``; for flat models (e.g. :func:`shared.models.architectures.vgg_regressor` files given to
 :func:`head_for_existing`) the backbone is every layer that is not the input, ``preprocess*`` or the
 head (the output layer and the Dropout feeding it).
 """
@@ -46,8 +46,8 @@ import keras
 import numpy as np
 from keras import layers
 
-from shared.architectures import vgg_trunk
-from shared.vocab import ARCHITECTURES, PIXEL_SCALE_MAPS, PIXEL_SCALES, TASKS
+from shared.core.vocab import ARCHITECTURES, PIXEL_SCALE_MAPS, PIXEL_SCALES, TASKS
+from shared.models.architectures import vgg_trunk
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam", "adagrad")
 SCHEDULES = ("constant", "cosine", "step", "exponential")
@@ -67,7 +67,7 @@ _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 # what each backbone wants, as an affine map of raw 0..255 pixels: (scale, offset); "caffe" is special
 _BACKBONE_INPUT = {"vgg": (1 / 255.0, 0.0), "mobilenet_v3_small": (1.0, 0.0), "mobilenet_v3_large": (1.0, 0.0),
                    "efficientnet_b0": (1.0, 0.0), "resnet50": "caffe", "xception": (1 / 127.5, -1.0)}
-# raw = scale * x + offset, for x in each pixel scale: the inverse of shared.vocab.PIXEL_SCALE_MAPS
+# raw = scale * x + offset, for x in each pixel scale: the inverse of shared.core.vocab.PIXEL_SCALE_MAPS
 _TO_RAW = {name: (divisor, 0.0 - offset * divisor) for name, (divisor, offset) in PIXEL_SCALE_MAPS.items()}
 
 
@@ -125,7 +125,7 @@ def _input_hw(architecture: str, input_size) -> tuple[int, int]:
 
 
 def _vgg_backbone(h: int, w: int, width: int) -> keras.Model:
-    """The trunk of shared.architectures.vgg_regressor (same layer names, so its files transfer)."""
+    """The trunk of shared.models.architectures.vgg_regressor (same layer names, so its files transfer)."""
     inputs = keras.Input((h, w, 3), name="backbone_input")
     return keras.Model(inputs, vgg_trunk(inputs, width), name=BACKBONE_NAME)
 
@@ -238,7 +238,7 @@ def _match_by_name(target: list, source_layers: list) -> str | None:
 
 
 def _load_from_keras_file(backbone: keras.Model, path: str) -> None:
-    from shared.model_inspect import load_keras_safely
+    from shared.models.model_inspect import load_keras_safely
 
     source = load_keras_safely(path)  # ValueError with a clear message on failure
     target = _weighted(backbone)

@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from shared import db
-from shared.config import Settings, get_settings
-from shared.db import session_scope
-from shared.errors import ImgqError
-from shared.imaging import Preprocessing
-from shared.paths import path_inside
-from shared.tables import Job, ModelVersion
-from shared.train_spec import TrainRequest
+from shared.core import db
+from shared.core.config import Settings, get_settings
+from shared.core.db import session_scope
+from shared.core.errors import ImgqError
+from shared.core.paths import path_inside
+from shared.core.tables import Job, ModelVersion
+from shared.images.imaging import Preprocessing
+from shared.services.train_spec import TrainRequest
 from worker.device import configure_tensorflow
 from worker.training import data as training_data
 from worker.training import lifecycle

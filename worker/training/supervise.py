@@ -12,9 +12,9 @@ import subprocess
 import sys
 import time
 
-from shared.config import Settings
-from shared.db import session_scope
-from shared.paths import path_inside
+from shared.core.config import Settings
+from shared.core.db import session_scope
+from shared.core.paths import path_inside
 from worker.training import lifecycle as train_lifecycle
 
 log = logging.getLogger(__name__)

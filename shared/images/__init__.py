@@ -1,0 +1,1 @@
+"""Image bytes to model inputs, the decoded-image cache, manifests and training datasets."""

@@ -1,0 +1,179 @@
+"""Nightly fine-tunes: schedules in the database, driven by Celery beat through `dispatch_due`.
+
+Each slot (a time the cron expression names, in the schedule's time zone) becomes one row of
+schedule_runs, unique per (schedule, slot): two beat processes, a restart, or a retry can try the
+same slot, and only one insert wins. When slots were missed (beat was down), only the latest one
+runs: a missed night is caught up once, not many times.
+"""
+from __future__ import annotations
+
+import copy
+import string
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from functools import partial
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from shared.core import names
+from shared.core.db import get_or_404, session_scope
+from shared.core.errors import Conflict, ImgqError, InvalidRequest
+from shared.core.tables import MAX_INT32, Job, Schedule, ScheduleRun, utcnow
+from shared.services.submission import commit_and_send
+from shared.services.train_jobs import create_train_job
+from shared.services.train_spec import Gate, TrainRequest
+
+
+def validate_timing(cron: str, tz: str) -> None:
+    if not croniter.is_valid(cron):
+        raise InvalidRequest(f"not a valid cron expression: {cron!r}", field="cron")
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidRequest(f"unknown time zone {tz!r}", field="timezone") from None
+
+
+def _aware(t: datetime) -> datetime:
+    """A caller's `now`: naive means UTC."""
+    return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
+
+
+def latest_slot(cron: str, tz: str, now: datetime) -> datetime:
+    """The last time at or before `now` that the cron expression names, in UTC."""
+    local_now = _aware(now).astimezone(ZoneInfo(tz)) + timedelta(seconds=1)  # "at or before"
+    return croniter(cron, local_now).get_prev(datetime).astimezone(timezone.utc)
+
+
+def next_slot(cron: str, tz: str, now: datetime) -> datetime:
+    return croniter(cron, _aware(now).astimezone(ZoneInfo(tz))).get_next(datetime).astimezone(timezone.utc)
+
+
+def render_request(schedule: Schedule, slot: datetime, previous: datetime | None) -> TrainRequest:
+    """The schedule's train settings for one slot: {date} / {previous_date} in the dataset path are
+    the slot's local date (and the previous slot's), e.g. "crawl/{date:%Y-%m-%d}/items.csv"; with
+    "added_since_last_run", only manifests written since the previous slot are read."""
+    spec = copy.deepcopy(schedule.train)
+    local = slot.astimezone(ZoneInfo(schedule.timezone))
+    prev_local = (previous or slot).astimezone(ZoneInfo(schedule.timezone))
+    spec["model"] = schedule.model_name
+    spec["dataset"]["path"] = spec["dataset"]["path"].format(date=local, previous_date=prev_local)
+    if spec["dataset"].get("added_since_last_run") and previous is not None:
+        spec["dataset"]["added_since"] = previous.isoformat()
+    spec.setdefault("gate", schedule.gate)
+    return TrainRequest.model_validate(spec)
+
+
+def _check_path_pattern(path: str) -> None:
+    """Only {date:<strftime>} and {previous_date:<strftime>}: no attribute or index lookups, conversions or
+    nested fields (`{date.year:>999999999}` would build a gigabyte string each night)."""
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(path)
+                  if name is not None]
+    except ValueError as exc:
+        raise InvalidRequest(f"train.dataset.path has a bad pattern: {exc}", field="train.dataset.path") from None
+    for name, spec, conversion in fields:
+        if name not in ("date", "previous_date") or conversion or "{" in (spec or ""):
+            raise InvalidRequest("train.dataset.path may hold only {date:<strftime pattern>} and "
+                                 "{previous_date:<strftime pattern>}", field="train.dataset.path")
+
+
+def validate_schedule_train(train: dict, model_name: str) -> None:
+    spec = copy.deepcopy(train)
+    spec["model"] = model_name
+    dataset = spec.get("dataset")
+    if isinstance(dataset, dict) and isinstance(dataset.get("path"), str):  # anything else: TrainRequest says why
+        _check_path_pattern(dataset["path"])
+        try:
+            dataset["path"] = dataset["path"].format(date=utcnow(), previous_date=utcnow())
+        except (KeyError, ValueError, IndexError, TypeError) as exc:
+            raise InvalidRequest(f"train.dataset.path has a bad pattern: {exc}", field="train.dataset.path") from None
+    TrainRequest.model_validate(spec)
+
+
+def create_schedule(session: Session, *, name: str, cron: str, timezone_name: str, model_name: str, train: dict,
+                    gate: dict | None, enabled: bool = True) -> Schedule:
+    names.check_name(name, "name")
+    names.check_name(model_name, "model")
+    validate_timing(cron, timezone_name)
+    validate_schedule_train(train, model_name)
+    gate = Gate.model_validate(gate or {}).model_dump()
+    if session.scalar(select(Schedule.id).where(Schedule.name == name)) is not None:
+        raise Conflict(f"a schedule named {name!r} exists", field="name")
+    row = Schedule(name=name, cron=cron, timezone=timezone_name, model_name=model_name, train=train, gate=gate,
+                   enabled=enabled)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_schedule(session: Session, schedule_id: int) -> Schedule:
+    if not 1 <= schedule_id <= MAX_INT32:
+        raise InvalidRequest(f"schedule id must be from 1 to {MAX_INT32}", field="schedule_id")
+    return get_or_404(session, Schedule, schedule_id, "schedule")
+
+
+def list_schedules(session: Session, *, enabled_only: bool = False) -> list[Schedule]:
+    query = select(Schedule).order_by(Schedule.id)
+    return list(session.scalars(query.where(Schedule.enabled.is_(True)) if enabled_only else query))
+
+
+def set_enabled(session: Session, schedule_id: int, enabled: bool) -> Schedule:
+    row = get_schedule(session, schedule_id)
+    row.enabled = enabled
+    return row
+
+
+def delete_schedule(session: Session, schedule_id: int) -> None:
+    session.delete(get_schedule(session, schedule_id))
+
+
+def schedule_json(session: Session, row: Schedule, now: datetime | None = None) -> dict:
+    runs = session.scalars(select(ScheduleRun).where(ScheduleRun.schedule_id == row.id)
+                           .order_by(ScheduleRun.slot_at.desc()).limit(20))
+    return {"id": row.id, "name": row.name, "cron": row.cron, "timezone": row.timezone, "model": row.model_name,
+            "enabled": row.enabled, "train": row.train, "gate": row.gate,
+            "next_slot": next_slot(row.cron, row.timezone, now or utcnow()).isoformat(),
+            "runs": [{"slot": r.slot_at.isoformat(), "job_id": r.job_id, "decision": r.decision,
+                      "reason": r.reason} for r in runs]}
+
+
+def dispatch_due(enqueue_train: Callable[[list[str]], int], now: datetime | None = None) -> dict:
+    """Create the train job of every schedule whose latest slot has not run yet, each slot in a transaction of
+    its own, and send it once committed (shared.services.submission.commit_and_send)."""
+    now = now or utcnow()
+    created = sent = 0
+    with session_scope() as session:
+        due = list_schedules(session, enabled_only=True)
+    for sched in due:
+        slot = latest_slot(sched.cron, sched.timezone, now)
+        if slot < sched.created_at.replace(microsecond=0):
+            continue  # the schedule did not exist yet at that slot
+        try:
+            job_ids, n_sent = commit_and_send(partial(_take_slot, schedule=sched, slot=slot), enqueue_train)
+        except IntegrityError:
+            continue  # another beat took this slot
+        created, sent = created + len(job_ids), sent + n_sent
+    return {"created": created, "sent": sent}
+
+
+def _take_slot(session: Session, *, schedule: Schedule, slot: datetime) -> list[Job]:
+    """The slot's schedule_runs row and its train job, in the caller's transaction. [] when this slot (or a later
+    one) ran already, or when the slot's request cannot train: its run row then records why."""
+    previous = session.scalar(select(func.max(ScheduleRun.slot_at)).where(ScheduleRun.schedule_id == schedule.id))
+    if previous is not None and previous >= slot:
+        return []
+    run = ScheduleRun(schedule_id=schedule.id, slot_at=slot)
+    session.add(run)
+    session.flush()  # the unique (schedule, slot) row: the one place a slot is taken
+    try:
+        with session.begin_nested():
+            job = create_train_job(session, render_request(schedule, slot, previous), schedule_run_id=run.id)
+    except (ImgqError, ValueError) as exc:
+        run.decision, run.reason = "failed", getattr(exc, "message", None) or str(exc)
+        return []
+    run.job_id = job.id
+    return [job]

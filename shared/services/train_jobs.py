@@ -1,0 +1,127 @@
+"""Train jobs as the web front sees them: create, describe, metrics history, sweeps."""
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.core import names
+from shared.core.db import get_or_404
+from shared.core.errors import InvalidRequest
+from shared.core.states import JobKind, JobStatus, RunState
+from shared.core.tables import Job, ModelVersion, Sweep, TrainMetric, TrainRun
+from shared.services import model_registry
+from shared.services.quotas import check_active_jobs
+from shared.services.train_spec import TrainRequest
+
+
+def create_train_job(session: Session, req: TrainRequest, *, idempotency_key: str | None = None,
+                     fingerprint: str | None = None, sweep_id: str | None = None,
+                     schedule_run_id: int | None = None, token_id: int | None = None,
+                     max_active_jobs: int | None = None) -> Job:
+    """Insert the job and its train run in the caller's transaction; the caller enqueues after commit."""
+    check_active_jobs(session, token_id, max_active_jobs)
+    names.check_name(req.model, "model")
+    parent = model_registry.resolve(session, req.base.version, "base.version") if req.base.version else None
+    if parent is not None and parent.task != req.task:
+        raise InvalidRequest(f"cannot fine-tune a {parent.task} model for {req.task}", field="base.version")
+    spec = req.model_dump(mode="json")
+    if parent is not None:
+        spec["base"]["version"] = f"{parent.name}@{parent.version}"  # pin what 'production' meant now
+    job = Job(id=str(uuid.uuid4()), kind=JobKind.TRAIN, status=JobStatus.QUEUED,
+              model_version_id=parent.id if parent else None, model_ref=req.model,
+              idempotency_key=idempotency_key, request_fingerprint=fingerprint, token_id=token_id,
+              source={"type": "train", "dataset": req.dataset.path}, use_cache=True, total_items=0,
+              done_items=0, failed_items=0, cached_items=0, total_chunks=0)
+    session.add(job)
+    session.flush()
+    session.add(TrainRun(job_id=job.id, model_name=req.model, spec=spec, state=RunState.PENDING, attempts=0,
+                         epoch=0, epochs_total=req.epochs, step=0, steps_per_epoch=0, checkpoint_epoch=0,
+                         sweep_id=sweep_id, schedule_run_id=schedule_run_id))
+    session.flush()
+    return job
+
+
+def train_json(session: Session, job: Job, run: TrainRun) -> dict:
+    result = session.get(ModelVersion, run.result_version_id) if run.result_version_id else None
+    parent = session.get(ModelVersion, job.model_version_id) if job.model_version_id else None
+    return {
+        "model": {"name": run.model_name, "parent": f"{parent.name}@{parent.version}" if parent else None,
+                  "result": f"{result.name}@{result.version}" if result else None,
+                  "task": run.spec["task"]},
+        "progress": {"phase": run.phase, "epoch": run.epoch, "epochs": run.epochs_total, "step": run.step,
+                     "steps_per_epoch": run.steps_per_epoch, "eta_seconds": run.eta_seconds,
+                     "checkpoint_epoch": run.checkpoint_epoch, "resumed_from_epoch": run.resumed_from_epoch,
+                     "attempts": run.attempts},
+        "data": run.data_stats, "holdout_metrics": run.holdout_metrics, "comparison": run.comparison,
+        "sweep_id": run.sweep_id, "request": run.spec,
+    }
+
+
+def metrics_history(session: Session, job_id: str) -> list[dict]:
+    rows = session.scalars(select(TrainMetric).where(TrainMetric.job_id == job_id).order_by(TrainMetric.epoch))
+    return [{"epoch": m.epoch, **m.metrics, "seconds": round(m.seconds, 3)} for m in rows]
+
+
+def _set_path(spec: dict, dotted: str, value) -> None:
+    node = spec
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise InvalidRequest(f"grid key {dotted!r} does not name a setting", field="grid")
+    node[leaf] = value
+
+
+MAX_SWEEP_POINTS = 64
+
+
+def grid_points(grid: dict[str, list]) -> list[dict]:
+    """Every combination of the grid's values; the count is checked before any combination is built."""
+    if not grid or not all(isinstance(v, list) and v for v in grid.values()):
+        raise InvalidRequest("grid must map setting paths (e.g. 'optimizer.learning_rate') to non-empty lists",
+                             field="grid")
+    count = math.prod(len(v) for v in grid.values())
+    if count > MAX_SWEEP_POINTS:
+        raise InvalidRequest(f"the grid has {count} points; at most {MAX_SWEEP_POINTS}", field="grid")
+    keys = sorted(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def create_sweep(session: Session, sweep_id: str, base: dict, grid: dict) -> list[Job]:
+    """Insert the sweep and one train job per grid point in the caller's transaction; the caller enqueues them
+    after commit. All are compared on the same holdout (same model name, same salt)."""
+    points = grid_points(grid)
+    session.add(Sweep(id=sweep_id, base=base, grid=grid))
+    session.flush()
+    jobs = []
+    for point in points:
+        spec = copy.deepcopy(base)
+        for key, value in point.items():
+            _set_path(spec, key, value)
+        jobs.append(create_train_job(session, TrainRequest.model_validate(spec), sweep_id=sweep_id))
+    return jobs
+
+
+def sweep_json(session: Session, sweep_id: str) -> dict:
+    sweep = get_or_404(session, Sweep, sweep_id, "sweep")
+    rows = []
+    for run, job in session.execute(select(TrainRun, Job).join(Job, Job.id == TrainRun.job_id)
+                                    .where(TrainRun.sweep_id == sweep_id).order_by(Job.created_at)):
+        point = {k: _get_path(run.spec, k) for k in sorted(sweep.grid)}
+        version = session.get(ModelVersion, run.result_version_id) if run.result_version_id else None
+        rows.append({"job_id": job.id, "status": job.status, "params": point,
+                     "holdout_metrics": run.holdout_metrics,
+                     "version": f"{version.name}@{version.version}" if version else None})
+    return {"id": sweep.id, "grid": sweep.grid, "created_at": sweep.created_at.isoformat(), "runs": rows}
+
+
+def _get_path(spec: dict, dotted: str):
+    node = spec
+    for key in dotted.split("."):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node

@@ -1,0 +1,1 @@
+"""What wires processes together: the imgq CLI, the demo and the local stack of processes."""
