@@ -29,10 +29,10 @@ class SlowModel:
         return np.zeros((len(batch), 1), dtype=np.float32)
 
 
-def test_a_batch_slower_than_the_heartbeat_timeout_keeps_its_chunk(configured):
-    settings = replace(configured, heartbeat_timeout=1.0, batch_size=4)
-    for i in range(4):
-        Image.new("RGB", (40, 30), (i * 40, 80, 120)).save(configured.data_roots[0] / f"{i}.png")
+def _slow_job(configured, items: int, chunk_size: int) -> str:
+    """A score job of `items` small PNGs for a model named "slow" that no file backs (the test's loader fakes it)."""
+    for i in range(items):
+        Image.new("RGB", (40, 30), (i % 250, 80, 120)).save(configured.data_roots[0] / f"c{i}.png")
     with session_scope() as s:
         version = ModelVersion(name="slow", version=1, task="regression", input_height=32, input_width=32,
                                resize_mode="stretch", pixel_scale="unit", output_names=["pv"],
@@ -40,8 +40,13 @@ def test_a_batch_slower_than_the_heartbeat_timeout_keeps_its_chunk(configured):
         s.add(version)
         s.flush()
         set_alias(s, "slow", "production", 1)
-        job_id = jobs.create_score_job(s, model_ref="slow", pieces=[[(f"i{i}", f"{i}.png") for i in range(4)]],
-                                       source={"type": "items"}, use_cache=False, chunk_size=4).id
+        return jobs.create_score_job(s, model_ref="slow", pieces=[[(f"i{i}", f"c{i}.png") for i in range(items)]],
+                                     source={"type": "items"}, use_cache=False, chunk_size=chunk_size).id
+
+
+def test_a_batch_slower_than_the_heartbeat_timeout_keeps_its_chunk(configured):
+    settings = replace(configured, heartbeat_timeout=1.0, batch_size=4)
+    job_id = _slow_job(configured, items=4, chunk_size=4)
     beats = []
 
     def watch():
@@ -66,18 +71,6 @@ def test_a_batch_slower_than_the_heartbeat_timeout_keeps_its_chunk(configured):
         assert len(list(s.scalars(select(Result).where(Result.job_id == job_id)))) == 4
 
 
-def _slow_job(configured, items: int, chunk_size: int) -> str:
-    for i in range(items):
-        Image.new("RGB", (40, 30), (i % 250, 80, 120)).save(configured.data_roots[0] / f"c{i}.png")
-    with session_scope() as s:
-        version = ModelVersion(name="chain", version=1, task="regression", input_height=32, input_width=32,
-                               resize_mode="stretch", pixel_scale="unit", output_names=["pv"],
-                               target_transform={"kind": "none"}, path="/nowhere", sha256="0" * 64, size_bytes=1)
-        s.add(version)
-        s.flush()
-        set_alias(s, "chain", "production", 1)
-        return jobs.create_score_job(s, model_ref="chain", pieces=[[(f"i{i}", f"c{i}.png") for i in range(items)]],
-                                     source={"type": "items"}, use_cache=False, chunk_size=chunk_size).id
 
 
 def _chunk_states(job_id):
