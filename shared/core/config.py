@@ -170,7 +170,7 @@ def load_settings(env: dict | None = None) -> Settings:
         model_store=Path(env.get("IMGQ_MODEL_STORE") or data_dir / "models").expanduser().resolve(),
         chunk_size=_int(env, "IMGQ_CHUNK_SIZE", 256),
         chain_seconds=_float(env, "IMGQ_CHAIN_SECONDS", 60.0, zero_allowed=True),
-        batch_size=_int(env, "IMGQ_BATCH_SIZE", 64),
+        batch_size=_int(env, "IMGQ_BATCH_SIZE", 128),
         decode_threads=_int(env, "IMGQ_DECODE_THREADS", max(2, os.cpu_count() or 2)),
         fast_jpeg=_bool(env, "IMGQ_FAST_JPEG", True),
         max_image_pixels=_int(env, "IMGQ_MAX_IMAGE_PIXELS", 40_000_000),
