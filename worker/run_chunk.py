@@ -138,13 +138,14 @@ def run_chunk(job_id: str, chunk_no: int, *, worker: str, models: ModelCache, se
         log.info("job %s chunk %s skipped: %s", job_id, chunk_no, claimed)
         return claimed
     chunks = HeldChunks()
+    nothing_left = chunks.take(claimed)  # held from the claim on: released below whatever fails first
     beat = ChunkHeartbeat(job_id, chunks, heartbeat_interval(settings))
     beat.start()
     try:
         if claimed.isolate:
             _score_isolated(claimed, chunks, model, settings)
         else:
-            _score_chained(claimed, chunks, model, settings, worker)
+            _score_chained(claimed, nothing_left, chunks, model, settings, worker)
     except BaseException as exc:  # results so far are kept; the rest is retried, attempts bounded
         beat.stop()
         with session_scope() as session:
@@ -174,7 +175,8 @@ def _finish(session, job_id: str, chunk_no: int, attempt: int) -> None:
         log.info("job %s chunk %s: attempt %s finished after a newer attempt took over", job_id, chunk_no, attempt)
 
 
-def _score_chained(first: ClaimedChunk, chunks: HeldChunks, model, settings: Settings, worker: str) -> None:
+def _score_chained(first: ClaimedChunk, nothing_left: bool, chunks: HeldChunks, model, settings: Settings,
+                   worker: str) -> None:
     job_id = first.job_id
 
     def write(results, cache_rows):
@@ -183,17 +185,18 @@ def _score_chained(first: ClaimedChunk, chunks: HeldChunks, model, settings: Set
             for chunk_no, attempt in chunks.written(r["item_id"] for r in results):
                 _finish(session, job_id, chunk_no, attempt)
 
-    score_items(_chained_items(first, chunks, settings, worker), model, _options(first, settings),
+    score_items(_chained_items(first, nothing_left, chunks, settings, worker), model, _options(first, settings),
                 _lookup(first), write)
 
 
-def _chained_items(first: ClaimedChunk, chunks: HeldChunks, settings: Settings,
+def _chained_items(first: ClaimedChunk, nothing_left: bool, chunks: HeldChunks, settings: Settings,
                    worker: str) -> Iterator[tuple[str, str]]:
-    """The items of `first`, then of the job's next fresh chunks, claimed as the stream reaches them."""
+    """The items of `first` (already held), then of the job's next fresh chunks, claimed and held as the stream
+    reaches them."""
     stop_at = time.monotonic() + settings.chain_seconds
     claimed: ClaimedChunk | None = first
     while claimed is not None:
-        if chunks.take(claimed):
+        if nothing_left if claimed is first else chunks.take(claimed):
             with session_scope() as session:
                 _finish(session, claimed.job_id, claimed.chunk_no, chunks.drop(claimed.chunk_no))
         yield from claimed.items
@@ -213,7 +216,6 @@ def _score_isolated(claimed: ClaimedChunk, chunks: HeldChunks, model, settings: 
     job_id, chunk_no = claimed.job_id, claimed.chunk_no
     log.warning("job %s chunk %s: attempt %s scores its %d items one at a time to find a poison item",
                 job_id, chunk_no, claimed.attempt, len(claimed.items))
-    chunks.take(claimed)
 
     def write(results, cache_rows):
         with session_scope() as session:
