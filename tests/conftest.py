@@ -14,6 +14,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 from tests.helpers import (  # noqa: E402
     REDIS_BASE,
     authorized_client,
+    configure_process,
     create_pg_database,
     drop_pg_database,
     make_stack,
@@ -61,19 +62,9 @@ def configured(monkeypatch, tmp_path, db_url):
     """Settings pointed at `db_url` and temporary folders, configured as an entry point would (folders, database,
     Celery app on the embedded broker); the environment says the same, for code under test that reads it
     (the CLI). Returns the Settings."""
-    from shared.core import celery_app, db
-    from shared.core.config import ensure_dirs, get_settings
+    from shared.core.config import get_settings
 
-    monkeypatch.setenv("IMGQ_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("DATABASE_URL", db_url)
-    monkeypatch.setenv("IMGQ_DATA_ROOTS", str(tmp_path / "data"))
-    monkeypatch.delenv("BROKER_URL", raising=False)
-    get_settings.cache_clear()
-    s = get_settings()
-    ensure_dirs(s)
-    db.configure(s)
-    celery_app.configure(s)
-    yield s
+    yield configure_process(monkeypatch, tmp_path, db_url)
     get_settings.cache_clear()
 
 

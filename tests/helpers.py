@@ -110,6 +110,25 @@ def expected_scores(model_file: Path, paths: list[Path], size: int = 32, transfo
     return transform(model.predict(x, verbose=0)[:, 0])
 
 
+def configure_process(monkeypatch, home: Path, db_url: str):
+    """Settings pointed at `db_url` and folders under `home`, set up as an entry point would (folders, database,
+    Celery app on the embedded broker); the environment, set through `monkeypatch`, says the same for code under
+    test that reads it (the CLI). Returns the Settings."""
+    from shared.core import celery_app, db
+    from shared.core.config import ensure_dirs, get_settings
+
+    monkeypatch.setenv("IMGQ_HOME", str(home / "home"))
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.setenv("IMGQ_DATA_ROOTS", str(home / "data"))
+    monkeypatch.delenv("BROKER_URL", raising=False)
+    get_settings.cache_clear()
+    settings = get_settings()
+    ensure_dirs(settings)
+    db.configure(settings)
+    celery_app.configure(settings)
+    return settings
+
+
 def authorized_client(app, scopes: str = "admin", name: str = "test-client"):
     """app.test_client() that sends a fresh API token with the given scopes on every request; the database of
     the app's settings must be migrated."""

@@ -28,7 +28,7 @@ from shared.core.db import session_scope
 from shared.core.errors import OutsideRoot
 from shared.core.paths import path_inside
 from shared.services import tokens
-from tests.helpers import create_pg_database, drop_pg_database
+from tests.helpers import configure_process, create_pg_database, drop_pg_database
 from web.app import create_app
 
 SECRET = "7f3a"  # in the names and contents of files outside the data roots; never in any answer
@@ -394,19 +394,9 @@ def _job_state(client, job_id) -> dict:
 @pytest.fixture(scope="module")
 def baseline(db_url, tmp_path_factory, model_files):
     """A model and a score job stored before the corpus runs (through the API, with an admin token)."""
-    from shared.core import db
-    from shared.core.config import ensure_dirs, get_settings
-
     home = tmp_path_factory.mktemp("baseline")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("IMGQ_HOME", str(home / "home"))
-        mp.setenv("DATABASE_URL", db_url)
-        mp.setenv("IMGQ_DATA_ROOTS", str(home / "data"))
-        mp.delenv("BROKER_URL", raising=False)
-        get_settings.cache_clear()
-        s = get_settings()
-        ensure_dirs(s)
-        db.configure(s)  # as an entry point would: the token below goes to this database
+        s = configure_process(mp, home, db_url)  # as an entry point would: the token below goes to this database
         with session_scope() as session:
             _, secret = tokens.create_token(session, "hostile-corpus", "admin")
         client = _client(create_app(s), secret)
@@ -425,6 +415,8 @@ def baseline(db_url, tmp_path_factory, model_files):
         model = client.get(f"/api/v1/models/{BASELINE_MODEL}/versions/1").json
         state = Baseline(secret, job_id, model, hashlib.sha256(Path(_stored_path()).read_bytes()).hexdigest(),
                          _job_state(client, job_id))
+    from shared.core.config import get_settings
+
     get_settings.cache_clear()
     return state
 
