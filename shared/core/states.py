@@ -18,8 +18,11 @@ class _State(str, Enum):
 
 
 class JobKind(_State):
-    """What a job does: score items, train a model, or import a model file."""
+    """What a job does: score items, embed a catalog's items, build or extend a catalog's vector index, train a
+    model, or import a model file."""
     SCORE = "score"
+    EMBED = "embed"
+    INDEX = "index"
     TRAIN = "train"
     IMPORT = "import"
 
@@ -56,6 +59,7 @@ class RunState(_State):
 
 
 # Tuples, not sets: they go into SQL `IN (...)` lists, which should read the same every time.
+CHUNKED_JOB_KINDS = (JobKind.SCORE, JobKind.EMBED)  # items in chunks through the decode-and-predict pipeline
 FINAL_JOB_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
 OPEN_JOB_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
 TERMINAL_CHUNK_STATES = (ChunkState.DONE, ChunkState.FAILED, ChunkState.CANCELED)

@@ -12,6 +12,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -121,8 +122,11 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(nullable=True)
-    # import jobs: when their task was last sent (the outbox; None: committed but not sent yet)
+    # import and index jobs: when their task was last sent (the outbox; None: committed but not sent yet)
     enqueued_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # what the job makes, for kinds whose request is more than a model and items: embed jobs {"catalog", "space",
+    # "layer", "normalize"}; index jobs {"catalog", "space", "mode": build|delta, "params", ...}
+    spec: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class JobItem(Base):
@@ -134,6 +138,7 @@ class JobItem(Base):
     item_id: Mapped[str] = mapped_column(String(500), primary_key=True)
     uri: Mapped[str] = mapped_column(Text)
     chunk_no: Mapped[int] = mapped_column(Integer)
+    category: Mapped[str | None] = mapped_column(String(200), nullable=True)  # embed jobs: the item's category
 
 
 class Chunk(Base):
@@ -267,4 +272,48 @@ class ScheduleRun(Base):
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), nullable=True)
     decision: Mapped[str | None] = mapped_column(String(20), nullable=True)  # promoted | kept | failed
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Embedding(Base):
+    """One catalog item's vector in one embedding space (a model version, the layer read, and whether vectors are
+    L2-normalised: `space` names all three, e.g. "catalog-embedder@3" or "category-model@2#dense_1"). The latest
+    embed job to reach an item wins; `deleted_at` hides an item from answers at once and the next index build
+    leaves it out."""
+    __tablename__ = "embeddings"
+    __table_args__ = (Index("ix_embeddings_space_hash", "space", "content_hash"),
+                      Index("ix_embeddings_catalog_space_created", "catalog", "space", "created_at"))
+
+    catalog: Mapped[str] = mapped_column(String(100), primary_key=True)
+    space: Mapped[str] = mapped_column(String(300), primary_key=True)
+    item_id: Mapped[str] = mapped_column(String(500), primary_key=True)
+    category: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    uri: Mapped[str] = mapped_column(Text)
+    content_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little-endian, `dim` values
+    job_id: Mapped[str | None] = mapped_column(String(36), nullable=True)  # the embed job that wrote it
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class VectorIndex(Base):
+    """One built version of a catalog's index in one embedding space: files in the model store, what built it.
+    The highest version of a (catalog, space) is the one queries use."""
+    __tablename__ = "vector_indexes"
+    __table_args__ = (UniqueConstraint("catalog", "space", "version", name="uq_vector_indexes_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    catalog: Mapped[str] = mapped_column(String(100))
+    space: Mapped[str] = mapped_column(String(300))
+    version: Mapped[int] = mapped_column(Integer)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))  # the version that embeds queries
+    mode: Mapped[str] = mapped_column(String(10))  # build | delta
+    base_version: Mapped[int | None] = mapped_column(Integer, nullable=True)  # delta: the version it extends
+    params: Mapped[dict] = mapped_column(JSON)  # build parameters and what each category's sub-index became
+    dim: Mapped[int] = mapped_column(Integer)
+    item_count: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)  # folder in the model store (index files, item ids, categories)
+    watermark: Mapped[datetime] = mapped_column()  # embeddings written up to here are in it
+    job_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-Task = Literal["regression", "classification", "keypoints"]
+Task = Literal["regression", "classification", "keypoints", "embedding"]
 TASKS: tuple[str, ...] = get_args(Task)
+TrainableTask = Literal["regression", "classification", "keypoints"]  # an embedding model is imported, not trained
+TRAINABLE_TASKS: tuple[str, ...] = get_args(TrainableTask)
 
 PixelScale = Literal["unit", "raw", "symmetric"]
 PIXEL_SCALES: tuple[str, ...] = get_args(PixelScale)
