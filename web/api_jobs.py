@@ -1,4 +1,5 @@
-"""HTTP endpoints for jobs of every kind: submit score and train jobs; list, describe and cancel jobs; results."""
+"""HTTP endpoints for jobs of every kind: submit score, embed and train jobs; list, describe and cancel jobs;
+results."""
 from __future__ import annotations
 
 from urllib.parse import urlencode
@@ -13,8 +14,8 @@ from shared.services.train_spec import TrainRequest
 from web.auth import caller
 from web.http import created as created_response
 from web.http import form_fields, json_object, refuse_nul
-from web.schemas import ScoreRequest
-from web.submit import submit_json, submit_upload
+from web.schemas import EmbedRequest, EmbedUploadForm, ScoreRequest
+from web.submit import submit_embed_json, submit_embed_upload, submit_json, submit_upload
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs")
 
@@ -50,6 +51,23 @@ def create_score_job():
     elif request.is_json:
         description, created = submit_json(settings, ScoreRequest.model_validate(json_object()), key,
                                            caller().token_id)
+    else:
+        raise InvalidRequest("send application/json or multipart/form-data")
+    return _accepted(description, created)
+
+
+@bp.post("/embed")
+def create_embed_job():
+    """Vectors for a catalog's items, batched and retried as scoring; the job's `embedding` names their space."""
+    settings = current_app.config["IMGQ_SETTINGS"]
+    key = _idempotency_key()
+    if request.mimetype == "multipart/form-data":
+        files = [f for name in request.files for f in request.files.getlist(name)]
+        form = EmbedUploadForm.model_validate(form_fields())
+        description, created = submit_embed_upload(settings, files, form, key, caller().token_id)
+    elif request.is_json:
+        description, created = submit_embed_json(settings, EmbedRequest.model_validate(json_object()), key,
+                                                 caller().token_id)
     else:
         raise InvalidRequest("send application/json or multipart/form-data")
     return _accepted(description, created)

@@ -8,7 +8,19 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from shared.core import celery_app, db, dispatch, liveness
 from shared.core.config import Settings, ensure_dirs
 from shared.core.db import session_scope
-from web import api_datasets, api_jobs, api_models, api_training, auth, errors, metrics, rate_limits, request_checks
+from shared.services import similar
+from web import (
+    api_catalogs,
+    api_datasets,
+    api_jobs,
+    api_models,
+    api_training,
+    auth,
+    errors,
+    metrics,
+    rate_limits,
+    request_checks,
+)
 
 
 def create_app(settings: Settings) -> Flask:
@@ -17,6 +29,7 @@ def create_app(settings: Settings) -> Flask:
     celery_app.configure(settings)
     app = Flask("imgq")
     app.config["IMGQ_SETTINGS"] = settings
+    app.config["IMGQ_INDEXES"] = similar.new_holder()  # catalogs' vector indexes, loaded on first query
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json.sort_keys = False
     errors.register(app)
@@ -28,6 +41,7 @@ def create_app(settings: Settings) -> Flask:
     app.register_blueprint(api_datasets.bp)
     app.register_blueprint(api_training.sweeps_bp)
     app.register_blueprint(api_training.schedules_bp)
+    app.register_blueprint(api_catalogs.bp)
 
     @app.get("/healthz")
     def healthz():

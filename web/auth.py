@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 OPEN = {"healthz", "readyz", "static"}
 SCOPE_OF = {
     "jobs.create_score_job": "score",
+    "jobs.create_embed_job": "score",
     "jobs.create_train_job": "train",
     "jobs.cancel_job": "read",  # and the job's own token, or admin: see shared.services.jobs.cancel_job
     "jobs.list_jobs": "read",
@@ -40,6 +41,14 @@ SCOPE_OF = {
     "schedules.get_schedule": "read",
     "schedules.update_schedule": "train",
     "schedules.delete_schedule": "admin",
+    "catalogs.list_catalogs": "read",
+    "catalogs.get_catalog": "read",
+    "catalogs.get_thumbnail": "read",
+    "catalogs.create_index_job": "score",
+    "catalogs.delete_items": "score",
+    "catalogs.delete_item": "score",
+    "catalogs.similar_one": "read",
+    "catalogs.similar_batch": "read",
     "prometheus_metrics": "read",
 }
 

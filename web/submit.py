@@ -1,5 +1,5 @@
-"""The HTTP side of submitting a job: a score request's items (JSON items, a manifest, or uploaded files) and a
-model upload, turned into a call to shared/services/submission.py (which commits, enqueues and describes).
+"""The HTTP side of submitting a job: a score or embed request's items (JSON items, a manifest, or uploaded files)
+and a model upload, turned into a call to shared/services/submission.py (which commits, enqueues and describes).
 
 Uploaded files are streamed to disk before the job is committed (workers read them there); when the submission
 commits nothing (an error, or a repeated Idempotency-Key), they are removed again.
@@ -21,7 +21,16 @@ from shared.core.paths import OutsideDataRoots, path_inside, resolve_inside
 from shared.images.manifests import iter_manifest
 from shared.services import model_imports, submission
 from shared.services.model_registry import Signature
-from web.schemas import ScoreRequest
+from web.schemas import EmbedRequest, EmbedUploadForm, ScoreRequest
+
+DEFAULT_CATEGORY_COLUMN = "category"
+
+
+def _manifest_path(settings: Settings, manifest: str) -> Path:
+    try:
+        return resolve_inside(settings.data_roots, manifest)
+    except OutsideDataRoots as exc:
+        raise InvalidRequest(f"manifest: {exc}", field="manifest") from None
 
 
 def submit_json(settings: Settings, req: ScoreRequest, idempotency_key: str | None,
@@ -30,16 +39,31 @@ def submit_json(settings: Settings, req: ScoreRequest, idempotency_key: str | No
         pieces = [[(it.id, it.uri) for it in req.items]]
         source = {"type": "items", "count": len(req.items)}
     else:
-        try:
-            manifest = resolve_inside(settings.data_roots, req.manifest)
-        except OutsideDataRoots as exc:
-            raise InvalidRequest(f"manifest: {exc}", field="manifest") from None
-        pieces = iter_manifest(manifest, req.id_column, req.image_column)
+        pieces = iter_manifest(_manifest_path(settings, req.manifest), req.id_column, req.image_column)
         source = {"type": "manifest", "manifest": req.manifest, "id_column": req.id_column,
                   "image_column": req.image_column}
     return submission.submit_score(settings, model_ref=req.model, pieces=pieces, source=source, use_cache=req.cache,
                                    idempotency_key=idempotency_key,
                                    request_fingerprint=submission.fingerprint(req.model_dump()), token_id=token_id)
+
+
+def submit_embed_json(settings: Settings, req: EmbedRequest, idempotency_key: str | None,
+                      token_id: int | None = None) -> tuple[dict, bool]:
+    """An embed job from JSON items or a manifest; a manifest's categories come from `category_column` (default
+    "category", and then only if the manifest has it)."""
+    if req.items is not None:
+        pieces = [[(it.id, it.uri, it.category) for it in req.items]]
+        source = {"type": "items", "count": len(req.items)}
+    else:
+        column = req.category_column or DEFAULT_CATEGORY_COLUMN
+        pieces = iter_manifest(_manifest_path(settings, req.manifest), req.id_column, req.image_column, column,
+                               category_required=req.category_column is not None)
+        source = {"type": "manifest", "manifest": req.manifest, "id_column": req.id_column,
+                  "image_column": req.image_column, "category_column": column}
+    return submission.submit_embed(settings, model_ref=req.model, catalog=req.catalog, layer=req.layer,
+                                   normalize=req.normalize, pieces=pieces, source=source, use_cache=req.cache,
+                                   idempotency_key=idempotency_key, token_id=token_id,
+                                   request_fingerprint=submission.fingerprint({"kind": "embed", **req.model_dump()}))
 
 
 def _save_upload(storage: FileStorage, dest: Path) -> str:
@@ -64,15 +88,10 @@ def _upload_names(files: list[FileStorage]) -> list[str]:
     return names
 
 
-def submit_upload(settings: Settings, files: list[FileStorage], form: dict,
-                  idempotency_key: str | None, token_id: int | None = None) -> tuple[dict, bool]:
-    """Multipart: each file is one item, its id the file name. Files are streamed to the
-    upload folder (which workers read), never held whole in memory."""
-    model_ref = (form.get("model") or "").strip()
-    if not model_ref:
-        raise InvalidRequest("form field 'model' is required", field="model")
+def _stage_upload(settings: Settings, files: list[FileStorage]):
+    """Stream the files to a new folder of the upload dir. Returns ([(item id, path)], their hashes, the folder,
+    and the callable that removes it)."""
     names = _upload_names(files)
-    use_cache = str(form.get("cache", "true")).lower() not in ("0", "false", "no")
     folder = path_inside(settings.upload_dir, uuid.uuid4().hex)
     folder.mkdir(parents=True)
     discard = partial(shutil.rmtree, folder, ignore_errors=True)
@@ -85,11 +104,37 @@ def submit_upload(settings: Settings, files: list[FileStorage], form: dict,
     except BaseException:
         discard()
         raise
-    fp = submission.fingerprint({"model": model_ref, "cache": use_cache, "files": list(zip(names, hashes))})
+    return items, hashes, folder, discard
+
+
+def submit_upload(settings: Settings, files: list[FileStorage], form: dict,
+                  idempotency_key: str | None, token_id: int | None = None) -> tuple[dict, bool]:
+    """Multipart: each file is one item, its id the file name. Files are streamed to the
+    upload folder (which workers read), never held whole in memory."""
+    model_ref = (form.get("model") or "").strip()
+    if not model_ref:
+        raise InvalidRequest("form field 'model' is required", field="model")
+    use_cache = str(form.get("cache", "true")).lower() not in ("0", "false", "no")
+    items, hashes, folder, discard = _stage_upload(settings, files)
+    fp = submission.fingerprint({"model": model_ref, "cache": use_cache,
+                                 "files": list(zip([i for i, _ in items], hashes))})
     return submission.submit_score(settings, model_ref=model_ref, pieces=[items], use_cache=use_cache,
                                    source={"type": "upload", "count": len(items), "folder": folder.name},
                                    idempotency_key=idempotency_key, request_fingerprint=fp, token_id=token_id,
                                    discard=discard)
+
+
+def submit_embed_upload(settings: Settings, files: list[FileStorage], form: EmbedUploadForm,
+                        idempotency_key: str | None, token_id: int | None = None) -> tuple[dict, bool]:
+    """Multipart embed: each file is one item, its id the file name, all in the form's category."""
+    items, hashes, folder, discard = _stage_upload(settings, files)
+    fp = submission.fingerprint({"kind": "embed", **form.model_dump(),
+                                 "files": list(zip([i for i, _ in items], hashes))})
+    return submission.submit_embed(settings, model_ref=form.model, catalog=form.catalog, layer=form.layer,
+                                   normalize=form.normalize, pieces=[[(*item, form.category) for item in items]],
+                                   source={"type": "upload", "count": len(items), "folder": folder.name},
+                                   use_cache=form.cache, idempotency_key=idempotency_key, request_fingerprint=fp,
+                                   token_id=token_id, discard=discard)
 
 
 def submit_import(settings: Settings, upload: FileStorage, *, name: str, signature: Signature, shown: str,

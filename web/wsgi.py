@@ -8,4 +8,10 @@ from web.app import create_app
 
 
 def create() -> Flask:
+    import faiss
+
+    # Similar-image queries search one query at a time and gunicorn's threads already run several at once: FAISS
+    # splitting one query over every core only adds contention (benchmarks/similar_search.py: exact search at
+    # 51 queries/s on one thread, 28 on two, on this 2-core machine).
+    faiss.omp_set_num_threads(1)
     return create_app(get_settings())

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from shared.core.db import insert_ignoring_conflicts, is_postgres
 from shared.core.states import (
+    CHUNKED_JOB_KINDS,
     FINAL_JOB_STATUSES,
     TERMINAL_CHUNK_STATES,
     UNSENT_CHUNK_STATES,
@@ -59,9 +60,17 @@ def _owned(job_id: str, chunk_no: int, attempt: int):
             Chunk.state == ChunkState.RUNNING)
 
 
-def model_for(session: Session, job_id: str, chunk_no: int) -> ModelVersion | str:
-    """The model version a chunk needs (read only), or why the chunk need not run."""
-    row = session.execute(select(Job.status, Job.model_version_id, Chunk.state)
+@dataclass
+class JobModel:
+    """What a chunk's job runs: its model version, and the job's kind and spec (an embed job's space)."""
+    version: ModelVersion
+    kind: JobKind
+    spec: dict | None = None
+
+
+def model_for(session: Session, job_id: str, chunk_no: int) -> JobModel | str:
+    """The model version a chunk needs, with its job's kind and spec (read only), or why the chunk need not run."""
+    row = session.execute(select(Job.status, Job.model_version_id, Job.kind, Job.spec, Chunk.state)
                           .join(Chunk, Chunk.job_id == Job.id)
                           .where(Job.id == job_id, Chunk.chunk_no == chunk_no)).first()
     if row is None:
@@ -70,7 +79,7 @@ def model_for(session: Session, job_id: str, chunk_no: int) -> ModelVersion | st
         return f"chunk already {row.state}"
     version = session.get(ModelVersion, row.model_version_id)
     session.expunge(version)
-    return version
+    return JobModel(version, JobKind(row.kind), row.spec)
 
 
 def mark_delivered(session: Session, job_id: str, chunk_no: int, worker: str) -> None:
@@ -313,8 +322,9 @@ def finish(session: Session, job_id: str, chunk_no: int, attempt: int) -> bool:
 
 
 def finalize_if_complete(session: Session, job: Job) -> bool:
-    """running|queued -> succeeded once no chunk of a score job is left to run. The caller holds the job lock."""
-    if job.status in FINAL_JOB_STATUSES or job.kind != JobKind.SCORE:
+    """running|queued -> succeeded once no chunk of a score or embed job is left to run. The caller holds the job
+    lock."""
+    if job.status in FINAL_JOB_STATUSES or job.kind not in CHUNKED_JOB_KINDS:
         return False
     open_chunks = session.scalar(select(func.count()).select_from(Chunk).where(
         Chunk.job_id == job.id, Chunk.state.not_in(TERMINAL_CHUNK_STATES)))

@@ -1,4 +1,5 @@
-"""Models kept in memory by a worker process: loaded once, reused by every task (a small LRU)."""
+"""Models kept in memory by a worker process: loaded once, reused by every task (a small LRU). The embedders cut
+from a model (worker/embedding.py) are kept with it, one per layer, and leave memory with it."""
 from __future__ import annotations
 
 import logging
@@ -36,6 +37,17 @@ class LoadedModel:
             return model(x, training=False)
 
         self._infer = infer
+        self._embedders: dict = {}
+        self._embedders_lock = threading.Lock()
+
+    def embedder(self, layer: str | None):
+        """This model read at `layer` (None: its output), built on first use and kept."""
+        with self._embedders_lock:
+            if layer not in self._embedders:
+                from worker.embedding import Embedder
+
+                self._embedders[layer] = Embedder(self, layer)
+            return self._embedders[layer]
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         out = self._infer(batch.astype(np.float32, copy=False))

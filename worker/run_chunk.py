@@ -1,4 +1,5 @@
-"""One score task from claim to finish, without Celery: its chunk, then the job's next fresh chunks.
+"""One score task from claim to finish, without Celery: its chunk, then the job's next fresh chunks. Score and
+embed jobs run the same way; worker/chunk_work.py says what differs (the model or embedder, the cache, the writes).
 
 The decode pipeline stays alive across chunks: while the last batches of a chunk are decoded and scored,
 the task claims the job's next fresh chunk (`chunk_lifecycle.claim_next_fresh`) and feeds its items into
@@ -20,8 +21,9 @@ from dataclasses import replace
 
 from shared.core.config import Settings
 from shared.core.db import session_scope
-from worker import chunk_lifecycle
+from worker import chunk_lifecycle, chunk_work
 from worker.chunk_lifecycle import ClaimedChunk
+from worker.chunk_work import ChunkWork, ModelUnusable
 from worker.model_cache import ModelCache
 from worker.scoring import ScoreOptions, score_items
 
@@ -114,21 +116,20 @@ def heartbeat_interval(settings: Settings) -> float:
 def run_chunk(job_id: str, chunk_no: int, *, worker: str, models: ModelCache, settings: Settings) -> str:
     """Returns what happened, for the log: 'done', or why the chunk was skipped.
 
-    The model is loaded before the chunk is claimed, so a slow first load never looks like a
-    dead worker to the sweeper.
+    The model (and an embed job's embedder) is loaded before the chunk is claimed, so a slow first load never
+    looks like a dead worker to the sweeper.
     """
     with session_scope() as session:
-        version = chunk_lifecycle.model_for(session, job_id, chunk_no)
-    if isinstance(version, str):
-        log.info("job %s chunk %s skipped: %s", job_id, chunk_no, version)
-        return version
+        job = chunk_lifecycle.model_for(session, job_id, chunk_no)
+    if isinstance(job, str):
+        log.info("job %s chunk %s skipped: %s", job_id, chunk_no, job)
+        return job
     try:
-        model = models.get(version)
-    except Exception as exc:  # a model that cannot load fails the whole job, clearly
-        reason = f"cannot load model {version.name}@{version.version}: {exc}"
-        log.error("job %s: %s", job_id, reason)
+        work = chunk_work.prepare(job_id, job, models)
+    except ModelUnusable as exc:  # a model that cannot load (or cut at its layer) fails the whole job, clearly
+        log.error("job %s: %s", job_id, exc)
         with session_scope() as session:
-            chunk_lifecycle.fail_job(session, job_id, reason)
+            chunk_lifecycle.fail_job(session, job_id, str(exc))
         return "model failed to load"
     with session_scope() as session:
         claimed = chunk_lifecycle.claim(session, job_id, chunk_no, worker=worker,
@@ -143,9 +144,9 @@ def run_chunk(job_id: str, chunk_no: int, *, worker: str, models: ModelCache, se
     beat.start()
     try:
         if claimed.isolate:
-            _score_isolated(claimed, chunks, model, settings)
+            _score_isolated(claimed, chunks, work, settings)
         else:
-            _score_chained(claimed, nothing_left, chunks, model, settings, worker)
+            _score_chained(claimed, nothing_left, chunks, work, settings, worker)
     except BaseException as exc:  # results so far are kept; the rest is retried, attempts bounded
         beat.stop()
         with session_scope() as session:
@@ -163,10 +164,10 @@ def _options(claimed: ClaimedChunk, settings: Settings) -> ScoreOptions:
                         read_timeout=settings.read_timeout, decode_timeout=settings.decode_timeout)
 
 
-def _lookup(claimed: ClaimedChunk):
+def _lookup(work: ChunkWork):
     def lookup(hashes):
         with session_scope() as session:
-            return chunk_lifecycle.lookup_cache(session, claimed.model_version.id, hashes)
+            return work.lookup(session, hashes)
     return lookup
 
 
@@ -175,18 +176,18 @@ def _finish(session, job_id: str, chunk_no: int, attempt: int) -> None:
         log.info("job %s chunk %s: attempt %s finished after a newer attempt took over", job_id, chunk_no, attempt)
 
 
-def _score_chained(first: ClaimedChunk, nothing_left: bool, chunks: HeldChunks, model, settings: Settings,
-                   worker: str) -> None:
+def _score_chained(first: ClaimedChunk, nothing_left: bool, chunks: HeldChunks, work: ChunkWork,
+                   settings: Settings, worker: str) -> None:
     job_id = first.job_id
 
     def write(results, cache_rows):
         with session_scope() as session:
-            chunk_lifecycle.record_batch(session, job_id, results, cache_rows)
+            work.record(session, results, cache_rows)
             for chunk_no, attempt in chunks.written(r["item_id"] for r in results):
                 _finish(session, job_id, chunk_no, attempt)
 
-    score_items(_chained_items(first, nothing_left, chunks, settings, worker), model, _options(first, settings),
-                _lookup(first), write)
+    score_items(_chained_items(first, nothing_left, chunks, settings, worker), work.model, _options(first, settings),
+                _lookup(work), write, work.outputs)
 
 
 def _chained_items(first: ClaimedChunk, nothing_left: bool, chunks: HeldChunks, settings: Settings,
@@ -211,7 +212,7 @@ def _chained_items(first: ClaimedChunk, nothing_left: bool, chunks: HeldChunks, 
                      claimed.attempt)
 
 
-def _score_isolated(claimed: ClaimedChunk, chunks: HeldChunks, model, settings: Settings) -> None:
+def _score_isolated(claimed: ClaimedChunk, chunks: HeldChunks, work: ChunkWork, settings: Settings) -> None:
     """Attempts beyond IMGQ_MAX_ATTEMPTS: each untried item alone, named as the suspect first."""
     job_id, chunk_no = claimed.job_id, claimed.chunk_no
     log.warning("job %s chunk %s: attempt %s scores its %d items one at a time to find a poison item",
@@ -219,7 +220,7 @@ def _score_isolated(claimed: ClaimedChunk, chunks: HeldChunks, model, settings: 
 
     def write(results, cache_rows):
         with session_scope() as session:
-            chunk_lifecycle.record_batch(session, job_id, results, cache_rows)
+            work.record(session, results, cache_rows)
 
     alone = replace(_options(claimed, settings), batch_size=1)
     for item in claimed.items:
@@ -227,6 +228,6 @@ def _score_isolated(claimed: ClaimedChunk, chunks: HeldChunks, model, settings: 
             if not chunk_lifecycle.name_suspect(session, job_id, chunk_no, claimed.attempt, item[0]):
                 chunks.release_all()
                 return  # a newer attempt owns the chunk
-        score_items([item], model, alone, _lookup(claimed), write)
+        score_items([item], work.model, alone, _lookup(work), write, work.outputs)
     with session_scope() as session:
         _finish(session, job_id, chunk_no, chunks.drop(chunk_no))

@@ -3,6 +3,10 @@
 Plain functions, no Celery and no database: the caller passes `lookup_cache` and `write_batch`.
 Batch k+1 is read, hashed, looked up in the score cache and decoded by a thread pool while
 the model predicts batch k, so decoding and inference overlap.
+
+What a result holds is the `outputs` reader's business: `ScoreOutputs` (the default) turns raw rows into named
+outputs and cache rows for the score cache; embed jobs pass worker/embedding.VectorOutputs (vectors, cached in the
+catalog's embeddings). The pipeline itself (reads, hashes, cache lookups, decoding, batching, writes) is the same.
 """
 from __future__ import annotations
 
@@ -64,7 +68,33 @@ def _fetch(item, opts):
         return item_id, None, None, str(exc)
 
 
-def _prepare(batch, model, opts, pool, lookup_cache) -> Prepared:
+class ScoreOutputs:
+    """Scoring's reading of a model: named outputs in the units the user works in (shared/models/outputs.py),
+    remembered per (content hash, version) in the score cache."""
+
+    def __init__(self, model):
+        self.signature, self.version_id = model.signature, model.version_id
+
+    def cached(self, outputs: dict) -> dict:
+        """The fields of an ok result for an item found in the cache."""
+        return {"outputs": outputs}
+
+    def predicted(self, raw: np.ndarray, geometries: list) -> list[dict]:
+        """One dict per row: the fields of its result, "status" ok or error."""
+        sig = self.signature
+        with np.errstate(all="ignore"):
+            outputs = interpret(sig.task, raw, output_names=sig.output_names, class_names=sig.class_names,
+                                target_transform=sig.target_transform, geometries=geometries)
+        return [{"status": "ok", "outputs": out} if all(math.isfinite(v) for v in out.values() if isinstance(v, float))
+                else {"status": "error", "error": "the model output is not finite (NaN or infinity)"}
+                for out in outputs]
+
+    def cache_row(self, digest: str, result: dict) -> dict | None:
+        """What the cache keeps of an ok result (None: nothing)."""
+        return {"content_hash": digest, "model_version_id": self.version_id, "outputs": result["outputs"]}
+
+
+def _prepare(batch, model, opts, pool, lookup_cache, reading) -> Prepared:
     prepared = Prepared()
     fetched = pool.map(lambda it: _fetch(it, opts), batch, opts.read_timeout,
                        lambda it: (it[0], None, None, f"reading the image timed out after {opts.read_timeout:g} s"))
@@ -74,7 +104,7 @@ def _prepare(batch, model, opts, pool, lookup_cache) -> Prepared:
         if error:
             prepared.results.append({"item_id": item_id, "status": "error", "error": error})
         elif digest in hits:
-            prepared.results.append({"item_id": item_id, "status": "ok", "outputs": hits[digest],
+            prepared.results.append({"item_id": item_id, "status": "ok", **reading.cached(hits[digest]),
                                      "content_hash": digest, "from_cache": True})
         else:
             to_decode.append((item_id, data, digest))
@@ -145,38 +175,32 @@ def _prefetch(produce: Iterator[Prepared], depth: int = 2) -> Iterator[Prepared]
 
 
 def score_items(items: Iterable[tuple[str, str]], model, opts: ScoreOptions,
-                lookup_cache: Callable[[list[str]], dict], write_batch: Callable[[list[dict], list[dict]], None]
-                ) -> None:
+                lookup_cache: Callable[[list[str]], dict], write_batch: Callable[[list[dict], list[dict]], None],
+                outputs=None) -> None:
     """Score `items` [(id, uri)] in batches, pulling from the iterable only as batches are prepared;
     `write_batch(results, cache_rows)` once per batch, in order, from a writer thread (at most one write in
-    flight), so database writes overlap inference."""
-    sig = model.signature
+    flight), so database writes overlap inference. `outputs` reads the model's rows (default: ScoreOutputs)."""
+    reading = outputs if outputs is not None else ScoreOutputs(model)
     pool = ItemPool(opts.threads)
     try:
-        _score_batches(items, model, sig, opts, pool, lookup_cache, write_batch)
+        _score_batches(items, model, reading, opts, pool, lookup_cache, write_batch)
     finally:
         pool.close()
 
 
-def _score_batches(items, model, sig, opts, pool, lookup_cache, write_batch) -> None:
+def _score_batches(items, model, reading, opts, pool, lookup_cache, write_batch) -> None:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgq-write") as writer:
-        produce = (_prepare(b, model, opts, pool, lookup_cache) for b in _batches(items, opts.batch_size))
+        produce = (_prepare(b, model, opts, pool, lookup_cache, reading) for b in _batches(items, opts.batch_size))
         pending = None  # the previous batch's write runs while the model predicts this one
         for prepared in _prefetch(produce):
             results, cache_rows = prepared.results, []
             if prepared.arrays:
-                raw = model.predict(np.stack(prepared.arrays))
-                with np.errstate(all="ignore"):
-                    outputs = interpret(sig.task, raw, output_names=sig.output_names, class_names=sig.class_names,
-                                        target_transform=sig.target_transform, geometries=prepared.geometries)
-                for item_id, digest, out in zip(prepared.ids, prepared.hashes, outputs):
-                    if not all(math.isfinite(v) for v in out.values() if isinstance(v, float)):
-                        results.append({"item_id": item_id, "status": "error", "content_hash": digest,
-                                        "error": "the model output is not finite (NaN or infinity)"})
-                        continue
-                    results.append({"item_id": item_id, "status": "ok", "outputs": out, "content_hash": digest})
-                    cache_rows.append({"content_hash": digest, "model_version_id": model.version_id,
-                                       "outputs": out})
+                rows = reading.predicted(model.predict(np.stack(prepared.arrays)), prepared.geometries)
+                for item_id, digest, row in zip(prepared.ids, prepared.hashes, rows):
+                    results.append({"item_id": item_id, **row, "content_hash": digest})
+                    cache_row = reading.cache_row(digest, row) if row["status"] == "ok" else None
+                    if cache_row is not None:
+                        cache_rows.append(cache_row)
             if pending is not None:
                 pending.result()
             pending = writer.submit(write_batch, results, cache_rows)

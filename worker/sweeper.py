@@ -11,6 +11,7 @@
 - import jobs committed but never sent, or sent over `requeue_after` ago and not final, are sent (again: the
   import task skips a final job and finishes a job once, shared/services/model_imports.py); their staging files left
   by a crash are removed after `orphan_upload_after`;
+- index jobs likewise, and also when their worker died mid-build (no progress for `heartbeat_timeout`);
 - jobs whose chunks are all finished are closed;
 - upload folders of jobs finished over `upload_retention` ago, and folders no job owns (an upload cut
   off by a web crash) older than `orphan_upload_after`, are removed;
@@ -33,6 +34,7 @@ from shared.core.celery_app import SCORE_QUEUE, TRAIN_QUEUE
 from shared.core.config import Settings
 from shared.core.db import session_scope
 from shared.core.states import (
+    CHUNKED_JOB_KINDS,
     FINAL_JOB_STATUSES,
     OPEN_JOB_STATUSES,
     TAKEN_CHUNK_STATES,
@@ -41,6 +43,7 @@ from shared.core.states import (
     UNSENT_CHUNK_STATES,
     ChunkState,
     JobKind,
+    JobStatus,
     RunState,
 )
 from shared.core.tables import Chunk, Job, TrainRun, utcnow
@@ -52,10 +55,10 @@ SEND_GRACE_SECONDS = 10.0  # the web front sends right after commit; give it tha
 
 
 def sweep(settings: Settings, enqueue, enqueue_train=None,
-          queue_depth: Callable[[str], int | None] | None = None, enqueue_imports=None) -> dict:
-    """`enqueue(job_id, chunk_nos)` sends score tasks, `enqueue_train(job_ids)` train tasks and
-    `enqueue_imports(job_ids)` import tasks, all after the database work is committed; `queue_depth(queue)`
-    counts a queue's messages (None: unknown)."""
+          queue_depth: Callable[[str], int | None] | None = None, enqueue_imports=None, enqueue_index=None) -> dict:
+    """`enqueue(job_id, chunk_nos)` sends score tasks, `enqueue_train(job_ids)` train tasks,
+    `enqueue_imports(job_ids)` import tasks and `enqueue_index(job_ids)` index tasks, all after the database work is
+    committed; `queue_depth(queue)` counts a queue's messages (None: unknown)."""
     now = utcnow()
     depth = queue_depth or (lambda _queue: None)
     to_send, given_up = _take_back_dead_chunks(settings, now)
@@ -66,9 +69,9 @@ def sweep(settings: Settings, enqueue, enqueue_train=None,
     trains = _sweep_train_runs(settings, now, depth(TRAIN_QUEUE))
     if trains and enqueue_train is not None:
         sent += enqueue_train(trains)
-    imports = _unsent_imports(settings, now)
-    if imports and enqueue_imports is not None:
-        sent += enqueue_imports(imports)
+    for kind, send in ((JobKind.IMPORT, enqueue_imports), (JobKind.INDEX, enqueue_index)):
+        waiting = _unsent_jobs(settings, now, kind) if send is not None else []
+        sent += send(waiting) if waiting else 0
     removed = remove_old_uploads(settings)
     model_imports.remove_stale_staging(settings, settings.orphan_upload_after)
     stats = {"sent": sent, "given_up": given_up, "closed": closed, "uploads_removed": removed}
@@ -120,7 +123,7 @@ def _unsent_or_lost_chunks(settings: Settings, now, depth: int | None) -> list[t
 def _close_finished_jobs() -> int:
     closed = 0
     with session_scope() as session:
-        open_jobs = list(session.scalars(select(Job.id).where(Job.kind == JobKind.SCORE,
+        open_jobs = list(session.scalars(select(Job.id).where(Job.kind.in_(CHUNKED_JOB_KINDS),
                                                               Job.status.in_(OPEN_JOB_STATUSES))))
     for job_id in open_jobs:
         with session_scope() as session:
@@ -157,14 +160,19 @@ def _sweep_train_runs(settings: Settings, now, depth: int | None) -> list[str]:
     return out
 
 
-def _unsent_imports(settings: Settings, now) -> list[str]:
-    """Import jobs never sent (after the web front's grace), or sent over `requeue_after` ago and still open
-    (the broker lost the message, or the worker died and nothing redelivered it)."""
+def _unsent_jobs(settings: Settings, now, kind: JobKind) -> list[str]:
+    """Import or index jobs never sent (after the web front's grace), or sent over `requeue_after` ago and still
+    open (the broker lost the message, or the worker died and nothing redelivered it). An index job also when it
+    runs and its progress (which doubles as its heartbeat) stopped for `heartbeat_timeout`: its worker died."""
+    stalled = Job.enqueued_at < now - timedelta(seconds=settings.requeue_after)
+    if kind == JobKind.INDEX:
+        stalled = stalled | ((Job.status == JobStatus.RUNNING)
+                             & (Job.heartbeat_at < now - timedelta(seconds=settings.heartbeat_timeout)))
     with session_scope() as session:
         return list(session.scalars(select(Job.id).where(
-            Job.kind == JobKind.IMPORT, Job.status.in_(OPEN_JOB_STATUSES),
+            Job.kind == kind, Job.status.in_(OPEN_JOB_STATUSES),
             (Job.enqueued_at.is_(None) & (Job.created_at < now - timedelta(seconds=SEND_GRACE_SECONDS)))
-            | (Job.enqueued_at < now - timedelta(seconds=settings.requeue_after)))))
+            | stalled)))
 
 
 def remove_old_uploads(settings: Settings) -> int:

@@ -1,4 +1,5 @@
-"""Celery tasks: thin wrappers over worker.run_chunk, worker.sweeper and shared.services.model_imports.
+"""Celery tasks: thin wrappers over worker.run_chunk, worker.query_embedding, worker.sweeper,
+shared.services.model_imports and shared.services.vector_indexes.
 
 This module is imported by the worker's main process, which forks the pool: it must not
 import TensorFlow. Models are loaded in each pool process after the fork (worker_process_init).
@@ -17,6 +18,8 @@ from celery.exceptions import Reject
 from celery.signals import task_received, worker_process_init
 
 from shared.core.celery_app import (
+    BUILD_INDEX_TASK,
+    EMBED_QUERY_TASK,
     IMPORT_MODEL_TASK,
     SCHEDULE_TICK_TASK,
     SCORE_CHUNK_TASK,
@@ -25,7 +28,7 @@ from shared.core.celery_app import (
     app,
     configured_settings,
 )
-from shared.core.dispatch import enqueue_chunks, enqueue_imports, enqueue_train, queue_depth
+from shared.core.dispatch import enqueue_chunks, enqueue_imports, enqueue_index, enqueue_train, queue_depth
 
 log = logging.getLogger(__name__)
 _models = None
@@ -137,6 +140,24 @@ def import_model(self, job_id: str) -> str:
     return run_import(job_id, configured_settings())
 
 
+@app.task(name=BUILD_INDEX_TASK, bind=True)
+@requeue_on_outage
+def build_index(self, job_id: str) -> str:
+    """On the maintenance queue: FAISS builds in native threads; this process loads no TensorFlow."""
+    from shared.services.vector_indexes import run_index_job
+
+    return run_index_job(job_id, configured_settings())
+
+
+@app.task(name=EMBED_QUERY_TASK, ignore_result=False)
+def embed_query(space: str, images: list[dict], classifier: str | None) -> dict:
+    """A similar-image query's images, embedded (and classified) by the models this process holds; the caller
+    waits for the result (the only task whose result is kept)."""
+    from worker.query_embedding import embed_images
+
+    return embed_images(space, images, classifier, models=models(), settings=configured_settings())
+
+
 @app.task(name=SWEEP_TASK)
 def sweep() -> dict | None:
     from shared.core.db import is_outage
@@ -144,7 +165,7 @@ def sweep() -> dict | None:
 
     settings = configured_settings()
     try:
-        return run_sweep(settings, enqueue_chunks, enqueue_train, queue_depth, enqueue_imports)
+        return run_sweep(settings, enqueue_chunks, enqueue_train, queue_depth, enqueue_imports, enqueue_index)
     except Exception as exc:
         if not is_outage(exc):
             raise

@@ -9,6 +9,8 @@ pool from this process).
 """
 from __future__ import annotations
 
+import threading
+
 from celery import Celery
 from kombu import Queue
 
@@ -17,26 +19,30 @@ from shared.core.config import Settings
 SCORE_QUEUE = "score"
 TRAIN_QUEUE = "train"
 MAINTENANCE_QUEUE = "maintenance"
+QUERY_QUEUE = "queries"  # image queries of similar-image search, embedded by a worker while a client waits
 SCORE_CHUNK_TASK = "imgq.score_chunk"
 TRAIN_TASK = "imgq.train"
 SWEEP_TASK = "imgq.sweep"
 SCHEDULE_TICK_TASK = "imgq.schedule_tick"
 IMPORT_MODEL_TASK = "imgq.import_model"
+BUILD_INDEX_TASK = "imgq.build_index"
+EMBED_QUERY_TASK = "imgq.embed_query"
 
 app = Celery("imgq", include=["worker.tasks"])
 app.conf.update(
     broker_connection_retry_on_startup=True,
     broker_connection_max_retries=None,
-    task_queues=[Queue(SCORE_QUEUE), Queue(TRAIN_QUEUE), Queue(MAINTENANCE_QUEUE)],
+    task_queues=[Queue(SCORE_QUEUE), Queue(TRAIN_QUEUE), Queue(MAINTENANCE_QUEUE), Queue(QUERY_QUEUE)],
     task_default_queue=SCORE_QUEUE,
     task_routes={SCORE_CHUNK_TASK: {"queue": SCORE_QUEUE}, TRAIN_TASK: {"queue": TRAIN_QUEUE},
                  SWEEP_TASK: {"queue": MAINTENANCE_QUEUE}, SCHEDULE_TICK_TASK: {"queue": MAINTENANCE_QUEUE},
-                 IMPORT_MODEL_TASK: {"queue": MAINTENANCE_QUEUE}},
+                 IMPORT_MODEL_TASK: {"queue": MAINTENANCE_QUEUE}, BUILD_INDEX_TASK: {"queue": MAINTENANCE_QUEUE},
+                 EMBED_QUERY_TASK: {"queue": QUERY_QUEUE}},
     # At-least-once delivery; idempotent writes make a second delivery harmless.
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
-    task_ignore_result=True,  # job state lives in the database, not in a result backend
+    task_ignore_result=True,  # job state lives in the database; only query tasks keep a result (result_backend)
     task_serializer="json",
     accept_content=["json"],
     worker_hijack_root_logger=False,
@@ -53,6 +59,10 @@ def configure(settings: Settings) -> Celery:
     app.conf.update(
         broker_url=settings.broker_url,
         broker_transport_options=settings.broker_transport_options,
+        result_backend=settings.result_backend,
+        result_backend_transport_options={k: v for k, v in settings.broker_transport_options.items()
+                                          if k == "global_keyprefix"},
+        result_expires=3600,
         # A pool process loads TensorFlow and the production models before it reports ready (about 20 s
         # on a CPU); Celery's default of 4 s would kill and respawn it forever.
         worker_proc_alive_timeout=settings.worker_start_timeout,
@@ -70,6 +80,8 @@ def configure(settings: Settings) -> Celery:
     # Configured again in one process (the tests): the next send connects to the new broker, not a pooled
     # connection to the previous one. Celery resets the same two pools after a fork.
     app._pool = None
+    app._backend_cache = None  # and the next result read asks the new result backend
+    app._local = threading.local()
     if "amqp" in app.__dict__:
         app.amqp._producer_pool = None
     return app

@@ -126,6 +126,9 @@ class Settings:
     auto_migrate: bool
     host: str
     port: int
+    query_timeout: float
+    exact_index_below: int
+    result_backend: str
 
     @property
     def embedded(self) -> bool:
@@ -203,6 +206,12 @@ def load_settings(env: dict | None = None) -> Settings:
         auto_migrate=_bool(env, "IMGQ_AUTO_MIGRATE", True),
         host=_host(env, "IMGQ_HOST", "127.0.0.1"),
         port=_int(env, "IMGQ_PORT", 8000, maximum=65535),
+        query_timeout=_float(env, "IMGQ_QUERY_TIMEOUT", 10.0),
+        exact_index_below=_int(env, "IMGQ_EXACT_INDEX_BELOW", 20_000),
+        # where a worker leaves a query image's vector for the process that waits for it (only query tasks
+        # keep a result): the broker's Redis, or a folder of the data directory on the embedded default
+        result_backend=env.get("IMGQ_RESULT_BACKEND") or (
+            broker_url if broker_url.startswith(("redis://", "rediss://")) else f"file://{data_dir / 'results'}"),
     )
 
 
@@ -216,6 +225,8 @@ def ensure_dirs(settings: Settings) -> None:
     """Create the data folders (and the embedded broker's); entry points call it, never an import."""
     for path in (settings.data_dir, settings.upload_dir, settings.model_store, *settings.data_roots):
         path.mkdir(parents=True, exist_ok=True)
+    if settings.result_backend.startswith("file://"):
+        Path(settings.result_backend[len("file://"):]).mkdir(parents=True, exist_ok=True)
     if settings.embedded:
         for key in ("data_folder_in", "control_folder"):
             Path(settings.broker_transport_options[key]).mkdir(parents=True, exist_ok=True)

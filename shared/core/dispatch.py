@@ -7,6 +7,7 @@ import logging
 from sqlalchemy import update
 
 from shared.core.celery_app import (
+    BUILD_INDEX_TASK,
     IMPORT_MODEL_TASK,
     MAINTENANCE_QUEUE,
     SCORE_CHUNK_TASK,
@@ -67,7 +68,16 @@ def enqueue_train(job_ids: list[str]) -> int:
 
 def enqueue_imports(job_ids: list[str]) -> int:
     """Send one import task per job to the maintenance queue, then record when."""
-    sent = _send_each(IMPORT_MODEL_TASK, MAINTENANCE_QUEUE, job_ids, "import")
+    return _enqueue_on_maintenance(IMPORT_MODEL_TASK, job_ids, "import")
+
+
+def enqueue_index(job_ids: list[str]) -> int:
+    """Send one index build (or delta) task per job to the maintenance queue, then record when."""
+    return _enqueue_on_maintenance(BUILD_INDEX_TASK, job_ids, "index")
+
+
+def _enqueue_on_maintenance(task: str, job_ids: list[str], what: str) -> int:
+    sent = _send_each(task, MAINTENANCE_QUEUE, job_ids, what)
     if sent:
         with session_scope() as session:
             session.execute(update(Job).where(Job.id.in_(sent), Job.status.in_(OPEN_JOB_STATUSES))

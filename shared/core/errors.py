@@ -57,6 +57,11 @@ class TooManyRequests(ImgqError):
         self.retry_after = retry_after
 
 
+class ServiceUnavailable(ImgqError):
+    """A part the request needs is not up (no worker answered a query in time, the broker is away)."""
+    http_status = 503
+
+
 class Unprocessable(ImgqError):
     """Well-formed, but imgq cannot do it (e.g. an Idempotency-Key reused for another request)."""
     http_status = 422

@@ -12,6 +12,7 @@ Task = Literal["regression", "classification", "keypoints", "embedding"]
 TASKS: tuple[str, ...] = get_args(Task)
 TrainableTask = Literal["regression", "classification", "keypoints"]  # an embedding model is imported, not trained
 TRAINABLE_TASKS: tuple[str, ...] = get_args(TrainableTask)
+EMBEDDING_TASK: Task = "embedding"  # the model's output is the vector; embed jobs read it, scoring refuses it
 
 PixelScale = Literal["unit", "raw", "symmetric"]
 PIXEL_SCALES: tuple[str, ...] = get_args(PixelScale)
@@ -24,6 +25,10 @@ RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)
 
 Architecture = Literal["vgg", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "resnet50", "xception"]
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
+
+# Vector indexes of similar-image search (shared/search): auto picks exact below a size, else the approximate kind.
+IndexKind = Literal["auto", "exact", "ivf", "hnsw"]
+ApproximateIndex = Literal["ivf", "hnsw"]
 
 # Manifests (score jobs and training datasets alike): CSV (also gzipped), TSV, or Parquet.
 MANIFEST_SUFFIXES: tuple[str, ...] = (".csv", ".csv.gz", ".tsv", ".parquet")

@@ -1,9 +1,9 @@
 """Reading manifests (CSV, gzipped CSV, TSV or Parquet; shared.core.vocab.MANIFEST_SUFFIXES) in bounded pieces.
 
-The one reader for score-job manifests (`iter_manifest`: item ids and image paths) and training datasets
-(`read_columns`, used by shared/images/datasets.py). Cells are strings (numeric Parquet columns keep their type);
-empty cells are NaN. Errors are InvalidRequests naming the manifest as the client named it (never its server
-path) and the request field at fault.
+The one reader for score- and embed-job manifests (`iter_manifest`: item ids and image paths, and for embed jobs
+their categories) and training datasets (`read_columns`, used by shared/images/datasets.py). Cells are strings
+(numeric Parquet columns keep their type); empty cells are NaN. Errors are InvalidRequests naming the manifest as
+the client named it (never its server path) and the request field at fault.
 """
 from __future__ import annotations
 
@@ -28,20 +28,20 @@ def check_suffix(path: Path, field: str) -> str:
     return suffix
 
 
-def read_columns(path: Path, wanted: list[tuple[str, str]], *, field: str,
-                 rows: int = PIECE_ROWS) -> Iterator[pd.DataFrame]:
+def read_columns(path: Path, wanted: list[tuple[str, str]], *, field: str, rows: int = PIECE_ROWS,
+                 optional: tuple[str, ...] = ()) -> Iterator[pd.DataFrame]:
     """Pieces of at most `rows` rows holding the `wanted` columns [(request field, column name)]. A missing
-    column is an InvalidRequest naming its request field; an unreadable file names `field`."""
+    column is an InvalidRequest naming its request field, unless that field is `optional` (the pieces then lack
+    the column); an unreadable file names `field`."""
     suffix = check_suffix(path, field)
-    columns = list(dict.fromkeys(column for _, column in wanted))
     try:
         if suffix == ".parquet":
             parquet = pq.ParquetFile(path)
-            _check_columns(path, parquet.schema_arrow.names, wanted)
+            columns = _check_columns(path, parquet.schema_arrow.names, wanted, optional)
             pieces = (batch.to_pandas() for batch in parquet.iter_batches(batch_size=rows, columns=columns))
         else:
             sep = "\t" if suffix == ".tsv" else ","
-            _check_columns(path, pd.read_csv(path, sep=sep, nrows=0).columns.tolist(), wanted)
+            columns = _check_columns(path, pd.read_csv(path, sep=sep, nrows=0).columns.tolist(), wanted, optional)
             pieces = pd.read_csv(path, sep=sep, usecols=columns, dtype=str, keep_default_na=False, na_values=[""],
                                  chunksize=rows)
         yield from pieces
@@ -57,25 +57,40 @@ def read_columns(path: Path, wanted: list[tuple[str, str]], *, field: str,
                              field=field) from None
 
 
-def iter_manifest(path: Path, id_column: str, image_column: str) -> Iterator[list[tuple[str, str]]]:
-    """A score job's items: lists of (item id, image uri), PIECE_ROWS at a time.
+def iter_manifest(path: Path, id_column: str, image_column: str, category_column: str | None = None, *,
+                  category_required: bool = True) -> Iterator[list[tuple]]:
+    """A job's items: lists of (item id, image uri), PIECE_ROWS at a time; with `category_column`, lists of
+    (item id, image uri, category), the category None for an empty cell, or for every item when the manifest has no
+    such column and it is not `category_required`.
 
     Image paths in the manifest are relative to the manifest's own folder unless absolute.
     """
     if not path.is_file():
         raise InvalidRequest(f"manifest not found: {path.name}", field="manifest")
     base = path.parent
-    for frame in read_columns(path, [("id_column", id_column), ("image_column", image_column)], field="manifest"):
+    wanted = [("id_column", id_column), ("image_column", image_column)]
+    if category_column is not None:
+        wanted.append(("category_column", category_column))
+    optional = () if category_required else ("category_column",)
+    for frame in read_columns(path, wanted, field="manifest", optional=optional):
         if frame[id_column].isna().any() or frame[image_column].isna().any():
             raise InvalidRequest(f"manifest has empty values in {id_column!r} or {image_column!r}",
                                  field="manifest")
         ids = frame[id_column].astype(str).tolist()
         uris = [u if Path(u).is_absolute() else str(base / u) for u in frame[image_column].astype(str)]
-        yield list(zip(ids, uris))
+        if category_column is None:
+            yield list(zip(ids, uris))
+        elif category_column in frame.columns:
+            yield list(zip(ids, uris, [None if pd.isna(c) else str(c) for c in frame[category_column]]))
+        else:
+            yield [(item_id, uri, None) for item_id, uri in zip(ids, uris)]
 
 
-def _check_columns(path: Path, found: list[str], wanted: list[tuple[str, str]]) -> None:
+def _check_columns(path: Path, found: list[str], wanted: list[tuple[str, str]], optional: tuple[str, ...] = ()
+                   ) -> list[str]:
+    """The columns to read: the wanted ones, each once; a missing one is an error unless its field is optional."""
     for field, column in wanted:
-        if column not in found:
+        if column not in found and field not in optional:
             raise InvalidRequest(f"manifest {path.name} has no column {column!r}; it has {', '.join(map(str, found))}",
                                  field=field)
+    return list(dict.fromkeys(column for _, column in wanted if column in found))

@@ -18,23 +18,21 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import faiss
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.core.errors import InvalidRequest
+from shared.core.vocab import ApproximateIndex, IndexKind
+from shared.search import index_files
+from shared.search.rw_lock import ReadWriteLock
 
-IndexKind = Literal["auto", "exact", "ivf", "hnsw"]
 FORMAT_VERSION = 1
 MANIFEST = "index.json"  # written last: a folder with a manifest is complete
 MIN_POINTS_PER_LIST = 39  # FAISS's k-means wants at least this many training vectors per IVF list
@@ -56,7 +54,7 @@ class BuildParams(BaseModel):
 
     kind: IndexKind = "auto"  # auto: exact below exact_below vectors in a sub-index, else `approximate`
     exact_below: int = Field(20_000, ge=0, le=10**9)
-    approximate: Literal["ivf", "hnsw"] = "hnsw"
+    approximate: ApproximateIndex = "hnsw"
     nlist: int | None = Field(None, ge=1, le=65_536)  # None: about 4 * sqrt(n), at most n / 39
     nprobe: int = Field(16, ge=1, le=65_536)
     hnsw_m: int = Field(32, ge=4, le=128)
@@ -155,43 +153,6 @@ class _SubIndex:
         return {"category": self.category, "size": self.size, "kind": self.kind, **extra}
 
 
-class _ReadWriteLock:
-    """Any number of readers, or one writer; a waiting writer holds new readers back, so it cannot starve."""
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writing = False
-        self._writers_waiting = 0
-
-    @contextmanager
-    def reading(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not (self._writing or self._writers_waiting))
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
-
-    @contextmanager
-    def writing(self) -> Iterator[None]:
-        with self._cond:
-            self._writers_waiting += 1
-            self._cond.wait_for(lambda: not (self._writing or self._readers))
-            self._writers_waiting -= 1
-            self._writing = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writing = False
-                self._cond.notify_all()
-
-
 class CatalogIndex:
     """Vectors of one catalog in one embedding space, one FAISS sub-index per category (so a category filter is
     exact whatever the index type)."""
@@ -200,7 +161,7 @@ class CatalogIndex:
         self._dim, self._params = dim, params
         self._subs: dict[str | None, _SubIndex] = {sub.category: sub for sub in subs}
         self._known: set[str] = {item for sub in subs for item in sub.ids}
-        self._lock = _ReadWriteLock()
+        self._lock = ReadWriteLock()
 
     @classmethod
     def build(cls, ids: Sequence[str], categories: Sequence[str | None], vectors: np.ndarray, params: BuildParams,
@@ -315,12 +276,12 @@ class CatalogIndex:
         tmp.mkdir()
         try:
             with self._lock.reading():
-                entries = [_write_sub(tmp, n, sub) for n, sub in enumerate(self._subs.values())]
+                entries = [index_files.write_sub(tmp, n, sub) for n, sub in enumerate(self._subs.values())]
             manifest = {"format": FORMAT_VERSION, "dim": self._dim, "params": self._params.model_dump(),
                         "subs": entries}
-            _write_synced(tmp / MANIFEST, json.dumps(manifest, indent=1))
-            _fsync(tmp)
-            _replace_folder(tmp, folder)
+            index_files.write_synced(tmp / MANIFEST, json.dumps(manifest, indent=1))
+            index_files.fsync(tmp)
+            index_files.replace_folder(tmp, folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -428,37 +389,3 @@ def _search_subs(subs: list[_SubIndex], queries: np.ndarray, fetch: int, params:
             row.append(Hit(sub.ids[position], float(scores[qi, col]), sub.category))
         rows.append(row)
     return rows
-
-
-def _write_sub(folder: Path, n: int, sub: _SubIndex) -> dict:
-    index_name, ids_name = f"sub-{n:04d}.faiss", f"sub-{n:04d}.ids.json"
-    faiss.write_index(sub.index, str(folder / index_name))
-    _fsync(folder / index_name)
-    _write_synced(folder / ids_name, json.dumps(sub.ids))
-    return {"category": sub.category, "kind": sub.kind, "size": sub.size, "index": index_name, "ids": ids_name}
-
-
-def _write_synced(path: Path, text: str) -> None:
-    with open(path, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _replace_folder(tmp: Path, folder: Path) -> None:
-    if not folder.exists():
-        os.rename(tmp, folder)
-    else:
-        old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:12]}")
-        os.rename(folder, old)
-        os.rename(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    _fsync(folder.parent)

@@ -1,10 +1,10 @@
-"""Jobs as the web front sees them: create score jobs (outbox first), cancel, describe, list, results."""
+"""Jobs as the web front sees them: create score and embed jobs (outbox first), cancel, describe, list, results."""
 from __future__ import annotations
 
 import csv
 import io
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 
 from sqlalchemy import func, insert, select, update
@@ -15,13 +15,16 @@ from shared.core.db import get_or_404, is_postgres
 from shared.core.errors import Forbidden, InvalidRequest, NotFound, Unprocessable
 from shared.core.states import FINAL_JOB_STATUSES, OPEN_JOB_STATUSES, ChunkState, JobKind, JobStatus, RunState
 from shared.core.tables import Chunk, Job, JobItem, ModelVersion, Result, TrainRun, utcnow
+from shared.core.vocab import EMBEDDING_TASK
 from shared.models.outputs import output_columns
-from shared.services import model_imports, model_registry
+from shared.services import model_imports, model_registry, vector_indexes
+from shared.services.embed_spec import embedding_json
 from shared.services.quotas import check_active_jobs
 from shared.services.tokens import ANYONE, Caller
 from shared.services.train_jobs import train_json
 
 MAX_ID_LENGTH = 500
+MAX_CATEGORY_LENGTH = 200  # job_items.category, embeddings.category
 
 
 def find_by_idempotency_key(session: Session, key: str, fingerprint: str) -> Job | None:
@@ -36,28 +39,38 @@ def create_score_job(session: Session, *, model_ref: str, pieces: Iterable[list[
                      source: dict, use_cache: bool, chunk_size: int,
                      idempotency_key: str | None = None, fingerprint: str | None = None,
                      token_id: int | None = None, max_active_jobs: int | None = None) -> Job:
-    """Insert the job, its items and its chunks in the caller's transaction. Nothing is enqueued
-    here: the caller commits first, then calls shared.core.dispatch.enqueue_chunks."""
+    """A score job: see `create_item_job`. A model registered with task `embedding` is refused (its output is a
+    vector, not named outputs: embed jobs read it)."""
+    return create_item_job(session, JobKind.SCORE, model_ref=model_ref, pieces=pieces, source=source,
+                           use_cache=use_cache, chunk_size=chunk_size, idempotency_key=idempotency_key,
+                           fingerprint=fingerprint, token_id=token_id, max_active_jobs=max_active_jobs)
+
+
+def create_item_job(session: Session, kind: JobKind, *, model_ref: str, pieces: Iterable[list[tuple]],
+                    source: dict, use_cache: bool, chunk_size: int,
+                    spec_for: Callable[[ModelVersion], dict] | None = None,
+                    idempotency_key: str | None = None, fingerprint: str | None = None,
+                    token_id: int | None = None, max_active_jobs: int | None = None) -> Job:
+    """Insert a job of a chunked kind (score, embed), its items and its chunks in the caller's transaction.
+    `pieces` hold (item id, uri) or (item id, uri, category); `spec_for(version)` gives the job's spec (embed jobs).
+    Nothing is enqueued here: the caller commits first, then calls shared.core.dispatch.enqueue_chunks."""
     check_active_jobs(session, token_id, max_active_jobs)
     version = model_registry.resolve(session, model_ref)
-    job = Job(id=str(uuid.uuid4()), kind=JobKind.SCORE, status=JobStatus.QUEUED, model_version_id=version.id,
+    if kind == JobKind.SCORE and version.task == EMBEDDING_TASK:
+        raise Unprocessable(f"model {version.name}@{version.version} is an embedding model: its output is a vector, "
+                            "not scores; embed with it (POST /api/v1/jobs/embed)", field="model")
+    job = Job(id=str(uuid.uuid4()), kind=kind, status=JobStatus.QUEUED, model_version_id=version.id,
               model_ref=model_ref, idempotency_key=idempotency_key, request_fingerprint=fingerprint,
               source=source, upload_folder=source.get("folder") if source.get("type") == "upload" else None,
               use_cache=use_cache, token_id=token_id, total_items=0, done_items=0, failed_items=0,
-              cached_items=0, total_chunks=0)
+              cached_items=0, total_chunks=0, spec=spec_for(version) if spec_for else None)
     session.add(job)
     session.flush()
     total = 0
     for piece in pieces:
         rows = []
-        for item_id, uri in piece:
-            if not item_id or len(item_id) > MAX_ID_LENGTH:
-                raise InvalidRequest(f"item id must be 1-{MAX_ID_LENGTH} characters: {item_id[:50]!r}",
-                                     field="id")
-            if "\x00" in item_id or "\x00" in uri:  # e.g. from a manifest; the database refuses them
-                raise InvalidRequest(f"item {item_id[:50]!r} holds a NUL byte in its id or image path",
-                                     field="id" if "\x00" in item_id else "uri")
-            rows.append({"job_id": job.id, "item_id": item_id, "uri": uri, "chunk_no": total // chunk_size})
+        for item in piece:
+            rows.append({"job_id": job.id, **_item_row(item), "chunk_no": total // chunk_size})
             total += 1
         if rows:
             try:
@@ -77,6 +90,20 @@ def create_score_job(session: Session, *, model_ref: str, pieces: Iterable[list[
     return job
 
 
+def _item_row(item: tuple) -> dict:
+    """One (item id, uri[, category]) checked: the database refuses NUL bytes, and a value over its column."""
+    item_id, uri, category = (*item, None) if len(item) == 2 else item
+    if not item_id or len(item_id) > MAX_ID_LENGTH:
+        raise InvalidRequest(f"item id must be 1-{MAX_ID_LENGTH} characters: {item_id[:50]!r}", field="id")
+    if "\x00" in item_id or "\x00" in uri:  # e.g. from a manifest
+        raise InvalidRequest(f"item {item_id[:50]!r} holds a NUL byte in its id or image path",
+                             field="id" if "\x00" in item_id else "uri")
+    if category is not None and (len(category) > MAX_CATEGORY_LENGTH or "\x00" in category):
+        raise InvalidRequest(f"the category of item {item_id[:50]!r} must be at most {MAX_CATEGORY_LENGTH} "
+                             "characters, without NUL bytes", field="category")
+    return {"item_id": item_id, "uri": uri, "category": category}
+
+
 def _insert_items(session: Session, job_id: str, rows: list[dict]) -> None:
     """On PostgreSQL by COPY: a 100,000-item manifest costs the server a fraction of 100,000 INSERT rows and the
     client no query text to build or split."""
@@ -87,9 +114,9 @@ def _insert_items(session: Session, job_id: str, rows: list[dict]) -> None:
 
     cursor = session.connection().connection.driver_connection.cursor()
     try:
-        with cursor.copy("COPY job_items (job_id, item_id, uri, chunk_no) FROM STDIN") as copy:
+        with cursor.copy("COPY job_items (job_id, item_id, uri, chunk_no, category) FROM STDIN") as copy:
             for row in rows:
-                copy.write_row((job_id, row["item_id"], row["uri"], row["chunk_no"]))
+                copy.write_row((job_id, row["item_id"], row["uri"], row["chunk_no"], row["category"]))
     except UniqueViolation as exc:  # the driver's own error: say it as SQLAlchemy would
         raise IntegrityError("COPY job_items", None, exc) from exc
 
@@ -158,6 +185,8 @@ def job_json(session: Session, job: Job) -> dict:
     if job.kind == JobKind.TRAIN:
         common["links"]["metrics"] = f"/api/v1/jobs/{job.id}/metrics"
         return {**common, **train_json(session, job, session.get(TrainRun, job.id))}
+    if job.kind == JobKind.INDEX:
+        return {**common, **vector_indexes.index_job_json(session, job)}
     if job.kind == JobKind.IMPORT:
         described = model_imports.import_json(session, job)
         common["links"].update(described.pop("links"))
@@ -183,6 +212,7 @@ def job_json(session: Session, job: Job) -> dict:
         },
         "chunks": {"total": job.total_chunks, **{state.value: chunk_states.get(state, 0) for state in ChunkState}},
         "cache": job.use_cache,
+        **({"embedding": embedding_json(job)} if job.kind == JobKind.EMBED else {}),
     }
 
 
@@ -214,28 +244,44 @@ def result_json(r: Result) -> dict:
             "from_cache": r.from_cache, "content_hash": r.content_hash}
 
 
+def _results(job: Job, *columns):
+    """SELECT `columns` of the job's results by item id; an embed job's also give each item's category (the
+    category is the item's, not an output: it is read from job_items, not stored twice)."""
+    if job.kind != JobKind.EMBED:
+        return select(*columns).where(Result.job_id == job.id).order_by(Result.item_id)
+    return (select(*columns, JobItem.category).outerjoin(JobItem, (JobItem.job_id == Result.job_id)
+                                                           & (JobItem.item_id == Result.item_id))
+            .where(Result.job_id == job.id).order_by(Result.item_id))
+
+
 def results_page(session: Session, job: Job, *, after: str | None, limit: int,
                  status: str | None = None) -> tuple[list[dict], str | None]:
-    q = select(Result).where(Result.job_id == job.id).order_by(Result.item_id).limit(limit)
+    q = _results(job, Result).limit(limit)
     if after is not None:
         q = q.where(Result.item_id > after)
     if status:
         q = q.where(Result.status == status)
-    rows = [result_json(r) for r in session.scalars(q)]
+    rows = [result_json(row[0]) | ({"category": row[1]} if len(row) > 1 else {}) for row in session.execute(q)]
     return rows, (rows[-1]["id"] if len(rows) == limit else None)
+
+
+def _output_columns(session: Session, job: Job) -> list[str]:
+    if job.kind == JobKind.EMBED:
+        return ["category", "dim"]  # the vectors themselves are in the catalog's embeddings, not in results
+    version = session.get(ModelVersion, job.model_version_id)
+    return output_columns(version.task, version.output_names, version.class_names)
 
 
 def results_csv(session: Session, job: Job) -> Iterator[str]:
     """CSV text in pieces, read from the database a thousand rows at a time."""
-    version = session.get(ModelVersion, job.model_version_id)
-    columns = output_columns(version.task, version.output_names, version.class_names)
+    columns = _output_columns(session, job)
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["id", "status", "error", "from_cache", *columns])
-    q = (select(Result.item_id, Result.status, Result.error, Result.from_cache, Result.outputs)
-         .where(Result.job_id == job.id).order_by(Result.item_id).execution_options(yield_per=1000))
-    for n, (item_id, status, error, from_cache, outputs) in enumerate(session.execute(q), 1):
-        outputs = outputs or {}
+    q = _results(job, Result.item_id, Result.status, Result.error, Result.from_cache,
+                 Result.outputs).execution_options(yield_per=1000)
+    for n, (item_id, status, error, from_cache, outputs, *category) in enumerate(session.execute(q), 1):
+        outputs = {**(outputs or {}), **({"category": category[0]} if category else {})}
         writer.writerow([item_id, status, error or "", int(bool(from_cache)),
                          *[outputs.get(c, "") for c in columns]])
         if n % 1000 == 0:

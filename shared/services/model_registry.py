@@ -23,7 +23,7 @@ from shared.core import names
 from shared.core.errors import Conflict, InvalidRequest, ModelRejected, NotFound
 from shared.core.paths import path_inside
 from shared.core.tables import MAX_INT32, ModelAlias, ModelVersion, utcnow
-from shared.core.vocab import PIXEL_SCALES, RESIZE_MODES, TASKS
+from shared.core.vocab import EMBEDDING_TASK, PIXEL_SCALES, RESIZE_MODES, TASKS
 from shared.models import targets
 from shared.models.outputs import default_output_names
 
@@ -56,6 +56,10 @@ class Signature:
             raise InvalidRequest("input size must be between 8 and 4096 pixels")
         if self.task == "classification" and not self.class_names:
             raise InvalidRequest("a classification model needs class_names")
+        if self.task == EMBEDDING_TASK and (self.class_names or self.output_names):
+            raise InvalidRequest("an embedding model has no class or output names: its output is the vector")
+        if self.task == EMBEDDING_TASK and (self.target_transform or {"kind": "none"}).get("kind") != "none":
+            raise InvalidRequest("an embedding model takes no target transform: its output is the vector")
         try:
             self.target_transform = targets.validate(self.target_transform or {"kind": "none"})
         except ValueError as exc:

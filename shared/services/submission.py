@@ -19,6 +19,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable, Iterable
+from functools import partial
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -27,9 +28,11 @@ from sqlalchemy.orm import Session
 from shared.core import dispatch
 from shared.core.config import Settings
 from shared.core.db import session_scope
-from shared.core.states import JobKind
+from shared.core.states import CHUNKED_JOB_KINDS, JobKind
 from shared.core.tables import Job
-from shared.services import jobs, model_imports, train_jobs
+from shared.search.vector_index import BuildParams
+from shared.services import jobs, model_imports, train_jobs, vector_indexes
+from shared.services.embed_spec import embedding_spec
 from shared.services.model_registry import Signature
 from shared.services.train_spec import TrainRequest
 
@@ -42,13 +45,14 @@ def fingerprint(request: object) -> str:
 
 
 def send(job_ids: list[str]) -> int:
-    """Enqueue committed jobs by kind: every chunk of a score job, a train job's run, an import job. Returns how
-    many messages the broker took."""
+    """Enqueue committed jobs by kind: every chunk of a score or embed job, a train job's run, an import job.
+    Returns how many messages the broker took."""
     with session_scope() as session:
         rows = session.execute(select(Job.id, Job.kind, Job.total_chunks).where(Job.id.in_(job_ids))).all()
     sent = sum(dispatch.enqueue_chunks(row.id, list(range(row.total_chunks)))
-               for row in rows if row.kind == JobKind.SCORE)
-    for kind, enqueue in ((JobKind.TRAIN, dispatch.enqueue_train), (JobKind.IMPORT, dispatch.enqueue_imports)):
+               for row in rows if row.kind in CHUNKED_JOB_KINDS)
+    for kind, enqueue in ((JobKind.TRAIN, dispatch.enqueue_train), (JobKind.IMPORT, dispatch.enqueue_imports),
+                          (JobKind.INDEX, dispatch.enqueue_index)):
         ids = [row.id for row in rows if row.kind == kind]
         sent += enqueue(ids) if ids else 0
     return sent
@@ -118,6 +122,23 @@ def submit_score(settings: Settings, *, model_ref: str, pieces: Iterable[list[tu
                   discard=discard)
 
 
+def submit_embed(settings: Settings, *, model_ref: str, catalog: str, layer: str | None, normalize: bool,
+                 pieces: Iterable[list[tuple[str, str, str | None]]], source: dict, use_cache: bool,
+                 idempotency_key: str | None = None, request_fingerprint: str | None = None,
+                 token_id: int | None = None, discard: Callable[[], None] | None = None) -> tuple[dict, bool]:
+    """An embed job over `pieces` (lists of (item id, image uri, category)) into `catalog`, chunked as scoring;
+    its space (the version, layer and normalisation) is decided here, at submission (shared/services/embed_spec.py)."""
+    def create(session: Session) -> Job:
+        return jobs.create_item_job(session, JobKind.EMBED, model_ref=model_ref, pieces=pieces, source=source,
+                                    use_cache=use_cache, chunk_size=settings.chunk_size,
+                                    spec_for=partial(embedding_spec, catalog=catalog, layer=layer, normalize=normalize),
+                                    idempotency_key=idempotency_key, fingerprint=request_fingerprint,
+                                    token_id=token_id, max_active_jobs=settings.max_active_jobs)
+
+    return submit(create, idempotency_key=idempotency_key, request_fingerprint=request_fingerprint,
+                  discard=discard)
+
+
 def submit_train(req: TrainRequest, *, idempotency_key: str | None = None, request_fingerprint: str | None = None,
                  token_id: int | None = None, max_active_jobs: int | None = None) -> tuple[dict, bool]:
     """A train job (the training runs in a fresh process on the train queue)."""
@@ -148,3 +169,14 @@ def submit_sweep(base: dict, grid: dict[str, list]) -> dict:
     commit_and_send(lambda session: train_jobs.create_sweep(session, sweep_id, base, grid))
     with session_scope() as session:
         return train_jobs.sweep_json(session, sweep_id)
+
+
+def submit_index(*, catalog: str, space: str | None, mode: str, params: BuildParams | None, token_id: int | None = None
+                 ) -> tuple[dict, bool]:
+    """An index job: build the catalog's index in an embedding space, or extend the latest one with the items
+    embedded since (a delta); the maintenance worker runs it."""
+    def create(session: Session) -> Job:
+        return vector_indexes.create_index_job(session, catalog=catalog, space=space, mode=mode, params=params,
+                                               token_id=token_id)
+
+    return submit(create)

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.core.names import ModelRef, Name
-from shared.core.vocab import Architecture, PixelScale, ResizeMode, Task
+from shared.core.vocab import Architecture, PixelScale, ResizeMode, TrainableTask
 from shared.images.datasets import DatasetSpec
 
 
@@ -77,7 +77,7 @@ class Gate(Strict):
 
 class TrainRequest(Strict):
     model: Name  # the name the new version is registered under (a folder of the model store)
-    task: Task
+    task: TrainableTask  # an `embedding` model is imported, never trained
     dataset: DatasetRef
     base: TrainBase
     class_names: list[str] | None = None

@@ -1,4 +1,4 @@
-"""The `imgq` command: serve, worker, beat, db, models, demo.
+"""The `imgq` command: serve, worker, beat, db, models, train, index, similar, demo.
 
 Each command is an entry point: it reads the settings once (`_settings`), creates the data folders and
 configures the database and the Celery app from them before it does anything else.
@@ -79,7 +79,7 @@ def cmd_serve(args) -> int:
 
 
 def worker_argv(args) -> list[str]:
-    queues = args.queues or "score,train"
+    queues = args.queues or "score,train,queries"
     name = "cpu" if args.gpu is None else f"gpu{args.gpu}"  # and the pid: several workers may share a host
     return ["worker", "-Q", queues, "--pool", "prefork", "-c", str(args.concurrency), "-n", f"{name}-{os.getpid()}@%h",
             "--without-mingle", "--without-gossip", "-l", args.loglevel]
@@ -215,6 +215,39 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_index(args) -> int:
+    """Build a catalog's index (or extend it with a delta) through the same service as
+    POST /api/v1/catalogs/<catalog>/indexes; the maintenance worker runs the job."""
+    from shared.search.vector_index import BuildParams
+    from shared.services.submission import submit_index
+
+    settings = _database_ready()
+    params = None  # a delta keeps the parameters of the version it extends
+    if args.mode == "build" or args.params:
+        params = BuildParams.model_validate({"exact_below": settings.exact_index_below,
+                                             **(json.loads(args.params) if args.params else {})})
+    description, _ = submit_index(catalog=args.catalog, space=args.space, mode=args.mode, params=params)
+    print(json.dumps(description, indent=2))
+    return 0
+
+
+def cmd_similar(args) -> int:
+    """The catalog items most like an image (or an item), as POST /api/v1/similar answers: the image is embedded by
+    a worker consuming the queries queue, the index is searched here."""
+    from shared.services.similar import SimilarQuery, encode_image, new_holder, search
+
+    settings = _database_ready()
+    query = {"catalog": args.catalog, "k": args.k, "space": args.space, "category": args.category,
+             "category_from": args.category_from}
+    if args.item:
+        query["item_id"] = args.image
+    else:
+        query["image_base64"] = encode_image(Path(args.image).read_bytes())
+    answer = search(settings, [SimilarQuery.model_validate(query)], new_holder())[0]
+    print(json.dumps(answer, indent=2))
+    return 0
+
+
 def cmd_datasets_check(args) -> int:
     from shared.images.datasets import DatasetSpec, check_dataset
 
@@ -322,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     where = worker.add_mutually_exclusive_group()
     where.add_argument("--gpu", type=int, help="GPU index to pin this worker to")
     where.add_argument("--cpu", action="store_true", help="run on the CPU (the default without --gpu)")
-    worker.add_argument("--queues", help="comma-separated queues (default: score,train)")
+    worker.add_argument("--queues", help="comma-separated queues (default: score,train,queries)")
     worker.add_argument("--concurrency", type=int, default=1)
     worker.add_argument("--loglevel", default="INFO")
     worker.set_defaults(func=cmd_worker)
@@ -407,6 +440,23 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("request", help="a JSON file, or - for standard input")
     create.set_defaults(func=cmd_schedules_create)
     sched.add_parser("list", help="schedules and their next slot").set_defaults(func=cmd_schedules_list)
+    index = sub.add_parser("index", help="build a catalog's similar-image index, or extend it (--mode delta)")
+    index.add_argument("--catalog", required=True, type=_name)
+    index.add_argument("--space", help="the embedding space (needed when the catalog has several)")
+    index.add_argument("--mode", choices=("build", "delta"), default="build")
+    index.add_argument("--params", help='build parameters as JSON, e.g. \'{"kind": "hnsw", "ef_search": 128}\'')
+    index.set_defaults(func=cmd_index)
+
+    sim = sub.add_parser("similar", help="the catalog items most like an image (or, with --item, an item)")
+    sim.add_argument("image", help="an image file (or an item id with --item)")
+    sim.add_argument("--catalog", required=True, type=_name)
+    sim.add_argument("--k", type=int, default=10)
+    sim.add_argument("--item", action="store_true", help="IMAGE is an item id of the catalog")
+    sim.add_argument("--space", help="the embedding space (default: the catalog's latest index)")
+    which = sim.add_mutually_exclusive_group()
+    which.add_argument("--category", help="only items of this category")
+    which.add_argument("--category-from", help="a classification model whose label is the category")
+    sim.set_defaults(func=cmd_similar)
     return p
 
 

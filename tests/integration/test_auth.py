@@ -12,7 +12,7 @@ from web.app import create_app
 from web.auth import OPEN, SCOPE_OF
 
 PARAMS = {"job_id": "00000000-0000-0000-0000-000000000000", "name": "m", "alias": "staging", "version": 1,
-          "schedule_id": 1, "sweep_id": "nope"}
+          "schedule_id": 1, "sweep_id": "nope", "catalog": "shop", "item_id": "item-1"}
 
 
 def make_token(scopes: str) -> str:
@@ -26,7 +26,8 @@ def endpoints(app):
             continue
         url = rule.rule
         for arg in rule.arguments:
-            url = url.replace(f"<{arg}>", str(PARAMS[arg])).replace(f"<int:{arg}>", str(PARAMS[arg]))
+            for converter in ("", "int:", "path:"):
+                url = url.replace(f"<{converter}{arg}>", str(PARAMS[arg]))
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             yield rule.endpoint, method, url
 

@@ -46,7 +46,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from shared.core.vocab import ARCHITECTURES, PIXEL_SCALE_MAPS, PIXEL_SCALES, TASKS
+from shared.core.vocab import ARCHITECTURES, PIXEL_SCALE_MAPS, PIXEL_SCALES, TRAINABLE_TASKS
 from shared.models.architectures import vgg_trunk
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam", "adagrad")
@@ -84,7 +84,7 @@ class HeadSpec:
     dropout: float = 0.2
 
     def validated(self) -> HeadSpec:
-        _choice("task", self.task, TASKS)
+        _choice("task", self.task, TRAINABLE_TASKS)
         if isinstance(self.outputs, bool) or not isinstance(self.outputs, (int, np.integer)) or self.outputs < 1:
             raise ValueError(f"head outputs must be a positive integer, got {self.outputs!r}")
         if self.task == "classification" and self.outputs < 2:
@@ -560,7 +560,7 @@ def make_augmentation(spec: dict, task: str, *, pixel_scale: str = "raw", seed: 
     the value range), translate (fraction of the size). For "keypoints" only contrast and brightness are allowed:
     geometric ones would move the points. `pixel_scale` is the images' scale (value range of the photometric ops).
     """
-    _choice("task", task, TASKS)
+    _choice("task", task, TRAINABLE_TASKS)
     _choice("pixel_scale", pixel_scale, PIXEL_SCALES)
     spec = dict(spec or {})
     unknown = sorted(set(spec) - set(AUGMENTATIONS))
@@ -605,7 +605,7 @@ def compile_for_task(model: keras.Model, task: str, optimizer) -> None:
 
     `optimizer`: a keras Optimizer, or a name from OPTIMIZERS (learning rate 1e-3).
     """
-    _choice("task", task, TASKS)
+    _choice("task", task, TRAINABLE_TASKS)
     if isinstance(optimizer, str):
         optimizer = make_optimizer(optimizer, 1e-3)
     if task == "classification":

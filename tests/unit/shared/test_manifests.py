@@ -58,3 +58,22 @@ def test_an_unknown_kind_or_a_broken_parquet_file_is_refused_without_the_server_
     with pytest.raises(InvalidRequest) as err:
         list(iter_manifest(tmp_path / "m.parquet", "id", "image"))
     assert "cannot read the manifest m.parquet" in err.value.message and str(tmp_path) not in err.value.message
+
+
+@pytest.mark.parametrize("name", ["items.csv", "items.parquet"])
+def test_an_embed_manifest_gives_each_item_its_category_and_empty_cells_none(tmp_path, name):
+    frame = pd.DataFrame({"id": ["a", "b", "c"], "image": ["a.jpg", "b.jpg", "c.jpg"], "kind": ["shoe", None, "hat"]})
+    _write(tmp_path / name, frame)
+    items = [item for piece in iter_manifest(tmp_path / name, "id", "image", "kind") for item in piece]
+    assert items == [("a", str(tmp_path / "a.jpg"), "shoe"), ("b", str(tmp_path / "b.jpg"), None),
+                     ("c", str(tmp_path / "c.jpg"), "hat")]
+
+
+def test_a_category_column_is_optional_unless_required(tmp_path):
+    _write(tmp_path / "m.csv", pd.DataFrame({"id": ["a"], "image": ["a.jpg"]}))
+    items = [i for piece in iter_manifest(tmp_path / "m.csv", "id", "image", "category", category_required=False)
+             for i in piece]
+    assert items == [("a", str(tmp_path / "a.jpg"), None)]
+    with pytest.raises(InvalidRequest) as err:
+        list(iter_manifest(tmp_path / "m.csv", "id", "image", "category"))
+    assert err.value.details["field"] == "category_column" and "no column 'category'" in err.value.message

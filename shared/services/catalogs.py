@@ -1,0 +1,95 @@
+"""Catalogs as clients see them: their embedding spaces and indexes, deleting items, items' thumbnails.
+
+A catalog exists once an embed job wrote vectors for it. Deleting an item marks its vectors in every space
+(`deleted_at`): queries leave it out from then on, the next index build purges it, and embedding it again brings
+it back.
+"""
+from __future__ import annotations
+
+import io
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from shared.core.config import Settings
+from shared.core.errors import InvalidRequest, NotFound
+from shared.core.names import check_name
+from shared.core.paths import OutsideDataRoots, resolve_inside
+from shared.core.tables import Embedding, Job, VectorIndex, utcnow
+from shared.images.imaging import ImageError, read_and_hash
+from shared.services.vector_indexes import index_json
+
+MAX_DELETIONS = 10_000
+THUMBNAIL_SIZES = (64, 512)  # smallest and largest edge a client may ask for
+
+
+def list_catalogs(session: Session, only: str | None = None) -> list[dict]:
+    """Each catalog (or only the one named) with its spaces: live and deleted items, when last embedded."""
+    q = (select(Embedding.catalog, Embedding.space, func.count(), func.count(Embedding.deleted_at),
+                func.max(Embedding.created_at))
+         .group_by(Embedding.catalog, Embedding.space).order_by(Embedding.catalog, Embedding.space))
+    if only is not None:
+        q = q.where(Embedding.catalog == only)
+    out: dict[str, dict] = {}
+    for catalog, space, total, deleted, last in session.execute(q):
+        entry = out.setdefault(catalog, {"name": catalog, "spaces": [],
+                                         "links": {"self": f"/api/v1/catalogs/{catalog}"}})
+        entry["spaces"].append({"space": space, "items": total - deleted, "deleted": deleted,
+                                "last_embedded_at": None if last is None else last.isoformat()})
+    return list(out.values())
+
+
+def catalog_json(session: Session, catalog: str) -> dict:
+    """A catalog's spaces, each with its latest index versions."""
+    check_name(catalog, "catalog")
+    found = list_catalogs(session, catalog)
+    if not found:
+        raise NotFound(f"no catalog {catalog} (no embed job wrote vectors for it)")
+    entry = found[0]
+    for space in entry["spaces"]:
+        rows = session.scalars(select(VectorIndex).where(VectorIndex.catalog == catalog,
+                                                         VectorIndex.space == space["space"])
+                               .order_by(VectorIndex.version.desc()).limit(5))
+        space["indexes"] = [index_json(r) for r in rows]
+    return entry
+
+
+def delete_items(session: Session, catalog: str, item_ids: list[str]) -> dict:
+    """Mark the items deleted in every space of the catalog; returns how many were found and newly deleted."""
+    check_name(catalog, "catalog")
+    if not item_ids:
+        raise InvalidRequest("ids must list at least one item id", field="ids")
+    if len(item_ids) > MAX_DELETIONS:
+        raise InvalidRequest(f"at most {MAX_DELETIONS} ids per request", field="ids")
+    ids = sorted(set(item_ids))
+    known = set(session.scalars(select(Embedding.item_id).where(Embedding.catalog == catalog,
+                                                                Embedding.item_id.in_(ids))))
+    newly = session.execute(update(Embedding).where(Embedding.catalog == catalog, Embedding.item_id.in_(ids),
+                                                    Embedding.deleted_at.is_(None))
+                            .values(deleted_at=utcnow())).rowcount
+    return {"catalog": catalog, "requested": len(ids), "found": len(known),
+            "unknown": [i for i in ids if i not in known][:100], "deleted_rows": newly}
+
+
+def thumbnail(session: Session, settings: Settings, catalog: str, item_id: str, size: int) -> bytes:
+    """A JPEG of the item's image, its longer edge at most `size` pixels (EXIF orientation applied)."""
+    from PIL import Image, ImageOps
+
+    if not THUMBNAIL_SIZES[0] <= size <= THUMBNAIL_SIZES[1]:
+        raise InvalidRequest(f"size must be between {THUMBNAIL_SIZES[0]} and {THUMBNAIL_SIZES[1]}", field="size")
+    row = session.execute(select(Embedding.uri, Job.upload_folder).outerjoin(Job, Job.id == Embedding.job_id)
+                          .where(Embedding.catalog == catalog, Embedding.item_id == item_id)
+                          .order_by(Embedding.created_at.desc()).limit(1)).first()
+    if row is None:
+        raise NotFound(f"catalog {catalog} has no item {item_id!r}")
+    try:
+        path = resolve_inside(settings.readable_roots(row.upload_folder), row.uri)
+        data, _ = read_and_hash(path, max_bytes=settings.max_image_bytes, shown=item_id)
+        with Image.open(io.BytesIO(data)) as img:
+            img = ImageOps.exif_transpose(img)
+            img.thumbnail((size, size))
+            out = io.BytesIO()
+            img.convert("RGB").save(out, "JPEG", quality=85)
+    except (OutsideDataRoots, ImageError, OSError) as exc:
+        raise NotFound(f"the image of item {item_id!r} cannot be read: {exc}") from None
+    return out.getvalue()

@@ -1,0 +1,67 @@
+"""What an embed job makes, decided when it is submitted and stored as the job's `spec`: the catalog its vectors go
+to and the embedding space they are in (shared/models/embedding_space.py), with the layer read checked against the
+model file without TensorFlow (shared/models/keras_config.py); and that spec as a job's description shows it.
+
+spec = {"catalog", "space", "layer", "normalize"}, plus "dim" once a worker has built the embedder (the width of
+the layer's output, which only Keras knows for sure). `layer` is None only for a model registered with task
+`embedding` read at its output; any other model reads the layer it names, or the layer before its head.
+A layer the file does not hold is a 400 at submission; a file the web front cannot read leaves the check to the
+worker, which fails the job with the reason.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from shared.core import names
+from shared.core.errors import InvalidRequest, Unprocessable
+from shared.core.tables import Job, ModelVersion
+from shared.core.vocab import EMBEDDING_TASK
+from shared.models import keras_config
+from shared.models.embedding_space import MAX_LAYER_LENGTH, check_layer, space_name
+
+SHOWN_LAYERS = 30  # an unknown layer's message lists at most this many of the model's layers
+
+
+def embedding_spec(version: ModelVersion, *, catalog: str, layer: str | None, normalize: bool) -> dict:
+    """The spec of an embed job with `version`; InvalidRequest or Unprocessable naming the field at fault."""
+    names.check_name(catalog, "catalog")
+    if layer is not None:
+        check_layer(layer)
+        _check_layer_exists(version, layer)
+    elif version.task != EMBEDDING_TASK:
+        layer = _layer_before_head(version)
+    return {"catalog": catalog, "space": space_name(version.name, version.version, layer, normalize),
+            "layer": layer, "normalize": normalize}
+
+
+def _ref(version: ModelVersion) -> str:
+    return f"{version.name}@{version.version}"
+
+
+def _check_layer_exists(version: ModelVersion, layer: str) -> None:
+    try:
+        known = keras_config.layer_graph(Path(version.path)).names()
+    except keras_config.KerasConfigError:
+        return  # the worker loads the model and fails the job if the layer is not there
+    if layer not in known:
+        shown = ", ".join(known[:SHOWN_LAYERS]) + (", ..." if len(known) > SHOWN_LAYERS else "")
+        raise InvalidRequest(f"model {_ref(version)} has no layer {layer!r}; its layers are {shown}", field="layer")
+
+
+def _layer_before_head(version: ModelVersion) -> str:
+    try:
+        layer = keras_config.layer_before_head(keras_config.layer_graph(Path(version.path)))
+    except keras_config.KerasConfigError as exc:
+        raise Unprocessable(f"cannot find the layer before the head of model {_ref(version)}: {exc}; name the layer "
+                            "to embed with in 'layer'", field="layer") from None
+    if names.name_problem(layer, MAX_LAYER_LENGTH) is not None:
+        raise Unprocessable(f"the layer before the head of model {_ref(version)} is {layer[:200]!r}, a name an "
+                            "embedding space cannot hold; name another layer in 'layer'", field="layer")
+    return layer
+
+
+def embedding_json(job: Job) -> dict:
+    """The `embedding` part of an embed job's description."""
+    spec = job.spec or {}
+    return {"catalog": spec.get("catalog"), "space": spec.get("space"), "layer": spec.get("layer"),
+            "normalize": spec.get("normalize"), "dim": spec.get("dim")}

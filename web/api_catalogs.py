@@ -1,0 +1,111 @@
+"""HTTP endpoints for catalogs and similar-image search: catalogs and their indexes, index jobs, deleting items,
+thumbnails, and queries (one, or a batch in one request)."""
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from shared.core.db import session_scope
+from shared.core.errors import InvalidRequest, RequestEntityTooLarge
+from shared.core.names import check_name
+from shared.search.vector_index import BuildParams
+from shared.services import catalogs, similar, submission
+from web.auth import caller
+from web.http import created as created_response
+from web.http import form_fields, json_object
+
+bp = Blueprint("catalogs", __name__, url_prefix="/api/v1")
+
+MAX_QUERY_IMAGE_BYTES = 10 * 1024 * 1024  # an uploaded query image travels to the worker inside its message
+
+
+@bp.get("/catalogs")
+def list_catalogs():
+    with session_scope() as session:
+        return jsonify({"catalogs": catalogs.list_catalogs(session)})
+
+
+@bp.get("/catalogs/<catalog>")
+def get_catalog(catalog: str):
+    with session_scope() as session:
+        return jsonify(catalogs.catalog_json(session, catalog))
+
+
+@bp.post("/catalogs/<catalog>/indexes")
+def create_index_job(catalog: str):
+    """{"mode": "build" | "delta", "space": optional, "params": {...BuildParams}} -> 202 with the index job."""
+    check_name(catalog, "catalog")
+    body = json_object("a JSON object (an index request)") if request.content_length else {}
+    unknown = set(body) - {"mode", "space", "params"}
+    if unknown:
+        raise InvalidRequest(f"unknown fields: {', '.join(sorted(unknown))} (expected mode, space, params)",
+                             field=sorted(unknown)[0])
+    mode, space = body.get("mode", "build"), body.get("space")
+    if not isinstance(mode, str) or (space is not None and not isinstance(space, str)):
+        raise InvalidRequest("mode and space must be strings", field="mode" if not isinstance(mode, str) else "space")
+    settings = current_app.config["IMGQ_SETTINGS"]
+    params = None  # a delta keeps the parameters of the version it extends
+    if mode != "delta" or "params" in body:
+        params = BuildParams.model_validate({"exact_below": settings.exact_index_below, **(body.get("params") or {})})
+    description, created = submission.submit_index(catalog=catalog, space=space, mode=mode, params=params,
+                                                   token_id=caller().token_id)
+    return created_response(description, description["links"]["self"], 202)
+
+
+@bp.post("/catalogs/<catalog>/deletions")
+def delete_items(catalog: str):
+    """{"ids": [...]}: those items leave every answer at once; the next index build purges them."""
+    body = json_object("a JSON object with ids")
+    ids = body.get("ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
+        raise InvalidRequest("ids must be a list of item ids (non-empty strings)", field="ids")
+    with session_scope() as session:
+        return jsonify(catalogs.delete_items(session, catalog, ids))
+
+
+@bp.delete("/catalogs/<catalog>/items/<path:item_id>")
+def delete_item(catalog: str, item_id: str):
+    with session_scope() as session:
+        return jsonify(catalogs.delete_items(session, catalog, [item_id]))
+
+
+@bp.get("/catalogs/<catalog>/items/<path:item_id>/thumbnail")
+def get_thumbnail(catalog: str, item_id: str):
+    size = request.args.get("size", "160")
+    if not size.isdigit():
+        raise InvalidRequest("size must be an integer", field="size")
+    settings = current_app.config["IMGQ_SETTINGS"]
+    with session_scope() as session:
+        data = catalogs.thumbnail(session, settings, catalog, item_id, int(size))
+    return Response(data, mimetype="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+
+def _query_from_upload() -> similar.SimilarQuery:
+    """multipart: the image as a part named `image`, the other fields as form fields."""
+    upload = request.files.get("image")
+    if upload is None:
+        raise InvalidRequest("send the query image as a multipart part named 'image'", field="image")
+    data = upload.stream.read(MAX_QUERY_IMAGE_BYTES + 1)
+    if len(data) > MAX_QUERY_IMAGE_BYTES:
+        raise RequestEntityTooLarge(f"a query image may have at most {MAX_QUERY_IMAGE_BYTES} bytes", field="image")
+    if not data:
+        raise InvalidRequest("the uploaded query image is empty", field="image")
+    fields = {k: v for k, v in form_fields().items() if v != ""}
+    return similar.SimilarQuery.model_validate({**fields, "image_base64": similar.encode_image(data)})
+
+
+@bp.post("/similar")
+def similar_one():
+    if request.mimetype == "multipart/form-data":
+        query = _query_from_upload()
+    elif request.is_json:
+        query = similar.SimilarQuery.model_validate(json_object("a JSON object (a similar-image query)"))
+    else:
+        raise InvalidRequest("send application/json (item_id or image_uri) or multipart/form-data (an image)")
+    return jsonify(similar.search(current_app.config["IMGQ_SETTINGS"], [query], current_app.config["IMGQ_INDEXES"])[0])
+
+
+@bp.post("/similar/batch")
+def similar_batch():
+    batch = similar.SimilarBatch.model_validate(json_object("a JSON object with queries"))
+    answers = similar.search(current_app.config["IMGQ_SETTINGS"], batch.queries, current_app.config["IMGQ_INDEXES"])
+    return jsonify({"answers": answers})
