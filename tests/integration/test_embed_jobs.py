@@ -357,6 +357,16 @@ def end_to_end(stack, database_url, file, catalog):
     assert [rows[p.stem].category for p in paths] == ["x", "y"] * 5
     got = vectors_from_bytes([rows[p.stem].vector for p in paths], 6)
     np.testing.assert_allclose(got, expected(file, None, paths), atol=1e-5)
+    # the catalog indexed by the maintenance worker, and an image query embedded by the worker (its result comes
+    # back through the result backend: Redis, or a folder on the embedded default)
+    resp = stack.http.post(stack.url(f"/api/v1/catalogs/{catalog}/indexes"), json={}, timeout=60)
+    assert resp.status_code == 202, resp.text
+    assert stack.wait_job(resp.json()["id"], timeout=180)["status"] == "succeeded"
+    with open(paths[3], "rb") as fh:
+        resp = stack.http.post(stack.url("/api/v1/similar"), data={"catalog": catalog, "k": "3"},
+                               files={"image": ("query.jpg", fh)}, timeout=60)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["results"][0]["id"] == paths[3].stem and resp.json()["results"][0]["score"] > 0.9999
     resp = stack.http.post(stack.url("/api/v1/jobs/embed"), json={**body, "catalog": f"{catalog}-again"}, timeout=60)
     again = stack.wait_job(resp.json()["id"], timeout=180)
     assert again["status"] == "succeeded" and again["progress"]["from_cache"] == 10
