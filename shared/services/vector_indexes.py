@@ -193,7 +193,7 @@ def _live_ids(catalog: str, space: str) -> set[str]:
                                    .execution_options(yield_per=PAGE)))
 
 
-def _build(job_id: str, spec: dict, progress: _Progress) -> CatalogIndex:
+def _build(spec: dict, progress: _Progress) -> CatalogIndex:
     ids, categories, vectors = read_vectors(spec["catalog"], spec["space"])
     if not ids:
         raise ValueError(f"catalog {spec['catalog']} has no live vectors in space {spec['space']!r}")
@@ -202,8 +202,8 @@ def _build(job_id: str, spec: dict, progress: _Progress) -> CatalogIndex:
                               progress=lambda done, total: progress(done, total))
 
 
-def _extend(job_id: str, spec: dict, store_base: VectorIndex, progress: _Progress) -> tuple[CatalogIndex, int]:
-    index = CatalogIndex.load(Path(store_base.path))
+def _extend(spec: dict, base: VectorIndex, progress: _Progress) -> tuple[CatalogIndex, int]:
+    index = CatalogIndex.load(Path(base.path))
     missing = {i for i in _live_ids(spec["catalog"], spec["space"]) if not index.contains(i)}
     progress(0, len(missing), force=True)
     ids, categories, vectors = read_vectors(spec["catalog"], spec["space"], only=missing)
@@ -269,9 +269,9 @@ def run_index_job(job_id: str, settings: Settings) -> str:
                     session.expunge(base)
             if base is None:
                 raise ValueError(f"index version {spec['base_version']} to extend is gone")
-            index, added = _extend(job_id, spec, base, progress)
+            index, added = _extend(spec, base, progress)
         else:
-            index, added = _build(job_id, spec, progress), None
+            index, added = _build(spec, progress), None
         shutil.rmtree(folder, ignore_errors=True)  # a previous attempt's files
         index.save(folder)
     except Exception as exc:

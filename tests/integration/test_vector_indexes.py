@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -209,4 +210,4 @@ def test_the_index_files_are_versioned_in_the_model_store(client, settings):
     assert paths[0] != paths[1]
     for path in paths:
         assert str(settings.model_store) in path
-        assert any(True for _ in __import__("pathlib").Path(path).iterdir())
+        assert (Path(path) / "index.json").is_file() and len(list(Path(path).iterdir())) >= 3
