@@ -11,7 +11,8 @@
 - import jobs committed but never sent, or sent over `requeue_after` ago and not final, are sent (again: the
   import task skips a final job and finishes a job once, shared/services/model_imports.py); their staging files left
   by a crash are removed after `orphan_upload_after`;
-- index jobs likewise, and also when their worker died mid-build (no progress for `heartbeat_timeout`);
+- index jobs likewise, and also when their worker died mid-build (no heartbeat for `heartbeat_timeout`); index
+  folders no version uses (a run killed before it registered) are removed after `orphan_upload_after`;
 - jobs whose chunks are all finished are closed;
 - upload folders of jobs finished over `upload_retention` ago, and folders no job owns (an upload cut
   off by a web crash) older than `orphan_upload_after`, are removed;
@@ -47,7 +48,7 @@ from shared.core.states import (
     RunState,
 )
 from shared.core.tables import Chunk, Job, TrainRun, utcnow
-from shared.services import model_imports
+from shared.services import model_imports, vector_indexes
 from worker import chunk_lifecycle
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def sweep(settings: Settings, enqueue, enqueue_train=None,
         sent += send(waiting) if waiting else 0
     removed = remove_old_uploads(settings)
     model_imports.remove_stale_staging(settings, settings.orphan_upload_after)
+    vector_indexes.remove_stray_folders(settings, settings.orphan_upload_after)
     stats = {"sent": sent, "given_up": given_up, "closed": closed, "uploads_removed": removed}
     with session_scope() as session:
         liveness.record_beat(session, liveness.SWEEPER, now, stats)

@@ -7,9 +7,11 @@ The lifecycle of an index job, one function per transition (as for model imports
 - `claim`: queued|running -> running under the job row's lock; a final job is left alone, so a re-sent or
   redelivered task does nothing.
 - `run_index_job` reads the vectors (streamed from the database in pages), builds or extends the index outside any
-  transaction while `total_items`/`done_items` show its progress, writes the files to the model store (a folder per
-  job, never overwritten), then registers the next version and finishes the job in one transaction
-  (running -> succeeded), or fails it with a reason.
+  transaction while `total_items`/`done_items` show its progress and a thread keeps its heartbeat, writes the files
+  to the model store (a folder per run, never overwritten), then registers the next version and finishes the job
+  in one transaction (running -> succeeded), or fails it with a reason. A run whose worker died is re-sent by the
+  sweeper once its heartbeat is stale; of two runs of one job, the first to register wins and the other removes
+  its files.
 
 A build reads only items not deleted, so deleted items are purged then; a delta adds the items of the space that the
 extended version does not hold (whatever their time stamps), without retraining. Queries use the highest version of
@@ -21,6 +23,7 @@ import hashlib
 import logging
 import re
 import shutil
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -153,6 +156,28 @@ class _Progress:
                             .values(done_items=done, total_items=total, heartbeat_at=utcnow()))
 
 
+class _Heartbeat(threading.Thread):
+    """The job's liveness while it builds, at a fixed interval whatever FAISS is doing (training IVF lists sends no
+    progress): the sweeper re-sends an index job whose heartbeat went stale for IMGQ_HEARTBEAT_TIMEOUT."""
+
+    def __init__(self, job_id: str, interval: float):
+        super().__init__(name="imgq-index-heartbeat", daemon=True)
+        self.job_id, self.interval = job_id, interval
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.interval):
+            try:
+                with session_scope() as session:
+                    session.execute(update(Job).where(Job.id == self.job_id, Job.status == JobStatus.RUNNING)
+                                    .values(heartbeat_at=utcnow()))
+            except Exception:  # the database is away: the next beat tries again
+                log.warning("index job %s: heartbeat failed", self.job_id, exc_info=True)
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
 def _live(catalog: str, space: str):
     return (Embedding.catalog == catalog, Embedding.space == space, Embedding.deleted_at.is_(None))
 
@@ -255,10 +280,14 @@ def run_index_job(job_id: str, settings: Settings) -> str:
         spec = claim(session, job_id)
     if spec is None:
         return "job is final"
-    folder = index_folder(settings.model_store, spec["catalog"], spec["space"], job_id)
+    # a folder per run: a second run of the same job (re-sent while the first was slow, not dead) never touches the
+    # files the first one may have registered
+    folder = index_folder(settings.model_store, spec["catalog"], spec["space"], f"{job_id}-{uuid.uuid4().hex[:8]}")
     progress = _Progress(job_id)
     watermark = utcnow()
     started = time.monotonic()
+    beat = _Heartbeat(job_id, max(0.2, min(10.0, settings.heartbeat_timeout / 4)))
+    beat.start()
     try:
         if spec["mode"] == "delta":
             with session_scope() as session:
@@ -272,14 +301,16 @@ def run_index_job(job_id: str, settings: Settings) -> str:
             index, added = _extend(spec, base, progress)
         else:
             index, added = _build(spec, progress), None
-        shutil.rmtree(folder, ignore_errors=True)  # a previous attempt's files
         index.save(folder)
     except Exception as exc:
+        shutil.rmtree(folder, ignore_errors=True)
         if is_outage(exc):
             raise
         log.exception("index job %s failed", job_id)
         fail(job_id, f"{type(exc).__name__}: {exc}")
         return "failed"
+    finally:
+        beat.stop()
     version = _register(job_id, spec, index, folder, watermark, added)
     if version is None:
         shutil.rmtree(folder, ignore_errors=True)
@@ -287,6 +318,31 @@ def run_index_job(job_id: str, settings: Settings) -> str:
     log.info("index job %s: %s of catalog %s, space %s: version %s, %d vectors, %.1f s", job_id, spec["mode"],
              spec["catalog"], spec["space"], version, index.size, time.monotonic() - started)
     return f"version {version}"
+
+
+def remove_stray_folders(settings: Settings, older_than: float) -> int:
+    """Remove index folders no version points at whose job has ended (a run that lost to another, or was killed
+    before it registered), and half-written save folders, once they are `older_than` seconds old. Returns how many."""
+    root = settings.model_store / "indexes"
+    if not root.is_dir():
+        return 0
+    cut = time.time() - older_than
+    candidates = [p for p in root.glob("*/*/*") if p.is_dir() and p.stat().st_mtime < cut]
+    if not candidates:
+        return 0
+    with session_scope() as session:
+        registered = set(session.scalars(select(VectorIndex.path)))
+        open_jobs = {str(j) for j in session.scalars(select(Job.id).where(Job.kind == JobKind.INDEX,
+                                                                          Job.status.in_(OPEN_JOB_STATUSES)))}
+    removed = 0
+    for path in candidates:
+        half_written = path.name.startswith(".")
+        if str(path) in registered or (not half_written and path.name[:36] in open_jobs):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
+        log.info("removed index folder %s (no version uses it)", path)
+    return removed
 
 
 def index_json(row: VectorIndex) -> dict:

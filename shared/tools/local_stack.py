@@ -142,6 +142,10 @@ class LocalStack:
     def kill_web(self) -> None:
         self._terminate(self.web, signal.SIGKILL)
 
+    def kill_maintenance(self) -> None:
+        """SIGKILL the maintenance worker (sweeper, imports, index builds) and its beat, as a crash would."""
+        self._terminate(self.maintenance, signal.SIGKILL)
+
     def stop(self) -> None:
         for p in (*self.workers.values(), self.maintenance, self.web):
             self._terminate(p)

@@ -315,3 +315,50 @@ def test_the_cli_answers_like_the_api(stack, photos, tmp_path):
     out = subprocess.run([sys.executable, "-m", "shared.tools.cli", "similar", "nope", "--item", "--catalog",
                           "photos"], env=stack.env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "no item 'nope'" in out.stderr
+
+
+def _bulk_catalog(stack, n: int, dim: int) -> None:
+    """n random unit vectors written straight into the stack's database as catalog `bulk`, in the photo embedder's
+    space (as an embed job would have left them), so that an index build takes long enough to be killed."""
+    import psycopg
+
+    from shared.models.vectors import vector_bytes
+
+    rng = np.random.default_rng(11)
+    vectors = rng.normal(size=(n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    url = stack.env["DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url) as conn:
+        job_id = conn.execute("SELECT job_id FROM embeddings WHERE catalog = 'photos' LIMIT 1").fetchone()[0]
+        with conn.cursor().copy("COPY embeddings (catalog, space, item_id, uri, dim, vector, job_id, created_at) "
+                                "FROM STDIN") as copy:
+            for i, vector in enumerate(vectors):
+                copy.write_row(("bulk", "photo-embedder@1", f"bulk-{i}", f"bulk/{i}.jpg", dim, vector_bytes(vector),
+                                job_id, "2026-11-26T00:00:00Z"))
+
+
+def test_an_index_build_killed_with_its_worker_is_sent_again_and_registers_one_version(stack):
+    _bulk_catalog(stack, 60_000, 64)
+    r = stack.http.post(stack.url("/api/v1/catalogs/bulk/indexes"),
+                        json={"params": {"kind": "hnsw", "ef_construction": 300}}, timeout=30)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    deadline = time.monotonic() + 300
+    while True:  # kill -9 the maintenance worker once the build has added its first vectors
+        job = stack.http.get(stack.url(f"/api/v1/jobs/{job_id}"), timeout=30).json()
+        assert job["status"] in ("queued", "running") and time.monotonic() < deadline, job
+        if job["status"] == "running" and 0 < job["progress"]["done"] < 60_000:
+            break
+        time.sleep(0.2)
+    stack.kill_maintenance()
+    time.sleep(1)
+    assert stack.http.get(stack.url(f"/api/v1/jobs/{job_id}"), timeout=30).json()["status"] == "running"
+    stack.start_maintenance()  # its sweeper sends the job again once its heartbeat is stale
+    job = stack.wait_job(job_id, timeout=600)
+    assert job["status"] == "succeeded", job
+    assert job["index"]["version"] == 1 and job["index"]["built"]["items"] == 60_000
+    listed = stack.http.get(stack.url("/api/v1/catalogs/bulk"), timeout=30).json()
+    assert [i["version"] for s in listed["spaces"] for i in s["indexes"]] == [1]
+    r = stack.http.post(stack.url("/api/v1/similar"), json={"catalog": "bulk", "item_id": "bulk-5", "k": 5},
+                        timeout=60)
+    assert r.status_code == 200 and len(r.json()["results"]) == 5

@@ -5,7 +5,10 @@ would run them."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +18,7 @@ from sqlalchemy import select
 from shared.core.db import session_scope
 from shared.core.states import JobKind, JobStatus
 from shared.core.tables import Embedding, Job, ModelVersion, VectorIndex, utcnow
-from shared.services.vector_indexes import run_index_job
+from shared.services.vector_indexes import claim, index_folder, remove_stray_folders, run_index_job
 from tests.helpers import authorized_client
 
 DIM = 32
@@ -211,3 +214,31 @@ def test_the_index_files_are_versioned_in_the_model_store(client, settings):
     for path in paths:
         assert str(settings.model_store) in path
         assert (Path(path) / "index.json").is_file() and len(list(Path(path).iterdir())) >= 3
+
+
+def test_an_index_job_whose_worker_died_is_sent_again_registers_once_and_leaves_no_stray_files(client, settings):
+    from worker.sweeper import sweep
+
+    seed_catalog("shop", 100, seed=9)
+    job_id = client.post("/api/v1/catalogs/shop/indexes", json={}).get_json()["id"]
+    with session_scope() as session:
+        assert claim(session, job_id) is not None  # a run took the job...
+        job = session.get(Job, job_id)
+        job.heartbeat_at = utcnow() - timedelta(seconds=settings.heartbeat_timeout + 5)  # ...and died mid-build
+    stray = index_folder(settings.model_store, "shop", SPACE, f"{job_id}-deadbeef")  # its half-built files
+    stray.mkdir(parents=True)
+    sent: list[str] = []
+    sweep(settings, lambda job_id, nos: 0, enqueue_index=lambda ids: sent.extend(ids) or len(ids))
+    assert sent == [job_id]
+    assert run_index_job(job_id, settings) == "version 1"
+    assert run_index_job(job_id, settings) == "job is final"  # the message delivered once more does nothing
+    with session_scope() as session:
+        rows = session.scalars(select(VectorIndex)).all()
+        assert [(r.version, r.item_count) for r in rows] == [(1, 100)]
+        registered = Path(rows[0].path)
+    assert remove_stray_folders(settings, older_than=3600) == 0  # too fresh: a run may still be writing it
+    an_hour_ago = time.time() - 3700
+    for path in (stray, registered):
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    assert remove_stray_folders(settings, older_than=3600) == 1
+    assert not stray.exists() and (registered / "index.json").is_file()
