@@ -17,6 +17,13 @@ RATIOS = {  # name -> (numerator column, denominator column); those in the targe
 }
 
 
+# The same comparisons on each column's fastest run: TensorFlow on 2 cores runs in a fast or a slow spell (the
+# tf.data script has swung from 188 to 298 images/s between two runs of one process), so a median can set a fast
+# imgq run against a slow yardstick or the reverse; the best runs compare fast against fast.
+BEST_RATIOS = {"postgres_best_vs_tfdata_best": ("postgres", "tfdata"),
+               "embedded_best_vs_tfdata_best": ("embedded", "tfdata")}
+
+
 def _spread(runs: list[dict]) -> dict:
     rates = [r["images_per_s"] for r in runs if r.get("images_per_s")]
     bg = [r["cpu"]["background_cpu_pct"] for r in runs if "cpu" in r]
@@ -40,6 +47,12 @@ def summarise_columns(report: dict, runs: dict, goals: dict) -> None:
                 entry["ratios"][name] = value
                 if name in goals:
                     targets[f"{key}.{name}"] = verdict(goals, name, value)
+        best = {col: c.get("max") for col, c in entry["columns"].items()}
+        for name, (num, den) in BEST_RATIOS.items():
+            if best.get(num) and best.get(den):
+                entry["ratios"][name] = round(best[num] / best[den], 3)
+                if name in goals:
+                    targets[f"{key}.{name}"] = verdict(goals, name, entry["ratios"][name])
     memory, latency = report.get("memory", {}), report.get("latency", {})
     if memory.get("rss_growth_pct") is not None:
         targets["worker_rss_growth_pct"] = verdict(goals, "worker_rss_growth_pct", memory["rss_growth_pct"])
@@ -85,6 +98,12 @@ def _model_tables(report: dict, columns: tuple, titles: dict) -> list[str]:
         r = m.get("ratios", {})
         lines.append(f"| {m.get('label', key)} | "
                      + " | ".join(_target_cell(t, f"{key}.{name}", r.get(name)) for name in RATIOS) + " |")
+    lines += ["", "Ratios of the best runs (each column's fastest: TensorFlow's fast spell against its fast spell):",
+              "", "| model | imgq PostgreSQL / tf.data | imgq embedded / tf.data |", "|---|---:|---:|"]
+    for key, m in models.items():
+        r = m.get("ratios", {})
+        lines.append(f"| {m.get('label', key)} | "
+                     + " | ".join(_target_cell(t, f"{key}.{name}", r.get(name)) for name in BEST_RATIOS) + " |")
     lines += ["", "Parts, one run each (images/s): the model alone on pre-decoded batches (LoadedModel.predict), "
               "decoding alone (load_for_model), worker.scoring.score_items in-process (no database, no queue):", "",
               "| model | model alone | decode alone | score_items in-process |", "|---|---:|---:|---:|"]

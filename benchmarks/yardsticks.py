@@ -106,11 +106,12 @@ def naive_loop(model, paths: list[Path], prep, max_pixels: int) -> dict:
 
 
 def decode_alone(blobs: list[bytes], prep, threads: int, max_pixels: int) -> tuple[dict, list]:
-    """Images/s of load_for_model over `blobs` in `threads` threads; also returns the arrays."""
+    """Images/s of load_for_model over `blobs` in `threads` threads, as the worker decodes (uint8 pixels, scaled by
+    the model's tf.function); also returns the arrays."""
     from shared.images.imaging import load_for_model
 
     def one(data):
-        return load_for_model(data, prep, max_pixels=max_pixels)[0]
+        return load_for_model(data, prep, max_pixels=max_pixels, scaled=False)[0]
 
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="bench-decode") as pool:
         list(pool.map(one, blobs[: min(len(blobs), 32)]))  # warm up
@@ -122,11 +123,12 @@ def decode_alone(blobs: list[bytes], prep, threads: int, max_pixels: int) -> tup
 
 
 def model_alone(loaded, inputs, batch_size: int, seconds: float, rounds: int = 3) -> dict:
-    """Images/s of LoadedModel.predict on one pre-decoded batch: best of `rounds` timed rounds."""
+    """Images/s of LoadedModel.predict on one pre-decoded batch (uint8 pixels, as the worker gives it): best of
+    `rounds` timed rounds."""
     import numpy as np
 
     reps = -(-batch_size // len(inputs))
-    batch = np.ascontiguousarray(np.concatenate([inputs] * reps)[:batch_size], dtype=np.float32)
+    batch = np.ascontiguousarray(np.concatenate([inputs] * reps)[:batch_size])
     for _ in range(3):  # trace + warm up
         loaded.predict(batch)
     rates = []

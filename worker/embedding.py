@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from shared.models.vectors import dim_of, l2_normalize, vector_bytes
+from worker.model_cache import traced_predict
 
 
 class Embedder:
@@ -38,18 +39,11 @@ class Embedder:
             raise ValueError(f"{where} of {self.ref} outputs {shape or 'several tensors'}; an embedding is one "
                              "vector per image, (batch, n): name a pooling, flatten or dense layer")
         self.dim = int(shape[1])
-        spec = tf.TensorSpec([None, loaded.preprocessing.height, loaded.preprocessing.width, 3], tf.float32)
-        sub = self.model
-
-        @tf.function(input_signature=[spec], reduce_retracing=True)
-        def infer(x):
-            return sub(x, training=False)
-
-        self._infer = infer
+        self.predict_rows = traced_predict(tf, self.model, loaded.preprocessing)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        out = self._infer(batch.astype(np.float32, copy=False))
-        return np.asarray(out.numpy(), dtype=np.float32)
+        """Rows of the layer, float32 (n, dim), for a float32 model input or uint8 pixels (see traced_predict)."""
+        return np.asarray(self.predict_rows(batch), dtype=np.float32)
 
 
 def _layer_output(model, layer: str, ref: str):

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.core.tables import ModelVersion
+from shared.core.vocab import PIXEL_SCALE_MAPS
 from shared.images.imaging import Preprocessing
 from shared.models.model_inspect import load_keras_safely
 from shared.services.model_registry import sha256_file, signature_of
@@ -30,13 +31,7 @@ class LoadedModel:
         self.preprocessing = Preprocessing(height=version.input_height, width=version.input_width,
                                            resize_mode=version.resize_mode, pixel_scale=version.pixel_scale)
         self.model = model
-        spec = tf.TensorSpec([None, version.input_height, version.input_width, 3], tf.float32)
-
-        @tf.function(input_signature=[spec], reduce_retracing=True)
-        def infer(x):
-            return model(x, training=False)
-
-        self._infer = infer
+        self.predict = traced_predict(tf, model, self.preprocessing)
         self._embedders: dict = {}
         self._embedders_lock = threading.Lock()
 
@@ -49,9 +44,34 @@ class LoadedModel:
                 self._embedders[layer] = Embedder(self, layer)
             return self._embedders[layer]
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        out = self._infer(batch.astype(np.float32, copy=False))
-        return out.numpy()
+
+
+def traced_predict(tf, model, prep: Preprocessing):
+    """`predict(batch)` through traced tf.functions: a float32 batch is the model's input as it is; a uint8 batch is
+    pixels (load_for_model(scaled=False)) that the function scales as shared/images/imaging.scale_pixels does
+    (pixel / divisor + offset, in float32) before the model, in TensorFlow's threads rather than the decoders'."""
+    shape = [None, prep.height, prep.width, 3]
+    divisor, offset = PIXEL_SCALE_MAPS[prep.pixel_scale]
+
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32)], reduce_retracing=True)
+    def infer(x):
+        return model(x, training=False)
+
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.uint8)], reduce_retracing=True)
+    def infer_pixels(pixels):
+        x = tf.cast(pixels, tf.float32)
+        if divisor != 1.0:
+            x = x / divisor
+        if offset:
+            x = x + offset
+        return model(x, training=False)
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        if batch.dtype == np.uint8:
+            return infer_pixels(batch).numpy()
+        return infer(batch.astype(np.float32, copy=False)).numpy()
+
+    return predict
 
 
 def load(version: ModelVersion) -> LoadedModel:

@@ -113,7 +113,7 @@ def _prepare(batch, model, opts, pool, lookup_cache, reading) -> Prepared:
         item_id, data, digest = entry
         try:
             return item_id, digest, load_for_model(data, model.preprocessing, max_pixels=opts.max_pixels,
-                                                  fast_jpeg=opts.fast_jpeg), None
+                                                  fast_jpeg=opts.fast_jpeg, scaled=False), None
         except ImageError as exc:
             return item_id, digest, None, str(exc)
 

@@ -198,14 +198,18 @@ def preprocess(img: Image.Image, prep: Preprocessing) -> tuple[np.ndarray, Geome
     return _preprocess(img, prep, orig_size=img.size, content_box=(0.0, 0.0, *map(float, img.size)))
 
 
-def load_for_model(data: bytes, prep: Preprocessing, *, max_pixels: int,
-                   fast_jpeg: bool = True) -> tuple[np.ndarray, Geometry]:
+def load_for_model(data: bytes, prep: Preprocessing, *, max_pixels: int, fast_jpeg: bool = True,
+                   scaled: bool = True) -> tuple[np.ndarray, Geometry]:
     """Decode (with JPEG draft) and preprocess one item; Geometry refers to the full-size original image.
 
     ``fast_jpeg`` lets simplejpeg decode the pixels of JPEGs it handles (same result, see the module docstring).
+    ``scaled=False`` gives the resized pixels as uint8, for a model that scales them itself
+    (worker/model_cache.py does, inside its tf.function: a quarter of the bytes to stack and hand over, and no
+    float conversion in the decoding threads).
     """
     decoded = _decode(data, max_pixels=max_pixels, draft_size=(prep.width, prep.height), fast_jpeg=fast_jpeg)
-    return _preprocess(decoded.image, prep, orig_size=decoded.orig_size, content_box=decoded.content_box)
+    return _preprocess(decoded.image, prep, orig_size=decoded.orig_size, content_box=decoded.content_box,
+                       scaled=scaled)
 
 
 def decoder_counts() -> dict[str, int]:
@@ -349,7 +353,7 @@ def _wide_grey_to_l(img: Image.Image) -> Image.Image:
 
 
 def _preprocess(img: Image.Image, prep: Preprocessing, *, orig_size: tuple[int, int],
-                content_box: Box) -> tuple[np.ndarray, Geometry]:
+                content_box: Box, scaled: bool = True) -> tuple[np.ndarray, Geometry]:
     """Resize the part of ``img`` in ``content_box`` (the whole original frame) to the model input."""
     if img.mode != "RGB":
         raise ValueError(f"preprocess expects an RGB image, got mode {img.mode!r} (use decode_rgb/to_rgb)")
@@ -371,6 +375,8 @@ def _preprocess(img: Image.Image, prep: Preprocessing, *, orig_size: tuple[int, 
         pad_x=float(pad_x), pad_y=float(pad_y),
         input_width=prep.width, input_height=prep.height,
     )
+    if not scaled:
+        return np.asarray(canvas), geometry
     return scale_pixels(np.asarray(canvas, dtype=np.float32), prep.pixel_scale), geometry
 
 
