@@ -41,36 +41,30 @@ def _idempotency_key() -> str | None:
     return key
 
 
-@bp.post("/score")
-def create_score_job():
-    settings = current_app.config["IMGQ_SETTINGS"]
-    key = _idempotency_key()
+def _submit(upload, from_json):
+    """multipart -> upload(files, form fields), JSON -> from_json(body): the 202 with the job."""
     if request.mimetype == "multipart/form-data":
         files = [f for name in request.files for f in request.files.getlist(name)]
-        description, created = submit_upload(settings, files, form_fields(), key, caller().token_id)
-    elif request.is_json:
-        description, created = submit_json(settings, ScoreRequest.model_validate(json_object()), key,
-                                           caller().token_id)
-    else:
-        raise InvalidRequest("send application/json or multipart/form-data")
-    return _accepted(description, created)
+        return _accepted(*upload(files, form_fields()))
+    if request.is_json:
+        return _accepted(*from_json(json_object()))
+    raise InvalidRequest("send application/json or multipart/form-data")
+
+
+@bp.post("/score")
+def create_score_job():
+    settings, key, token_id = current_app.config["IMGQ_SETTINGS"], _idempotency_key(), caller().token_id
+    return _submit(lambda files, form: submit_upload(settings, files, form, key, token_id),
+                   lambda body: submit_json(settings, ScoreRequest.model_validate(body), key, token_id))
 
 
 @bp.post("/embed")
 def create_embed_job():
     """Vectors for a catalog's items, batched and retried as scoring; the job's `embedding` names their space."""
-    settings = current_app.config["IMGQ_SETTINGS"]
-    key = _idempotency_key()
-    if request.mimetype == "multipart/form-data":
-        files = [f for name in request.files for f in request.files.getlist(name)]
-        form = EmbedUploadForm.model_validate(form_fields())
-        description, created = submit_embed_upload(settings, files, form, key, caller().token_id)
-    elif request.is_json:
-        description, created = submit_embed_json(settings, EmbedRequest.model_validate(json_object()), key,
-                                                 caller().token_id)
-    else:
-        raise InvalidRequest("send application/json or multipart/form-data")
-    return _accepted(description, created)
+    settings, key, token_id = current_app.config["IMGQ_SETTINGS"], _idempotency_key(), caller().token_id
+    return _submit(
+        lambda files, form: submit_embed_upload(settings, files, EmbedUploadForm.model_validate(form), key, token_id),
+        lambda body: submit_embed_json(settings, EmbedRequest.model_validate(body), key, token_id))
 
 
 def _accepted(description: dict, created: bool):

@@ -31,6 +31,7 @@ from shared.core.paths import path_inside
 from shared.core.states import FINAL_JOB_STATUSES, OPEN_JOB_STATUSES, JobKind, JobStatus
 from shared.core.tables import Job, ModelVersion, utcnow
 from shared.services import model_registry as registry
+from shared.services import single_task_jobs
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +70,8 @@ def create_import_job(session: Session, job_id: str, *, name: str, signature: re
 def claim(session: Session, job_id: str) -> dict | None:
     """queued|running -> running, under the job row's lock. Returns the job's source, or None when the job is
     final or missing (nothing to do)."""
-    job = session.scalar(select(Job).where(Job.id == job_id, Job.kind == JobKind.IMPORT).with_for_update())
-    if job is None or job.status not in OPEN_JOB_STATUSES:
-        return None
-    now = utcnow()
-    job.status, job.heartbeat_at = JobStatus.RUNNING, now
-    job.started_at = job.started_at or now
-    return dict(job.source)
+    job = single_task_jobs.claim(session, job_id, JobKind.IMPORT)
+    return None if job is None else dict(job.source)
 
 
 def _finish(session: Session, job_id: str, status: JobStatus, error: str | None = None) -> bool:

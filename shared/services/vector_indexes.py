@@ -41,6 +41,7 @@ from shared.core.paths import path_inside
 from shared.core.states import OPEN_JOB_STATUSES, JobKind, JobStatus
 from shared.core.tables import Embedding, Job, VectorIndex, utcnow
 from shared.search.vector_index import BuildParams, CatalogIndex
+from shared.services import single_task_jobs
 
 log = logging.getLogger(__name__)
 
@@ -131,13 +132,8 @@ def create_index_job(session: Session, *, catalog: str, space: str | None, mode:
 
 def claim(session: Session, job_id: str) -> dict | None:
     """queued|running -> running, under the job row's lock. Returns the job's spec, or None when it is final."""
-    job = session.scalar(select(Job).where(Job.id == job_id, Job.kind == JobKind.INDEX).with_for_update())
-    if job is None or job.status not in OPEN_JOB_STATUSES:
-        return None
-    now = utcnow()
-    job.status, job.heartbeat_at = JobStatus.RUNNING, now
-    job.started_at = job.started_at or now
-    return dict(job.spec)
+    job = single_task_jobs.claim(session, job_id, JobKind.INDEX)
+    return None if job is None else dict(job.spec)
 
 
 class _Progress:
