@@ -11,7 +11,7 @@ def create() -> Flask:
     import faiss
 
     # Similar-image queries search one query at a time and gunicorn's threads already run several at once: FAISS
-    # splitting one query over every core only adds contention (benchmarks/similar_search.py: exact search at
-    # 51 queries/s on one thread, 28 on two, on this 2-core machine).
+    # splitting one query over every core only adds contention (benchmarks/similar_search.py, 2 cores: exact search
+    # at 45 queries/s on one thread and 42 on two when quiet; 51 and 28 while other processes took a third of the CPU).
     faiss.omp_set_num_threads(1)
     return create_app(get_settings())
