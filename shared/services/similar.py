@@ -173,6 +173,12 @@ def embed_on_worker(settings: Settings, space: str, images: list[dict], classifi
         raise ServiceUnavailable(
             f"no worker embedded the query image within {timeout:g} s (IMGQ_QUERY_TIMEOUT): is a worker consuming "
             f"the '{QUERY_QUEUE}' queue running?", reason="no embedder") from None
+    except Exception as exc:  # the task raised on the worker (a model file is missing, say): say so, not a 500
+        log.warning("embedding a query on a worker failed: %s: %s", type(exc).__name__, exc)
+        models = space + (f" and {classifier}" if classifier else "")
+        raise ServiceUnavailable(f"the worker could not embed the query image with {models} "
+                                 f"({type(exc).__name__}; the worker's log says more)",
+                                 reason="embedder failed") from None  # its text may hold server paths
     finally:
         try:
             pending.forget()  # the answer was read (or is no longer wanted): drop it from the result backend

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -362,3 +363,24 @@ def test_an_index_build_killed_with_its_worker_is_sent_again_and_registers_one_v
     r = stack.http.post(stack.url("/api/v1/similar"), json={"catalog": "bulk", "item_id": "bulk-5", "k": 5},
                         timeout=60)
     assert r.status_code == 200 and len(r.json()["results"]) == 5
+
+
+def test_a_query_whose_model_fails_on_the_worker_is_a_503_saying_why(stack, photos, tmp_path):
+    import psycopg
+
+    from tests.helpers import tiny_cnn
+
+    tiny_cnn(SIZE, len(stack.categories), "softmax").save(tmp_path / "gone.keras")
+    import_model_http(stack, tmp_path / "gone.keras", "gone-classifier", task="classification",
+                      input_size=str(SIZE), class_names=",".join(stack.categories))
+    url = stack.env["DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url) as conn:
+        path = conn.execute("SELECT path FROM model_versions WHERE name = 'gone-classifier'").fetchone()[0]
+    Path(path).unlink()  # the model store lost the file: the worker cannot load it
+    r = stack.http.post(stack.url("/api/v1/similar"), data={"catalog": "photos", "category_from": "gone-classifier"},
+                        files={"image": ("q.jpg", _jpeg(photos["coffee"][0]))}, timeout=60)
+    assert r.status_code == 503, r.text
+    error = r.json()["error"]
+    assert error["reason"] == "embedder failed" and "gone-classifier@1" in error["message"]
+    assert str(Path(path).parent) not in error["message"]  # no server path reaches the client
+    assert top(ask(stack, photos["coffee"][0]))[0] == "coffee"  # the worker goes on answering other queries
