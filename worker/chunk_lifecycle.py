@@ -29,6 +29,7 @@ from shared.core.states import (
     JobStatus,
 )
 from shared.core.tables import Chunk, Job, JobItem, ModelVersion, Result, ScoreCache, utcnow
+from shared.services.jobs import lock_job
 
 POISON_DEATHS = 2  # deaths while an item was scored alone before that item is failed
 
@@ -43,10 +44,6 @@ class ClaimedChunk:
     items: list[tuple[str, str]]  # (item id, uri) still without a result
     isolate: bool = False  # score the items one at a time, naming each as the suspect first
     upload_folder: str | None = None  # the job's own uploads: the only part of the upload dir it may read
-
-
-def lock_job(session: Session, job_id: str) -> Job | None:
-    return session.scalar(select(Job).where(Job.id == job_id).with_for_update())
 
 
 def _lock_chunk(session: Session, job_id: str, chunk_no: int) -> Chunk | None:

@@ -49,6 +49,7 @@ from shared.core.states import (
 )
 from shared.core.tables import Chunk, Job, TrainRun, utcnow
 from shared.services import model_imports, vector_indexes
+from shared.services.jobs import lock_job
 from worker import chunk_lifecycle
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def _take_back_dead_chunks(settings: Settings, now) -> tuple[dict[str, list[int]
             Chunk.heartbeat_at < now - timedelta(seconds=settings.heartbeat_timeout))))
     for job_id, chunk_no in stale:  # one transaction per chunk: locks are held briefly
         with session_scope() as session:
-            job = chunk_lifecycle.lock_job(session, job_id)
+            job = lock_job(session, job_id)
             chunk = session.scalar(select(Chunk).where(Chunk.job_id == job_id, Chunk.chunk_no == chunk_no)
                                    .with_for_update())
             if chunk.state not in TAKEN_CHUNK_STATES or \
@@ -129,7 +130,7 @@ def _close_finished_jobs() -> int:
                                                               Job.status.in_(OPEN_JOB_STATUSES))))
     for job_id in open_jobs:
         with session_scope() as session:
-            job = chunk_lifecycle.lock_job(session, job_id)
+            job = lock_job(session, job_id)
             closed += chunk_lifecycle.finalize_if_complete(session, job)
     return closed
 

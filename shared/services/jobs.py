@@ -1,4 +1,8 @@
-"""Jobs as the web front sees them: create score and embed jobs (outbox first), cancel, describe, list, results."""
+"""Jobs as the web front sees them: create score and embed jobs (outbox first), cancel, describe, list, results.
+
+`lock_job` is the first step of every state change of a job and its chunks or run (here, in the lifecycle modules
+worker/chunk_lifecycle.py and worker/training/lifecycle.py, and in the sweeper): the job row is locked before a
+chunk or run row, everywhere, so two transitions never wait on each other in opposite orders."""
 from __future__ import annotations
 
 import csv
@@ -136,12 +140,18 @@ def get_job(session: Session, job_id: str) -> Job:
     return get_or_404(session, Job, job_id, "job")
 
 
+def lock_job(session: Session, job_id: str) -> Job | None:
+    """The job row, locked for the rest of the caller's transaction (SELECT ... FOR UPDATE); None when there is no
+    such job. Take it before any chunk or run row of the job."""
+    return session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+
+
 def cancel_job(session: Session, job_id: str, who: Caller = ANYONE) -> Job:
     """Stop handing out chunks (a chunk already running finishes; its results are kept), or stop a
     training at its next batch. Only the token that created the job, or an admin, may cancel it.
     queued|running -> canceled for the job, pending|queued|delivered -> canceled for its chunks or run.
     Locks the job row."""
-    job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+    job = lock_job(session, job_id)
     if job is None:
         raise NotFound(f"no job {job_id}")
     if not who.is_admin and job.token_id != who.token_id:

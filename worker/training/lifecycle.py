@@ -18,7 +18,7 @@ from shared.core.states import (
     RunState,
 )
 from shared.core.tables import Job, TrainMetric, TrainRun, utcnow
-from worker.chunk_lifecycle import lock_job
+from shared.services.jobs import lock_job
 
 
 def _fence(attempt: int | None):
