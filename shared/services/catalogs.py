@@ -17,7 +17,7 @@ from shared.core.names import check_name
 from shared.core.paths import OutsideDataRoots, resolve_inside
 from shared.core.tables import Embedding, Job, VectorIndex, utcnow
 from shared.images.imaging import ImageError, read_and_hash
-from shared.services.vector_indexes import index_json
+from shared.services.index_jobs import index_json
 
 MAX_DELETIONS = 10_000
 THUMBNAIL_SIZES = (64, 512)  # smallest and largest edge a client may ask for

@@ -21,7 +21,7 @@ from shared.core.states import FINAL_JOB_STATUSES, OPEN_JOB_STATUSES, ChunkState
 from shared.core.tables import Chunk, Job, JobItem, ModelVersion, Result, TrainRun, utcnow
 from shared.core.vocab import EMBEDDING_TASK
 from shared.models.outputs import output_columns
-from shared.services import model_imports, model_registry, vector_indexes
+from shared.services import index_jobs, model_imports, model_registry
 from shared.services.embed_spec import embedding_json
 from shared.services.quotas import check_active_jobs
 from shared.services.tokens import ANYONE, Caller
@@ -196,7 +196,7 @@ def job_json(session: Session, job: Job) -> dict:
         common["links"]["metrics"] = f"/api/v1/jobs/{job.id}/metrics"
         return {**common, **train_json(session, job, session.get(TrainRun, job.id))}
     if job.kind == JobKind.INDEX:
-        return {**common, **vector_indexes.index_job_json(session, job)}
+        return {**common, **index_jobs.index_job_json(session, job)}
     if job.kind == JobKind.IMPORT:
         described = model_imports.import_json(session, job)
         common["links"].update(described.pop("links"))

@@ -30,7 +30,7 @@ from shared.core.tables import Embedding, Job, VectorIndex
 from shared.search.index_holder import IndexHolder
 from shared.search.vector_index import CatalogIndex, Hit
 from shared.services import model_registry
-from shared.services.vector_indexes import latest
+from shared.services.index_jobs import latest
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from shared.core.db import session_scope
 from shared.core.states import CHUNKED_JOB_KINDS, JobKind
 from shared.core.tables import Job
 from shared.search.vector_index import BuildParams
-from shared.services import jobs, model_imports, train_jobs, vector_indexes
+from shared.services import index_jobs, jobs, model_imports, train_jobs
 from shared.services.embed_spec import embedding_spec
 from shared.services.model_registry import Signature
 from shared.services.train_spec import TrainRequest
@@ -176,7 +176,7 @@ def submit_index(*, catalog: str, space: str | None, mode: str, params: BuildPar
     """An index job: build the catalog's index in an embedding space, or extend the latest one with the items
     embedded since (a delta); the maintenance worker runs it."""
     def create(session: Session) -> Job:
-        return vector_indexes.create_index_job(session, catalog=catalog, space=space, mode=mode, params=params,
+        return index_jobs.create_index_job(session, catalog=catalog, space=space, mode=mode, params=params,
                                                token_id=token_id)
 
     return submit(create)

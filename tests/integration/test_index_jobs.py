@@ -18,7 +18,7 @@ from sqlalchemy import select
 from shared.core.db import session_scope
 from shared.core.states import JobKind, JobStatus
 from shared.core.tables import Embedding, Job, ModelVersion, VectorIndex, utcnow
-from shared.services.vector_indexes import claim, index_folder, remove_stray_folders, run_index_job
+from shared.services.index_jobs import claim, index_folder, remove_stray_folders, run_index_job
 from tests.helpers import authorized_client
 
 DIM = 32
