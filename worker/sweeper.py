@@ -48,9 +48,9 @@ from shared.core.states import (
     RunState,
 )
 from shared.core.tables import Chunk, Job, TrainRun, utcnow
-from shared.services import index_jobs, model_imports
+from shared.services import model_imports
 from shared.services.jobs import lock_job
-from worker import chunk_lifecycle
+from worker import chunk_lifecycle, index_builder
 
 log = logging.getLogger(__name__)
 SEND_GRACE_SECONDS = 10.0  # the web front sends right after commit; give it that long
@@ -76,7 +76,7 @@ def sweep(settings: Settings, enqueue, enqueue_train=None,
         sent += send(waiting) if waiting else 0
     removed = remove_old_uploads(settings)
     model_imports.remove_stale_staging(settings, settings.orphan_upload_after)
-    index_jobs.remove_stray_folders(settings, settings.orphan_upload_after)
+    index_builder.remove_stray_folders(settings, settings.orphan_upload_after)
     stats = {"sent": sent, "given_up": given_up, "closed": closed, "uploads_removed": removed}
     with session_scope() as session:
         liveness.record_beat(session, liveness.SWEEPER, now, stats)

@@ -1,5 +1,5 @@
 """Celery tasks: thin wrappers over worker.run_chunk, worker.query_embedding, worker.sweeper,
-shared.services.model_imports and shared.services.index_jobs.
+shared.services.model_imports and worker.index_builder.
 
 This module is imported by the worker's main process, which forks the pool: it must not
 import TensorFlow. Models are loaded in each pool process after the fork (worker_process_init).
@@ -144,7 +144,7 @@ def import_model(self, job_id: str) -> str:
 @requeue_on_outage
 def build_index(self, job_id: str) -> str:
     """On the maintenance queue: FAISS builds in native threads; this process loads no TensorFlow."""
-    from shared.services.index_jobs import run_index_job
+    from worker.index_builder import run_index_job
 
     return run_index_job(job_id, configured_settings())
 

@@ -1,7 +1,7 @@
 """Index jobs and similar-item queries over HTTP, on SQLite and PostgreSQL, with vectors written straight into the
 embeddings table (embed jobs have their own tests): builds, deltas, deletions, the exact category filter, the swap
-to a new version, and the 4xx/503 answers. Index jobs run in-process (run_index_job), as the maintenance worker
-would run them."""
+to a new version, and the 4xx/503 answers. Index jobs run in-process (worker.index_builder.run_index_job), as the
+maintenance worker would run them."""
 from __future__ import annotations
 
 import dataclasses
@@ -18,8 +18,9 @@ from sqlalchemy import select
 from shared.core.db import session_scope
 from shared.core.states import JobKind, JobStatus
 from shared.core.tables import Embedding, Job, ModelVersion, VectorIndex, utcnow
-from shared.services.index_jobs import claim, index_folder, remove_stray_folders, run_index_job
+from shared.services.index_jobs import claim, index_folder
 from tests.helpers import authorized_client
+from worker.index_builder import remove_stray_folders, run_index_job
 
 DIM = 32
 SPACE = "embedder@1"
