@@ -9,7 +9,7 @@
   so are chunks whose message a worker took and never started (it died in between);
 - train runs likewise;
 - import jobs committed but never sent, or sent over `requeue_after` ago and not final, are sent (again: the
-  import task skips a final job and finishes a job once, shared/services/model_imports.py); their staging files left
+  import task skips a final job and finishes a job once, worker/model_importer.py); their staging files left
   by a crash are removed after `orphan_upload_after`;
 - index jobs likewise, and also when their worker died mid-build (no heartbeat for `heartbeat_timeout`); index
   folders no version uses (a run killed before it registered) are removed after `orphan_upload_after`;
@@ -48,9 +48,8 @@ from shared.core.states import (
     RunState,
 )
 from shared.core.tables import Chunk, Job, TrainRun, utcnow
-from shared.services import model_imports
 from shared.services.jobs import lock_job
-from worker import chunk_lifecycle, index_builder
+from worker import chunk_lifecycle, index_builder, model_importer
 
 log = logging.getLogger(__name__)
 SEND_GRACE_SECONDS = 10.0  # the web front sends right after commit; give it that long
@@ -75,7 +74,7 @@ def sweep(settings: Settings, enqueue, enqueue_train=None,
         waiting = _unsent_jobs(settings, now, kind) if send is not None else []
         sent += send(waiting) if waiting else 0
     removed = remove_old_uploads(settings)
-    model_imports.remove_stale_staging(settings, settings.orphan_upload_after)
+    model_importer.remove_stale_staging(settings, settings.orphan_upload_after)
     index_builder.remove_stray_folders(settings, settings.orphan_upload_after)
     stats = {"sent": sent, "given_up": given_up, "closed": closed, "uploads_removed": removed}
     with session_scope() as session:

@@ -1,5 +1,5 @@
 """Celery tasks: thin wrappers over worker.run_chunk, worker.query_embedding, worker.sweeper,
-shared.services.model_imports and worker.index_builder.
+worker.model_importer and worker.index_builder.
 
 This module is imported by the worker's main process, which forks the pool: it must not
 import TensorFlow. Models are loaded in each pool process after the fork (worker_process_init).
@@ -135,7 +135,7 @@ def train(self, job_id: str) -> str:
 @requeue_on_outage
 def import_model(self, job_id: str) -> str:
     """On the maintenance queue: the file is inspected in a subprocess, so this process loads no TensorFlow."""
-    from shared.services.model_imports import run_import
+    from worker.model_importer import run_import
 
     return run_import(job_id, configured_settings())
 

@@ -1,12 +1,12 @@
-"""Model imports as jobs of kind `import`: staged by the web front, run by the maintenance worker.
+"""Model imports as jobs of kind `import`: staged by the web front, run by the maintenance worker
+(worker/model_importer.py), recorded here.
 
 The lifecycle of an import job, one function per transition:
 - `create_import_job` (web front): a `queued` job whose `source` holds the model name, the signature and the
   uploaded file's name as the client sent it; the file itself waits at `staging_path(store, job_id)`.
 - `claim`: queued|running -> running, under the job row's lock. A final job is left alone, so a redelivered
   or re-sent task does nothing. A running job is taken again (its worker died, or a second message arrived).
-- `run_import` inspects the file (a subprocess with Keras' safe_mode) outside any transaction, then
-  `_finish` moves running -> succeeded in the same transaction that stores the version, or running -> failed.
+- `store_version`: running -> succeeded in the same transaction that stores the version; `fail`: running -> failed.
   Both are a conditional UPDATE on a status that is not final, so of two runs of one import only the first to
   write finishes it (PostgreSQL re-checks the row after the lock, SQLite orders writers).
 Invariants: the staging file is removed once the job is final (the sweeper removes any left by a crash after
@@ -19,14 +19,13 @@ import time
 import uuid
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.core import names
 from shared.core.config import Settings
-from shared.core.db import is_outage, session_scope
-from shared.core.errors import ImgqError, ModelRejected
+from shared.core.db import session_scope
 from shared.core.paths import path_inside
 from shared.core.states import FINAL_JOB_STATUSES, OPEN_JOB_STATUSES, JobKind, JobStatus
 from shared.core.tables import Job, ModelVersion, utcnow
@@ -83,9 +82,10 @@ def _finish(session: Session, job_id: str, status: JobStatus, error: str | None 
     return done.rowcount == 1
 
 
-def _store(settings: Settings, job_id: str, source: dict, staged: Path, shapes: dict) -> str | None:
-    """running -> succeeded, with the new version, in one transaction. Returns "name@N", or None if the job was
-    final already."""
+def store_version(settings: Settings, job_id: str, source: dict, staged: Path, shapes: dict) -> str | None:
+    """running -> succeeded, with the staged file stored as the new version (`shapes`: what
+    model_registry.inspect_file said of it), in one transaction. Returns "name@N", or None if the job was final
+    already."""
     for attempt in range(1, STORE_TRIES + 1):
         try:
             with session_scope() as session:
@@ -110,36 +110,6 @@ def fail(job_id: str, reason: str) -> bool:
         return _finish(session, job_id, JobStatus.FAILED, reason)
 
 
-def run_import(job_id: str, settings: Settings) -> str:
-    """Import the staged file of job `job_id` into the registry. Safe to run twice: a final job is skipped.
-    A database outage propagates (the task's message goes back to the queue and the staging file is kept)."""
-    with session_scope() as session:
-        source = claim(session, job_id)
-    staged = staging_path(settings.model_store, job_id)
-    if source is None:
-        staged.unlink(missing_ok=True)
-        return "skipped"
-    shown = source["file"]
-    log.info("import job %s: importing %s as %s", job_id, shown, source["name"])
-    try:
-        if not staged.is_file():
-            raise ModelRejected(f"the uploaded file {shown} is no longer on the server; upload it again")
-        ref = _store(settings, job_id, source, staged, registry.inspect_file(staged, shown=shown))
-        outcome = "skipped" if ref is None else "succeeded"
-        log.info("import job %s: %s", job_id, ref or "already final; nothing done")
-    except ImgqError as exc:
-        outcome = "failed" if fail(job_id, str(exc)) else "skipped"
-        log.info("import job %s failed: %s", job_id, exc)
-    except Exception as exc:  # the task's boundary: record a reason, never a server path
-        if is_outage(exc):
-            raise
-        log.exception("import job %s failed", job_id)
-        outcome = "failed" if fail(job_id, f"importing {shown} failed ({type(exc).__name__}); "
-                                           "the maintenance worker's log has the details") else "skipped"
-    staged.unlink(missing_ok=True)
-    return outcome
-
-
 def import_json(session: Session, job: Job) -> dict:
     """The model and progress parts of an import job's description (shared.services.jobs.job_json)."""
     source = job.source or {}
@@ -156,21 +126,3 @@ def import_json(session: Session, job: Job) -> dict:
                      "phase": {JobStatus.QUEUED: "waiting", JobStatus.RUNNING: "inspecting"}.get(job.status, "done")},
         "links": links,
     }
-
-
-def remove_stale_staging(settings: Settings, older_than: float) -> int:
-    """Remove staging files older than `older_than` seconds whose job is final or absent (a web front that died
-    before its commit, or a worker that died after the job's end)."""
-    folder = staging_dir(settings.model_store)
-    if not folder.is_dir():
-        return 0
-    cut = time.time() - older_than
-    old = {p.stem: p for p in folder.iterdir() if p.is_file() and p.stat().st_mtime < cut}
-    if not old:
-        return 0
-    with session_scope() as session:
-        open_ids = set(session.scalars(select(Job.id).where(Job.id.in_(list(old)), Job.status.in_(OPEN_JOB_STATUSES))))
-    for job_id in set(old) - open_ids:
-        old[job_id].unlink(missing_ok=True)
-        log.info("removed the staging file of import job %s", job_id)
-    return len(set(old) - open_ids)

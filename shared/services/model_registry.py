@@ -160,7 +160,7 @@ def import_model(session: Session, src: Path, name: str, signature: Signature, s
 
     `promote=None` makes the first version of a name its production version. Errors name the file as
     `shown` (e.g. the uploaded file's name; default: `src`'s own name). `shapes`: what `inspect_file` said of
-    `src`, when the caller inspected it outside its transaction (shared/services/model_imports.py); else it is inspected
+    `src`, when the caller inspected it outside its transaction (worker/model_importer.py); else it is inspected
     here.
     """
     names.check_name(name)

@@ -199,7 +199,8 @@ def import_fails_naming_only_the_upload(*texts):
     uploaded file and no server path, and stores nothing."""
     def check(resp, c):
         from shared.core.config import get_settings
-        from shared.services.model_imports import run_import, staging_path
+        from shared.services.model_imports import staging_path
+        from worker.model_importer import run_import
 
         job_id = resp.json["id"]
         assert resp.json["kind"] == "import" and resp.headers["Location"] == f"/api/v1/jobs/{job_id}"
@@ -404,7 +405,7 @@ def baseline(db_url, tmp_path_factory, model_files):
             resp = client.post("/api/v1/models", content_type="multipart/form-data", data={
                 "name": BASELINE_MODEL, "task": "regression", "input_size": "32", "file": (fh, "r.keras")})
         assert resp.status_code == 202, resp.json
-        from shared.services.model_imports import run_import
+        from worker.model_importer import run_import
 
         assert run_import(resp.json["id"], s) == "succeeded"  # as the maintenance worker would
         (home / "data" / "kept.jpg").write_bytes(hostile_images()["ok.jpg"])

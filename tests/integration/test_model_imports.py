@@ -11,6 +11,7 @@ from shared.core.tables import Job, ModelVersion, utcnow
 from shared.services import model_imports
 from shared.services.model_registry import Signature
 from tests.helpers import authorized_client
+from worker import model_importer
 
 
 def stage(settings, file, name: str, shown: str = "upload.keras") -> str:
@@ -42,19 +43,19 @@ def version_count(name: str) -> int:
 
 def test_an_import_job_stores_the_version_once_even_when_its_task_is_delivered_twice(configured, model_files):
     job_id = stage(configured, model_files["regression"], "pageviews")
-    assert model_imports.run_import(job_id, configured) == "succeeded"
+    assert model_importer.run_import(job_id, configured) == "succeeded"
     job = described(job_id)
     assert (job["kind"], job["status"], job["error"]) == ("import", "succeeded", None)
     assert job["model"]["result"] == "pageviews@1" and job["links"]["version"] == "/api/v1/models/pageviews/versions/1"
     assert job["progress"]["succeeded"] == 1 and job["progress"]["percent"] == 100.0
     assert not model_imports.staging_path(configured.model_store, job_id).exists()
-    assert model_imports.run_import(job_id, configured) == "skipped"  # a redelivered message
+    assert model_importer.run_import(job_id, configured) == "skipped"  # a redelivered message
     assert version_count("pageviews") == 1 and described(job_id)["model"]["result"] == "pageviews@1"
 
 
 def test_an_unsafe_file_fails_its_job_with_the_reason_naming_the_upload_and_no_server_path(configured, model_files):
     job_id = stage(configured, model_files["unsafe"], "evil", shown="lambda.keras")
-    assert model_imports.run_import(job_id, configured) == "failed"
+    assert model_importer.run_import(job_id, configured) == "failed"
     job = described(job_id)
     assert job["status"] == "failed" and job["model"]["result"] is None
     assert job["error"].startswith("lambda.keras") and "arbitrary Python code" in job["error"], job["error"]
@@ -62,7 +63,7 @@ def test_an_unsafe_file_fails_its_job_with_the_reason_naming_the_upload_and_no_s
     assert str(configured.model_store) not in text and ".staging" not in text and job_id + ".keras" not in text
     assert not model_imports.staging_path(configured.model_store, job_id).exists()
     assert version_count("evil") == 0
-    assert model_imports.run_import(job_id, configured) == "skipped"
+    assert model_importer.run_import(job_id, configured) == "skipped"
     assert described(job_id)["error"] == job["error"]
 
 
@@ -81,7 +82,7 @@ def test_the_post_answers_202_at_once_with_a_queued_import_job(configured, model
     assert client.get(f"/api/v1/jobs/{job_id}").json["status"] == "queued"
     assert client.get("/api/v1/models/pv/versions").status_code == 404  # nothing registered yet
 
-    assert model_imports.run_import(job_id, configured) == "succeeded"  # as the maintenance worker would
+    assert model_importer.run_import(job_id, configured) == "succeeded"  # as the maintenance worker would
     job = client.get(f"/api/v1/jobs/{job_id}").json
     assert job["status"] == "succeeded" and job["model"]["result"] == "pv@1"
     assert client.get(job["links"]["version"]).json["aliases"] == ["production"]
