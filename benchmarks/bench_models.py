@@ -1,6 +1,6 @@
 """The three models score_throughput.py compares, and their registration through the public registry.
 
-  demo_vgg   shared.models.architectures.vgg_regressor(60): the demo-size VGG (width 16), ~0.07 GFLOP per image;
+  demo_vgg   worker.training.architectures.vgg_regressor(60): the demo-size VGG (width 16), ~0.07 GFLOP per image;
   seed_vgg   the same builder at full width, vgg_regressor(60, width=72): ~1.36 GFLOP per image, the size of
              the page-view seed model;
   mobilenet  keras.applications.MobileNetV3Small(weights=None, 224x224, include_top=False, pooling="avg",
@@ -34,11 +34,11 @@ class ModelSpec:
         import keras
 
         if self.key == "demo_vgg":
-            from shared.models.architectures import vgg_regressor
+            from worker.training.architectures import vgg_regressor
 
             return vgg_regressor(self.input_size)
         if self.key == "seed_vgg":
-            from shared.models.architectures import vgg_regressor
+            from worker.training.architectures import vgg_regressor
 
             return vgg_regressor(self.input_size, width=72)
         keras.utils.set_random_seed(0)

@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     files = [row[1] for row in photo_rows()[: args.images]]
     work = Path(tempfile.mkdtemp(prefix="imgq-compare-"))
     sys.path.insert(0, str(REPO))
-    from shared.models.architectures import vgg_regressor
+    from worker.training.architectures import vgg_regressor
 
     model_file = work / "vgg_regressor_60.keras"
     vgg_regressor(60).save(model_file)

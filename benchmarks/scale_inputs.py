@@ -73,8 +73,8 @@ def items_manifest(folder: Path, name: str, n: int, photos: list[str]) -> str:
 def register_model(store: Path) -> None:
     """vgg_regressor(60) saved and imported as MODEL_NAME (production): pixels in [0, 1], log1p page views."""
     from shared.core.db import session_scope
-    from shared.models.architectures import vgg_regressor
     from shared.services import model_registry as registry
+    from worker.training.architectures import vgg_regressor
 
     path = store.parent / "bench" / f"vgg_regressor_{INPUT_SIZE}.keras"
     path.parent.mkdir(parents=True, exist_ok=True)

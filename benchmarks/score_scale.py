@@ -3,8 +3,8 @@
 scale").
 
 One run, on this machine, with `imgq serve` + `imgq worker --cpu` (LocalStack) and the demo-size model
-(shared.models.architectures.vgg_regressor(60), untrained, imported through shared.services.model_registry), every job a
-manifest submitted over HTTP with "cache": false:
+(worker.training.architectures.vgg_regressor(60), untrained, imported through shared.services.model_registry),
+every job a manifest submitted over HTTP with "cache": false:
 
   (a) a small job (default 5,000 items) and a large one (default 100,000): images/s end to end (POST ->
       the job's finished_at), time from the POST to the 202, and the chunk time by tenth (the job's chunks

@@ -330,8 +330,9 @@ def cmd_tokens_revoke(args) -> int:
 
 def cmd_demo(args) -> int:
     from shared.tools.demo import run_demo
+    from worker.training.architectures import vgg_regressor
 
-    return run_demo(_settings(), images=args.images, port=args.port)
+    return run_demo(_settings(), vgg_regressor, images=args.images, port=args.port)
 
 
 def build_parser() -> argparse.ArgumentParser:

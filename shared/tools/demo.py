@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 from shared.core.config import Settings
 from shared.tools.local_stack import LocalStack
@@ -17,7 +19,7 @@ from shared.tools.local_stack import LocalStack
 MODEL_NAME = "pageviews-demo"
 
 
-def _register_model(settings: Settings) -> str:
+def _register_model(settings: Settings, build_model: Callable[[int], Any]) -> str:
     from shared.core.db import session_scope
     from shared.services import model_registry as registry
 
@@ -27,11 +29,9 @@ def _register_model(settings: Settings) -> str:
             return f"{v.name}@{v.version}"
         except Exception:
             pass
-    from shared.models.architectures import vgg_regressor
-
     path = settings.data_dir / "demo" / "vgg_regressor_60.keras"
     path.parent.mkdir(parents=True, exist_ok=True)
-    vgg_regressor(60).save(path)
+    build_model(60).save(path)
     sig = registry.Signature(task="regression", input_height=60, input_width=60, output_names=["pageviews"],
                              target_transform={"kind": "log1p"})
     with session_scope() as session:
@@ -45,8 +45,10 @@ def _bar(done: int, total: int, width: int = 30) -> str:
     return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
-def run_demo(settings: Settings, images: int = 300, port: int = 8765) -> int:
-    """The demo on `settings`, whose folders exist and whose database is configured (shared/tools/cli.py does both)."""
+def run_demo(settings: Settings, build_model: Callable[[int], Any], images: int = 300, port: int = 8765) -> int:
+    """The demo on `settings`, whose folders exist and whose database is configured (shared/tools/cli.py does both).
+    `build_model(input_size)` makes the Keras model it registers (the CLI passes
+    worker.training.architectures.vgg_regressor: model builders live in the worker)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # for this process's Keras and the processes it starts
     if not settings.embedded:
         print("note: BROKER_URL is set; the demo uses it instead of the embedded broker")
@@ -54,7 +56,7 @@ def run_demo(settings: Settings, images: int = 300, port: int = 8765) -> int:
 
     upgrade(settings.database_url)
     print(f"imgq demo: data under {settings.data_dir}")
-    model_ref = _register_model(settings)
+    model_ref = _register_model(settings, build_model)
     print(f"model registered: {model_ref} (production)")
     catalog = settings.data_roots[0] / "demo-catalog"
     manifest = catalog / "items.csv"

@@ -31,7 +31,7 @@ Model layout
 ------------
 ``image`` (Input) -> ``preprocess`` (optional) -> ``backbone`` (a nested ``keras.Model``)
 -> ``head_dropout`` (Dropout) -> ``output`` (Dense, float32). Freezing addresses the nested
-``backbone``; for flat models (e.g. :func:`shared.models.architectures.vgg_regressor` files given to
+``backbone``; for flat models (e.g. :func:`worker.training.architectures.vgg_regressor` files given to
 :func:`head_for_existing`) the backbone is every layer that is not the input, ``preprocess*`` or the
 head (the output layer and the Dropout feeding it).
 """
@@ -47,7 +47,7 @@ import numpy as np
 from keras import layers
 
 from shared.core.vocab import ARCHITECTURES, PIXEL_SCALE_MAPS, PIXEL_SCALES, TRAINABLE_TASKS
-from shared.models.architectures import vgg_trunk
+from worker.training.architectures import vgg_trunk
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam", "adagrad")
 SCHEDULES = ("constant", "cosine", "step", "exponential")
@@ -125,7 +125,7 @@ def _input_hw(architecture: str, input_size) -> tuple[int, int]:
 
 
 def _vgg_backbone(h: int, w: int, width: int) -> keras.Model:
-    """The trunk of shared.models.architectures.vgg_regressor (same layer names, so its files transfer)."""
+    """The trunk of worker.training.architectures.vgg_regressor (same layer names, so its files transfer)."""
     inputs = keras.Input((h, w, 3), name="backbone_input")
     return keras.Model(inputs, vgg_trunk(inputs, width), name=BACKBONE_NAME)
 

@@ -135,7 +135,7 @@ def test_backbone_weights_from_a_weights_file(tmp_path):
 
 
 def test_backbone_weights_from_keras_files(tmp_path):
-    from shared.models.architectures import vgg_regressor
+    from worker.training.architectures import vgg_regressor
 
     flat = vgg_regressor(16, outputs=1, width=4, seed=3)  # a flat model: matched by layer name
     flat.save(tmp_path / "flat.keras")
@@ -201,7 +201,7 @@ def test_head_for_existing_swaps_the_head_and_keeps_the_trunk():
 
 
 def test_head_for_existing_on_a_flat_registered_model():
-    from shared.models.architectures import vgg_regressor
+    from worker.training.architectures import vgg_regressor
 
     flat = vgg_regressor(16, outputs=1, width=4)
     new = M.head_for_existing(flat, M.HeadSpec("keypoints", 4))

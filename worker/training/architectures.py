@@ -1,4 +1,5 @@
-"""Small model builders used by the demo and the tests (imports TensorFlow: call from a worker or a tool)."""
+"""Small Keras model builders: the VGG-style trunk training builds on (worker/training/models.py) and the demo's
+page-view regressor (`imgq demo`, tests, benchmarks). Each function imports Keras when called, never at import."""
 from __future__ import annotations
 
 
