@@ -2,9 +2,10 @@
 
 `run_index_job` claims the job (shared/services/index_jobs.py records every transition), reads the vectors
 (streamed from the database in pages), builds or extends the index (shared/search/vector_index.py) outside any
-transaction while `total_items`/`done_items` show its progress and a thread keeps its heartbeat, writes the files to
-a folder of its own under the model store, then registers the next version and finishes the job in one transaction,
-or fails it with a reason. `remove_stray_folders` (the sweeper) removes the folders of runs that never registered.
+transaction while `total_items`/`done_items` show its progress and a heartbeat (worker/heartbeat.py) keeps the job
+alive, writes the files to a folder of its own under the model store, then registers the next version and finishes
+the job in one transaction, or fails it with a reason. `remove_stray_folders` (the sweeper) removes the folders of
+runs that never registered.
 
 Invariants: a run never writes into another run's folder, so of two runs of one job (a re-sent message while the
 first was slow, or a worker that died mid-build) the first to register wins and the other removes its files; a
@@ -14,9 +15,9 @@ from __future__ import annotations
 
 import logging
 import shutil
-import threading
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from shared.core.states import OPEN_JOB_STATUSES, JobKind
 from shared.core.tables import Embedding, Job, VectorIndex, utcnow
 from shared.search.vector_index import BuildParams, CatalogIndex
 from shared.services import index_jobs
+from worker.heartbeat import Heartbeat, interval_for
 
 log = logging.getLogger(__name__)
 
@@ -47,26 +49,6 @@ class _Progress:
             return
         self._last = now
         index_jobs.record_progress(self.job_id, done, total)
-
-
-class _Heartbeat(threading.Thread):
-    """The job's liveness while it builds, at a fixed interval whatever FAISS is doing (training IVF lists sends no
-    progress): the sweeper re-sends an index job whose heartbeat went stale for IMGQ_HEARTBEAT_TIMEOUT."""
-
-    def __init__(self, job_id: str, interval: float):
-        super().__init__(name="imgq-index-heartbeat", daemon=True)
-        self.job_id, self.interval = job_id, interval
-        self._stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self._stopped.wait(self.interval):
-            try:
-                index_jobs.record_heartbeat(self.job_id)
-            except Exception:  # the database is away: the next beat tries again
-                log.warning("index job %s: heartbeat failed", self.job_id, exc_info=True)
-
-    def stop(self) -> None:
-        self._stopped.set()
 
 
 def _live(catalog: str, space: str):
@@ -139,6 +121,20 @@ def _base_of(spec: dict) -> VectorIndex:
     return base
 
 
+def _build_and_save(job_id: str, spec: dict, folder: Path, settings: Settings) -> tuple[CatalogIndex, int | None]:
+    """(the index built or extended, and saved in `folder`; a delta's count of added vectors). A heartbeat keeps the
+    job alive at a fixed interval whatever FAISS is doing (training IVF lists sends no progress)."""
+    progress = _Progress(job_id)
+    with Heartbeat(partial(index_jobs.record_heartbeat, job_id), interval_for(settings.heartbeat_timeout),
+                   label=f"index job {job_id}", name="imgq-index-heartbeat"):
+        if spec["mode"] == "delta":
+            index, added = _extend(spec, _base_of(spec), progress)
+        else:
+            index, added = _build(spec, progress), None
+        index.save(folder)
+    return index, added
+
+
 def run_index_job(job_id: str, settings: Settings) -> str:
     """Build or extend the index of job `job_id`. Safe to run twice: a final job is skipped; a second run of a
     running job (its worker died) builds again into its own folder. A database outage propagates (the task's
@@ -151,17 +147,10 @@ def run_index_job(job_id: str, settings: Settings) -> str:
     # files the first one may have registered
     folder = index_jobs.index_folder(settings.model_store, spec["catalog"], spec["space"],
                                      f"{job_id}-{uuid.uuid4().hex[:8]}")
-    progress = _Progress(job_id)
     watermark = utcnow()
     started = time.monotonic()
-    beat = _Heartbeat(job_id, max(0.2, min(10.0, settings.heartbeat_timeout / 4)))
-    beat.start()
     try:
-        if spec["mode"] == "delta":
-            index, added = _extend(spec, _base_of(spec), progress)
-        else:
-            index, added = _build(spec, progress), None
-        index.save(folder)
+        index, added = _build_and_save(job_id, spec, folder, settings)
     except Exception as exc:
         shutil.rmtree(folder, ignore_errors=True)
         if is_outage(exc):
@@ -169,8 +158,6 @@ def run_index_job(job_id: str, settings: Settings) -> str:
         log.exception("index job %s failed", job_id)
         index_jobs.fail(job_id, f"{type(exc).__name__}: {exc}")
         return "failed"
-    finally:
-        beat.stop()
     version = index_jobs.register_version(job_id, spec, index, folder, watermark, added)
     if version is None:
         shutil.rmtree(folder, ignore_errors=True)

@@ -7,7 +7,7 @@ the same stream, for up to IMGQ_CHAIN_SECONDS, so the cores never idle between c
 finished in the same transaction as the batch that writes its last result. The broker's message for a
 chunk taken this way finds it running or done and is skipped.
 
-While the task holds chunks, a heartbeat thread writes their liveness at a fixed interval, whatever a
+While the task holds chunks, a heartbeat (worker/heartbeat.py) writes their liveness at a fixed interval, whatever a
 batch costs, so a slow batch never looks like a dead worker. Every write after a claim is fenced by that
 chunk's attempt number (see worker/chunk_lifecycle.py).
 """
@@ -18,12 +18,14 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from functools import partial
 
 from shared.core.config import Settings
 from shared.core.db import session_scope
 from worker import chunk_lifecycle, chunk_work
 from worker.chunk_lifecycle import ClaimedChunk
 from worker.chunk_work import ChunkWork, ModelUnusable
+from worker.heartbeat import Heartbeat, interval_for
 from worker.model_cache import ModelCache
 from worker.scoring import ScoreOptions, score_items
 
@@ -82,35 +84,14 @@ class HeldChunks:
             return held
 
 
-class ChunkHeartbeat(threading.Thread):
-    """Writes the liveness of every held chunk every `interval` seconds until stopped; notes chunks whose
-    attempt lost them (a newer attempt took over), and keeps beating through a database outage."""
-
-    def __init__(self, job_id: str, chunks: HeldChunks, interval: float):
-        super().__init__(name="imgq-heartbeat", daemon=True)
-        self.job_id, self.chunks, self.interval = job_id, chunks, interval
-        self.lost: set[int] = set()
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.wait(self.interval):
-            try:
-                with session_scope() as session:
-                    owned = {no: chunk_lifecycle.heartbeat(session, self.job_id, no, attempt)
-                             for no, attempt in self.chunks.held()}
-            except Exception:  # the database is away: the next beat tries again
-                log.warning("job %s: heartbeat failed", self.job_id, exc_info=True)
-                continue
-            for chunk_no in sorted(no for no, still in owned.items() if not still and no not in self.lost):
-                self.lost.add(chunk_no)
-                log.warning("job %s chunk %s: this attempt no longer owns the chunk", self.job_id, chunk_no)
-
-    def stop(self) -> None:
-        self._stop_event.set()
-
-
-def heartbeat_interval(settings: Settings) -> float:
-    return max(0.2, min(10.0, settings.heartbeat_timeout / 4))
+def beat_held_chunks(job_id: str, chunks: HeldChunks, lost: set[int]) -> None:
+    """One heartbeat (worker/heartbeat.py) of the chunks a task holds: their liveness written, fenced by attempt.
+    A chunk whose attempt lost it (a newer attempt took over) is added to `lost` and logged once."""
+    with session_scope() as session:
+        owned = {no: chunk_lifecycle.heartbeat(session, job_id, no, attempt) for no, attempt in chunks.held()}
+    for chunk_no in sorted(no for no, still in owned.items() if not still and no not in lost):
+        lost.add(chunk_no)
+        log.warning("job %s chunk %s: this attempt no longer owns the chunk", job_id, chunk_no)
 
 
 def run_chunk(job_id: str, chunk_no: int, *, worker: str, models: ModelCache, settings: Settings) -> str:
@@ -140,20 +121,18 @@ def run_chunk(job_id: str, chunk_no: int, *, worker: str, models: ModelCache, se
         return claimed
     chunks = HeldChunks()
     nothing_left = chunks.take(claimed)  # held from the claim on: released below whatever fails first
-    beat = ChunkHeartbeat(job_id, chunks, heartbeat_interval(settings))
-    beat.start()
     try:
-        if claimed.isolate:
-            _score_isolated(claimed, chunks, work, settings)
-        else:
-            _score_chained(claimed, nothing_left, chunks, work, settings, worker)
+        with Heartbeat(partial(beat_held_chunks, job_id, chunks, set()), interval_for(settings.heartbeat_timeout),
+                       label=f"job {job_id}"):
+            if claimed.isolate:
+                _score_isolated(claimed, chunks, work, settings)
+            else:
+                _score_chained(claimed, nothing_left, chunks, work, settings, worker)
     except BaseException as exc:  # results so far are kept; the rest is retried, attempts bounded
-        beat.stop()
         with session_scope() as session:
             for held_no, attempt in chunks.release_all():
                 chunk_lifecycle.release(session, job_id, held_no, attempt, f"{type(exc).__name__}: {exc}")
         raise
-    beat.stop()
     return "done"
 
 

@@ -127,7 +127,7 @@ class SavingModel:
 
 
 def recorder(tmp_path, clock=None, steps=10, epochs=4):
-    heartbeat = training_attempt.Heartbeat("job-1", interval=60, attempt=2)  # never started: no database
+    heartbeat = training_attempt.AttemptHeartbeat("job-1", interval=60, attempt=2)  # never started: no database
     rows = []
     rec = fitting.EpochRecorder(tmp_path, heartbeat, lambda *row: rows.append(row), steps=steps, epochs=epochs,
                                 clock=clock or Clock())
@@ -187,7 +187,7 @@ def test_the_recorder_reports_step_and_time_left_at_most_once_a_second(tmp_path)
 
 
 def test_what_the_heartbeat_hears_becomes_canceled_or_superseded():
-    heartbeat = training_attempt.Heartbeat("job-1", interval=60, attempt=1)
+    heartbeat = training_attempt.AttemptHeartbeat("job-1", interval=60, attempt=1)
     heartbeat.heard("running")
     training_attempt.stop_if_told(heartbeat)  # nothing to stop for
     heartbeat.heard("canceled")
@@ -241,7 +241,7 @@ def test_a_heartbeat_of_an_attempt_presumed_dead_learns_it_was_superseded_and_wr
     with session_scope() as session:
         assert lifecycle.take_back(session, job_id, utcnow() - timedelta(seconds=60))
         lifecycle.claim(session, job_id, worker="w2", heartbeat_timeout=60, max_attempts=3)
-    stale = training_attempt.Heartbeat(job_id, interval=60, attempt=first)
+    stale = training_attempt.AttemptHeartbeat(job_id, interval=60, attempt=first)
     stale.progress.update(phase="training", epoch=3)
     stale.beat()
     assert stale.superseded.is_set()
@@ -318,7 +318,7 @@ def test_a_fit_resumed_from_its_checkpoint_writes_each_epoch_once(tmp_path):
 
     def attempt_until(epochs: int, folder: Path, checkpoint: tuple[int, str | None]):
         folder.mkdir()
-        heartbeat = training_attempt.Heartbeat("job-1", interval=60)
+        heartbeat = training_attempt.AttemptHeartbeat("job-1", interval=60)
         rec = fitting.EpochRecorder(folder, heartbeat, lambda *row: rows.append(row), steps=3, epochs=req.epochs)
         model, start = fitting.build_or_resume_model(req, None, data, prep, settings, checkpoint_epoch=checkpoint[0],
                                                      checkpoint_path=checkpoint[1])

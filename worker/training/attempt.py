@@ -1,9 +1,9 @@
 """One training attempt's link with its run row: liveness, cancellation and fencing.
 
-The Heartbeat thread tells the database every few seconds that the attempt lives (with its progress),
-and learns whether a client canceled the job or a newer attempt took the run over (this one was presumed
-dead). The training loop turns what it learned into Canceled or Superseded at its next check; a batch
-ends early for both (fitting.EpochRecorder).
+The AttemptHeartbeat tells the database every few seconds that the attempt lives (with its progress), on the
+worker's one heartbeat helper (worker/heartbeat.py), and learns whether a client canceled the job or a newer
+attempt took the run over (this one was presumed dead). The training loop turns what it learned into Canceled or
+Superseded at its next check; a batch ends early for both (fitting.EpochRecorder).
 
 Invariants: every write passes the attempt number to `lifecycle`, so a superseded attempt writes nothing;
 every write waits out a database outage for up to OUTAGE_PATIENCE seconds before the attempt gives up
@@ -11,16 +11,15 @@ every write waits out a database outage for up to OUTAGE_PATIENCE seconds before
 """
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from pathlib import Path
 
 from shared.core.db import retry_on_outage, session_scope
 from shared.core.states import JobStatus
+from worker.heartbeat import Heartbeat
 from worker.training import lifecycle
 
-log = logging.getLogger(__name__)
 OUTAGE_PATIENCE = 600.0  # seconds a training waits out a database outage before it gives up the attempt
 ORPHANED = 75  # exit code when the worker that started this process is gone: another worker takes the run up
 
@@ -38,18 +37,18 @@ def patiently(fn, *args, **kwargs):
     return retry_on_outage(lambda: fn(*args, **kwargs), within=OUTAGE_PATIENCE)
 
 
-class Heartbeat(threading.Thread):
+class AttemptHeartbeat:
     """Tells the database this process lives (every `interval` seconds, with `progress`) and learns whether
-    the job was canceled (`canceled`) or the run superseded (`superseded`)."""
+    the job was canceled (`canceled`) or the run superseded (`superseded`). A process whose parent (the worker
+    that started it) is gone exits at its next beat, so another worker takes the run up."""
 
     def __init__(self, job_id: str, interval: float, attempt: int | None = None):
-        super().__init__(daemon=True, name="imgq-heartbeat")
         self.job_id, self.interval, self.attempt = job_id, interval, attempt
         self.canceled = threading.Event()
         self.superseded = threading.Event()
         self.progress: dict = {}
-        self._stop = threading.Event()
         self._parent = os.getppid()
+        self._beats = Heartbeat(self._beat_unless_orphaned, interval, label=f"train job {job_id}")
 
     def beat(self) -> None:
         with session_scope() as session:
@@ -63,35 +62,34 @@ class Heartbeat(threading.Thread):
         elif status == lifecycle.SUPERSEDED:
             self.superseded.set()
 
-    def run(self) -> None:
-        while not self._stop.wait(self.interval):
-            if os.getppid() != self._parent:  # the worker that started us is gone: stop, be taken up again
-                os._exit(ORPHANED)
-            try:
-                self.beat()
-            except Exception:  # a database hiccup must not kill training; the next beat retries
-                log.exception("train job %s: heartbeat failed", self.job_id)
+    def _beat_unless_orphaned(self) -> None:
+        if os.getppid() != self._parent:  # the worker that started us is gone: stop, be taken up again
+            os._exit(ORPHANED)
+        self.beat()
+
+    def start(self) -> None:
+        self._beats.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._beats.stop()
 
 
-def start_heartbeat(job_id: str, attempt: int | None, interval: float, **progress) -> Heartbeat:
-    """A running Heartbeat whose first beat (with `progress`) is already recorded."""
-    heartbeat = Heartbeat(job_id, interval=interval, attempt=attempt)
+def start_heartbeat(job_id: str, attempt: int | None, interval: float, **progress) -> AttemptHeartbeat:
+    """A running AttemptHeartbeat whose first beat (with `progress`) is already recorded."""
+    heartbeat = AttemptHeartbeat(job_id, interval=interval, attempt=attempt)
     heartbeat.progress.update(progress)
     patiently(heartbeat.beat)
     heartbeat.start()
     return heartbeat
 
 
-def report(heartbeat: Heartbeat, **progress) -> None:
+def report(heartbeat: AttemptHeartbeat, **progress) -> None:
     """Record `progress` now rather than at the next beat."""
     heartbeat.progress.update(progress)
     patiently(heartbeat.beat)
 
 
-def stop_if_told(heartbeat: Heartbeat) -> None:
+def stop_if_told(heartbeat: AttemptHeartbeat) -> None:
     """Raise Superseded or Canceled when the heartbeat learned so."""
     if heartbeat.superseded.is_set():
         raise Superseded()

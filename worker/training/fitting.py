@@ -170,7 +170,7 @@ def fit(model: keras.Model, req: TrainRequest, phases: list[FitPhase], datasets:
 class EpochRecorder(keras.callbacks.Callback):
     """Checkpoint and metrics each epoch, progress and cancellation each batch.
 
-    `heartbeat` is the attempt's Heartbeat (its `canceled` and `superseded` events, its `progress` dict);
+    `heartbeat` is the attempt's AttemptHeartbeat (its `canceled` and `superseded` events, its `progress` dict);
     `record(number, metrics, seconds, path)` writes an epoch's row once its checkpoint file is in place
     (attempt.record_epoch). Only the newest checkpoint is kept in `folder`."""
 

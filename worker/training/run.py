@@ -31,11 +31,12 @@ from shared.core.tables import Job, ModelVersion
 from shared.images.imaging import Preprocessing
 from shared.services.train_spec import TrainRequest
 from worker.device import configure_tensorflow
+from worker.heartbeat import interval_for
 from worker.training import data as training_data
 from worker.training import lifecycle
 from worker.training.attempt import (
+    AttemptHeartbeat,
     Canceled,
-    Heartbeat,
     Superseded,
     owned,
     patiently,
@@ -108,7 +109,7 @@ def checkpoint_folder(settings: Settings, job_id: str, attempt: int | None) -> P
     return folder
 
 
-def fit_model(start: AttemptStart, data, prep: Preprocessing, settings: Settings, heartbeat: Heartbeat,
+def fit_model(start: AttemptStart, data, prep: Preprocessing, settings: Settings, heartbeat: AttemptHeartbeat,
               folder: Path):
     """The model built, or resumed from the last checkpoint, and fitted phase by phase (worker.training.fitting);
     raises Canceled or Superseded after a phase when the heartbeat learned so."""
@@ -133,8 +134,8 @@ def train(job_id: str, attempt: int | None, settings: Settings) -> None:
     """One attempt of a train job, phase by phase; raises Canceled or Superseded when told to stop."""
     start = patiently(start_attempt, job_id)
     req = start.request
-    heartbeat = start_heartbeat(job_id, attempt, min(5.0, settings.heartbeat_timeout / 4), phase="loading data",
-                                epoch=start.checkpoint_epoch)
+    heartbeat = start_heartbeat(job_id, attempt, interval_for(settings.heartbeat_timeout, at_most=5.0),
+                                phase="loading data", epoch=start.checkpoint_epoch)
     started = time.monotonic()
     prepare_tensorflow(req.seed)
     prep, data = load_data(req, start.parent, settings)
