@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from shared.core.tables import ModelVersion
-from shared.core.vocab import PIXEL_SCALE_MAPS
 from shared.images.imaging import Preprocessing
 from shared.models.model_inspect import load_keras_safely
 from shared.services.model_registry import sha256_file, signature_of
+from worker import pixel_scaling
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,9 @@ class LoadedModel:
 
 def traced_predict(tf, model, prep: Preprocessing):
     """`predict(batch)` through traced tf.functions: a float32 batch is the model's input as it is; a uint8 batch is
-    pixels (load_for_model(scaled=False)) that the function scales as shared/images/imaging.scale_pixels does
-    (pixel / divisor + offset, in float32) before the model, in TensorFlow's threads rather than the decoders'."""
+    pixels (load_for_model(scaled=False)) that the function scales as training does (worker/pixel_scaling.py)
+    before the model, in TensorFlow's threads rather than the decoders'."""
     shape = [None, prep.height, prep.width, 3]
-    divisor, offset = PIXEL_SCALE_MAPS[prep.pixel_scale]
 
     @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32)], reduce_retracing=True)
     def infer(x):
@@ -59,12 +58,7 @@ def traced_predict(tf, model, prep: Preprocessing):
 
     @tf.function(input_signature=[tf.TensorSpec(shape, tf.uint8)], reduce_retracing=True)
     def infer_pixels(pixels):
-        x = tf.cast(pixels, tf.float32)
-        if divisor != 1.0:
-            x = x / divisor
-        if offset:
-            x = x + offset
-        return model(x, training=False)
+        return model(pixel_scaling.scale_pixels_tf(pixels, prep.pixel_scale), training=False)
 
     def predict(batch: np.ndarray) -> np.ndarray:
         if batch.dtype == np.uint8:

@@ -380,11 +380,21 @@ def _preprocess(img: Image.Image, prep: Preprocessing, *, orig_size: tuple[int, 
     return scale_pixels(np.asarray(canvas, dtype=np.float32), prep.pixel_scale), geometry
 
 
-def scale_pixels(pixels: np.ndarray, pixel_scale: str) -> np.ndarray:
-    """0..255 float32 pixels -> the model's input range (shared.core.vocab.PIXEL_SCALE_MAPS)."""
+def pixel_scale_factors(pixel_scale: str) -> tuple[np.float32, np.float32]:
+    """(multiplier, offset) in float32: model input = pixel * multiplier + offset, the multiplier being the float32
+    reciprocal of the divisor in shared.core.vocab.PIXEL_SCALE_MAPS. A multiplication, not a division: TensorFlow's
+    graph optimizer turns a division by a constant into this very multiplication inside a tf.function (serving's
+    uint8 path) but not in eager code or tf.data, so only a multiplication written everywhere gives serving, training
+    and NumPy the same bits (worker/pixel_scaling.py, tests/unit/worker/test_pixel_scaling.py)."""
     divisor, offset = PIXEL_SCALE_MAPS[pixel_scale]
-    scaled = pixels / np.float32(divisor) if divisor != 1.0 else pixels
-    return scaled + np.float32(offset) if offset else scaled
+    return np.float32(1.0 / divisor), np.float32(offset)
+
+
+def scale_pixels(pixels: np.ndarray, pixel_scale: str) -> np.ndarray:
+    """0..255 float32 pixels -> the model's input range, in NumPy (see `pixel_scale_factors`)."""
+    multiplier, offset = pixel_scale_factors(pixel_scale)
+    scaled = pixels * multiplier if multiplier != 1.0 else pixels
+    return scaled + offset if offset else scaled
 
 
 def _is_int(value: object) -> bool:

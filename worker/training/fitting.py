@@ -21,10 +21,10 @@ import numpy as np
 from shared.core.config import Settings
 from shared.core.errors import ImgqError
 from shared.core.paths import OutsideDataRoots, resolve_inside
-from shared.core.vocab import PIXEL_SCALE_MAPS
 from shared.images.imaging import Preprocessing
 from shared.models.model_inspect import load_keras_safely
 from shared.services.train_spec import TrainRequest
+from worker import pixel_scaling
 from worker.training import models
 from worker.training.data import TrainingData
 
@@ -76,18 +76,12 @@ def build_or_resume_model(req: TrainRequest, parent, data: TrainingData, prep: P
 
 def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, pixel_scale: str, seed: int, shuffle: bool,
                  augmentation=None):
-    """uint8 pixels -> (shuffled) batches in the model's input range, scaled in the pipeline one batch at a time."""
+    """uint8 pixels -> (shuffled) batches in the model's input range, scaled in the pipeline one batch at a time as
+    serving scales them (worker/pixel_scaling.py)."""
     import tensorflow as tf
 
-    divisor, offset = PIXEL_SCALE_MAPS[pixel_scale]
-
     def scale(x, y):
-        x = tf.cast(x, tf.float32)
-        if divisor != 1.0:
-            x = x / divisor
-        if offset:
-            x = x + offset
-        return x, y
+        return pixel_scaling.scale_pixels_tf(x, pixel_scale), y
 
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
