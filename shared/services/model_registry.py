@@ -101,6 +101,8 @@ class Signature:
 
 
 def signature_of(v: ModelVersion) -> Signature:
+    """The Signature a stored version was registered with (a trained candidate's, before it is stored:
+    worker/training/registration.candidate_signature)."""
     return Signature(task=v.task, input_height=v.input_height, input_width=v.input_width,
                      resize_mode=v.resize_mode, pixel_scale=v.pixel_scale,
                      output_names=v.output_names, class_names=v.class_names,

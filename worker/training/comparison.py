@@ -1,8 +1,11 @@
-"""A trained candidate measured: its holdout metrics, and its comparison with production through the gate.
+"""The evaluation phase of a training run: which models are measured on which data, and what the gate decides.
 
-Both versions are measured on the same, fixed holdout (split by item id, salted with the model name) in the
-user's units; the comparison also scores a sample of the whole catalog with both (the shadow diff). A
-production version that takes a different input is never compared automatically: the gate keeps it.
+The candidate is measured on the run's fixed holdout (split by item id, salted with the model name); with a gate,
+the production version it would replace is loaded from the registry and measured on the same holdout, the gate
+decides, and both score a sample of the whole catalog for the shadow diff. A production version that takes a
+different input is never compared automatically: the gate keeps it. The arithmetic (batched predictions, user units,
+metrics, the gate's rule, the diff's report) is evaluate.py's; this module picks the models and the data and touches
+the database and the model files.
 """
 from __future__ import annotations
 
@@ -17,13 +20,6 @@ from shared.services.model_registry import resolve
 from shared.services.train_spec import TrainRequest
 from worker.training import evaluate
 from worker.training.data import TrainingData
-
-
-def signature_of(task: str, prep: Preprocessing, data: TrainingData) -> dict:
-    """What the new version takes and gives (shared.services.model_registry.Signature's fields)."""
-    return {"task": task, "input_height": prep.height, "input_width": prep.width, "resize_mode": prep.resize_mode,
-            "pixel_scale": prep.pixel_scale, "class_names": data.class_names, "output_names": data.output_names,
-            "target_transform": data.target_transform}
 
 
 def holdout_truth(task: str, data: TrainingData):

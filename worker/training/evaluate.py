@@ -1,4 +1,6 @@
-"""Holdout metrics in the user's units, the promotion gate, and the shadow diff against production."""
+"""The arithmetic of judging a model, on arrays only (no database, no model files, no choice of data): a model's
+outputs for uint8 pixels in batches, those outputs in the user's units, holdout metrics, the gate's rule and the
+shadow diff's report. comparison.py applies them to a trained candidate and to production."""
 from __future__ import annotations
 
 import numpy as np

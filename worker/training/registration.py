@@ -1,5 +1,5 @@
-"""A finished training recorded: the new version registered with its lineage, then the run closed with the
-gate's decision.
+"""A finished training recorded: the new version's signature and lineage, the version registered, then the run
+closed with the gate's decision.
 
 Invariants: registering is idempotent (an attempt that died after registering finds its version again by the
 job id in its lineage); promotion, the run's success and the schedule slot's decision are one transaction,
@@ -18,6 +18,7 @@ from sqlalchemy import select
 from shared.core.config import Settings
 from shared.core.db import session_scope
 from shared.core.tables import ModelVersion, ScheduleRun, TrainRun, utcnow
+from shared.images.imaging import Preprocessing
 from shared.services.model_registry import Signature, import_model, set_alias
 from shared.services.train_spec import TrainRequest
 from worker.training import lifecycle
@@ -38,6 +39,14 @@ def code_version() -> str:
     except PackageNotFoundError:
         package = "unknown"
     return f"imgq {package}" + (f" ({sha})" if sha else "")
+
+
+def candidate_signature(task: str, prep: Preprocessing, data: TrainingData) -> dict:
+    """What the new version takes and gives, as the fields of shared.services.model_registry.Signature (the registry's
+    signature_of reads them back from a stored version)."""
+    return {"task": task, "input_height": prep.height, "input_width": prep.width, "resize_mode": prep.resize_mode,
+            "pixel_scale": prep.pixel_scale, "class_names": data.class_names, "output_names": data.output_names,
+            "target_transform": data.target_transform}
 
 
 def lineage_of(req: TrainRequest, job_id: str, parent, data: TrainingData, metrics: dict, *,

@@ -45,8 +45,8 @@ from worker.training.attempt import (
     start_heartbeat,
     stop_if_told,
 )
-from worker.training.comparison import compare_with_production, evaluate_holdout, production_version, signature_of
-from worker.training.registration import finish, lineage_of, register
+from worker.training.comparison import compare_with_production, evaluate_holdout, production_version
+from worker.training.registration import candidate_signature, finish, lineage_of, register
 
 log = logging.getLogger("worker.training.run")  # its module's name: run with -m, __name__ is "__main__"
 FAILED_FOR_GOOD = 3
@@ -142,7 +142,7 @@ def train(job_id: str, attempt: int | None, settings: Settings) -> None:
     folder = checkpoint_folder(settings, job_id, attempt)
     model = fit_model(start, data, prep, settings, heartbeat, folder)
     heartbeat.progress.update(phase="evaluating", eta_seconds=None)
-    metrics, signature = evaluate_holdout(req.task, model, data, prep), signature_of(req.task, prep, data)
+    metrics, signature = evaluate_holdout(req.task, model, data, prep), candidate_signature(req.task, prep, data)
     comparison = compare_with_production(req, model, data, signature, metrics,
                                          production_version(req.model)) if req.gate else None
     heartbeat.progress.update(phase="registering")
