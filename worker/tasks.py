@@ -158,24 +158,34 @@ def embed_query(space: str, images: list[dict], classifier: str | None) -> dict:
     return embed_images(space, images, classifier, models=models(), settings=configured_settings())
 
 
-@app.task(name=SWEEP_TASK)
-def sweep() -> dict | None:
+def skipped_on_outage(run, what: str, every: float):
+    """run(), or None when the database is unreachable: a periodic task runs again in `every` seconds, so an
+    outage is one warning per run, without a traceback, rather than an ERROR every time (a broken statement still
+    raises)."""
     from shared.core.db import is_outage
-    from worker.sweeper import sweep as run_sweep
 
-    settings = configured_settings()
     try:
-        return run_sweep(settings, enqueue_chunks, enqueue_train, queue_depth, enqueue_imports, enqueue_index)
+        return run()
     except Exception as exc:
         if not is_outage(exc):
             raise
-        log.warning("sweep skipped: database unavailable (%s); the next one runs in %g s", type(exc).__name__,
-                    settings.sweep_interval)
+        log.warning("%s skipped: database unavailable (%s); the next one runs in %g s", what, type(exc).__name__,
+                    every)
         return None
 
 
+@app.task(name=SWEEP_TASK)
+def sweep() -> dict | None:
+    from worker.sweeper import sweep as run_sweep
+
+    settings = configured_settings()
+    return skipped_on_outage(
+        lambda: run_sweep(settings, enqueue_chunks, enqueue_train, queue_depth, enqueue_imports, enqueue_index),
+        "sweep", settings.sweep_interval)
+
+
 @app.task(name=SCHEDULE_TICK_TASK)
-def schedule_tick() -> dict:
+def schedule_tick() -> dict | None:
     from shared.services.schedules import dispatch_due
 
-    return dispatch_due(enqueue_train)
+    return skipped_on_outage(lambda: dispatch_due(enqueue_train), "schedule tick", configured_settings().schedule_tick)
