@@ -1,9 +1,11 @@
 """The states of jobs, chunks and training runs: one vocabulary, stored as these strings.
 
-Only the lifecycle code moves a row from one state to another: `worker/chunk_lifecycle.py` (chunks and score
-jobs), `worker/training/lifecycle.py` (training runs and train jobs), `shared/services/model_imports.py` (import jobs),
-`shared/core/dispatch.py` (pending -> queued when a message is sent) and `shared/jobs.cancel_job`. Rows are created
-in their first state by the functions that create them.
+Only the lifecycle code moves a row from one state to another: `worker/chunk_lifecycle.py` (chunks and score and
+embed jobs), `worker/training/lifecycle.py` (training runs and train jobs), `shared/services/model_imports.py` and
+`shared/services/index_jobs.py` (import and index jobs, claimed through `shared/services/single_task_jobs.py`; the
+worker runs them and records every step through these), `shared/core/dispatch.py` (pending -> queued when a message
+is sent) and `shared/services/jobs.cancel_job`. A transition that changes a job and its chunks or run locks the job
+row first (`shared/services/jobs.lock_job`). Rows are created in their first state by the functions that create them.
 
 Members are `str`s, so they compare equal to the values read back from the database and serialise as them.
 """

@@ -1,8 +1,11 @@
 """The `imgq` command: serve, worker, beat, db, models, train, index, similar, demo.
 
-Each command is an entry point: it reads the settings once (`_settings`), creates the data folders and
-configures the database and the Celery app from them before it does anything else.
-Nothing here imports TensorFlow at module level: `imgq worker` must pin its GPU first.
+The wiring of the project: the one module of shared/ allowed to import web/ and worker/ (tests/unit/
+test_dependency_rule.py), because it starts every process: the web front, the workers and beat, and the demo, to
+which it hands worker/'s model builder. Each command is an entry point: it reads the settings once (`_settings`),
+creates the data folders and configures the database and the Celery app from them before it does anything else.
+Nothing here imports web/, worker/ or TensorFlow at module level: `imgq worker` must pin its GPU first, and each
+command loads only what it runs.
 """
 from __future__ import annotations
 
