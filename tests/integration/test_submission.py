@@ -13,8 +13,8 @@ from shared.core import dispatch
 from shared.core.db import session_scope
 from shared.core.errors import InvalidRequest, Unprocessable
 from shared.core.tables import Job, TrainRun
+from shared.schemas.training import TrainRequest
 from shared.services import submission, train_jobs
-from shared.services.train_spec import TrainRequest
 from tests.helpers import authorized_client
 from web.app import create_app
 

@@ -24,7 +24,7 @@ from shared.core.paths import OutsideDataRoots, resolve_inside
 from shared.core.vocab import PIXEL_SCALE_MAPS
 from shared.images.imaging import Preprocessing
 from shared.models.model_inspect import load_keras_safely
-from shared.services.train_spec import TrainRequest
+from shared.schemas.training import TrainRequest
 from worker.training import models
 from worker.training.data import TrainingData
 
