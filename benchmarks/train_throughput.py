@@ -253,7 +253,7 @@ def bare_fit(manifest_rel: str, args, s, with_batch_hook: bool = True) -> dict:
     configure_tensorflow()
     import keras
 
-    from shared.services.train_spec import TrainRequest
+    from shared.schemas.training import TrainRequest
     from worker.training import data as training_data
     from worker.training import fitting
     from worker.training.run import preprocessing_for

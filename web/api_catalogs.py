@@ -7,7 +7,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from shared.core.db import session_scope
 from shared.core.errors import InvalidRequest, RequestEntityTooLarge
 from shared.core.names import check_name
-from shared.search.vector_index import BuildParams
+from shared.schemas.catalogs import DeletionRequest, IndexRequest, SimilarBatch, SimilarQuery
 from shared.services import catalogs, similar, submission
 from web.auth import caller
 from web.http import created as created_response
@@ -32,21 +32,11 @@ def get_catalog(catalog: str):
 
 @bp.post("/catalogs/<catalog>/indexes")
 def create_index_job(catalog: str):
-    """{"mode": "build" | "delta", "space": optional, "params": {...BuildParams}} -> 202 with the index job."""
+    """shared/schemas/catalogs.IndexRequest (an empty body is a build) -> 202 with the index job."""
     check_name(catalog, "catalog")
-    body = json_object("a JSON object (an index request)") if request.content_length else {}
-    unknown = set(body) - {"mode", "space", "params"}
-    if unknown:
-        raise InvalidRequest(f"unknown fields: {', '.join(sorted(unknown))} (expected mode, space, params)",
-                             field=sorted(unknown)[0])
-    mode, space = body.get("mode", "build"), body.get("space")
-    if not isinstance(mode, str) or (space is not None and not isinstance(space, str)):
-        raise InvalidRequest("mode and space must be strings", field="mode" if not isinstance(mode, str) else "space")
-    settings = current_app.config["IMGQ_SETTINGS"]
-    params = None  # a delta keeps the parameters of the version it extends
-    if mode != "delta" or "params" in body:
-        params = BuildParams.model_validate({"exact_below": settings.exact_index_below, **(body.get("params") or {})})
-    description, created = submission.submit_index(catalog=catalog, space=space, mode=mode, params=params,
+    req = IndexRequest.model_validate(json_object("a JSON object (an index request)") if request.content_length else {})
+    params = req.build_params(current_app.config["IMGQ_SETTINGS"].exact_index_below)
+    description, created = submission.submit_index(catalog=catalog, space=req.space, mode=req.mode, params=params,
                                                    token_id=caller().token_id)
     return created_response(description, description["links"]["self"], 202)
 
@@ -54,12 +44,9 @@ def create_index_job(catalog: str):
 @bp.post("/catalogs/<catalog>/deletions")
 def delete_items(catalog: str):
     """{"ids": [...]}: those items leave every answer at once; the next index build purges them."""
-    body = json_object("a JSON object with ids")
-    ids = body.get("ids")
-    if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
-        raise InvalidRequest("ids must be a list of item ids (non-empty strings)", field="ids")
+    req = DeletionRequest.model_validate(json_object("a JSON object with ids"))
     with session_scope() as session:
-        return jsonify(catalogs.delete_items(session, catalog, ids))
+        return jsonify(catalogs.delete_items(session, catalog, req.ids))
 
 
 @bp.delete("/catalogs/<catalog>/items/<path:item_id>")
@@ -79,7 +66,7 @@ def get_thumbnail(catalog: str, item_id: str):
     return Response(data, mimetype="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
 
-def _query_from_upload() -> similar.SimilarQuery:
+def _query_from_upload() -> SimilarQuery:
     """multipart: the image as a part named `image`, the other fields as form fields."""
     upload = request.files.get("image")
     if upload is None:
@@ -90,7 +77,7 @@ def _query_from_upload() -> similar.SimilarQuery:
     if not data:
         raise InvalidRequest("the uploaded query image is empty", field="image")
     fields = {k: v for k, v in form_fields().items() if v != ""}
-    return similar.SimilarQuery.model_validate({**fields, "image_base64": similar.encode_image(data)})
+    return SimilarQuery.model_validate({**fields, "image_base64": similar.encode_image(data)})
 
 
 @bp.post("/similar")
@@ -98,7 +85,7 @@ def similar_one():
     if request.mimetype == "multipart/form-data":
         query = _query_from_upload()
     elif request.is_json:
-        query = similar.SimilarQuery.model_validate(json_object("a JSON object (a similar-image query)"))
+        query = SimilarQuery.model_validate(json_object("a JSON object (a similar-image query)"))
     else:
         raise InvalidRequest("send application/json (item_id or image_uri) or multipart/form-data (an image)")
     return jsonify(similar.search(current_app.config["IMGQ_SETTINGS"], [query], current_app.config["IMGQ_INDEXES"])[0])
@@ -106,6 +93,6 @@ def similar_one():
 
 @bp.post("/similar/batch")
 def similar_batch():
-    batch = similar.SimilarBatch.model_validate(json_object("a JSON object with queries"))
+    batch = SimilarBatch.model_validate(json_object("a JSON object with queries"))
     answers = similar.search(current_app.config["IMGQ_SETTINGS"], batch.queries, current_app.config["IMGQ_INDEXES"])
     return jsonify({"answers": answers})

@@ -9,12 +9,12 @@ from flask import Blueprint, Response, current_app, jsonify, request, stream_wit
 from shared.core.db import session_scope
 from shared.core.errors import InvalidRequest
 from shared.core.states import JobKind
+from shared.schemas.jobs import EmbedRequest, EmbedUploadForm, ScoreRequest, ScoreUploadForm
+from shared.schemas.training import TrainRequest
 from shared.services import jobs, submission, train_jobs
-from shared.services.train_spec import TrainRequest
 from web.auth import caller
 from web.http import created as created_response
 from web.http import form_fields, json_object, refuse_nul
-from web.schemas import EmbedRequest, EmbedUploadForm, ScoreRequest
 from web.submit import submit_embed_json, submit_embed_upload, submit_json, submit_upload
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs")
@@ -54,8 +54,9 @@ def _submit(upload, from_json):
 @bp.post("/score")
 def create_score_job():
     settings, key, token_id = current_app.config["IMGQ_SETTINGS"], _idempotency_key(), caller().token_id
-    return _submit(lambda files, form: submit_upload(settings, files, form, key, token_id),
-                   lambda body: submit_json(settings, ScoreRequest.model_validate(body), key, token_id))
+    return _submit(
+        lambda files, form: submit_upload(settings, files, ScoreUploadForm.model_validate(form), key, token_id),
+        lambda body: submit_json(settings, ScoreRequest.model_validate(body), key, token_id))
 
 
 @bp.post("/embed")

@@ -8,10 +8,10 @@ from flask import Blueprint, current_app, jsonify, request
 
 from shared.core.db import session_scope
 from shared.core.errors import InvalidRequest
+from shared.schemas.models import AliasRequest, ModelImportForm
 from shared.services import model_registry as registry
 from web.auth import caller
 from web.http import check_tree, created, form_fields, json_object, refuse_nul
-from web.schemas import AliasRequest, ModelImportForm
 from web.submit import submit_import
 
 bp = Blueprint("models", __name__, url_prefix="/api/v1/models")
@@ -55,7 +55,7 @@ def import_model():
     sig = registry.Signature(task=form.task, input_height=form.input_height, input_width=form.input_width,
                              resize_mode=form.resize_mode, pixel_scale=form.pixel_scale,
                              output_names=form.output_names, class_names=form.class_names,
-                             target_transform=form.target_transform)
+                             target_transform=form.target_transform.model_dump())
     body = submit_import(current_app.config["IMGQ_SETTINGS"], upload, name=form.name, signature=sig,
                          shown=_shown_name(upload.filename), description=form.description, promote=form.promote,
                          token_id=caller().token_id)

@@ -1,13 +1,10 @@
 """HTTP endpoints for sweeps and nightly schedules."""
 from __future__ import annotations
 
-import json
-
 from flask import Blueprint, jsonify
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.core.db import session_scope
-from shared.core.names import Name
+from shared.schemas.training import ScheduleRequest, ScheduleUpdate, SweepRequest
 from shared.services import schedules, submission, train_jobs
 from web.http import created, json_object
 
@@ -15,42 +12,10 @@ sweeps_bp = Blueprint("sweeps", __name__, url_prefix="/api/v1/sweeps")
 schedules_bp = Blueprint("schedules", __name__, url_prefix="/api/v1/schedules")
 
 
-MAX_SWEEP_BYTES = 256 * 1024  # a train request is under a kilobyte; each of up to 64 jobs stores a copy
-
-
-class SweepRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    base: dict
-    grid: dict[str, list] = Field(max_length=32)  # setting paths; their points are counted before any is built
-
-    @model_validator(mode="after")
-    def _small(self):
-        size = len(json.dumps({"base": self.base, "grid": self.grid}))
-        if size > MAX_SWEEP_BYTES:
-            raise ValueError(f"base and grid take {size} bytes as JSON; at most {MAX_SWEEP_BYTES}")
-        return self
-
-
-class ScheduleRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    name: Name
-    cron: str = Field(min_length=1, max_length=100)
-    timezone: str = Field(default="UTC", min_length=1, max_length=64)
-    model: Name
-    train: dict
-    gate: dict | None = None
-    enabled: bool = True
-
-
-class ScheduleUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    enabled: bool
-
-
 @sweeps_bp.post("")
 def create_sweep():
     req = SweepRequest.model_validate(json_object())
-    body = submission.submit_sweep(req.base, req.grid)
+    body = submission.submit_sweep(req)
     return created(body, f"/api/v1/sweeps/{body['id']}", 202)
 
 
@@ -65,7 +30,8 @@ def create_schedule():
     req = ScheduleRequest.model_validate(json_object())
     with session_scope() as session:
         row = schedules.create_schedule(session, name=req.name, cron=req.cron, timezone_name=req.timezone,
-                                               model_name=req.model, train=req.train, gate=req.gate,
+                                               model_name=req.model, train=req.train_template(),
+                                               gate=req.gate.model_dump(mode="json") if req.gate else None,
                                                enabled=req.enabled)
         body = schedules.schedule_json(session, row)
     return created(body, f"/api/v1/schedules/{body['id']}")

@@ -19,9 +19,9 @@ from shared.core.config import Settings
 from shared.core.errors import InvalidRequest
 from shared.core.paths import OutsideDataRoots, path_inside, resolve_inside
 from shared.images.manifests import iter_manifest
+from shared.schemas.jobs import EmbedRequest, EmbedUploadForm, ScoreRequest, ScoreUploadForm
 from shared.services import model_imports, submission
 from shared.services.model_registry import Signature
-from web.schemas import EmbedRequest, EmbedUploadForm, ScoreRequest
 
 DEFAULT_CATEGORY_COLUMN = "category"
 
@@ -107,18 +107,14 @@ def _stage_upload(settings: Settings, files: list[FileStorage]):
     return items, hashes, folder, discard
 
 
-def submit_upload(settings: Settings, files: list[FileStorage], form: dict,
+def submit_upload(settings: Settings, files: list[FileStorage], form: ScoreUploadForm,
                   idempotency_key: str | None, token_id: int | None = None) -> tuple[dict, bool]:
     """Multipart: each file is one item, its id the file name. Files are streamed to the
     upload folder (which workers read), never held whole in memory."""
-    model_ref = (form.get("model") or "").strip()
-    if not model_ref:
-        raise InvalidRequest("form field 'model' is required", field="model")
-    use_cache = str(form.get("cache", "true")).lower() not in ("0", "false", "no")
     items, hashes, folder, discard = _stage_upload(settings, files)
-    fp = submission.fingerprint({"model": model_ref, "cache": use_cache,
+    fp = submission.fingerprint({"model": form.model, "cache": form.cache,
                                  "files": list(zip([i for i, _ in items], hashes))})
-    return submission.submit_score(settings, model_ref=model_ref, pieces=[items], use_cache=use_cache,
+    return submission.submit_score(settings, model_ref=form.model, pieces=[items], use_cache=form.cache,
                                    source={"type": "upload", "count": len(items), "folder": folder.name},
                                    idempotency_key=idempotency_key, request_fingerprint=fp, token_id=token_id,
                                    discard=discard)

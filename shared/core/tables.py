@@ -21,6 +21,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 MAX_INT32 = 2**31 - 1  # the largest value of an Integer column (INTEGER is 32 bits on PostgreSQL)
+MAX_VERSION = MAX_INT32  # model_versions.version is a 32-bit INTEGER
 
 
 def utcnow() -> datetime:

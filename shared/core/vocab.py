@@ -1,6 +1,9 @@
-"""The words requests, signatures, settings and the CLI share, each defined once here.
+"""The words requests, signatures, settings, the CLI and the training code share, each defined once here.
 
-Pydantic fields use the `Literal` types; argparse choices and error messages use the tuples derived from them.
+Pydantic fields use the `Literal` types; argparse choices, the worker's builders and error messages use the tuples
+derived from them. A training recipe's words (optimizers, schedules, augmentations, the metrics early stopping
+watches and the gate compares) are validated by shared/schemas/training.py when a request arrives and used by
+worker/training when it runs, so neither can accept what the other refuses.
 States of jobs, chunks and training runs are in `shared/core/states.py`; Celery task and queue names in
 `shared/core/celery_app.py`.
 """
@@ -29,6 +32,47 @@ ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 # Vector indexes of similar-image search (shared/search): auto picks exact below a size, else the approximate kind.
 IndexKind = Literal["auto", "exact", "ivf", "hnsw"]
 ApproximateIndex = Literal["ivf", "hnsw"]
+IndexMode = Literal["build", "delta"]  # a new version from every vector, or the latest one plus what came since
+INDEX_MODES: tuple[str, ...] = get_args(IndexMode)
+
+# What training learns for a regression target, inverted when scoring (shared/models/targets.py).
+TargetTransformKind = Literal["none", "log1p", "standardise", "log1p_arctan"]
+TARGET_TRANSFORMS: tuple[str, ...] = get_args(TargetTransformKind)
+
+# Training recipes (worker/training/models.py builds them).
+OptimizerName = Literal["adam", "adamw", "sgd", "rmsprop", "nadam", "adagrad"]
+OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
+LrSchedule = Literal["constant", "cosine", "step", "exponential"]
+LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
+
+# Augmentation of training images: a switch (flip, horizontal), or a fraction from 0 (off) to MAX_AUGMENTATION of a
+# turn (rotation), of the image size (zoom, translate) or of the pixel value range (contrast, brightness). The
+# geometric ones would move keypoints, so keypoint models take only the others.
+AugmentationName = Literal["flip", "rotation", "zoom", "contrast", "brightness", "translate"]
+AUGMENTATIONS: tuple[str, ...] = get_args(AugmentationName)
+SWITCH_AUGMENTATIONS: tuple[str, ...] = ("flip",)
+GEOMETRIC_AUGMENTATIONS: tuple[str, ...] = ("flip", "rotation", "zoom", "translate")
+MAX_AUGMENTATION = 1.0
+
+# What Keras records each epoch: the loss and the task's one metric, each also on the validation split ("val_");
+# early stopping watches one of them.
+FIT_METRICS: dict[str, str] = {"regression": "mae", "classification": "accuracy", "keypoints": "mae"}
+FitMonitor = Literal["val_loss", "loss", "val_mae", "mae", "val_accuracy", "accuracy"]
+
+
+def fit_monitors(task: str) -> tuple[str, ...]:
+    """What early stopping may watch when training a model for `task`."""
+    return "val_loss", "loss", f"val_{FIT_METRICS[task]}", FIT_METRICS[task]
+
+
+# Holdout metrics, in the user's units, per task (worker/training/evaluate.py); the promotion gate compares one.
+HoldoutMetric = Literal["mae", "rmse", "r2", "pixel_error", "accuracy", "log_loss"]
+HOLDOUT_METRICS: dict[str, tuple[str, ...]] = {"regression": ("mae", "rmse", "r2"),
+                                               "classification": ("accuracy", "log_loss"),
+                                               "keypoints": ("mae", "rmse", "pixel_error")}
+DEFAULT_GATE_METRIC: dict[str, str] = {"regression": "mae", "classification": "accuracy", "keypoints": "pixel_error"}
+LOWER_IS_BETTER: dict[str, bool] = {"mae": True, "rmse": True, "pixel_error": True, "log_loss": True,
+                                    "accuracy": False, "r2": False}
 
 # Manifests (score jobs and training datasets alike): CSV (also gzipped), TSV, or Parquet.
 MANIFEST_SUFFIXES: tuple[str, ...] = (".csv", ".csv.gz", ".tsv", ".parquet")
@@ -41,3 +85,9 @@ def manifest_suffix(name: str) -> str | None:
 
 
 assert set(PIXEL_SCALE_MAPS) == set(PIXEL_SCALES)
+assert set(SWITCH_AUGMENTATIONS) <= set(AUGMENTATIONS) and set(GEOMETRIC_AUGMENTATIONS) <= set(AUGMENTATIONS)
+assert set(FIT_METRICS) == set(HOLDOUT_METRICS) == set(DEFAULT_GATE_METRIC) == set(TRAINABLE_TASKS)
+assert {m for task in FIT_METRICS for m in fit_monitors(task)} == set(get_args(FitMonitor))
+assert {m for metrics in HOLDOUT_METRICS.values() for m in metrics} == set(LOWER_IS_BETTER) == \
+    set(get_args(HoldoutMetric))
+assert all(DEFAULT_GATE_METRIC[task] in HOLDOUT_METRICS[task] for task in TRAINABLE_TASKS)

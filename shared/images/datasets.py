@@ -38,7 +38,8 @@ Column = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 class DatasetSpec(BaseModel):
     """Where a dataset is and which columns mean what: the one description of a dataset. A train request's
-    `dataset` (shared.services.train_spec.DatasetRef) and POST /api/v1/datasets/check extend it with their own fields.
+    `dataset` and the body of POST /api/v1/datasets/check (shared.schemas.training.DatasetRef and
+    DatasetCheckRequest) extend it with their own fields.
 
     ``path`` (relative to a data root, or absolute inside one) is a manifest file (.csv/.tsv/.parquet),
     a glob of manifests (``"crawl/2026-11-*/items.csv"``: all matches concatenated, in sorted order),

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from shared.core import names
 from shared.core.errors import Conflict, InvalidRequest, ModelRejected, NotFound
 from shared.core.paths import path_inside
-from shared.core.tables import MAX_INT32, ModelAlias, ModelVersion, utcnow
+from shared.core.tables import MAX_VERSION, ModelAlias, ModelVersion, utcnow
 from shared.core.vocab import EMBEDDING_TASK, PIXEL_SCALES, RESIZE_MODES, TASKS
 from shared.models import targets
 from shared.models.outputs import default_output_names
@@ -30,7 +30,6 @@ from shared.models.outputs import default_output_names
 log = logging.getLogger(__name__)
 
 PRODUCTION = "production"
-MAX_VERSION = MAX_INT32  # model_versions.version is a 32-bit INTEGER
 
 
 @dataclass

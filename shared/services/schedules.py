@@ -8,7 +8,6 @@ runs: a missed night is caught up once, not many times.
 from __future__ import annotations
 
 import copy
-import string
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from functools import partial
@@ -23,9 +22,9 @@ from shared.core import names
 from shared.core.db import get_or_404, session_scope
 from shared.core.errors import Conflict, ImgqError, InvalidRequest
 from shared.core.tables import MAX_INT32, Job, Schedule, ScheduleRun, utcnow
+from shared.schemas.training import Gate, ScheduleTrain, TrainRequest
 from shared.services.submission import commit_and_send
 from shared.services.train_jobs import create_train_job
-from shared.services.train_spec import Gate, TrainRequest
 
 
 def validate_timing(cron: str, tz: str) -> None:
@@ -67,31 +66,10 @@ def render_request(schedule: Schedule, slot: datetime, previous: datetime | None
     return TrainRequest.model_validate(spec)
 
 
-def _check_path_pattern(path: str) -> None:
-    """Only {date:<strftime>} and {previous_date:<strftime>}: no attribute or index lookups, conversions or
-    nested fields (`{date.year:>999999999}` would build a gigabyte string each night)."""
-    try:
-        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(path)
-                  if name is not None]
-    except ValueError as exc:
-        raise InvalidRequest(f"train.dataset.path has a bad pattern: {exc}", field="train.dataset.path") from None
-    for name, spec, conversion in fields:
-        if name not in ("date", "previous_date") or conversion or "{" in (spec or ""):
-            raise InvalidRequest("train.dataset.path may hold only {date:<strftime pattern>} and "
-                                 "{previous_date:<strftime pattern>}", field="train.dataset.path")
-
-
 def validate_schedule_train(train: dict, model_name: str) -> None:
-    spec = copy.deepcopy(train)
-    spec["model"] = model_name
-    dataset = spec.get("dataset")
-    if isinstance(dataset, dict) and isinstance(dataset.get("path"), str):  # anything else: TrainRequest says why
-        _check_path_pattern(dataset["path"])
-        try:
-            dataset["path"] = dataset["path"].format(date=utcnow(), previous_date=utcnow())
-        except (KeyError, ValueError, IndexError, TypeError) as exc:
-            raise InvalidRequest(f"train.dataset.path has a bad pattern: {exc}", field="train.dataset.path") from None
-    TrainRequest.model_validate(spec)
+    """A schedule's train template, as shared/schemas/training.ScheduleTrain checks it (its dataset path a pattern
+    of {date:...} and {previous_date:...} only)."""
+    ScheduleTrain.model_validate({**train, "model": model_name})
 
 
 def create_schedule(session: Session, *, name: str, cron: str, timezone_name: str, model_name: str, train: dict,

@@ -16,59 +16,21 @@ import base64
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.core.config import Settings
 from shared.core.db import session_scope
 from shared.core.errors import InvalidRequest, NotFound, ServiceUnavailable, Unprocessable
-from shared.core.names import ModelRef, Name
 from shared.core.tables import Embedding, Job, VectorIndex
+from shared.schemas.catalogs import SimilarQuery
 from shared.search.index_holder import IndexHolder
 from shared.search.vector_index import CatalogIndex, Hit
 from shared.services import model_registry
 from shared.services.index_jobs import latest
 
 log = logging.getLogger(__name__)
-
-MAX_K = 100
-MAX_BATCH = 100
-ItemId = Annotated[str, StringConstraints(min_length=1, max_length=500)]
-Category = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-
-
-class SimilarQuery(BaseModel):
-    """One query, as POST /api/v1/similar takes it (an uploaded image arrives as `image_base64` from the web
-    front's multipart parsing, or from the CLI)."""
-    model_config = ConfigDict(extra="forbid")
-
-    catalog: Name
-    k: int = Field(10, ge=1, le=MAX_K)
-    space: Annotated[str, StringConstraints(min_length=1, max_length=300)] | None = None
-    category: Category | None = None
-    category_from: ModelRef | None = None  # a classification version whose label is the category
-    item_id: ItemId | None = None
-    image_uri: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = None
-    image_base64: str | None = None
-
-    @model_validator(mode="after")
-    def _one_source(self) -> SimilarQuery:
-        given = [n for n in ("item_id", "image_uri", "image_base64") if getattr(self, n) is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of item_id, image_uri or an image (upload or image_base64); got "
-                             + (", ".join(given) or "none"))
-        if self.category is not None and self.category_from is not None:
-            raise ValueError("give category or category_from, not both")
-        return self
-
-
-class SimilarBatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    queries: list[SimilarQuery] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 @dataclass

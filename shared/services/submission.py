@@ -30,11 +30,11 @@ from shared.core.config import Settings
 from shared.core.db import session_scope
 from shared.core.states import CHUNKED_JOB_KINDS, JobKind
 from shared.core.tables import Job
+from shared.schemas.training import SweepRequest, TrainRequest
 from shared.search.vector_index import BuildParams
 from shared.services import index_jobs, jobs, model_imports, train_jobs
 from shared.services.embed_spec import embedding_spec
 from shared.services.model_registry import Signature
-from shared.services.train_spec import TrainRequest
 
 Enqueue = Callable[[list[str]], int]
 
@@ -162,11 +162,11 @@ def submit_import(job_id: str, *, name: str, signature: Signature, shown: str, d
     return submit(create, discard=discard)[0]
 
 
-def submit_sweep(base: dict, grid: dict[str, list]) -> dict:
-    """One train job per point of `grid` over the request `base`, all sent once the sweep is committed. Returns
-    the sweep's description."""
+def submit_sweep(sweep: SweepRequest) -> dict:
+    """One train job per point of the sweep's grid over its base request, all sent once the sweep is committed.
+    Returns the sweep's description."""
     sweep_id = str(uuid.uuid4())
-    commit_and_send(lambda session: train_jobs.create_sweep(session, sweep_id, base, grid))
+    commit_and_send(lambda session: train_jobs.create_sweep(session, sweep_id, sweep))
     with session_scope() as session:
         return train_jobs.sweep_json(session, sweep_id)
 

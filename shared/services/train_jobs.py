@@ -1,9 +1,6 @@
 """Train jobs as the web front sees them: create, describe, metrics history, sweeps."""
 from __future__ import annotations
 
-import copy
-import itertools
-import math
 import uuid
 
 from sqlalchemy import select
@@ -14,9 +11,9 @@ from shared.core.db import get_or_404
 from shared.core.errors import InvalidRequest
 from shared.core.states import JobKind, JobStatus, RunState
 from shared.core.tables import Job, ModelVersion, Sweep, TrainMetric, TrainRun
+from shared.schemas.training import SweepRequest, TrainRequest
 from shared.services import model_registry
 from shared.services.quotas import check_active_jobs
-from shared.services.train_spec import TrainRequest
 
 
 def create_train_job(session: Session, req: TrainRequest, *, idempotency_key: str | None = None,
@@ -67,44 +64,13 @@ def metrics_history(session: Session, job_id: str) -> list[dict]:
     return [{"epoch": m.epoch, **m.metrics, "seconds": round(m.seconds, 3)} for m in rows]
 
 
-def _set_path(spec: dict, dotted: str, value) -> None:
-    node = spec
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise InvalidRequest(f"grid key {dotted!r} does not name a setting", field="grid")
-    node[leaf] = value
-
-
-MAX_SWEEP_POINTS = 64
-
-
-def grid_points(grid: dict[str, list]) -> list[dict]:
-    """Every combination of the grid's values; the count is checked before any combination is built."""
-    if not grid or not all(isinstance(v, list) and v for v in grid.values()):
-        raise InvalidRequest("grid must map setting paths (e.g. 'optimizer.learning_rate') to non-empty lists",
-                             field="grid")
-    count = math.prod(len(v) for v in grid.values())
-    if count > MAX_SWEEP_POINTS:
-        raise InvalidRequest(f"the grid has {count} points; at most {MAX_SWEEP_POINTS}", field="grid")
-    keys = sorted(grid)
-    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
-
-
-def create_sweep(session: Session, sweep_id: str, base: dict, grid: dict) -> list[Job]:
-    """Insert the sweep and one train job per grid point in the caller's transaction; the caller enqueues them
-    after commit. All are compared on the same holdout (same model name, same salt)."""
-    points = grid_points(grid)
-    session.add(Sweep(id=sweep_id, base=base, grid=grid))
+def create_sweep(session: Session, sweep_id: str, sweep: SweepRequest) -> list[Job]:
+    """Insert the sweep and one train job per grid point (each validated with the request) in the caller's
+    transaction; the caller enqueues them after commit. All are compared on the same holdout (same model name,
+    same salt)."""
+    session.add(Sweep(id=sweep_id, base=sweep.base_spec(), grid=sweep.grid))
     session.flush()
-    jobs = []
-    for point in points:
-        spec = copy.deepcopy(base)
-        for key, value in point.items():
-            _set_path(spec, key, value)
-        jobs.append(create_train_job(session, TrainRequest.model_validate(spec), sweep_id=sweep_id))
-    return jobs
+    return [create_train_job(session, req, sweep_id=sweep_id) for req in sweep.train_requests()]
 
 
 def sweep_json(session: Session, sweep_id: str) -> dict:

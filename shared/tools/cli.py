@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from shared.core.vocab import PIXEL_SCALES, RESIZE_MODES, TASKS
+from shared.core.vocab import INDEX_MODES, PIXEL_SCALES, RESIZE_MODES, TASKS
 
 
 def _settings():
@@ -209,8 +209,8 @@ def _read_json(path: str) -> dict:
 
 def cmd_train(args) -> int:
     """Submit a train request (JSON file) through the same service as POST /api/v1/jobs/train."""
+    from shared.schemas.training import TrainRequest
     from shared.services.submission import submit_train
-    from shared.services.train_spec import TrainRequest
 
     _database_ready()
     description, _ = submit_train(TrainRequest.model_validate(_read_json(args.request)))
@@ -221,15 +221,14 @@ def cmd_train(args) -> int:
 def cmd_index(args) -> int:
     """Build a catalog's index (or extend it with a delta) through the same service as
     POST /api/v1/catalogs/<catalog>/indexes; the maintenance worker runs the job."""
-    from shared.search.vector_index import BuildParams
+    from shared.schemas.catalogs import IndexRequest
     from shared.services.submission import submit_index
 
     settings = _database_ready()
-    params = None  # a delta keeps the parameters of the version it extends
-    if args.mode == "build" or args.params:
-        params = BuildParams.model_validate({"exact_below": settings.exact_index_below,
-                                             **(json.loads(args.params) if args.params else {})})
-    description, _ = submit_index(catalog=args.catalog, space=args.space, mode=args.mode, params=params)
+    req = IndexRequest.model_validate({"mode": args.mode, "space": args.space,
+                                       "params": json.loads(args.params) if args.params else None})
+    description, _ = submit_index(catalog=args.catalog, space=req.space, mode=req.mode,
+                                  params=req.build_params(settings.exact_index_below))
     print(json.dumps(description, indent=2))
     return 0
 
@@ -237,7 +236,8 @@ def cmd_index(args) -> int:
 def cmd_similar(args) -> int:
     """The catalog items most like an image (or an item), as POST /api/v1/similar answers: the image is embedded by
     a worker consuming the queries queue, the index is searched here."""
-    from shared.services.similar import SimilarQuery, encode_image, new_holder, search
+    from shared.schemas.catalogs import SimilarQuery
+    from shared.services.similar import encode_image, new_holder, search
 
     settings = _database_ready()
     query = {"catalog": args.catalog, "k": args.k, "space": args.space, "category": args.category,
@@ -264,20 +264,18 @@ def cmd_datasets_check(args) -> int:
 
 
 def cmd_schedules_create(args) -> int:
+    """A schedule from JSON, validated as POST /api/v1/schedules validates it."""
     from shared.core.db import session_scope
+    from shared.schemas.training import ScheduleRequest
     from shared.services import schedules
 
     _database_ready()
-    body = _read_json(args.request)
-    missing = [k for k in ("name", "cron", "model", "train") if k not in body]
-    if missing:
-        from shared.core.errors import InvalidRequest
-
-        raise InvalidRequest(f"the schedule needs {', '.join(missing)}")
+    req = ScheduleRequest.model_validate(_read_json(args.request))
     with session_scope() as session:
-        row = schedules.create_schedule(session, name=body["name"], cron=body["cron"],
-                                        timezone_name=body.get("timezone", "UTC"), model_name=body["model"],
-                                        train=body["train"], gate=body.get("gate"))
+        row = schedules.create_schedule(session, name=req.name, cron=req.cron, timezone_name=req.timezone,
+                                        model_name=req.model, train=req.train_template(),
+                                        gate=req.gate.model_dump(mode="json") if req.gate else None,
+                                        enabled=req.enabled)
         print(json.dumps(schedules.schedule_json(session, row), indent=2))
     return 0
 
@@ -447,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     index = sub.add_parser("index", help="build a catalog's similar-image index, or extend it (--mode delta)")
     index.add_argument("--catalog", required=True, type=_name)
     index.add_argument("--space", help="the embedding space (needed when the catalog has several)")
-    index.add_argument("--mode", choices=("build", "delta"), default="build")
+    index.add_argument("--mode", choices=INDEX_MODES, default="build")
     index.add_argument("--params", help='build parameters as JSON, e.g. \'{"kind": "hnsw", "ef_search": 128}\'')
     index.set_defaults(func=cmd_index)
 

@@ -65,7 +65,7 @@ def test_multipart_without_files_or_model(stack):
     resp = post(stack, "/api/v1/jobs/score", data={"model": stack.model}, files={"x": ("", b"")})
     assert resp.status_code == 400
     resp = post(stack, "/api/v1/jobs/score", files={"files": ("a.jpg", b"123")})
-    assert resp.status_code == 400 and resp.json()["error"]["field"] == "model"
+    assert resp.status_code == 400 and resp.json()["error"]["problems"][0]["field"] == "model"
     resp = post(stack, "/api/v1/jobs/score", data={"model": stack.model},
                 files=[("files", ("a.jpg", b"1")), ("files", ("a.jpg", b"2"))])
     assert resp.status_code == 400 and "unique" in resp.json()["error"]["message"]

@@ -315,8 +315,8 @@ def test_an_embedding_model_cannot_score_and_a_multipart_embed_needs_its_catalog
 
 
 def test_an_embedding_model_imports_without_output_names_and_training_refuses_the_task(configured, embedder_file):
+    from shared.schemas.training import TrainRequest
     from shared.services import model_registry
-    from shared.services.train_spec import TrainRequest
     from worker.training.models import HeadSpec
 
     signature = model_registry.Signature(task="embedding", input_height=32, input_width=32)

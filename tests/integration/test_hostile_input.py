@@ -167,10 +167,12 @@ def import_model(name="imported", file="regression", data: bytes | None = None, 
     return send
 
 
+TRAIN = {"model": "trained", "task": "regression", "dataset": {"path": "x.csv", "target_columns": ["y"]},
+         "base": {"architecture": "vgg"}, "input_size": 32}
+
+
 def train(**overrides):
-    body = {"model": "trained", "task": "regression", "dataset": {"path": "x.csv", "target_columns": ["y"]},
-            "base": {"architecture": "vgg"}, "input_size": 32, **overrides}
-    return post_json("/api/v1/jobs/train", body)
+    return post_json("/api/v1/jobs/train", {**TRAIN, **overrides})
 
 
 def schedule(path="crawl/{date:%Y-%m-%d}/items.csv", **overrides):
@@ -257,11 +259,11 @@ CASES = [
          "cron"),
     Case("schedule-dataset-path-asking-for-a-gigabyte-of-padding", schedule(path="x/{date.year:>999999999}.csv"),
          400, "train.dataset.path"),
-    Case("schedule-dataset-path-that-is-not-a-string", schedule(path=7), 400, "dataset.path"),
+    Case("schedule-dataset-path-that-is-not-a-string", schedule(path=7), 400, "train.dataset.path"),
     Case("train-model-name-dot-dot", train(model=".."), 400, "model"),
     Case("sweep-base-model-name-dot-dot",
          post_json("/api/v1/sweeps", {"base": {"model": "..", "task": "regression"}, "grid": {"epochs": [1, 2]}}),
-         400, "model"),
+         400, "base.model"),
     # JSON bodies: size, depth, NUL bytes, numbers
     Case("json-body-over-the-json-limit-is-413",
          post_raw("/api/v1/jobs/train", lambda: b'{"pad": "' + b"x" * (21 * 1024 * 1024) + b'"}'), 413),
@@ -311,7 +313,8 @@ CASES = [
     Case("url-longer-than-4096-bytes-is-a-json-414", get("/api/v1/jobs/" + "j" * 5000), 414),
     # sweeps, datasets, manifests: counted first, never naming what lies outside the data roots
     Case("sweep-of-20-to-the-5-points-is-refused-in-milliseconds", refused_quickly(1.0)(post_json(
-        "/api/v1/sweeps", {"base": {}, "grid": {f"optimizer.k{i}": list(range(20)) for i in range(5)}})),
+        "/api/v1/sweeps", {"base": TRAIN, "grid": {key: list(range(1, 21)) for key in (
+            "seed", "epochs", "batch_size", "shadow_sample", "freeze.head_epochs")}})),
         400, "grid", text="at most 64"),
     Case("sweep-base-over-256-kib", post_json("/api/v1/sweeps", {"base": {"augmentation": {"x": "y" * 300_000}},
                                                               "grid": {"epochs": [1]}}), 400, "body"),

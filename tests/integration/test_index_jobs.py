@@ -164,7 +164,7 @@ def test_index_requests_and_queries_that_cannot_be_answered_are_4xx_with_a_reaso
     r = client.post("/api/v1/catalogs/shop/indexes", json={"mode": "delta"})
     assert r.status_code == 409 and "build one first" in r.get_json()["error"]["message"]
     r = client.post("/api/v1/catalogs/shop/indexes", json={"params": {"kind": "annoy"}})
-    assert r.status_code == 400 and r.get_json()["error"]["problems"][0]["field"] == "kind"
+    assert r.status_code == 400 and r.get_json()["error"]["problems"][0]["field"] == "params.kind"
     r = client.post("/api/v1/similar", json={"catalog": "shop", "item_id": "item-1"})
     assert r.status_code == 404 and "no index" in r.get_json()["error"]["message"]
     build(client, settings, "shop")

@@ -13,8 +13,8 @@ from shared.core import dispatch
 from shared.core.db import session_scope
 from shared.core.errors import InvalidRequest, Unprocessable
 from shared.core.tables import Job, TrainRun
+from shared.schemas.training import SweepRequest, TrainRequest
 from shared.services import submission, train_jobs
-from shared.services.train_spec import TrainRequest
 from tests.helpers import authorized_client
 from web.app import create_app
 
@@ -132,9 +132,9 @@ def test_a_request_that_loses_the_insert_race_returns_the_job_the_other_committe
 
 def test_a_sweep_commits_all_its_jobs_before_any_is_sent(configured):
     enqueue = Recorder()
+    sweep = SweepRequest.model_validate({"base": BODY, "grid": {"optimizer.learning_rate": [0.1, 0.01]}})
     job_ids, sent = submission.commit_and_send(
-        lambda session: train_jobs.create_sweep(session, "sweep-1", BODY, {"optimizer.learning_rate": [0.1, 0.01]}),
-        enqueue)
+        lambda session: train_jobs.create_sweep(session, "sweep-1", sweep), enqueue)
     assert len(job_ids) == 2 and sent == 2 and enqueue.sent == job_ids and enqueue.committed == [True]
     with session_scope() as session:
         assert set(session.scalars(select(TrainRun.job_id).where(TrainRun.sweep_id == "sweep-1"))) == set(job_ids)

@@ -6,8 +6,8 @@ from sqlalchemy import select
 
 from shared.core.db import session_scope
 from shared.core.tables import Job, TrainRun, utcnow
+from shared.schemas.training import TrainRequest
 from shared.services.train_jobs import create_train_job
-from shared.services.train_spec import TrainRequest
 from worker.training import lifecycle as train_lifecycle
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from shared.core.config import load_settings
 from shared.core.db import session_scope
 from shared.images.imaging import Preprocessing
-from shared.services.train_spec import TrainRequest
+from shared.schemas.training import TrainRequest
 from worker.training import attempt as training_attempt
 from worker.training import comparison, registration, run
 from worker.training.data import Split, TrainingData

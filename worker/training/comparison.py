@@ -16,8 +16,8 @@ from shared.core.errors import NotFound
 from shared.core.tables import ModelVersion
 from shared.images.imaging import Preprocessing
 from shared.models.model_inspect import load_keras_safely
+from shared.schemas.training import TrainRequest
 from shared.services.model_registry import resolve
-from shared.services.train_spec import TrainRequest
 from worker.training import evaluate
 from worker.training.data import TrainingData
 

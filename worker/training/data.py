@@ -13,7 +13,7 @@ from shared.images.datasets import DatasetSpec, assign_splits, load_dataset
 from shared.images.image_cache import DecodedImageCache
 from shared.images.imaging import Preprocessing
 from shared.models import targets as target_transforms
-from shared.services.train_spec import DatasetRef, TrainRequest
+from shared.schemas.training import DatasetRef, TrainRequest
 
 
 class DataError(ValueError):

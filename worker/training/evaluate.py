@@ -5,14 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from shared.core.vocab import DEFAULT_GATE_METRIC, LOWER_IS_BETTER
 from shared.images.imaging import scale_pixels
 from shared.models import targets as target_transforms
-
-LOWER_IS_BETTER = {"mae": True, "rmse": True, "pixel_error": True, "log_loss": True, "accuracy": False, "r2": False}
-
-
-def default_metric(task: str) -> str:
-    return {"regression": "mae", "classification": "accuracy", "keypoints": "pixel_error"}[task]
 
 
 def predict(model, pixels: np.ndarray, pixel_scale: str, batch_size: int = 256) -> np.ndarray:
@@ -57,7 +52,7 @@ def holdout_metrics(task: str, predicted: np.ndarray, truth: np.ndarray, *, trai
 
 
 def gate(task: str, candidate: dict, production: dict | None, metric: str | None, min_improvement: float) -> dict:
-    metric = metric or default_metric(task)
+    metric = metric or DEFAULT_GATE_METRIC[task]
     if metric not in LOWER_IS_BETTER:
         return {"decision": "kept", "metric": metric, "reason": f"unknown gate metric {metric!r}"}
     if production is None:

@@ -23,7 +23,7 @@ from shared.core.errors import ImgqError
 from shared.core.paths import OutsideDataRoots, resolve_inside
 from shared.images.imaging import Preprocessing
 from shared.models.model_inspect import load_keras_safely
-from shared.services.train_spec import TrainRequest
+from shared.schemas.training import TrainRequest
 from worker import pixel_scaling
 from worker.training import models
 from worker.training.data import TrainingData

@@ -46,13 +46,19 @@ import keras
 import numpy as np
 from keras import layers
 
-from shared.core.vocab import ARCHITECTURES, PIXEL_SCALE_MAPS, PIXEL_SCALES, TRAINABLE_TASKS
+from shared.core.vocab import (
+    ARCHITECTURES,
+    AUGMENTATIONS,
+    FIT_METRICS,
+    GEOMETRIC_AUGMENTATIONS,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    PIXEL_SCALE_MAPS,
+    PIXEL_SCALES,
+    TRAINABLE_TASKS,
+)
+from shared.schemas.training import Augmentation
 from worker.training.architectures import vgg_trunk
-
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam", "adagrad")
-SCHEDULES = ("constant", "cosine", "step", "exponential")
-AUGMENTATIONS = ("flip", "rotation", "zoom", "contrast", "brightness", "translate")
-GEOMETRIC_AUGMENTATIONS = ("flip", "rotation", "zoom", "translate")
 
 # smallest input side each architecture accepts (VGG: three 2x2 poolings)
 MIN_INPUT_SIZE = {"vgg": 8, "mobilenet_v3_small": 32, "mobilenet_v3_large": 32, "efficientnet_b0": 32,
@@ -525,7 +531,7 @@ def make_schedule(kind: str, base_lr: float, *, steps_per_epoch: int, epochs: in
     remaining steps (warmup_epochs >= epochs: training ends within the ramp, no error). Built-in Keras schedules
     where possible; the warmup is :class:`LinearWarmup`.
     """
-    _choice("schedule", kind, SCHEDULES)
+    _choice("schedule", kind, LR_SCHEDULES)
     base_lr = float(base_lr)
     if not base_lr > 0:
         raise ValueError(f"base_lr must be > 0, got {base_lr}")
@@ -553,51 +559,42 @@ def make_schedule(kind: str, base_lr: float, *, steps_per_epoch: int, epochs: in
 
 # ------------------------------------------------------------------------------- augmentation, compile
 
-def make_augmentation(spec: dict, task: str, *, pixel_scale: str = "raw", seed: int | None = None):
+# one layer per word of shared/core/vocab.AUGMENTATIONS, geometric first: (value, value range, seed) -> layer
+_AUGMENTATION_LAYERS = {
+    "flip": lambda value, value_range, seed: layers.RandomFlip("horizontal", seed=seed, name="flip"),
+    "rotation": lambda value, value_range, seed: layers.RandomRotation(value, seed=seed, name="rotation"),
+    "zoom": lambda value, value_range, seed: layers.RandomZoom(value, seed=seed, name="zoom"),
+    "translate": lambda value, value_range, seed: layers.RandomTranslation(value, value, seed=seed, name="translate"),
+    "contrast": lambda value, value_range, seed: layers.RandomContrast(value, value_range=value_range, seed=seed,
+                                                                       name="contrast"),
+    "brightness": lambda value, value_range, seed: layers.RandomBrightness(value, value_range=value_range,
+                                                                           seed=seed, name="brightness"),
+}
+assert set(_AUGMENTATION_LAYERS) == set(AUGMENTATIONS)
+
+
+def make_augmentation(spec: Augmentation | dict | None, task: str, *, pixel_scale: str = "raw",
+                      seed: int | None = None):
     """Random augmentation layers (apply with training=True), or None when `spec` asks for nothing.
 
-    spec keys: flip (bool, horizontal), rotation (fraction of a turn), zoom, contrast, brightness (fraction of
-    the value range), translate (fraction of the size). For "keypoints" only contrast and brightness are allowed:
-    geometric ones would move the points. `pixel_scale` is the images' scale (value range of the photometric ops).
+    `spec` is a train request's `augmentation` (shared/schemas/training.Augmentation; a dict is validated as one,
+    so the keys and ranges are the request's). For "keypoints" the geometric ones are refused: they would move the
+    points. `pixel_scale` is the images' scale (value range of the photometric ops).
     """
     _choice("task", task, TRAINABLE_TASKS)
     _choice("pixel_scale", pixel_scale, PIXEL_SCALES)
-    spec = dict(spec or {})
-    unknown = sorted(set(spec) - set(AUGMENTATIONS))
-    if unknown:
-        raise ValueError(f"unknown augmentation {unknown[0]!r}; expected keys among {', '.join(AUGMENTATIONS)}")
-    asked = {k: v for k, v in spec.items() if v}
-    for key, value in asked.items():
-        if key == "flip":
-            if not isinstance(value, bool):
-                raise ValueError(f"augmentation 'flip' must be true or false, got {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-            raise ValueError(f"augmentation {key!r} must be a number in (0, 1], got {value!r}")
+    asked = (spec if isinstance(spec, Augmentation) else Augmentation.model_validate(spec or {})).asked()
     if task == "keypoints":
         bad = [k for k in GEOMETRIC_AUGMENTATIONS if k in asked]
         if bad:
+            photometric = ", ".join(a for a in AUGMENTATIONS if a not in GEOMETRIC_AUGMENTATIONS)
             raise ValueError(f"augmentation {bad[0]!r} is geometric and would move the keypoints; "
-                             "keypoint models allow only contrast and brightness")
+                             f"keypoint models take only {photometric}")
     if not asked:
         return None
     value_range = {"raw": (0.0, 255.0), "unit": (0.0, 1.0), "symmetric": (-1.0, 1.0)}[pixel_scale]
-    out = []
-    if asked.get("flip"):
-        out.append(layers.RandomFlip("horizontal", seed=seed, name="flip"))
-    if "rotation" in asked:
-        out.append(layers.RandomRotation(float(asked["rotation"]), seed=seed, name="rotation"))
-    if "zoom" in asked:
-        out.append(layers.RandomZoom(float(asked["zoom"]), seed=seed, name="zoom"))
-    if "translate" in asked:
-        t = float(asked["translate"])
-        out.append(layers.RandomTranslation(t, t, seed=seed, name="translate"))
-    if "contrast" in asked:
-        out.append(layers.RandomContrast(float(asked["contrast"]), value_range=value_range, seed=seed,
-                                         name="contrast"))
-    if "brightness" in asked:
-        out.append(layers.RandomBrightness(float(asked["brightness"]), value_range=value_range, seed=seed,
-                                           name="brightness"))
-    return keras.Sequential(out, name="augmentation")
+    return keras.Sequential([build(float(asked[name]), value_range, seed)
+                             for name, build in _AUGMENTATION_LAYERS.items() if name in asked], name="augmentation")
 
 
 def compile_for_task(model: keras.Model, task: str, optimizer) -> None:
@@ -608,10 +605,10 @@ def compile_for_task(model: keras.Model, task: str, optimizer) -> None:
     _choice("task", task, TRAINABLE_TASKS)
     if isinstance(optimizer, str):
         optimizer = make_optimizer(optimizer, 1e-3)
-    if task == "classification":
+    if task == "classification":  # the metric's name is the one early stopping may watch (FIT_METRICS)
         loss = keras.losses.SparseCategoricalCrossentropy()
-        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        metrics = [keras.metrics.SparseCategoricalAccuracy(name=FIT_METRICS[task])]
     else:
         loss = keras.losses.MeanSquaredError()
-        metrics = [keras.metrics.MeanAbsoluteError(name="mae")]
+        metrics = [keras.metrics.MeanAbsoluteError(name=FIT_METRICS[task])]
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)

@@ -19,8 +19,8 @@ from shared.core.config import Settings
 from shared.core.db import session_scope
 from shared.core.tables import ModelVersion, ScheduleRun, TrainRun, utcnow
 from shared.images.imaging import Preprocessing
+from shared.schemas.training import TrainRequest
 from shared.services.model_registry import Signature, import_model, set_alias
-from shared.services.train_spec import TrainRequest
 from worker.training import lifecycle
 from worker.training.attempt import Superseded
 from worker.training.data import TrainingData

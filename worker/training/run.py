@@ -29,7 +29,7 @@ from shared.core.errors import ImgqError
 from shared.core.paths import path_inside
 from shared.core.tables import Job, ModelVersion
 from shared.images.imaging import Preprocessing
-from shared.services.train_spec import TrainRequest
+from shared.schemas.training import TrainRequest
 from worker.device import configure_tensorflow
 from worker.heartbeat import interval_for
 from worker.training import data as training_data

@@ -505,8 +505,7 @@ def test_http_not_json(client):
 def test_one_description_of_a_dataset_is_shared_by_train_requests_and_checks():
     from pydantic import ValidationError
 
-    from shared.services.train_spec import DatasetRef
-    from web.api_datasets import DatasetCheckRequest
+    from shared.schemas.training import DatasetCheckRequest, DatasetRef
 
     for extended in (DatasetRef, DatasetCheckRequest):
         assert issubclass(extended, DatasetSpec)

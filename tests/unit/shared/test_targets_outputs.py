@@ -22,8 +22,9 @@ def test_log1p_inverse_is_expm1():
 
 @pytest.mark.parametrize("bad, message", [
     ({"kind": "sqrt"}, "unknown target transform 'sqrt'"),
-    ({"kind": "standardise", "mean": 1}, "needs 'mean' and 'std'"),
-    ({"kind": "standardise", "mean": 1, "std": 0}, "std > 0"),
+    ({"kind": "standardise", "mean": 1}, "'standardise': std: Field required"),
+    ({"kind": "standardise", "mean": 1, "std": 0}, "std: Input should be greater than 0"),
+    ({"kind": "log1p", "scale": 2}, "scale: Extra inputs are not permitted"),
 ])
 def test_bad_transforms(bad, message):
     with pytest.raises(ValueError, match=message):

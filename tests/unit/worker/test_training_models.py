@@ -368,10 +368,37 @@ def test_augmentation():
     for key, value in (("flip", True), ("rotation", 0.1), ("zoom", 0.1), ("translate", 0.1)):
         with pytest.raises(ValueError, match=f"'{key}' is geometric"):
             M.make_augmentation({"contrast": 0.1, key: value}, "keypoints")
-    with pytest.raises(ValueError, match="flip, rotation, zoom, contrast, brightness, translate"):
+    # the request's own model (shared/schemas/training.Augmentation) checks the keys and ranges
+    with pytest.raises(ValueError, match="blur\n  Extra inputs are not permitted"):
         M.make_augmentation({"blur": 1.0}, "regression")
-    with pytest.raises(ValueError, match="'zoom' must be a number"):
+    with pytest.raises(ValueError, match="zoom\n  Input should be less than or equal to 1"):
         M.make_augmentation({"zoom": 3}, "regression")
+    with pytest.raises(ValueError, match="rotation\n  Input should be a valid number"):
+        M.make_augmentation({"rotation": True}, "regression")
+
+
+def test_augmentation_builds_one_layer_per_word_of_the_requests_vocabulary():
+    from shared.core.vocab import AUGMENTATIONS, SWITCH_AUGMENTATIONS
+    from shared.schemas.training import TrainRequest
+
+    every = {name: True if name in SWITCH_AUGMENTATIONS else 0.1 for name in AUGMENTATIONS}
+    req = TrainRequest.model_validate({"model": "m", "task": "classification", "input_size": 16,
+                                       "dataset": {"path": "x.csv", "label_column": "label"},
+                                       "base": {"architecture": "vgg"}, "augmentation": every})
+    aug = M.make_augmentation(req.augmentation, req.task, seed=1)
+    assert sorted(layer.name for layer in aug.layers) == sorted(AUGMENTATIONS)
+
+
+@pytest.mark.parametrize("task", ["regression", "classification", "keypoints"])
+def test_training_records_exactly_what_early_stopping_may_watch(task):
+    from shared.core.vocab import fit_monitors
+
+    outputs = 3 if task == "classification" else 2
+    model = _tiny(task, outputs)
+    M.compile_for_task(model, task, "adam")
+    y = RNG.integers(0, outputs, 8) if task == "classification" else RNG.random((8, outputs))
+    history = model.fit(np.ones((8, 4), "float32"), y, epochs=1, verbose=0, validation_split=0.5)
+    assert set(history.history) == set(fit_monitors(task))
 
 
 @pytest.mark.parametrize("task, outputs, loss, metric", [

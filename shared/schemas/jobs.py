@@ -1,0 +1,82 @@
+"""Score and embed requests: POST /api/v1/jobs/score and /api/v1/jobs/embed, as JSON (items or a manifest) or as
+multipart (the files are the items; these models are the form's text fields).
+
+Every string is bounded by its column (or by a small multiple of any sane value), every name follows
+shared/core/names.py.
+"""
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from shared.core.names import ModelRef, Name
+from shared.models.embedding_space import LayerName
+from shared.schemas.common import Category, Column, ItemId, Strict, Uri
+
+MAX_INLINE_ITEMS = 10_000
+
+
+class Item(Strict):
+    id: ItemId
+    uri: Uri
+
+
+class ScoreRequest(Strict):
+    """POST /api/v1/jobs/score as JSON: either `items` or a `manifest` (a file under the data roots)."""
+    model: ModelRef
+    items: list[Item] | None = Field(default=None, max_length=MAX_INLINE_ITEMS)
+    manifest: Uri | None = None
+    id_column: Column = "id"
+    image_column: Column = "image"
+    cache: bool = True
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        return _one_source(self)
+
+
+def _one_source(request):
+    if (request.items is None) == (request.manifest is None):
+        raise ValueError("give either 'items' or 'manifest', not both and not neither")
+    if request.items is not None and not request.items:
+        raise ValueError("'items' is empty")
+    return request
+
+
+class ScoreUploadForm(Strict):
+    """The text fields of POST /api/v1/jobs/score as multipart (each file is an item, its id the file name)."""
+    model: ModelRef
+    cache: bool = True
+
+
+class EmbedItem(Item):
+    category: Category | None = None
+
+
+class EmbedRequest(Strict):
+    """POST /api/v1/jobs/embed as JSON: a score request's items (each with an optional category) or manifest (with
+    an optional category column), and the catalog and space the vectors go to. `category_column` named and missing
+    from the manifest is a 400; left out, it defaults to "category" when the manifest has that column."""
+    model: ModelRef
+    catalog: Name
+    layer: LayerName | None = None  # default: the model's output (task embedding), else the layer before the head
+    normalize: bool = True
+    items: list[EmbedItem] | None = Field(default=None, max_length=MAX_INLINE_ITEMS)
+    manifest: Uri | None = None
+    id_column: Column = "id"
+    image_column: Column = "image"
+    category_column: Column | None = None
+    cache: bool = True
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        return _one_source(self)
+
+
+class EmbedUploadForm(Strict):
+    """The text fields of POST /api/v1/jobs/embed as multipart (each file is an item, its id the file name)."""
+    model: ModelRef
+    catalog: Name
+    category: Category | None = None  # for every file of the upload
+    layer: LayerName | None = None
+    normalize: bool = True
+    cache: bool = True
