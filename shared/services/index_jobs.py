@@ -36,12 +36,12 @@ from shared.core.names import check_name
 from shared.core.paths import path_inside
 from shared.core.states import OPEN_JOB_STATUSES, JobKind, JobStatus
 from shared.core.tables import Embedding, Job, VectorIndex, utcnow
+from shared.core.vocab import INDEX_MODES
 from shared.search.vector_index import BuildParams, CatalogIndex
 from shared.services import single_task_jobs
 
 log = logging.getLogger(__name__)
 
-INDEX_MODES = ("build", "delta")
 STORE_TRIES = 3  # two builds of one (catalog, space) may race for the next version number
 
 
