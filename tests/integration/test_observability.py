@@ -249,3 +249,28 @@ def test_web_access_lines_name_route_status_and_duration_never_the_token(stack, 
     samples = scrape(stack.url("/metrics"))
     assert value(samples, "imgq_http_request_duration_seconds_count", route="jobs.create_score_job", method="POST",
                  status="202") == len(submitted)
+
+
+def test_a_trainings_epochs_reach_its_workers_metrics_and_its_lines_carry_the_job(stack, drained):
+    folder = stack.data / "train"
+    rows = [{"id": f"t{i}", "image": write_jpeg(folder / f"{i}.jpg", seed=300 + i).name, "label": "ab"[i % 2]}
+            for i in range(60)]
+    pd.DataFrame(rows).to_csv(folder / "items.csv", index=False)
+    before = scrape(stack.metrics_url("worker"))
+    resp = stack.http.post(stack.url("/api/v1/jobs/train"), timeout=30, json={
+        "model": "observed-trained", "task": "classification", "input_size": 32, "epochs": 2, "batch_size": 16,
+        "dataset": {"path": "train/items.csv", "id_column": "id", "label_column": "label"},
+        "base": {"architecture": "vgg", "width": 8}})
+    assert resp.status_code == 202, resp.text
+    job = stack.wait_job(resp.json()["id"], timeout=600, poll=1.0)
+    assert job["status"] == "succeeded", job
+    after = scrape(stack.metrics_url("worker"))  # written by the training subprocess, served by its worker
+    assert grown(before, after, "imgq_train_epoch_seconds_count") == 2
+    assert value(after, "imgq_train_last_epoch", model="observed-trained") == 2
+    assert {"loss", "val_loss"} <= {dict(labels)["metric"] for name, labels in after
+                                   if name == "imgq_train_last_epoch_metric"
+                                   and dict(labels)["model"] == "observed-trained"}
+    trainer = [json.loads(line) for line in (stack.log_dir.parent / "home" / "train-logs" / f"{job['id']}.log")
+               .read_text().splitlines() if line.startswith("{")]
+    assert trainer and all((line["role"], line["job_id"], line["attempt"]) == ("trainer", job["id"], 1)
+                           for line in trainer)
