@@ -169,7 +169,7 @@ def cmd_beat(args) -> int:
 def cmd_flower(args) -> int:
     """Celery Flower (the `flower` extra) on the configured app; `celery -A shared.core.celery_app flower` would see an
     app with no broker."""
-    _settings()
+    _observed(_settings(), "flower")  # Flower's own lines (tornado's) in imgq's format
     from shared.core.celery_app import app
 
     app.start(argv=["flower", f"--port={args.port}"])
