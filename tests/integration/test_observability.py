@@ -42,8 +42,10 @@ def stack(tmp_path_factory):
     """Web front and maintenance started; the worker is started by the first test, once a job waits for it."""
     url = create_pg_database()
     upgrade(url)
+    # a Redis database of its own (the session's pg_stack empties database 9 when it starts) and a key prefix
     stack = make_stack(tmp_path_factory.mktemp("observed-stack"), {
-        "DATABASE_URL": url, "BROKER_URL": f"{REDIS_BASE}/9", "IMGQ_BROKER_PREFIX": f"imgq-obs-{uuid.uuid4().hex[:8]}:",
+        "DATABASE_URL": url, "BROKER_URL": f"{REDIS_BASE}/11",
+        "IMGQ_BROKER_PREFIX": f"imgq-obs-{uuid.uuid4().hex[:8]}:",
         "IMGQ_LOG_FORMAT": "json", "IMGQ_MAX_IMAGE_BYTES": "200000",
         # no message is sent again while the test watches the queue drain: none counts as lost, and a chunk taken
         # while the new worker's pool process still loads TensorFlow is not taken back as dead
