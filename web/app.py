@@ -10,6 +10,7 @@ from shared.core.config import Settings, ensure_dirs
 from shared.core.db import session_scope
 from shared.services import similar
 from web import (
+    access_log,
     api_catalogs,
     api_datasets,
     api_jobs,
@@ -32,6 +33,7 @@ def create_app(settings: Settings) -> Flask:
     app.config["IMGQ_INDEXES"] = similar.new_holder()  # catalogs' vector indexes, loaded on first query
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json.sort_keys = False
+    access_log.register(app)  # first: its request id and clock cover every other hook
     errors.register(app)
     request_checks.register(app)  # URL length and NUL bytes, before anything reads the request
     auth.register(app)

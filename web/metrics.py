@@ -1,21 +1,47 @@
-"""Prometheus metrics read from the database at scrape time, so every web process reports the same truth."""
+"""Prometheus metrics of the web front: the queue figures, read from the database at scrape time so every web process
+reports the same truth, and each request's duration by route, method and status, which gunicorn's workers write to
+their tree's multiprocess folder (shared/core/prometheus.py) so that whichever worker answers /metrics answers for
+all. Labels are bounded: the Flask endpoint name (never the URL), a known method or "other", the status code."""
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, generate_latest
+import threading
+
+from prometheus_client import Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from shared.core import liveness
+from shared.core import liveness, prometheus
 from shared.core.db import session_scope
 from shared.services import jobs
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+REQUEST_SECONDS = Histogram("imgq_http_request_duration_seconds", "HTTP requests by route (the Flask endpoint name; "
+                            "unmatched for a URL no route serves), method and status code",
+                            ["route", "method", "status"],
+                            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else "other"
+
+
+def observe_request(route: str, method: str, status: int, seconds: float) -> None:
+    REQUEST_SECONDS.labels(route, method_label(method), status).observe(seconds)
+
 
 class QueueCollector:
+    def describe(self):
+        return self._families()
+
+    @staticmethod
+    def _families():
+        return (GaugeMetricFamily("imgq_jobs", "Jobs by kind and status", labels=["kind", "status"]),
+                GaugeMetricFamily("imgq_chunks", "Chunks of unfinished jobs by state", labels=["state"]),
+                GaugeMetricFamily("imgq_items_remaining", "Items not yet scored in running or queued jobs"),
+                GaugeMetricFamily("imgq_sweeper_last_run_timestamp_seconds",
+                                  "Unix time the sweeper last completed (0: never); alert when it stops moving"))
+
     def collect(self):
-        job_counts = GaugeMetricFamily("imgq_jobs", "Jobs by kind and status", labels=["kind", "status"])
-        chunks = GaugeMetricFamily("imgq_chunks", "Chunks of unfinished jobs by state", labels=["state"])
-        items = GaugeMetricFamily("imgq_items_remaining", "Items not yet scored in running or queued jobs")
-        swept = GaugeMetricFamily("imgq_sweeper_last_run_timestamp_seconds",
-                                  "Unix time the sweeper last completed (0: never); alert when it stops moving")
+        job_counts, chunks, items, swept = self._families()
         with session_scope() as session:
             last = liveness.last_beat(session, liveness.SWEEPER)
             figures = jobs.queue_figures(session)
@@ -28,9 +54,13 @@ class QueueCollector:
         yield from (job_counts, chunks, items, swept)
 
 
-registry = CollectorRegistry()
-registry.register(QueueCollector())
+_registry = None
+_registry_lock = threading.Lock()
 
 
 def render() -> bytes:
-    return generate_latest(registry)
+    global _registry
+    with _registry_lock:
+        if _registry is None:  # once per process: outside multiprocess mode the collector joins the default registry
+            _registry = prometheus.registry(QueueCollector())
+    return generate_latest(_registry)

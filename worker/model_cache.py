@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from shared.core.tables import ModelVersion
 from shared.images.imaging import Preprocessing
 from shared.models.model_inspect import load_keras_safely
 from shared.services.model_registry import sha256_file, signature_of
-from worker import pixel_scaling
+from worker import metrics, pixel_scaling
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +94,12 @@ class ModelCache:
             model = self._models.get(version.id)
             if model is not None:
                 self._models.move_to_end(version.id)
+                metrics.cache_hit()
                 return model
             log.info("loading model %s@%s", version.name, version.version)
+            started = time.perf_counter()
             model = self._loader(version)
+            metrics.loaded(time.perf_counter() - started)
             self.loads += 1
             self._models[version.id] = model
             while len(self._models) > self.capacity:

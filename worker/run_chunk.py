@@ -22,7 +22,8 @@ from functools import partial
 
 from shared.core.config import Settings
 from shared.core.db import session_scope
-from worker import chunk_lifecycle, chunk_work
+from shared.core.logs import bind
+from worker import chunk_lifecycle, chunk_work, metrics
 from worker.chunk_lifecycle import ClaimedChunk
 from worker.chunk_work import ChunkWork, ModelUnusable
 from worker.heartbeat import Heartbeat, interval_for
@@ -106,7 +107,7 @@ def run_chunk(job_id: str, chunk_no: int, *, worker: str, models: ModelCache, se
         log.info("job %s chunk %s skipped: %s", job_id, chunk_no, job)
         return job
     try:
-        work = chunk_work.prepare(job_id, job, models)
+        work = metrics.counted(chunk_work.prepare(job_id, job, models), str(job.kind))
     except ModelUnusable as exc:  # a model that cannot load (or cut at its layer) fails the whole job, clearly
         log.error("job %s: %s", job_id, exc)
         with session_scope() as session:
@@ -119,6 +120,10 @@ def run_chunk(job_id: str, chunk_no: int, *, worker: str, models: ModelCache, se
     if isinstance(claimed, str):
         log.info("job %s chunk %s skipped: %s", job_id, chunk_no, claimed)
         return claimed
+    bind(attempt=claimed.attempt)
+    metrics.count_claim(claimed.attempt)
+    log.info("job %s chunk %s: claimed, attempt %s, %d items to score", job_id, chunk_no, claimed.attempt,
+             len(claimed.items))
     chunks = HeldChunks()
     nothing_left = chunks.take(claimed)  # held from the claim on: released below whatever fails first
     try:
@@ -187,6 +192,8 @@ def _chained_items(first: ClaimedChunk, nothing_left: bool, chunks: HeldChunks, 
                 session, first.job_id, claimed.chunk_no, worker=worker,
                 heartbeat_timeout=settings.heartbeat_timeout, max_attempts=settings.max_attempts)
         if claimed is not None:
+            bind(chunk_id=claimed.chunk_no, attempt=claimed.attempt)  # this feeding thread's lines, from here on
+            metrics.count_claim(claimed.attempt)
             log.info("job %s chunk %s: claimed by the same task, attempt %s", claimed.job_id, claimed.chunk_no,
                      claimed.attempt)
 

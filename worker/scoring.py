@@ -7,9 +7,12 @@ the model predicts batch k, so decoding and inference overlap.
 What a result holds is the `outputs` reader's business: `ScoreOutputs` (the default) turns raw rows into named
 outputs and cache rows for the score cache; embed jobs pass worker/embedding.VectorOutputs (vectors, cached in the
 catalog's embeddings). The pipeline itself (reads, hashes, cache lookups, decoding, batching, writes) is the same.
+Each batch's model time and size, and each image's decode time, are observed once the batch is through
+(worker/metrics.py).
 """
 from __future__ import annotations
 
+import contextvars
 import math
 import queue
 import threading
@@ -24,6 +27,7 @@ import numpy as np
 from shared.core.paths import OutsideDataRoots, resolve_inside
 from shared.images.imaging import ImageError, load_for_model, read_and_hash
 from shared.models.outputs import interpret
+from worker import metrics
 from worker.item_pool import ItemPool
 
 
@@ -120,7 +124,9 @@ def _prepare(batch, model, opts, pool, lookup_cache, reading) -> Prepared:
     def decode_timed_out(entry):
         return entry[0], entry[2], None, f"decoding the image timed out after {opts.decode_timeout:g} s"
 
-    for item_id, digest, loaded, error in pool.map(decode, to_decode, opts.decode_timeout, decode_timed_out):
+    decode_seconds: list[float] = []
+    timed_decode = metrics.timed(decode, decode_seconds)
+    for item_id, digest, loaded, error in pool.map(timed_decode, to_decode, opts.decode_timeout, decode_timed_out):
         if error:
             prepared.results.append({"item_id": item_id, "status": "error", "error": error,
                                      "content_hash": digest})
@@ -129,6 +135,7 @@ def _prepare(batch, model, opts, pool, lookup_cache, reading) -> Prepared:
             prepared.hashes.append(digest)
             prepared.arrays.append(loaded[0])
             prepared.geometries.append(loaded[1])
+    metrics.observe_decodes(decode_seconds)  # from this one thread, after the batch's decodes
     return prepared
 
 
@@ -160,7 +167,8 @@ def _prefetch(produce: Iterator[Prepared], depth: int = 2) -> Iterator[Prepared]
         except BaseException as exc:  # hand the error to the consumer
             q.put(exc)
 
-    thread = threading.Thread(target=run, name="imgq-decode", daemon=True)
+    # in a copy of the caller's context: lines logged while feeding carry its job and chunk (shared/core/logs.py)
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(run,), name="imgq-decode", daemon=True)
     thread.start()
     try:
         while True:
@@ -195,7 +203,7 @@ def _score_batches(items, model, reading, opts, pool, lookup_cache, write_batch)
         for prepared in _prefetch(produce):
             results, cache_rows = prepared.results, []
             if prepared.arrays:
-                rows = reading.predicted(model.predict(np.stack(prepared.arrays)), prepared.geometries)
+                rows = reading.predicted(metrics.timed_predict(model, np.stack(prepared.arrays)), prepared.geometries)
                 for item_id, digest, row in zip(prepared.ids, prepared.hashes, rows):
                     results.append({"item_id": item_id, **row, "content_hash": digest})
                     cache_row = reading.cache_row(digest, row) if row["status"] == "ok" else None
@@ -203,6 +211,6 @@ def _score_batches(items, model, reading, opts, pool, lookup_cache, write_batch)
                         cache_rows.append(cache_row)
             if pending is not None:
                 pending.result()
-            pending = writer.submit(write_batch, results, cache_rows)
+            pending = writer.submit(contextvars.copy_context().run, write_batch, results, cache_rows)
         if pending is not None:
             pending.result()

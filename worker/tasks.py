@@ -29,6 +29,7 @@ from shared.core.celery_app import (
     configured_settings,
 )
 from shared.core.dispatch import enqueue_chunks, enqueue_imports, enqueue_index, enqueue_train, queue_depth
+from worker import metrics
 
 log = logging.getLogger(__name__)
 _models = None
@@ -146,16 +147,25 @@ def build_index(self, job_id: str) -> str:
     """On the maintenance queue: FAISS builds in native threads; this process loads no TensorFlow."""
     from worker.index_builder import run_index_job
 
-    return run_index_job(job_id, configured_settings())
+    started = time.monotonic()
+    result = run_index_job(job_id, configured_settings())
+    metrics.INDEX_BUILD_SECONDS.labels(metrics.index_outcome(result)).observe(time.monotonic() - started)
+    return result
 
 
-@app.task(name=EMBED_QUERY_TASK, ignore_result=False)
+# resultrepr_maxsize: Celery's "Task ... succeeded" log line and its task-succeeded event show the result's keys, never
+# the vectors: "{'vectors': , ...}" (about 1.3 KB a query otherwise)
+@app.task(name=EMBED_QUERY_TASK, ignore_result=False, resultrepr_maxsize=12)
 def embed_query(space: str, images: list[dict], classifier: str | None) -> dict:
     """A similar-image query's images, embedded (and classified) by the models this process holds; the caller
     waits for the result (the only task whose result is kept)."""
     from worker.query_embedding import embed_images
 
-    return embed_images(space, images, classifier, models=models(), settings=configured_settings())
+    started = time.monotonic()
+    answer = embed_images(space, images, classifier, models=models(), settings=configured_settings())
+    metrics.QUERY_EMBED_SECONDS.observe(time.monotonic() - started)
+    metrics.QUERY_IMAGES.inc(len(images))
+    return answer
 
 
 def skipped_on_outage(run, what: str, every: float):

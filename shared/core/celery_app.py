@@ -45,7 +45,11 @@ app.conf.update(
     task_ignore_result=True,  # job state lives in the database; only query tasks keep a result (result_backend)
     task_serializer="json",
     accept_content=["json"],
-    worker_hijack_root_logger=False,
+    worker_hijack_root_logger=False,  # imgq configures logging (worker/task_logs.py, shared/core/logs.py)
+    # Task events (sent, received, started, succeeded...), so Flower and `celery events` follow the tasks without
+    # broadcasting `enable_events` to the workers themselves.
+    worker_send_task_events=True,
+    task_send_sent_event=True,
 )
 
 _settings: Settings | None = None

@@ -12,9 +12,12 @@ directory: a SQLite database and kombu's filesystem transport as the message que
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+
+LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(ValueError):
@@ -80,6 +83,13 @@ def _host(env: dict, name: str, default: str) -> str:
     return raw
 
 
+def _choice(env: dict, name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = (env.get(name) or default).strip().lower()
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
 def _paths(raw: str) -> tuple[Path, ...]:
     return tuple(Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip())
 
@@ -129,6 +139,10 @@ class Settings:
     query_timeout: float
     exact_index_below: int
     result_backend: str
+    log_format: str
+    metrics_port: int
+    metrics_host: str
+    metrics_dir: Path
 
     @property
     def embedded(self) -> bool:
@@ -212,6 +226,13 @@ def load_settings(env: dict | None = None) -> Settings:
         # keep a result): the broker's Redis, or a folder of the data directory on the embedded default
         result_backend=env.get("IMGQ_RESULT_BACKEND") or (
             broker_url if broker_url.startswith(("redis://", "rediss://")) else f"file://{data_dir / 'results'}"),
+        log_format=_choice(env, "IMGQ_LOG_FORMAT", "text", LOG_FORMATS),
+        # a worker's or the maintenance process's /metrics (0: none); the web front serves its own on IMGQ_PORT
+        metrics_port=_int(env, "IMGQ_METRICS_PORT", 0, minimum=0, maximum=65535),
+        metrics_host=_host(env, "IMGQ_METRICS_HOST", "127.0.0.1"),
+        # where each process tree keeps prometheus-client's multiprocess files (shared/core/prometheus.py): local
+        # and fast, never a volume several hosts share
+        metrics_dir=Path(env.get("IMGQ_METRICS_DIR") or tempfile.gettempdir()).expanduser().resolve(),
     )
 
 

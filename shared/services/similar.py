@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from shared.core.config import Settings
 from shared.core.db import session_scope
 from shared.core.errors import InvalidRequest, NotFound, ServiceUnavailable, Unprocessable
+from shared.core.logs import current_context
 from shared.core.tables import Embedding, Job, VectorIndex
 from shared.schemas.catalogs import SimilarQuery
 from shared.search.index_holder import IndexHolder
@@ -123,8 +124,11 @@ def embed_on_worker(settings: Settings, space: str, images: list[dict], classifi
 
     timeout = settings.query_timeout
     try:
+        # argsrepr: Celery's logs and events show the image count, never the images; the header carries the web
+        # request's id onto the worker's lines (worker/task_logs.py)
         pending = app.send_task(EMBED_QUERY_TASK, args=[space, images, classifier], queue=QUERY_QUEUE,
-                                expires=timeout)
+                                expires=timeout, argsrepr=repr([space, f"<{len(images)} images>", classifier]),
+                                headers={"imgq_request_id": current_context().get("request_id")})
     except Exception as exc:
         log.warning("could not send a query to the %s queue: %s", QUERY_QUEUE, exc)
         raise ServiceUnavailable("the message broker is unavailable, so no worker can embed the query image; "

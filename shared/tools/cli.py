@@ -3,9 +3,11 @@
 The wiring of the project: the one module of shared/ allowed to import web/ and worker/ (tests/unit/
 test_dependency_rule.py), because it starts every process: the web front, the workers and beat, and the demo, to
 which it hands worker/'s model builder. Each command is an entry point: it reads the settings once (`_settings`),
-creates the data folders and configures the database and the Celery app from them before it does anything else.
-Nothing here imports web/, worker/ or TensorFlow at module level: `imgq worker` must pin its GPU first, and each
-command loads only what it runs.
+sets up logging, creates the data folders and configures the database and the Celery app from them before it does
+anything else. The long-running ones set logging up again for their role (web, worker, maintenance, beat) and, for
+their metrics, a multiprocess folder before anything imports prometheus_client (shared/core/prometheus.py;
+`_observed`). Nothing here imports web/, worker/ or TensorFlow at module level: `imgq worker` must pin its GPU first,
+and each command loads only what it runs.
 """
 from __future__ import annotations
 
@@ -23,8 +25,10 @@ def _settings():
     Celery app set up from them."""
     from shared.core import celery_app, db
     from shared.core.config import ensure_dirs, get_settings
+    from shared.core.logs import configure_logging
 
     settings = get_settings()
+    configure_logging(settings.log_format, "cli", "WARNING")  # a one-shot command's output is its own
     ensure_dirs(settings)
     db.configure(settings)
     celery_app.configure(settings)
@@ -63,13 +67,45 @@ def _alias(value: str) -> str:
     return argparse_alias(value)
 
 
+def _observed(settings, role: str, loglevel: str = "INFO", metrics_port: int | None = None,
+              collectors=tuple) -> None:
+    """Logging for a long-running process of `role` (a Celery worker's pool processes set it up again, through
+    worker/task_logs.py); and for its metrics, a fresh multiprocess folder for its tree: always on the web front (it
+    serves /metrics on its own port), and on a Celery worker that serves them on `metrics_port` (else
+    IMGQ_METRICS_PORT; 0: none), with what `collectors()` gives (called once the folder is set)."""
+    from shared.core import prometheus
+    from shared.core.logs import configure_logging
+
+    configure_logging(settings.log_format, role, loglevel.upper())
+    if role in ("worker", "maintenance", "beat"):
+        from worker import task_logs
+
+        task_logs.install(settings.log_format, role)
+    port = settings.metrics_port if metrics_port is None else metrics_port
+    if role == "web":
+        prometheus.start_tree(settings, role)
+    elif port and role in ("worker", "maintenance"):
+        prometheus.start_tree(settings, role)
+        prometheus.serve(settings, port, *collectors())
+
+
+def _queue_collectors() -> list:
+    """The maintenance process's figures of the queues: their depth on the broker, their oldest waiting message."""
+    from shared.core.celery_app import MAINTENANCE_QUEUE, QUERY_QUEUE, SCORE_QUEUE, TRAIN_QUEUE
+    from shared.core.dispatch import queue_depth
+    from worker.metrics import QueueCollector, oldest_waiting
+
+    return [QueueCollector(queue_depth, (SCORE_QUEUE, TRAIN_QUEUE, QUERY_QUEUE, MAINTENANCE_QUEUE), oldest_waiting)]
+
+
 def cmd_serve(args) -> int:
     settings = _settings()
+    _observed(settings, "web")
     if settings.auto_migrate:
         from shared.core.migrate import upgrade
 
         upgrade(settings.database_url)
-    # each gunicorn worker calls web.wsgi.create(), which reads the same environment
+    # each gunicorn worker calls web.wsgi.create(), which reads the same environment (and the metrics folder's)
     argv = [sys.executable, "-m", "gunicorn", "web.wsgi:create()",
             "--bind", f"{args.host or settings.host}:{args.port or settings.port}",
             "--workers", str(args.workers), "--threads", str(args.threads), "--timeout", "300",
@@ -98,27 +134,35 @@ def maintenance_argv(args, settings) -> list[str]:
     return argv
 
 
+def _quiet(settings) -> list[str]:
+    """Celery's start-up banner is for a terminal: JSON logs are one event per line."""
+    return ["--quiet"] if settings.log_format == "json" else []
+
+
 def cmd_worker(args) -> int:
     from worker.device import pin
 
     pin(None if args.cpu else args.gpu)
-    _database_ready()
+    settings = _database_ready()
+    _observed(settings, "worker", args.loglevel, args.metrics_port)
     from shared.core.celery_app import app  # configured by _database_ready; the pool processes fork from here
 
-    app.worker_main(argv=worker_argv(args))
+    app.worker_main(argv=_quiet(settings) + worker_argv(args))
     return 0
 
 
 def cmd_maintenance(args) -> int:
     settings = _database_ready()
+    _observed(settings, "maintenance", args.loglevel, args.metrics_port, _queue_collectors)
     from shared.core.celery_app import app
 
-    app.worker_main(argv=maintenance_argv(args, settings))
+    app.worker_main(argv=_quiet(settings) + maintenance_argv(args, settings))
     return 0
 
 
 def cmd_beat(args) -> int:
     settings = _settings()
+    _observed(settings, "beat", args.loglevel)
     from shared.core.celery_app import app
 
     app.start(argv=["beat", "-s", str(settings.data_dir / "celerybeat-schedule"), "-l", args.loglevel])
@@ -128,7 +172,7 @@ def cmd_beat(args) -> int:
 def cmd_flower(args) -> int:
     """Celery Flower (the `flower` extra) on the configured app; `celery -A shared.core.celery_app flower` would see an
     app with no broker."""
-    _settings()
+    _observed(_settings(), "flower")  # Flower's own lines (tornado's) in imgq's format
     from shared.core.celery_app import app
 
     app.start(argv=["flower", f"--port={args.port}"])
@@ -350,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="default: IMGQ_PORT (8000)")
     serve.add_argument("--workers", type=int, default=2)
     serve.add_argument("--threads", type=int, default=4)
-    serve.add_argument("--access-log", action="store_true")
+    serve.add_argument("--access-log", action="store_true",
+                       help="gunicorn's access log too (raw URLs); the app logs one line per request anyway")
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="run a scoring worker pinned to one GPU or the CPU")
@@ -360,11 +405,15 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--queues", help="comma-separated queues (default: score,train,queries)")
     worker.add_argument("--concurrency", type=int, default=1)
     worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument("--metrics-port", type=int, help="serve /metrics on this port (default: IMGQ_METRICS_PORT; "
+                                                          "0: none)")
     worker.set_defaults(func=cmd_worker)
 
     maintenance = sub.add_parser("maintenance", help="run the sweeper and schedule ticks (the maintenance queue)")
     maintenance.add_argument("--beat", action="store_true", help="also run the periodic scheduler in this process")
     maintenance.add_argument("--loglevel", default="INFO")
+    maintenance.add_argument("--metrics-port", type=int, help="serve /metrics, with the queues' depth and age, on "
+                                                               "this port (default: IMGQ_METRICS_PORT; 0: none)")
     maintenance.set_defaults(func=cmd_maintenance)
 
     beat = sub.add_parser("beat", help="run the periodic scheduler (sweeper)")

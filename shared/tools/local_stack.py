@@ -25,7 +25,7 @@ def free_port() -> int:
 
 class LocalStack:
     def __init__(self, env: dict, log_dir: Path, *, port: int | None = None, web_workers: int = 1,
-                 beat: bool = True, worker_args: tuple[str, ...] = ()):
+                 beat: bool = True, worker_args: tuple[str, ...] = (), metrics: bool = False):
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         self.log_dir = log_dir
         self.port = port or free_port()
@@ -33,6 +33,8 @@ class LocalStack:
         self.web_workers = web_workers
         self.beat = beat
         self.worker_args = worker_args
+        self.metrics = metrics  # each worker and the maintenance process serve /metrics on a port of their own
+        self.metrics_ports: dict[str, int] = {}
         self.web: subprocess.Popen | None = None
         self.workers: dict[str, subprocess.Popen] = {}
         self.maintenance: subprocess.Popen | None = None
@@ -57,11 +59,22 @@ class LocalStack:
     def start_web(self) -> None:
         self.web = self._spawn("web", ["serve", "--port", str(self.port), "--workers", str(self.web_workers)])
 
+    def _metrics_args(self, name: str) -> list[str]:
+        if not self.metrics:
+            return []
+        self.metrics_ports[name] = free_port()
+        return ["--metrics-port", str(self.metrics_ports[name])]
+
+    def metrics_url(self, name: str = "worker") -> str:
+        """The /metrics of a worker (by name) or of "maintenance" (a stack made with metrics=True)."""
+        return f"http://127.0.0.1:{self.metrics_ports[name]}/metrics"
+
     def start_worker(self, name: str = "worker") -> None:
-        self.workers[name] = self._spawn(name, ["worker", "--cpu", *self.worker_args])
+        self.workers[name] = self._spawn(name, ["worker", "--cpu", *self.worker_args, *self._metrics_args(name)])
 
     def start_maintenance(self) -> None:
-        self.maintenance = self._spawn("maintenance", ["maintenance", *(["--beat"] if self.beat else [])])
+        self.maintenance = self._spawn("maintenance", ["maintenance", *(["--beat"] if self.beat else []),
+                                                       *self._metrics_args("maintenance")])
 
     def create_token(self, name: str = "local-stack", scopes: str = "admin") -> str:
         """A new API token made with `imgq tokens create` on this stack's database (printed once)."""

@@ -80,6 +80,21 @@ def test_bad_start_up_values_are_named(tmp_path, name, value, message):
         load_settings({"IMGQ_HOME": str(tmp_path), name: value})
 
 
+def test_log_format_and_metrics_settings(tmp_path):
+    s = load_settings({"IMGQ_HOME": str(tmp_path)})
+    assert (s.log_format, s.metrics_port, s.metrics_host) == ("text", 0, "127.0.0.1")
+    assert s.metrics_dir.is_dir()  # the system's temporary folder: local to the host
+    s = load_settings({"IMGQ_HOME": str(tmp_path), "IMGQ_LOG_FORMAT": "JSON", "IMGQ_METRICS_PORT": "9464",
+                       "IMGQ_METRICS_HOST": "0.0.0.0", "IMGQ_METRICS_DIR": str(tmp_path / "m")})
+    assert (s.log_format, s.metrics_port, s.metrics_host, s.metrics_dir) == ("json", 9464, "0.0.0.0", tmp_path / "m")
+    for name, value, message in (("IMGQ_LOG_FORMAT", "xml", "IMGQ_LOG_FORMAT must be one of text, json"),
+                                 ("IMGQ_METRICS_PORT", "-1", "IMGQ_METRICS_PORT must be at least 0"),
+                                 ("IMGQ_METRICS_PORT", "70000", "IMGQ_METRICS_PORT must be at most 65535"),
+                                 ("IMGQ_METRICS_HOST", "a:1", "IMGQ_METRICS_HOST must be a host name")):
+        with pytest.raises(ConfigError, match=message):
+            load_settings({"IMGQ_HOME": str(tmp_path), name: value})
+
+
 IMPORT_EVERYTHING = """
 import importlib, json, os, pkgutil, socket, sys
 

@@ -26,12 +26,14 @@ from shared.core import db
 from shared.core.config import Settings, get_settings
 from shared.core.db import session_scope
 from shared.core.errors import ImgqError
+from shared.core.logs import bind, configure_logging
 from shared.core.paths import path_inside
 from shared.core.tables import Job, ModelVersion
 from shared.images.imaging import Preprocessing
 from shared.schemas.training import TrainRequest
 from worker.device import configure_tensorflow
 from worker.heartbeat import interval_for
+from worker.metrics import observed_epochs
 from worker.training import data as training_data
 from worker.training import lifecycle
 from worker.training.attempt import (
@@ -121,8 +123,8 @@ def fit_model(start: AttemptStart, data, prep: Preprocessing, settings: Settings
     model, start_epoch = fitting.build_or_resume_model(req, start.parent, data, prep, settings,
                                                        checkpoint_epoch=start.checkpoint_epoch,
                                                        checkpoint_path=start.checkpoint_path)
-    recorder = fitting.EpochRecorder(folder, heartbeat, partial(record_epoch, heartbeat.job_id, heartbeat.attempt),
-                                     steps=steps, epochs=req.epochs)
+    record = observed_epochs(req.model, partial(record_epoch, heartbeat.job_id, heartbeat.attempt))
+    recorder = fitting.EpochRecorder(folder, heartbeat, record, steps=steps, epochs=req.epochs)
     learned_weights = start.parent is not None or bool(req.base.backbone_weights)
     fitting.fit(model, req, fitting.plan_phases(req, learned_weights=learned_weights),
                 fitting.make_datasets(req, data, prep), fitting.callbacks_for(req, recorder), steps=steps,
@@ -157,10 +159,11 @@ def train(job_id: str, attempt: int | None, settings: Settings) -> None:
 
 
 def main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     job_id = argv[0]
     attempt = int(argv[1]) if len(argv) > 1 else None  # fences this process's writes (see lifecycle)
     settings = get_settings()
+    configure_logging(settings.log_format, "trainer")
+    bind(job_id=job_id, attempt=attempt)  # on every line of this process
     db.configure(settings)  # this process's entry point: its sessions use the database of its settings
     try:
         train(job_id, attempt, settings)

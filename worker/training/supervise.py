@@ -14,6 +14,7 @@ import time
 
 from shared.core.config import Settings
 from shared.core.db import session_scope
+from shared.core.logs import bind
 from shared.core.paths import path_inside
 from worker.training import lifecycle as train_lifecycle
 
@@ -29,6 +30,7 @@ def run_train_job(job_id: str, *, worker: str, settings: Settings) -> str:
     if isinstance(claimed, str):
         log.info("train job %s skipped: %s", job_id, claimed)
         return claimed
+    bind(attempt=attempt)
     log_path = path_inside(settings.data_dir, "train-logs", f"{job_id}.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
