@@ -7,10 +7,12 @@ as a context manager it beats for the length of the `with` block.
 Invariants: beats come at a fixed interval whatever the work is doing (a slow batch, FAISS training its lists, a
 Keras epoch), so slow work never looks like a dead worker to the sweeper; a beat that raises (the database is
 away) is logged as a warning naming the work and the next beat tries again: a heartbeat never stops the work it
-watches; `stop` wakes the thread at once, and it ends without another beat (one already under way finishes).
+watches; its log lines carry the log context of the code that made it (shared/core/logs.py); `stop` wakes the
+thread at once, and it ends without another beat (one already under way finishes).
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from collections.abc import Callable
@@ -32,7 +34,9 @@ class Heartbeat:
             raise ValueError(f"a heartbeat's interval must be positive, got {interval!r}")
         self.beat, self.interval, self.label = beat, interval, label
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        # the thread runs in a copy of the starter's context: its log lines carry the same job, chunk and attempt
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._run,), name=name,
+                                        daemon=True)
 
     def start(self) -> Heartbeat:
         self._thread.start()

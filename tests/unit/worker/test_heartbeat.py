@@ -93,3 +93,22 @@ def test_four_beats_fit_in_the_heartbeat_timeout_within_bounds(timeout, at_most,
 def test_an_interval_that_is_not_positive_is_refused():
     with pytest.raises(ValueError, match="positive"):
         Heartbeat(lambda: None, 0, label="job j")
+
+
+def test_its_beats_carry_the_log_context_of_the_work_that_made_it():
+    from shared.core.logs import bind, current_context
+
+    seen = []
+
+    def beat():
+        seen.append(current_context().get("job_id"))
+
+    def work():
+        bind(job_id="job-7")
+        with Heartbeat(beat, 0.01, label="job job-7"):
+            wait_for(lambda: seen)
+
+    thread = threading.Thread(target=work)  # a fresh context, as a Celery task's
+    thread.start()
+    thread.join(5)
+    assert seen and seen[0] == "job-7"
