@@ -65,7 +65,7 @@ def test_multipart_without_files_or_model(stack):
     resp = post(stack, "/api/v1/jobs/score", data={"model": stack.model}, files={"x": ("", b"")})
     assert resp.status_code == 400
     resp = post(stack, "/api/v1/jobs/score", files={"files": ("a.jpg", b"123")})
-    assert resp.status_code == 400 and resp.json()["error"]["field"] == "model"
+    assert resp.status_code == 400 and resp.json()["error"]["problems"][0]["field"] == "model"
     resp = post(stack, "/api/v1/jobs/score", data={"model": stack.model},
                 files=[("files", ("a.jpg", b"1")), ("files", ("a.jpg", b"2"))])
     assert resp.status_code == 400 and "unique" in resp.json()["error"]["message"]
@@ -82,7 +82,7 @@ def test_unknown_things_are_404_json(stack):
 def test_bad_query_parameters(stack):
     assert stack.http.get(stack.url("/api/v1/jobs"), params={"limit": "lots"}, timeout=10).status_code == 400
     resp = stack.http.get(stack.url("/api/v1/jobs"), params={"limit": 100000}, timeout=10)
-    assert resp.status_code == 400 and resp.json()["error"]["field"] == "limit"
+    assert resp.status_code == 400 and resp.json()["error"]["problems"][0]["field"] == "limit"
     resp = stack.http.get(stack.url("/api/v1/jobs"), params={"status": "exploded"}, timeout=10)
     assert resp.status_code == 400 and "status must be one of" in resp.json()["error"]["message"]
 
@@ -101,7 +101,7 @@ def test_model_import_errors(stack, model_files):
                     files={"file": ("r.keras", fh)})
     assert resp.status_code == 400 and "input_size" in resp.json()["error"]["message"]
     resp = post(stack, "/api/v1/models", data={"name": "m2", "task": "regression", "input_size": "32"})
-    assert resp.status_code == 400 and resp.json()["error"]["field"] == "file"
+    assert resp.status_code == 400 and resp.json()["error"]["problems"][0]["field"] == "file"
     assert stack.http.get(stack.url("/api/v1/models/evil/versions"), timeout=10).status_code == 404
 
 
@@ -123,4 +123,4 @@ def test_nul_bytes_and_huge_numbers_through_gunicorn_are_400s(stack):
     for path, params in ((f"/api/v1/models/{stack.model}/versions/99999999999999999999", None),
                          ("/api/v1/jobs", {"model": "x\x00"}), ("/api/v1/jobs/%00", None)):
         resp = stack.http.get(stack.url(path), params=params, timeout=10)
-        assert resp.status_code == 400 and resp.json()["error"]["field"], (path, resp.text)
+        assert resp.status_code == 400 and resp.json()["error"]["problems"][0]["field"], (path, resp.text)

@@ -180,7 +180,7 @@ def test_two_concurrent_train_submissions_with_one_key_get_two_202s_for_one_job(
         assert responses[0].headers["Location"] == f"/api/v1/jobs/{responses[0].json['id']}"
         job_ids.add(responses[0].json["id"])
         other = clients[0].post("/api/v1/jobs/train", json={**BODY, "epochs": 2}, headers={"Idempotency-Key": key})
-        assert other.status_code == 422 and other.json["error"]["field"] == "Idempotency-Key"
+        assert other.status_code == 422 and other.json["error"]["problems"][0]["field"] == "Idempotency-Key"
     assert len(job_ids) == 8 and job_count() == 8
     assert sorted(enqueue.sent) == sorted(job_ids) and all(enqueue.committed)
 

@@ -66,7 +66,7 @@ def test_bad_sweeps_and_train_requests_are_4xx(pg_stack):
     bad_grid = pg_stack.http.post(pg_stack.url("/api/v1/sweeps"),
                                   json={"base": base_request("x"), "grid": {"epochs": []}},
                              timeout=10)
-    assert bad_grid.status_code == 400 and bad_grid.json()["error"]["field"] == "grid"
+    assert bad_grid.status_code == 400 and bad_grid.json()["error"]["problems"][0]["field"] == "grid"
     no_labels = pg_stack.http.post(pg_stack.url("/api/v1/jobs/train"), timeout=10, json={
         **base_request("x"), "dataset": {"path": "digits/all.csv"}})
     assert no_labels.status_code == 400 and "label_column" in no_labels.json()["error"]["message"]
