@@ -12,6 +12,7 @@ from shared.services import catalogs, similar, submission
 from web.auth import caller
 from web.http import created as created_response
 from web.http import form_fields, json_object
+from web.pagination import PageQuery, decode_cursor, page_body, parse_query
 
 bp = Blueprint("catalogs", __name__, url_prefix="/api/v1")
 
@@ -20,8 +21,10 @@ MAX_QUERY_IMAGE_BYTES = 10 * 1024 * 1024  # an uploaded query image travels to t
 
 @bp.get("/catalogs")
 def list_catalogs():
+    query = parse_query(PageQuery)
     with session_scope() as session:
-        return jsonify({"catalogs": catalogs.list_catalogs(session)})
+        rows, next_key = catalogs.catalogs_page(session, limit=query.limit, after=decode_cursor(query.after, str))
+    return jsonify(page_body("catalogs", rows, next_key, query))
 
 
 @bp.get("/catalogs/<catalog>")

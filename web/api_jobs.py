@@ -2,7 +2,7 @@
 results."""
 from __future__ import annotations
 
-from urllib.parse import urlencode
+from datetime import datetime
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
@@ -14,23 +14,11 @@ from shared.services.train_spec import TrainRequest
 from web.auth import caller
 from web.http import created as created_response
 from web.http import form_fields, json_object, refuse_nul
+from web.pagination import JobsQuery, ResultsQuery, decode_cursor, page_body, parse_query
 from web.schemas import EmbedRequest, EmbedUploadForm, ScoreRequest
 from web.submit import submit_embed_json, submit_embed_upload, submit_json, submit_upload
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs")
-
-
-def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be an integer", field=name) from None
-    if not lo <= value <= hi:
-        raise InvalidRequest(f"{name} must be between {lo} and {hi}", field=name)
-    return value
 
 
 def _idempotency_key() -> str | None:
@@ -95,12 +83,11 @@ def get_metrics(job_id: str):
 
 @bp.get("")
 def list_jobs():
+    query = parse_query(JobsQuery)
     with session_scope() as session:
-        rows = jobs.list_jobs(session, status=request.args.get("status"), model=request.args.get("model"),
-                              kind=request.args.get("kind"), limit=_int_arg("limit", 50, 1, 500),
-                              before=request.args.get("before"))
-        return jsonify({"jobs": [jobs.job_json(session, j) for j in rows],
-                        "next_before": rows[-1].id if rows else None})
+        rows, next_key = jobs.jobs_page(session, status=query.status, kind=query.kind, model=query.model,
+                                        limit=query.limit, after=decode_cursor(query.after, datetime, str))
+        return jsonify(page_body("jobs", [jobs.job_json(session, job) for job in rows], next_key, query))
 
 
 @bp.get("/<job_id>")
@@ -119,10 +106,8 @@ def cancel_job(job_id: str):
 
 @bp.get("/<job_id>/results")
 def get_results(job_id: str):
-    fmt = request.args.get("format", "json")
-    if fmt not in ("json", "csv"):
-        raise InvalidRequest("format must be json or csv", field="format")
-    if fmt == "csv":
+    query = parse_query(ResultsQuery)
+    if query.format == "csv":
         with session_scope() as session:
             jobs.get_job(session, job_id)  # 404 before streaming starts
 
@@ -132,16 +117,8 @@ def get_results(job_id: str):
 
         return Response(stream_with_context(generate()), mimetype="text/csv",
                         headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'})
-    status = request.args.get("status")
-    if status not in (None, "ok", "error"):
-        raise InvalidRequest("status must be ok or error", field="status")
-    limit = _int_arg("limit", 100, 1, 1000)
-    after = request.args.get("after")
     with session_scope() as session:
         job = jobs.get_job(session, job_id)
-        rows, next_after = jobs.results_page(session, job, after=after, limit=limit, status=status)
-    body = {"job_id": job_id, "results": rows, "next_after": next_after, "next": None}
-    if next_after is not None:
-        query = {"limit": limit, "after": next_after, **({"status": status} if status else {})}
-        body["next"] = f"/api/v1/jobs/{job_id}/results?{urlencode(query)}"
-    return jsonify(body)
+        rows, next_key = jobs.results_page(session, job, after=decode_cursor(query.after, str), limit=query.limit,
+                                           status=query.status)
+    return jsonify(page_body("results", rows, next_key, query, job_id=job_id))

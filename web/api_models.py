@@ -11,6 +11,7 @@ from shared.core.errors import InvalidRequest
 from shared.services import model_registry as registry
 from web.auth import caller
 from web.http import check_tree, created, form_fields, json_object, refuse_nul
+from web.pagination import PageQuery, decode_cursor, page_body, parse_query
 from web.schemas import AliasRequest, ModelImportForm
 from web.submit import submit_import
 
@@ -64,16 +65,21 @@ def import_model():
 
 @bp.get("")
 def list_models():
+    query = parse_query(PageQuery)
     with session_scope() as session:
-        return jsonify({"models": registry.list_models(session)})
+        rows, next_key = registry.models_page(session, limit=query.limit, after=decode_cursor(query.after, str))
+    return jsonify(page_body("models", rows, next_key, query))
 
 
 @bp.get("/<name>/versions")
 def list_versions(name: str):
+    query = parse_query(PageQuery)
     with session_scope() as session:
-        versions = registry.list_versions(session, name)
+        rows, next_key = registry.versions_page(session, name, limit=query.limit,
+                                                after=decode_cursor(query.after, int))
         aliases = registry.aliases_by_version(session, name)
-        return jsonify({"name": name, "versions": [registry.version_json(v, aliases.get(v.id)) for v in versions]})
+        body = [registry.version_json(v, aliases.get(v.id)) for v in rows]
+    return jsonify(page_body("versions", body, next_key, query, name=name))
 
 
 @bp.get("/<name>/versions/<int:version>")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 from flask import Blueprint, jsonify
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -10,6 +11,7 @@ from shared.core.db import session_scope
 from shared.core.names import Name
 from shared.services import schedules, submission, train_jobs
 from web.http import created, json_object
+from web.pagination import PageQuery, decode_cursor, page_body, parse_query
 
 sweeps_bp = Blueprint("sweeps", __name__, url_prefix="/api/v1/sweeps")
 schedules_bp = Blueprint("schedules", __name__, url_prefix="/api/v1/schedules")
@@ -54,6 +56,15 @@ def create_sweep():
     return created(body, f"/api/v1/sweeps/{body['id']}", 202)
 
 
+@sweeps_bp.get("")
+def list_sweeps():
+    query = parse_query(PageQuery)
+    with session_scope() as session:
+        ids, next_key = train_jobs.sweeps_page(session, limit=query.limit,
+                                               after=decode_cursor(query.after, datetime, str))
+        return jsonify(page_body("sweeps", [train_jobs.sweep_json(session, i) for i in ids], next_key, query))
+
+
 @sweeps_bp.get("/<sweep_id>")
 def get_sweep(sweep_id: str):
     with session_scope() as session:
@@ -73,9 +84,11 @@ def create_schedule():
 
 @schedules_bp.get("")
 def list_schedules():
+    query = parse_query(PageQuery)
     with session_scope() as session:
-        return jsonify({"schedules": [schedules.schedule_json(session, row)
-                                      for row in schedules.list_schedules(session)]})
+        rows, next_key = schedules.schedules_page(session, limit=query.limit, after=decode_cursor(query.after, int))
+        return jsonify(page_body("schedules", [schedules.schedule_json(session, row) for row in rows], next_key,
+                                 query))
 
 
 @schedules_bp.get("/<int:schedule_id>")

@@ -35,6 +35,7 @@ SCOPE_OF = {
     "models.set_alias": "admin",
     "datasets.check": "train",
     "sweeps.create_sweep": "train",
+    "sweeps.list_sweeps": "read",
     "sweeps.get_sweep": "read",
     "schedules.create_schedule": "train",
     "schedules.list_schedules": "read",
@@ -49,6 +50,7 @@ SCOPE_OF = {
     "catalogs.delete_item": "score",
     "catalogs.similar_one": "read",
     "catalogs.similar_batch": "read",
+    "tokens.list_tokens": "admin",
     "prometheus_metrics": "read",
 }
 

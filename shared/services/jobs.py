@@ -11,8 +11,10 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from shared.core import keyset
 from shared.core.db import get_or_404, is_postgres
 from shared.core.errors import Forbidden, InvalidRequest, NotFound, Unprocessable
+from shared.core.keyset import Key
 from shared.core.states import FINAL_JOB_STATUSES, OPEN_JOB_STATUSES, ChunkState, JobKind, JobStatus, RunState
 from shared.core.tables import Chunk, Job, JobItem, ModelVersion, Result, TrainRun, utcnow
 from shared.core.vocab import EMBEDDING_TASK
@@ -216,27 +218,22 @@ def job_json(session: Session, job: Job) -> dict:
     }
 
 
-def list_jobs(session: Session, *, status: str | None, model: str | None, kind: str | None,
-              limit: int, before: str | None) -> list[Job]:
-    q = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+def jobs_page(session: Session, *, status: JobStatus | None = None, model: str | None = None,
+              kind: JobKind | None = None, limit: int, after: Key | None = None) -> tuple[list[Job], Key | None]:
+    """Jobs newest first, keyed by (created_at, id); `model` matches score and embed jobs by the version they use,
+    train and import jobs by the name they make. Returns the page and the key of its last job when more follow."""
+    q = select(Job)
     if status:
-        if status not in {known.value for known in JobStatus}:
-            raise InvalidRequest(f"status must be one of {', '.join(known.value for known in JobStatus)}",
-                                 field="status")
         q = q.where(Job.status == status)
     if kind:
         q = q.where(Job.kind == kind)
-    if model:  # score jobs by the version they use, train and import jobs by the name they make
+    if model:
         name, _, _ = model.partition("@")
         q = q.outerjoin(ModelVersion, ModelVersion.id == Job.model_version_id).where(
             (ModelVersion.name == name) | (Job.kind.in_((JobKind.TRAIN, JobKind.IMPORT)) & (Job.model_ref == name)))
-    if before:
-        anchor = session.get(Job, before)
-        if anchor is None:
-            raise InvalidRequest(f"no job {before} to page from", field="before")
-        q = q.where((Job.created_at < anchor.created_at)
-                    | ((Job.created_at == anchor.created_at) & (Job.id < anchor.id)))
-    return list(session.scalars(q))
+    rows, next_key = keyset.page(session, q, (Job.created_at, Job.id), after=after, limit=limit, descending=True,
+                                 key_of=lambda row: (row[0].created_at, row[0].id))
+    return [row[0] for row in rows], next_key
 
 
 def result_json(r: Result) -> dict:
@@ -254,15 +251,15 @@ def _results(job: Job, *columns):
             .where(Result.job_id == job.id).order_by(Result.item_id))
 
 
-def results_page(session: Session, job: Job, *, after: str | None, limit: int,
-                 status: str | None = None) -> tuple[list[dict], str | None]:
-    q = _results(job, Result).limit(limit)
-    if after is not None:
-        q = q.where(Result.item_id > after)
+def results_page(session: Session, job: Job, *, after: Key | None, limit: int,
+                 status: str | None = None) -> tuple[list[dict], Key | None]:
+    """A job's results by item id (keyed by it); an embed job's carry each item's category."""
+    q = _results(job, Result)
     if status:
         q = q.where(Result.status == status)
-    rows = [result_json(row[0]) | ({"category": row[1]} if len(row) > 1 else {}) for row in session.execute(q)]
-    return rows, (rows[-1]["id"] if len(rows) == limit else None)
+    rows, next_key = keyset.page(session, q, (Result.item_id,), after=after, limit=limit,
+                                 key_of=lambda row: (row[0].item_id,))
+    return [result_json(row[0]) | ({"category": row[1]} if len(row) > 1 else {}) for row in rows], next_key
 
 
 def _output_columns(session: Session, job: Job) -> list[str]:

@@ -9,9 +9,10 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.core import names
+from shared.core import keyset, names
 from shared.core.db import get_or_404
 from shared.core.errors import InvalidRequest
+from shared.core.keyset import Key
 from shared.core.states import JobKind, JobStatus, RunState
 from shared.core.tables import Job, ModelVersion, Sweep, TrainMetric, TrainRun
 from shared.services import model_registry
@@ -118,6 +119,13 @@ def sweep_json(session: Session, sweep_id: str) -> dict:
                      "holdout_metrics": run.holdout_metrics,
                      "version": f"{version.name}@{version.version}" if version else None})
     return {"id": sweep.id, "grid": sweep.grid, "created_at": sweep.created_at.isoformat(), "runs": rows}
+
+
+def sweeps_page(session: Session, *, limit: int, after: Key | None = None) -> tuple[list[str], Key | None]:
+    """Sweep ids newest first (keyed by (created_at, id)), and the key of the last one when more follow."""
+    rows, next_key = keyset.page(session, select(Sweep.id, Sweep.created_at), (Sweep.created_at, Sweep.id),
+                                 after=after, limit=limit, descending=True, key_of=lambda row: (row[1], row[0]))
+    return [row[0] for row in rows], next_key
 
 
 def _get_path(spec: dict, dotted: str):

@@ -84,7 +84,8 @@ def test_bad_query_parameters(stack):
     resp = stack.http.get(stack.url("/api/v1/jobs"), params={"limit": 100000}, timeout=10)
     assert resp.status_code == 400 and resp.json()["error"]["problems"][0]["field"] == "limit"
     resp = stack.http.get(stack.url("/api/v1/jobs"), params={"status": "exploded"}, timeout=10)
-    assert resp.status_code == 400 and "status must be one of" in resp.json()["error"]["message"]
+    assert resp.status_code == 400 and resp.json()["error"]["problems"][0]["field"] == "status"
+    assert "'succeeded'" in resp.json()["error"]["message"]
 
 
 def test_model_import_errors(stack, model_files):
