@@ -67,8 +67,10 @@ def delete_items(catalog: str):
 
 @bp.delete("/catalogs/<catalog>/items/<path:item_id>")
 def delete_item(catalog: str, item_id: str):
+    """204 with no body, as every DELETE (deleting it again too); 404 for an item the catalog never had."""
     with session_scope() as session:
-        return jsonify(catalogs.delete_items(session, catalog, [item_id]))
+        catalogs.delete_item(session, catalog, item_id)
+    return "", 204
 
 
 @bp.get("/catalogs/<catalog>/items/<path:item_id>/thumbnail")

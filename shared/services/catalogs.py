@@ -80,6 +80,12 @@ def delete_items(session: Session, catalog: str, item_ids: list[str]) -> dict:
             "unknown": [i for i in ids if i not in known][:100], "deleted_rows": newly}
 
 
+def delete_item(session: Session, catalog: str, item_id: str) -> None:
+    """Mark one item deleted in every space of the catalog (again: nothing changes); NotFound if it never had it."""
+    if not delete_items(session, catalog, [item_id])["found"]:
+        raise NotFound(f"catalog {catalog} has no item {item_id!r}")
+
+
 def thumbnail(session: Session, settings: Settings, catalog: str, item_id: str, size: int) -> bytes:
     """A JPEG of the item's image, its longer edge at most `size` pixels (EXIF orientation applied)."""
     from PIL import Image, ImageOps
