@@ -8,7 +8,6 @@ from flask import Blueprint, Response, current_app, jsonify, request, stream_wit
 
 from shared.core.db import session_scope
 from shared.core.errors import InvalidRequest
-from shared.core.states import JobKind
 from shared.services import jobs, submission, train_jobs
 from shared.services.train_spec import TrainRequest
 from web.auth import caller
@@ -71,14 +70,20 @@ def create_train_job():
                                               token_id=caller().token_id, max_active_jobs=settings.max_active_jobs))
 
 
+@bp.get("/<job_id>/epochs")
+def get_epochs(job_id: str):
+    """A train job's metrics per finished epoch (loss, val_loss, mae or accuracy, seconds) and its progress."""
+    with session_scope() as session:
+        return jsonify(train_jobs.epochs_json(session, jobs.get_job(session, job_id)))
+
+
 @bp.get("/<job_id>/metrics")
 def get_metrics(job_id: str):
-    with session_scope() as session:
-        job = jobs.get_job(session, job_id)
-        if job.kind != JobKind.TRAIN:
-            raise InvalidRequest(f"job {job_id} is a {job.kind} job; metrics belong to train jobs")
-        return jsonify({"job_id": job_id, "status": job.status, "epochs": train_jobs.metrics_history(session, job_id),
-                        "progress": jobs.job_json(session, job)["progress"]})
+    """The old path of /epochs, beside Prometheus' /metrics: the same answer, marked deprecated, for one release."""
+    response = get_epochs(job_id)
+    response.headers["Deprecation"] = "true"
+    response.headers["Link"] = f'</api/v1/jobs/{job_id}/epochs>; rel="successor-version"'
+    return response
 
 
 @bp.get("")

@@ -26,7 +26,8 @@ SCOPE_OF = {
     "jobs.list_jobs": "read",
     "jobs.get_job": "read",
     "jobs.get_results": "read",
-    "jobs.get_metrics": "read",
+    "jobs.get_epochs": "read",
+    "jobs.get_metrics": "read",  # the deprecated path of get_epochs
     "models.list_models": "read",
     "models.list_versions": "read",
     "models.get_version": "read",

@@ -185,7 +185,8 @@ def job_json(session: Session, job: Job) -> dict:
               "source": job.source, "error": job.error,
               "links": {"self": f"/api/v1/jobs/{job.id}", "cancel": f"/api/v1/jobs/{job.id}/cancel"}}
     if job.kind == JobKind.TRAIN:
-        common["links"]["metrics"] = f"/api/v1/jobs/{job.id}/metrics"
+        common["links"]["epochs"] = f"/api/v1/jobs/{job.id}/epochs"
+        common["links"]["metrics"] = f"/api/v1/jobs/{job.id}/metrics"  # deprecated: the old path of epochs
         return {**common, **train_json(session, job, session.get(TrainRun, job.id))}
     if job.kind == JobKind.INDEX:
         return {**common, **vector_indexes.index_job_json(session, job)}

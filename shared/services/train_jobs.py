@@ -68,6 +68,15 @@ def metrics_history(session: Session, job_id: str) -> list[dict]:
     return [{"epoch": m.epoch, **m.metrics, "seconds": round(m.seconds, 3)} for m in rows]
 
 
+def epochs_json(session: Session, job: Job) -> dict:
+    """GET /api/v1/jobs/<id>/epochs: a train job's metrics per finished epoch and its progress (as the job's own
+    description gives it). InvalidRequest for a job of another kind."""
+    if job.kind != JobKind.TRAIN:
+        raise InvalidRequest(f"job {job.id} is a {job.kind} job; epochs belong to train jobs")
+    return {"job_id": job.id, "status": job.status, "epochs": metrics_history(session, job.id),
+            "progress": train_json(session, job, session.get(TrainRun, job.id))["progress"]}
+
+
 def _set_path(spec: dict, dotted: str, value) -> None:
     node = spec
     *parents, leaf = dotted.split(".")
