@@ -9,9 +9,7 @@ from shared.core.errors import InvalidRequest, RequestEntityTooLarge
 from shared.core.names import check_name
 from shared.search.vector_index import BuildParams
 from shared.services import catalogs, similar, submission
-from web.auth import caller
-from web.http import created as created_response
-from web.http import form_fields, json_object
+from web.http import accepted, form_fields, json_object, origin
 from web.pagination import PageQuery, decode_cursor, page_body, parse_query
 
 bp = Blueprint("catalogs", __name__, url_prefix="/api/v1")
@@ -49,9 +47,10 @@ def create_index_job(catalog: str):
     params = None  # a delta keeps the parameters of the version it extends
     if mode != "delta" or "params" in body:
         params = BuildParams.model_validate({"exact_below": settings.exact_index_below, **(body.get("params") or {})})
-    description, created = submission.submit_index(catalog=catalog, space=space, mode=mode, params=params,
-                                                   token_id=caller().token_id)
-    return created_response(description, description["links"]["self"], 202)
+    fingerprint = submission.fingerprint({"kind": "index", "catalog": catalog, "space": space, "mode": mode,
+                                          "params": params.model_dump() if params is not None else None})
+    return accepted(*submission.submit_index(catalog=catalog, space=space, mode=mode, params=params, origin=origin(),
+                                             request_fingerprint=fingerprint))
 
 
 @bp.post("/catalogs/<catalog>/deletions")

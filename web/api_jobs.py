@@ -11,8 +11,7 @@ from shared.core.errors import InvalidRequest
 from shared.services import jobs, submission, train_jobs
 from shared.services.train_spec import TrainRequest
 from web.auth import caller
-from web.http import created as created_response
-from web.http import form_fields, json_object, refuse_nul
+from web.http import accepted, form_fields, json_object, origin
 from web.pagination import JobsQuery, ResultsQuery, decode_cursor, page_body, parse_query
 from web.schemas import EmbedRequest, EmbedUploadForm, ScoreRequest
 from web.submit import submit_embed_json, submit_embed_upload, submit_json, submit_upload
@@ -20,54 +19,37 @@ from web.submit import submit_embed_json, submit_embed_upload, submit_json, subm
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs")
 
 
-def _idempotency_key() -> str | None:
-    key = request.headers.get("Idempotency-Key") or None
-    if key is not None and len(key) > 200:
-        raise InvalidRequest("Idempotency-Key must be at most 200 characters", field="Idempotency-Key")
-    refuse_nul(key, "Idempotency-Key")
-    return key
-
-
 def _submit(upload, from_json):
     """multipart -> upload(files, form fields), JSON -> from_json(body): the 202 with the job."""
     if request.mimetype == "multipart/form-data":
         files = [f for name in request.files for f in request.files.getlist(name)]
-        return _accepted(*upload(files, form_fields()))
+        return accepted(*upload(files, form_fields()))
     if request.is_json:
-        return _accepted(*from_json(json_object()))
+        return accepted(*from_json(json_object()))
     raise InvalidRequest("send application/json or multipart/form-data")
 
 
 @bp.post("/score")
 def create_score_job():
-    settings, key, token_id = current_app.config["IMGQ_SETTINGS"], _idempotency_key(), caller().token_id
-    return _submit(lambda files, form: submit_upload(settings, files, form, key, token_id),
-                   lambda body: submit_json(settings, ScoreRequest.model_validate(body), key, token_id))
+    settings, who = current_app.config["IMGQ_SETTINGS"], origin()
+    return _submit(lambda files, form: submit_upload(settings, files, form, who),
+                   lambda body: submit_json(settings, ScoreRequest.model_validate(body), who))
 
 
 @bp.post("/embed")
 def create_embed_job():
     """Vectors for a catalog's items, batched and retried as scoring; the job's `embedding` names their space."""
-    settings, key, token_id = current_app.config["IMGQ_SETTINGS"], _idempotency_key(), caller().token_id
+    settings, who = current_app.config["IMGQ_SETTINGS"], origin()
     return _submit(
-        lambda files, form: submit_embed_upload(settings, files, EmbedUploadForm.model_validate(form), key, token_id),
-        lambda body: submit_embed_json(settings, EmbedRequest.model_validate(body), key, token_id))
-
-
-def _accepted(description: dict, created: bool):
-    """202 with the job and its Location; a repeated Idempotency-Key says it is a replay."""
-    replay = {} if created else {"Idempotent-Replayed": "true"}
-    return created_response(description, description["links"]["self"], 202, **replay)
+        lambda files, form: submit_embed_upload(settings, files, EmbedUploadForm.model_validate(form), who),
+        lambda body: submit_embed_json(settings, EmbedRequest.model_validate(body), who))
 
 
 @bp.post("/train")
 def create_train_job():
     body = json_object("a JSON object (a train request)")
-    key = _idempotency_key()
-    settings = current_app.config["IMGQ_SETTINGS"]
-    return _accepted(*submission.submit_train(TrainRequest.model_validate(body), idempotency_key=key,
-                                              request_fingerprint=submission.fingerprint(body),
-                                              token_id=caller().token_id, max_active_jobs=settings.max_active_jobs))
+    return accepted(*submission.submit_train(TrainRequest.model_validate(body), origin=origin(),
+                                             request_fingerprint=submission.fingerprint(body)))
 
 
 @bp.get("/<job_id>/epochs")

@@ -9,8 +9,7 @@ from flask import Blueprint, current_app, jsonify, request
 from shared.core.db import session_scope
 from shared.core.errors import InvalidRequest
 from shared.services import model_registry as registry
-from web.auth import caller
-from web.http import check_tree, created, form_fields, json_object, refuse_nul
+from web.http import accepted, check_tree, form_fields, json_object, origin, refuse_nul
 from web.pagination import PageQuery, decode_cursor, page_body, parse_query
 from web.schemas import AliasRequest, ModelImportForm
 from web.submit import submit_import
@@ -57,10 +56,10 @@ def import_model():
                              resize_mode=form.resize_mode, pixel_scale=form.pixel_scale,
                              output_names=form.output_names, class_names=form.class_names,
                              target_transform=form.target_transform)
-    body = submit_import(current_app.config["IMGQ_SETTINGS"], upload, name=form.name, signature=sig,
-                         shown=_shown_name(upload.filename), description=form.description, promote=form.promote,
-                         token_id=caller().token_id)
-    return created(body, body["links"]["self"], 202)
+    who = origin()
+    return accepted(*submit_import(current_app.config["IMGQ_SETTINGS"], upload, name=form.name, signature=sig,
+                                   shown=_shown_name(upload.filename), description=form.description,
+                                   promote=form.promote, origin=who))
 
 
 @bp.get("")

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from shared.core.db import session_scope
 from shared.core.names import Name
 from shared.services import schedules, submission, train_jobs
-from web.http import created, json_object
+from web.http import accepted, created, json_object, origin
 from web.pagination import PageQuery, decode_cursor, page_body, parse_query
 
 sweeps_bp = Blueprint("sweeps", __name__, url_prefix="/api/v1/sweeps")
@@ -52,8 +52,10 @@ class ScheduleUpdate(BaseModel):
 @sweeps_bp.post("")
 def create_sweep():
     req = SweepRequest.model_validate(json_object())
-    body = submission.submit_sweep(req.base, req.grid)
-    return created(body, f"/api/v1/sweeps/{body['id']}", 202)
+    body, new = submission.submit_sweep(req.base, req.grid, origin=origin(),
+                                        request_fingerprint=submission.fingerprint({"kind": "sweep",
+                                                                                    **req.model_dump()}))
+    return accepted(body, new, f"/api/v1/sweeps/{body['id']}")
 
 
 @sweeps_bp.get("")

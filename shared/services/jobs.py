@@ -21,7 +21,6 @@ from shared.core.vocab import EMBEDDING_TASK
 from shared.models.outputs import output_columns
 from shared.services import model_imports, model_registry, vector_indexes
 from shared.services.embed_spec import embedding_json
-from shared.services.quotas import check_active_jobs
 from shared.services.tokens import ANYONE, Caller
 from shared.services.train_jobs import train_json
 
@@ -29,41 +28,28 @@ MAX_ID_LENGTH = 500
 MAX_CATEGORY_LENGTH = 200  # job_items.category, embeddings.category
 
 
-def find_by_idempotency_key(session: Session, key: str, fingerprint: str) -> Job | None:
-    job = session.scalar(select(Job).where(Job.idempotency_key == key))
-    if job is not None and job.request_fingerprint != fingerprint:
-        raise Unprocessable("this Idempotency-Key was already used for a different request",
-                            field="Idempotency-Key")
-    return job
-
-
 def create_score_job(session: Session, *, model_ref: str, pieces: Iterable[list[tuple[str, str]]],
-                     source: dict, use_cache: bool, chunk_size: int,
-                     idempotency_key: str | None = None, fingerprint: str | None = None,
-                     token_id: int | None = None, max_active_jobs: int | None = None) -> Job:
+                     source: dict, use_cache: bool, chunk_size: int, token_id: int | None = None) -> Job:
     """A score job: see `create_item_job`. A model registered with task `embedding` is refused (its output is a
     vector, not named outputs: embed jobs read it)."""
     return create_item_job(session, JobKind.SCORE, model_ref=model_ref, pieces=pieces, source=source,
-                           use_cache=use_cache, chunk_size=chunk_size, idempotency_key=idempotency_key,
-                           fingerprint=fingerprint, token_id=token_id, max_active_jobs=max_active_jobs)
+                           use_cache=use_cache, chunk_size=chunk_size, token_id=token_id)
 
 
 def create_item_job(session: Session, kind: JobKind, *, model_ref: str, pieces: Iterable[list[tuple]],
                     source: dict, use_cache: bool, chunk_size: int,
-                    spec_for: Callable[[ModelVersion], dict] | None = None,
-                    idempotency_key: str | None = None, fingerprint: str | None = None,
-                    token_id: int | None = None, max_active_jobs: int | None = None) -> Job:
+                    spec_for: Callable[[ModelVersion], dict] | None = None, token_id: int | None = None) -> Job:
     """Insert a job of a chunked kind (score, embed), its items and its chunks in the caller's transaction.
     `pieces` hold (item id, uri) or (item id, uri, category); `spec_for(version)` gives the job's spec (embed jobs).
-    Nothing is enqueued here: the caller commits first, then calls shared.core.dispatch.enqueue_chunks."""
-    check_active_jobs(session, token_id, max_active_jobs)
+    Nothing is enqueued here: the caller commits first, then calls shared.core.dispatch.enqueue_chunks (through
+    shared/services/submission.py, which also checks the token's cap and records its Idempotency-Key)."""
     version = model_registry.resolve(session, model_ref)
     if kind == JobKind.SCORE and version.task == EMBEDDING_TASK:
         raise Unprocessable(f"model {version.name}@{version.version} is an embedding model: its output is a vector, "
                             "not scores; embed with it (POST /api/v1/jobs/embed)", field="model")
     job = Job(id=str(uuid.uuid4()), kind=kind, status=JobStatus.QUEUED, model_version_id=version.id,
-              model_ref=model_ref, idempotency_key=idempotency_key, request_fingerprint=fingerprint,
-              source=source, upload_folder=source.get("folder") if source.get("type") == "upload" else None,
+              model_ref=model_ref, source=source,
+              upload_folder=source.get("folder") if source.get("type") == "upload" else None,
               use_cache=use_cache, token_id=token_id, total_items=0, done_items=0, failed_items=0,
               cached_items=0, total_chunks=0, spec=spec_for(version) if spec_for else None)
     session.add(job)

@@ -16,16 +16,13 @@ from shared.core.keyset import Key
 from shared.core.states import JobKind, JobStatus, RunState
 from shared.core.tables import Job, ModelVersion, Sweep, TrainMetric, TrainRun
 from shared.services import model_registry
-from shared.services.quotas import check_active_jobs
 from shared.services.train_spec import TrainRequest
 
 
-def create_train_job(session: Session, req: TrainRequest, *, idempotency_key: str | None = None,
-                     fingerprint: str | None = None, sweep_id: str | None = None,
-                     schedule_run_id: int | None = None, token_id: int | None = None,
-                     max_active_jobs: int | None = None) -> Job:
-    """Insert the job and its train run in the caller's transaction; the caller enqueues after commit."""
-    check_active_jobs(session, token_id, max_active_jobs)
+def create_train_job(session: Session, req: TrainRequest, *, sweep_id: str | None = None,
+                     schedule_run_id: int | None = None, token_id: int | None = None) -> Job:
+    """Insert the job and its train run in the caller's transaction; the caller enqueues after commit (a request's
+    job through shared/services/submission.py, which also checks the token's cap and records its key)."""
     names.check_name(req.model, "model")
     parent = model_registry.resolve(session, req.base.version, "base.version") if req.base.version else None
     if parent is not None and parent.task != req.task:
@@ -35,7 +32,7 @@ def create_train_job(session: Session, req: TrainRequest, *, idempotency_key: st
         spec["base"]["version"] = f"{parent.name}@{parent.version}"  # pin what 'production' meant now
     job = Job(id=str(uuid.uuid4()), kind=JobKind.TRAIN, status=JobStatus.QUEUED,
               model_version_id=parent.id if parent else None, model_ref=req.model,
-              idempotency_key=idempotency_key, request_fingerprint=fingerprint, token_id=token_id,
+              token_id=token_id,
               source={"type": "train", "dataset": req.dataset.path}, use_cache=True, total_items=0,
               done_items=0, failed_items=0, cached_items=0, total_chunks=0)
     session.add(job)
@@ -102,18 +99,19 @@ def grid_points(grid: dict[str, list]) -> list[dict]:
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
 
-def create_sweep(session: Session, sweep_id: str, base: dict, grid: dict) -> list[Job]:
-    """Insert the sweep and one train job per grid point in the caller's transaction; the caller enqueues them
-    after commit. All are compared on the same holdout (same model name, same salt)."""
+def create_sweep(session: Session, sweep_id: str, base: dict, grid: dict, token_id: int | None = None) -> list[Job]:
+    """Insert the sweep and one train job per grid point, each recording the token, in the caller's transaction;
+    the caller enqueues them after commit. All are compared on the same holdout (same model name, same salt)."""
     points = grid_points(grid)
-    session.add(Sweep(id=sweep_id, base=base, grid=grid))
+    session.add(Sweep(id=sweep_id, base=base, grid=grid, token_id=token_id))
     session.flush()
     jobs = []
     for point in points:
         spec = copy.deepcopy(base)
         for key, value in point.items():
             _set_path(spec, key, value)
-        jobs.append(create_train_job(session, TrainRequest.model_validate(spec), sweep_id=sweep_id))
+        jobs.append(create_train_job(session, TrainRequest.model_validate(spec), sweep_id=sweep_id,
+                                     token_id=token_id))
     return jobs
 
 
