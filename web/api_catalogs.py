@@ -35,6 +35,7 @@ def get_catalog(catalog: str):
 def create_index_job(catalog: str):
     """{"mode": "build" | "delta", "space": optional, "params": {...BuildParams}} -> 202 with the index job."""
     check_name(catalog, "catalog")
+    who = origin()
     body = json_object("a JSON object (an index request)") if request.content_length else {}
     unknown = set(body) - {"mode", "space", "params"}
     if unknown:
@@ -49,7 +50,7 @@ def create_index_job(catalog: str):
         params = BuildParams.model_validate({"exact_below": settings.exact_index_below, **(body.get("params") or {})})
     fingerprint = submission.fingerprint({"kind": "index", "catalog": catalog, "space": space, "mode": mode,
                                           "params": params.model_dump() if params is not None else None})
-    return accepted(*submission.submit_index(catalog=catalog, space=space, mode=mode, params=params, origin=origin(),
+    return accepted(*submission.submit_index(catalog=catalog, space=space, mode=mode, params=params, origin=who,
                                              request_fingerprint=fingerprint))
 
 

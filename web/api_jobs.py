@@ -47,8 +47,8 @@ def create_embed_job():
 
 @bp.post("/train")
 def create_train_job():
-    body = json_object("a JSON object (a train request)")
-    return accepted(*submission.submit_train(TrainRequest.model_validate(body), origin=origin(),
+    who, body = origin(), json_object("a JSON object (a train request)")
+    return accepted(*submission.submit_train(TrainRequest.model_validate(body), origin=who,
                                              request_fingerprint=submission.fingerprint(body)))
 
 

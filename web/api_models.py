@@ -47,6 +47,7 @@ def _shown_name(filename: str | None) -> str:
 @bp.post("")
 def import_model():
     """202 with an import job: the maintenance worker inspects and registers the file (GET /api/v1/jobs/<id>)."""
+    who = origin()
     upload = request.files.get("file")
     if upload is None:
         raise InvalidRequest("send the .keras file as the multipart part 'file'", field="file")
@@ -56,7 +57,6 @@ def import_model():
                              resize_mode=form.resize_mode, pixel_scale=form.pixel_scale,
                              output_names=form.output_names, class_names=form.class_names,
                              target_transform=form.target_transform)
-    who = origin()
     return accepted(*submit_import(current_app.config["IMGQ_SETTINGS"], upload, name=form.name, signature=sig,
                                    shown=_shown_name(upload.filename), description=form.description,
                                    promote=form.promote, origin=who))

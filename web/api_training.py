@@ -51,8 +51,8 @@ class ScheduleUpdate(BaseModel):
 
 @sweeps_bp.post("")
 def create_sweep():
-    req = SweepRequest.model_validate(json_object())
-    body, new = submission.submit_sweep(req.base, req.grid, origin=origin(),
+    who, req = origin(), SweepRequest.model_validate(json_object())
+    body, new = submission.submit_sweep(req.base, req.grid, origin=who,
                                         request_fingerprint=submission.fingerprint({"kind": "sweep",
                                                                                     **req.model_dump()}))
     return accepted(body, new, f"/api/v1/sweeps/{body['id']}")
