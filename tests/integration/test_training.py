@@ -46,7 +46,7 @@ def digits_request(name, manifest, **over):
 def test_digits_from_scratch(pg_stack, digits):
     name = "digits-scratch"  # fixed names: the same holdout on every run
     job = post(pg_stack, "/api/v1/jobs/train", digits_request(name, "all.csv"))
-    assert job["kind"] == "train" and job["links"]["metrics"].endswith("/epochs")
+    assert job["kind"] == "train" and job["links"]["epochs"].endswith("/epochs")
     done = wait_train(pg_stack, job["id"])
     assert done["holdout_metrics"]["accuracy"] >= 0.9, done["holdout_metrics"]
     assert done["model"]["result"] == f"{name}@1"
