@@ -1,7 +1,7 @@
 """API tokens: created (the secret shown once), checked, listed and revoked; only hashes are stored.
 
 Scopes: `read` (status, results, lists), `score`, `train` (train jobs, sweeps, schedules) and `admin`
-(import models, promote, roll back, delete schedules), which grants every other scope too.
+(import models, promote, roll back, delete schedules, list tokens), which grants every other scope too.
 """
 from __future__ import annotations
 

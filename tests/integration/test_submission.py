@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from shared.core import dispatch
 from shared.core.db import session_scope
 from shared.core.errors import InvalidRequest, Unprocessable
-from shared.core.tables import Job, TrainRun
+from shared.core.tables import Job, Sweep, TrainRun
 from shared.services import submission, train_jobs
 from shared.services.train_spec import TrainRequest
 from tests.helpers import authorized_client
@@ -142,6 +142,18 @@ def test_a_sweep_commits_all_its_jobs_before_any_is_sent(configured):
     assert len(job_ids) == 2 and sent == 2 and enqueue.sent == job_ids and enqueue.committed == [True]
     with session_scope() as session:
         assert set(session.scalars(select(TrainRun.job_id).where(TrainRun.sweep_id == "sweep-1"))) == set(job_ids)
+
+
+def test_concurrent_sweeps_with_one_key_make_one_sweep_whose_jobs_are_sent_once(configured):
+    enqueue = Recorder()
+    call = partial(submission.submit_sweep, BODY, {"optimizer.learning_rate": [0.1, 0.01]},
+                   origin=keyed("sweep-key"), request_fingerprint="fp", enqueue=enqueue)
+    results = concurrently(4, call)
+    assert len({description["id"] for description, _ in results}) == 1
+    assert sorted(created for _, created in results) == [False, False, False, True]
+    assert len(enqueue.sent) == 2 and enqueue.committed == [True] and job_count() == 2
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Sweep)) == 1
 
 
 def test_nothing_to_commit_sends_nothing(configured):
