@@ -1,5 +1,5 @@
 """HTTP endpoints for jobs of every kind: submit score, embed and train jobs; list, describe and cancel jobs;
-results."""
+results; a train job's epochs (and their deprecated old path)."""
 from __future__ import annotations
 
 from datetime import datetime
