@@ -6,7 +6,7 @@ One run measures, on this machine:
   (a) images/s of a real train job: `imgq serve` + `imgq worker --cpu` (LocalStack), a train request
       POSTed to /api/v1/jobs/train (VGG, input 60, regression on the catalog's page views with
       target_transform log1p, batch 64, N epochs) on a synthetic catalog of JPEGs. Throughput comes from
-      the job's own per-epoch `seconds` in GET /api/v1/jobs/<id>/metrics: train images per epoch / epoch
+      the job's own per-epoch `seconds` in GET /api/v1/jobs/<id>/epochs: train images per epoch / epoch
       seconds, epoch 1 excluded (it includes tracing). The job's wall time (POST -> finished_at) is
       reported too, with where it went (queue + claim, process start + data + epoch 1, epochs, evaluation
       + registration);
@@ -184,7 +184,7 @@ def run_train_job(http, stack, body: dict, label: str, timeout: float) -> dict:
     # polled once a second: the poll itself must not cost the training CPU
     final = wait_final(http, stack, job_id, timeout, poll=1.0, what="train job", log_phases=True)
     t_seen = time.time()
-    metrics = http.get(stack.url(f"/api/v1/jobs/{job_id}/metrics"), timeout=30).json()
+    metrics = http.get(stack.url(f"/api/v1/jobs/{job_id}/epochs"), timeout=30).json()
     epochs = metrics.get("epochs") or []
     data = final.get("data") or {}
     out = {"job_id": job_id, "status": final["status"], "error": final.get("error"),

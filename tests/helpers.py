@@ -140,3 +140,60 @@ def authorized_client(app, scopes: str = "admin", name: str = "test-client"):
     client = app.test_client()
     client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {secret}"
     return client
+
+
+def seed_version(name: str, version: int = 1, task: str = "regression", production: bool = True) -> int:
+    """A version row without a file (enough to submit jobs with it: nothing reads the file before a worker does),
+    made the production version when asked. Returns its id; the database of the configured process is used."""
+    from shared.core.db import session_scope
+    from shared.core.tables import ModelVersion
+    from shared.services.model_registry import set_alias
+
+    with session_scope() as session:
+        row = ModelVersion(name=name, version=version, task=task, input_height=32, input_width=32,
+                           resize_mode="stretch", pixel_scale="unit",
+                           output_names=None if task == "embedding" else ["v"], class_names=None,
+                           target_transform={"kind": "none"}, path="/nowhere.keras", sha256="0" * 64, size_bytes=1)
+        session.add(row)
+        session.flush()
+        if production:
+            set_alias(session, name, "production", version)
+        return row.id
+
+
+def seed_embeddings(catalog: str, version_id: int, space: str, n: int, dim: int = 4) -> str:
+    """n items of `catalog` in `space`, written by a finished embed job of the version; returns that job's id."""
+    from shared.core.db import session_scope
+    from shared.core.states import JobKind, JobStatus
+    from shared.core.tables import Embedding, Job
+
+    job_id = str(uuid.uuid4())
+    with session_scope() as session:
+        session.add(Job(id=job_id, kind=JobKind.EMBED, status=JobStatus.SUCCEEDED, model_version_id=version_id,
+                        model_ref=space, source={"type": "items"}, spec={"catalog": catalog, "space": space}))
+        session.flush()
+        rng = np.random.default_rng(len(catalog))
+        session.add_all(Embedding(catalog=catalog, space=space, item_id=f"item-{i}", uri=f"img/{i}.jpg", dim=dim,
+                                  vector=rng.normal(size=dim).astype("<f4").tobytes(), job_id=job_id)
+                        for i in range(n))
+    return job_id
+
+
+def assert_error(resp, status: int, kind: str | None = None, field: str | None = None) -> dict:
+    """`resp` is the one error shape imgq answers every 4xx and 5xx with (web/errors.py): {"error": {"type",
+    "message", "problems": [{"field", "message"}], ...details}}, with this status, type and first problem's field
+    (when given). Returns the error."""
+    assert resp.status_code == status, (status, resp.status_code, resp.get_data(as_text=True)[:500])
+    assert resp.is_json, resp.get_data(as_text=True)[:200]
+    assert set(resp.json) == {"error"}, resp.json
+    error = resp.json["error"]
+    assert isinstance(error["type"], str) and error["type"] and isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["problems"], list), error
+    assert all(set(p) == {"field", "message"} and isinstance(p["field"], str) and p["message"]
+               for p in error["problems"]), error
+    assert "field" not in error, error
+    if kind is not None:
+        assert error["type"] == kind, error
+    if field is not None:
+        assert error["problems"] and error["problems"][0]["field"] == field, error
+    return error

@@ -9,9 +9,8 @@ from shared.core.errors import InvalidRequest, RequestEntityTooLarge
 from shared.core.names import check_name
 from shared.schemas.catalogs import DeletionRequest, IndexRequest, SimilarBatch, SimilarQuery
 from shared.services import catalogs, similar, submission
-from web.auth import caller
-from web.http import created as created_response
-from web.http import form_fields, json_object
+from web.http import accepted, form_fields, json_object, origin
+from web.pagination import PageQuery, decode_cursor, page_body, parse_query
 
 bp = Blueprint("catalogs", __name__, url_prefix="/api/v1")
 
@@ -20,8 +19,10 @@ MAX_QUERY_IMAGE_BYTES = 10 * 1024 * 1024  # an uploaded query image travels to t
 
 @bp.get("/catalogs")
 def list_catalogs():
+    query = parse_query(PageQuery)
     with session_scope() as session:
-        return jsonify({"catalogs": catalogs.list_catalogs(session)})
+        rows, next_key = catalogs.catalogs_page(session, limit=query.limit, after=decode_cursor(query.after, str))
+    return jsonify(page_body("catalogs", rows, next_key, query))
 
 
 @bp.get("/catalogs/<catalog>")
@@ -34,11 +35,13 @@ def get_catalog(catalog: str):
 def create_index_job(catalog: str):
     """shared/schemas/catalogs.IndexRequest (an empty body is a build) -> 202 with the index job."""
     check_name(catalog, "catalog")
+    who = origin()
     req = IndexRequest.model_validate(json_object("a JSON object (an index request)") if request.content_length else {})
     params = req.build_params(current_app.config["IMGQ_SETTINGS"].exact_index_below)
-    description, created = submission.submit_index(catalog=catalog, space=req.space, mode=req.mode, params=params,
-                                                   token_id=caller().token_id)
-    return created_response(description, description["links"]["self"], 202)
+    fingerprint = submission.fingerprint({"kind": "index", "catalog": catalog, "space": req.space, "mode": req.mode,
+                                          "params": params.model_dump() if params is not None else None})
+    return accepted(*submission.submit_index(catalog=catalog, space=req.space, mode=req.mode, params=params,
+                                             origin=who, request_fingerprint=fingerprint))
 
 
 @bp.post("/catalogs/<catalog>/deletions")
@@ -51,8 +54,10 @@ def delete_items(catalog: str):
 
 @bp.delete("/catalogs/<catalog>/items/<path:item_id>")
 def delete_item(catalog: str, item_id: str):
+    """204 with no body, as every DELETE (deleting it again too); 404 for an item the catalog never had."""
     with session_scope() as session:
-        return jsonify(catalogs.delete_items(session, catalog, [item_id]))
+        catalogs.delete_item(session, catalog, item_id)
+    return "", 204
 
 
 @bp.get("/catalogs/<catalog>/items/<path:item_id>/thumbnail")

@@ -10,8 +10,8 @@ from shared.core.db import session_scope
 from shared.core.errors import InvalidRequest
 from shared.schemas.models import AliasRequest, ModelImportForm
 from shared.services import model_registry as registry
-from web.auth import caller
-from web.http import check_tree, created, form_fields, json_object, refuse_nul
+from web.http import accepted, check_tree, form_fields, json_object, origin, refuse_nul
+from web.pagination import PageQuery, decode_cursor, page_body, parse_query
 from web.submit import submit_import
 
 bp = Blueprint("models", __name__, url_prefix="/api/v1/models")
@@ -47,6 +47,7 @@ def _shown_name(filename: str | None) -> str:
 @bp.post("")
 def import_model():
     """202 with an import job: the maintenance worker inspects and registers the file (GET /api/v1/jobs/<id>)."""
+    who = origin()
     upload = request.files.get("file")
     if upload is None:
         raise InvalidRequest("send the .keras file as the multipart part 'file'", field="file")
@@ -56,24 +57,28 @@ def import_model():
                              resize_mode=form.resize_mode, pixel_scale=form.pixel_scale,
                              output_names=form.output_names, class_names=form.class_names,
                              target_transform=form.target_transform.model_dump())
-    body = submit_import(current_app.config["IMGQ_SETTINGS"], upload, name=form.name, signature=sig,
-                         shown=_shown_name(upload.filename), description=form.description, promote=form.promote,
-                         token_id=caller().token_id)
-    return created(body, body["links"]["self"], 202)
+    return accepted(*submit_import(current_app.config["IMGQ_SETTINGS"], upload, name=form.name, signature=sig,
+                                   shown=_shown_name(upload.filename), description=form.description,
+                                   promote=form.promote, origin=who))
 
 
 @bp.get("")
 def list_models():
+    query = parse_query(PageQuery)
     with session_scope() as session:
-        return jsonify({"models": registry.list_models(session)})
+        rows, next_key = registry.models_page(session, limit=query.limit, after=decode_cursor(query.after, str))
+    return jsonify(page_body("models", rows, next_key, query))
 
 
 @bp.get("/<name>/versions")
 def list_versions(name: str):
+    query = parse_query(PageQuery)
     with session_scope() as session:
-        versions = registry.list_versions(session, name)
+        rows, next_key = registry.versions_page(session, name, limit=query.limit,
+                                                after=decode_cursor(query.after, int))
         aliases = registry.aliases_by_version(session, name)
-        return jsonify({"name": name, "versions": [registry.version_json(v, aliases.get(v.id)) for v in versions]})
+        body = [registry.version_json(v, aliases.get(v.id)) for v in rows]
+    return jsonify(page_body("versions", body, next_key, query, name=name))
 
 
 @bp.get("/<name>/versions/<int:version>")

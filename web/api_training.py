@@ -1,12 +1,15 @@
 """HTTP endpoints for sweeps and nightly schedules."""
 from __future__ import annotations
 
+from datetime import datetime
+
 from flask import Blueprint, jsonify
 
 from shared.core.db import session_scope
 from shared.schemas.training import ScheduleRequest, ScheduleUpdate, SweepRequest
 from shared.services import schedules, submission, train_jobs
-from web.http import created, json_object
+from web.http import accepted, created, json_object, origin
+from web.pagination import PageQuery, decode_cursor, page_body, parse_query
 
 sweeps_bp = Blueprint("sweeps", __name__, url_prefix="/api/v1/sweeps")
 schedules_bp = Blueprint("schedules", __name__, url_prefix="/api/v1/schedules")
@@ -14,9 +17,19 @@ schedules_bp = Blueprint("schedules", __name__, url_prefix="/api/v1/schedules")
 
 @sweeps_bp.post("")
 def create_sweep():
-    req = SweepRequest.model_validate(json_object())
-    body = submission.submit_sweep(req)
-    return created(body, f"/api/v1/sweeps/{body['id']}", 202)
+    who, req = origin(), SweepRequest.model_validate(json_object())
+    body, new = submission.submit_sweep(req, origin=who, request_fingerprint=submission.fingerprint(
+        {"kind": "sweep", **req.model_dump(mode="json")}))
+    return accepted(body, new, f"/api/v1/sweeps/{body['id']}")
+
+
+@sweeps_bp.get("")
+def list_sweeps():
+    query = parse_query(PageQuery)
+    with session_scope() as session:
+        ids, next_key = train_jobs.sweeps_page(session, limit=query.limit,
+                                               after=decode_cursor(query.after, datetime, str))
+        return jsonify(page_body("sweeps", [train_jobs.sweep_json(session, i) for i in ids], next_key, query))
 
 
 @sweeps_bp.get("/<sweep_id>")
@@ -39,9 +52,11 @@ def create_schedule():
 
 @schedules_bp.get("")
 def list_schedules():
+    query = parse_query(PageQuery)
     with session_scope() as session:
-        return jsonify({"schedules": [schedules.schedule_json(session, row)
-                                      for row in schedules.list_schedules(session)]})
+        rows, next_key = schedules.schedules_page(session, limit=query.limit, after=decode_cursor(query.after, int))
+        return jsonify(page_body("schedules", [schedules.schedule_json(session, row) for row in rows], next_key,
+                                 query))
 
 
 @schedules_bp.get("/<int:schedule_id>")

@@ -15,6 +15,7 @@ from web import (
     api_datasets,
     api_jobs,
     api_models,
+    api_tokens,
     api_training,
     auth,
     errors,
@@ -44,6 +45,7 @@ def create_app(settings: Settings) -> Flask:
     app.register_blueprint(api_training.sweeps_bp)
     app.register_blueprint(api_training.schedules_bp)
     app.register_blueprint(api_catalogs.bp)
+    app.register_blueprint(api_tokens.bp)
 
     @app.get("/healthz")
     def healthz():

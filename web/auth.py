@@ -26,7 +26,8 @@ SCOPE_OF = {
     "jobs.list_jobs": "read",
     "jobs.get_job": "read",
     "jobs.get_results": "read",
-    "jobs.get_metrics": "read",
+    "jobs.get_epochs": "read",
+    "jobs.get_metrics": "read",  # the deprecated path of get_epochs
     "models.list_models": "read",
     "models.list_versions": "read",
     "models.get_version": "read",
@@ -35,6 +36,7 @@ SCOPE_OF = {
     "models.set_alias": "admin",
     "datasets.check": "train",
     "sweeps.create_sweep": "train",
+    "sweeps.list_sweeps": "read",
     "sweeps.get_sweep": "read",
     "schedules.create_schedule": "train",
     "schedules.list_schedules": "read",
@@ -49,6 +51,7 @@ SCOPE_OF = {
     "catalogs.delete_item": "score",
     "catalogs.similar_one": "read",
     "catalogs.similar_batch": "read",
+    "tokens.list_tokens": "admin",
     "prometheus_metrics": "read",
 }
 

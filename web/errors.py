@@ -1,4 +1,9 @@
-"""The one place that maps errors to HTTP responses: always JSON, always saying what is wrong.
+"""The one place that maps errors to HTTP responses: always JSON, always saying what is wrong, in one shape.
+
+Every error body, whatever raised it (an ImgqError, a pydantic ValidationError, werkzeug, the database), is
+`{"error": {"type": <class name>, "message": ..., "problems": [{"field": <dotted path>, "message": ...}], ...}}`:
+`problems` is always there (empty when no one field is at fault); an ImgqError's `field=` becomes its one problem,
+and its other details (retry_after, limit, scope, ...) sit beside `message`.
 
 A database error that a request can still provoke past validation (a value the column refuses, a row that
 conflicts with a concurrent one) is the last line of defence: a 4xx with a generic message that names no
@@ -18,8 +23,8 @@ from shared.core.errors import ImgqError, TooManyRequests
 log = logging.getLogger(__name__)
 
 
-def error_body(status: int, kind: str, message: str, **details):
-    body = {"error": {"type": kind, "message": message, **details}}
+def error_body(status: int, kind: str, message: str, problems: list[dict] | None = None, **details):
+    body = {"error": {"type": kind, "message": message, "problems": problems or [], **details}}
     return jsonify(body), status
 
 
@@ -32,7 +37,10 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(ImgqError)
     def _imgq(exc: ImgqError):
-        response, status = error_body(exc.http_status, type(exc).__name__, exc.message, **exc.details)
+        details = dict(exc.details)
+        field = details.pop("field", None)
+        problems = [{"field": str(field), "message": exc.message}] if field is not None else []
+        response, status = error_body(exc.http_status, type(exc).__name__, exc.message, problems, **details)
         if isinstance(exc, TooManyRequests):
             response.headers["Retry-After"] = str(exc.retry_after)
         return response, status
@@ -41,13 +49,17 @@ def register(app: Flask) -> None:
     def _validation(exc: ValidationError):
         problems = [{"field": _field_path(e["loc"]), "message": e["msg"]} for e in exc.errors()]
         first = problems[0] if problems else {"field": "body", "message": "invalid"}
-        return error_body(400, "InvalidRequest", f"{first['field']}: {first['message']}", problems=problems)
+        return error_body(400, "InvalidRequest", f"{first['field']}: {first['message']}", problems)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
         # werkzeug's name for the status (RateLimitExceeded is a TooManyRequests): one vocabulary
         kind = default_exceptions.get(exc.code, type(exc)).__name__
-        return error_body(exc.code or 500, kind, exc.description or exc.name)
+        response, status = error_body(exc.code or 500, kind, exc.description or exc.name)
+        for name, value in exc.get_headers():  # e.g. a 405's Allow; the body's own type stays JSON
+            if name.lower() not in ("content-type", "content-length"):
+                response.headers[name] = value
+        return response, status
 
     @app.errorhandler(DataError)
     def _bad_value(exc: DataError):

@@ -12,6 +12,8 @@ import json
 from flask import current_app, jsonify, request
 
 from shared.core.errors import InvalidRequest, RequestEntityTooLarge
+from shared.services.submission import Origin
+from web.auth import caller
 
 MAX_JSON_DEPTH = 64
 _BLOCK = 1 << 16
@@ -92,6 +94,28 @@ def form_fields() -> dict[str, str]:
         refuse_nul(key, "form field name")
         refuse_nul(value, key)
     return fields
+
+
+MAX_IDEMPOTENCY_KEY = 200  # jobs.idempotency_key, sweeps.idempotency_key
+
+
+def origin() -> Origin:
+    """Who submits the current request's jobs: the caller's token, its cap on active jobs, and the request's
+    Idempotency-Key header (at most 200 characters, no NUL byte). Every job-creating endpoint reads it here."""
+    key = request.headers.get("Idempotency-Key") or None
+    if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
+        raise InvalidRequest(f"Idempotency-Key must be at most {MAX_IDEMPOTENCY_KEY} characters",
+                             field="Idempotency-Key")
+    refuse_nul(key, "Idempotency-Key")
+    return Origin(token_id=caller().token_id, max_active_jobs=current_app.config["IMGQ_SETTINGS"].max_active_jobs,
+                  idempotency_key=key)
+
+
+def accepted(body: dict, new: bool, location: str | None = None):
+    """202 with what a submission made (a job, a sweep) and its Location; a repeated Idempotency-Key answers the
+    same, saying it is a replay (Idempotent-Replayed: true)."""
+    replay = {} if new else {"Idempotent-Replayed": "true"}
+    return created(body, location or body["links"]["self"], 202, **replay)
 
 
 def created(body: dict, location: str, status: int = 201, **headers):

@@ -22,6 +22,7 @@ from shared.images.manifests import iter_manifest
 from shared.schemas.jobs import EmbedRequest, EmbedUploadForm, ScoreRequest, ScoreUploadForm
 from shared.services import model_imports, submission
 from shared.services.model_registry import Signature
+from shared.services.submission import Origin
 
 DEFAULT_CATEGORY_COLUMN = "category"
 
@@ -33,8 +34,7 @@ def _manifest_path(settings: Settings, manifest: str) -> Path:
         raise InvalidRequest(f"manifest: {exc}", field="manifest") from None
 
 
-def submit_json(settings: Settings, req: ScoreRequest, idempotency_key: str | None,
-                token_id: int | None = None) -> tuple[dict, bool]:
+def submit_json(settings: Settings, req: ScoreRequest, origin: Origin) -> tuple[dict, bool]:
     if req.items is not None:
         pieces = [[(it.id, it.uri) for it in req.items]]
         source = {"type": "items", "count": len(req.items)}
@@ -43,12 +43,10 @@ def submit_json(settings: Settings, req: ScoreRequest, idempotency_key: str | No
         source = {"type": "manifest", "manifest": req.manifest, "id_column": req.id_column,
                   "image_column": req.image_column}
     return submission.submit_score(settings, model_ref=req.model, pieces=pieces, source=source, use_cache=req.cache,
-                                   idempotency_key=idempotency_key,
-                                   request_fingerprint=submission.fingerprint(req.model_dump()), token_id=token_id)
+                                   origin=origin, request_fingerprint=submission.fingerprint(req.model_dump()))
 
 
-def submit_embed_json(settings: Settings, req: EmbedRequest, idempotency_key: str | None,
-                      token_id: int | None = None) -> tuple[dict, bool]:
+def submit_embed_json(settings: Settings, req: EmbedRequest, origin: Origin) -> tuple[dict, bool]:
     """An embed job from JSON items or a manifest; a manifest's categories come from `category_column` (default
     "category", and then only if the manifest has it)."""
     if req.items is not None:
@@ -62,7 +60,7 @@ def submit_embed_json(settings: Settings, req: EmbedRequest, idempotency_key: st
                   "image_column": req.image_column, "category_column": column}
     return submission.submit_embed(settings, model_ref=req.model, catalog=req.catalog, layer=req.layer,
                                    normalize=req.normalize, pieces=pieces, source=source, use_cache=req.cache,
-                                   idempotency_key=idempotency_key, token_id=token_id,
+                                   origin=origin,
                                    request_fingerprint=submission.fingerprint({"kind": "embed", **req.model_dump()}))
 
 
@@ -108,7 +106,7 @@ def _stage_upload(settings: Settings, files: list[FileStorage]):
 
 
 def submit_upload(settings: Settings, files: list[FileStorage], form: ScoreUploadForm,
-                  idempotency_key: str | None, token_id: int | None = None) -> tuple[dict, bool]:
+                  origin: Origin) -> tuple[dict, bool]:
     """Multipart: each file is one item, its id the file name. Files are streamed to the
     upload folder (which workers read), never held whole in memory."""
     items, hashes, folder, discard = _stage_upload(settings, files)
@@ -116,12 +114,11 @@ def submit_upload(settings: Settings, files: list[FileStorage], form: ScoreUploa
                                  "files": list(zip([i for i, _ in items], hashes))})
     return submission.submit_score(settings, model_ref=form.model, pieces=[items], use_cache=form.cache,
                                    source={"type": "upload", "count": len(items), "folder": folder.name},
-                                   idempotency_key=idempotency_key, request_fingerprint=fp, token_id=token_id,
-                                   discard=discard)
+                                   origin=origin, request_fingerprint=fp, discard=discard)
 
 
 def submit_embed_upload(settings: Settings, files: list[FileStorage], form: EmbedUploadForm,
-                        idempotency_key: str | None, token_id: int | None = None) -> tuple[dict, bool]:
+                        origin: Origin) -> tuple[dict, bool]:
     """Multipart embed: each file is one item, its id the file name, all in the form's category."""
     items, hashes, folder, discard = _stage_upload(settings, files)
     fp = submission.fingerprint({"kind": "embed", **form.model_dump(),
@@ -129,23 +126,25 @@ def submit_embed_upload(settings: Settings, files: list[FileStorage], form: Embe
     return submission.submit_embed(settings, model_ref=form.model, catalog=form.catalog, layer=form.layer,
                                    normalize=form.normalize, pieces=[[(*item, form.category) for item in items]],
                                    source={"type": "upload", "count": len(items), "folder": folder.name},
-                                   use_cache=form.cache, idempotency_key=idempotency_key, request_fingerprint=fp,
-                                   token_id=token_id, discard=discard)
+                                   use_cache=form.cache, origin=origin, request_fingerprint=fp, discard=discard)
 
 
 def submit_import(settings: Settings, upload: FileStorage, *, name: str, signature: Signature, shown: str,
-                  description: str | None, promote: bool | None, token_id: int | None = None) -> dict:
+                  description: str | None, promote: bool | None, origin: Origin) -> tuple[dict, bool]:
     """Stream the model file to its staging place in the model store, then submit an import job for it (the
-    maintenance worker inspects and registers it). Returns the job's description."""
+    maintenance worker inspects and registers it). Returns (the job's description, created); the request's
+    fingerprint is the form and the file's hash, so the same upload under the same Idempotency-Key is a replay."""
     job_id = model_imports.new_job_id()
     signature.validated()  # a bad signature is a 400 before anything is written
     staged = model_imports.staging_path(settings.model_store, job_id)
     staged.parent.mkdir(parents=True, exist_ok=True)
     discard = partial(staged.unlink, missing_ok=True)
     try:
-        _save_upload(upload, staged)
+        digest = _save_upload(upload, staged)
     except BaseException:
         discard()
         raise
+    fp = submission.fingerprint({"kind": "import", "name": name, "signature": signature.as_columns(), "file": digest,
+                                 "shown": shown, "description": description, "promote": promote})
     return submission.submit_import(job_id, name=name, signature=signature, shown=shown, description=description,
-                                    promote=promote, token_id=token_id, discard=discard)
+                                    promote=promote, origin=origin, request_fingerprint=fp, discard=discard)

@@ -230,12 +230,19 @@ class TrainMetric(Base):
 
 
 class Sweep(Base):
+    """A grid of train jobs over one base request (their train runs name it), made by one request: its token (also
+    recorded on each job) and its Idempotency-Key, which names the sweep as a job's key names the job."""
     __tablename__ = "sweeps"
+    __table_args__ = (UniqueConstraint("idempotency_key", name="uq_sweeps_idempotency_key"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     base: Mapped[dict] = mapped_column(JSON)
     grid: Mapped[dict] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id", name="fk_sweeps_token_id"),
+                                                 nullable=True)  # who created it (None: auth off)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Schedule(Base):

@@ -26,6 +26,9 @@ PIXEL_SCALE_MAPS: dict[str, tuple[float, float]] = {"unit": (255.0, 0.0), "raw":
 ResizeMode = Literal["stretch", "letterbox"]
 RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)
 
+ResultStatus = Literal["ok", "error"]  # results.status: the item's outputs, or the reason it has none
+RESULT_STATUSES: tuple[str, ...] = get_args(ResultStatus)
+
 Architecture = Literal["vgg", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "resnet50", "xception"]
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 

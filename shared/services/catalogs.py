@@ -11,8 +11,10 @@ import io
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from shared.core import keyset
 from shared.core.config import Settings
 from shared.core.errors import InvalidRequest, NotFound
+from shared.core.keyset import Key
 from shared.core.names import check_name
 from shared.core.paths import OutsideDataRoots, resolve_inside
 from shared.core.tables import Embedding, Job, VectorIndex, utcnow
@@ -23,35 +25,42 @@ from shared.services.index_jobs import index_json
 THUMBNAIL_SIZES = (64, 512)  # smallest and largest edge a client may ask for
 
 
-def list_catalogs(session: Session, only: str | None = None) -> list[dict]:
-    """Each catalog (or only the one named) with its spaces: live and deleted items, when last embedded."""
+LATEST_INDEXES = 5  # index versions shown per space
+
+
+def catalogs_page(session: Session, *, limit: int, after: Key | None = None) -> tuple[list[dict], Key | None]:
+    """Catalogs by name (keyed by it), each as `catalog_json` describes it, and the key of the last one when more
+    follow."""
+    rows, next_key = keyset.page(session, select(Embedding.catalog).group_by(Embedding.catalog), (Embedding.catalog,),
+                                 after=after, limit=limit, key_of=lambda row: (row[0],))
+    return _describe(session, [row[0] for row in rows]), next_key
+
+
+def catalog_json(session: Session, catalog: str) -> dict:
+    """A catalog: its spaces (live and deleted items, when last embedded) and each space's latest index versions."""
+    check_name(catalog, "catalog")
+    found = _describe(session, [catalog])
+    if not found:
+        raise NotFound(f"no catalog {catalog} (no embed job wrote vectors for it)")
+    return found[0]
+
+
+def _describe(session: Session, catalogs: list[str]) -> list[dict]:
+    """The named catalogs that have vectors, in the order given (the one serializer of a catalog)."""
     q = (select(Embedding.catalog, Embedding.space, func.count(), func.count(Embedding.deleted_at),
                 func.max(Embedding.created_at))
+         .where(Embedding.catalog.in_(catalogs))
          .group_by(Embedding.catalog, Embedding.space).order_by(Embedding.catalog, Embedding.space))
-    if only is not None:
-        q = q.where(Embedding.catalog == only)
     out: dict[str, dict] = {}
     for catalog, space, total, deleted, last in session.execute(q):
         entry = out.setdefault(catalog, {"name": catalog, "spaces": [],
                                          "links": {"self": f"/api/v1/catalogs/{catalog}"}})
+        indexes = session.scalars(select(VectorIndex).where(VectorIndex.catalog == catalog, VectorIndex.space == space)
+                                  .order_by(VectorIndex.version.desc()).limit(LATEST_INDEXES))
         entry["spaces"].append({"space": space, "items": total - deleted, "deleted": deleted,
-                                "last_embedded_at": None if last is None else last.isoformat()})
-    return list(out.values())
-
-
-def catalog_json(session: Session, catalog: str) -> dict:
-    """A catalog's spaces, each with its latest index versions."""
-    check_name(catalog, "catalog")
-    found = list_catalogs(session, catalog)
-    if not found:
-        raise NotFound(f"no catalog {catalog} (no embed job wrote vectors for it)")
-    entry = found[0]
-    for space in entry["spaces"]:
-        rows = session.scalars(select(VectorIndex).where(VectorIndex.catalog == catalog,
-                                                         VectorIndex.space == space["space"])
-                               .order_by(VectorIndex.version.desc()).limit(5))
-        space["indexes"] = [index_json(r) for r in rows]
-    return entry
+                                "last_embedded_at": None if last is None else last.isoformat(),
+                                "indexes": [index_json(row) for row in indexes]})
+    return [out[name] for name in catalogs if name in out]
 
 
 def delete_items(session: Session, catalog: str, item_ids: list[str]) -> dict:
@@ -69,6 +78,12 @@ def delete_items(session: Session, catalog: str, item_ids: list[str]) -> dict:
                             .values(deleted_at=utcnow())).rowcount
     return {"catalog": catalog, "requested": len(ids), "found": len(known),
             "unknown": [i for i in ids if i not in known][:100], "deleted_rows": newly}
+
+
+def delete_item(session: Session, catalog: str, item_id: str) -> None:
+    """Mark one item deleted in every space of the catalog (again: nothing changes); NotFound if it never had it."""
+    if not delete_items(session, catalog, [item_id])["found"]:
+        raise NotFound(f"catalog {catalog} has no item {item_id!r}")
 
 
 def thumbnail(session: Session, settings: Settings, catalog: str, item_id: str, size: int) -> bytes:

@@ -15,15 +15,16 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from shared.core import keyset
 from shared.core.db import get_or_404, is_postgres
 from shared.core.errors import Forbidden, InvalidRequest, NotFound, Unprocessable
+from shared.core.keyset import Key
 from shared.core.states import FINAL_JOB_STATUSES, OPEN_JOB_STATUSES, ChunkState, JobKind, JobStatus, RunState
 from shared.core.tables import Chunk, Job, JobItem, ModelVersion, Result, TrainRun, utcnow
 from shared.core.vocab import EMBEDDING_TASK
 from shared.models.outputs import output_columns
 from shared.services import index_jobs, model_imports, model_registry
 from shared.services.embed_spec import embedding_json
-from shared.services.quotas import check_active_jobs
 from shared.services.tokens import ANYONE, Caller
 from shared.services.train_jobs import train_json
 
@@ -31,41 +32,28 @@ MAX_ID_LENGTH = 500
 MAX_CATEGORY_LENGTH = 200  # job_items.category, embeddings.category
 
 
-def find_by_idempotency_key(session: Session, key: str, fingerprint: str) -> Job | None:
-    job = session.scalar(select(Job).where(Job.idempotency_key == key))
-    if job is not None and job.request_fingerprint != fingerprint:
-        raise Unprocessable("this Idempotency-Key was already used for a different request",
-                            field="Idempotency-Key")
-    return job
-
-
 def create_score_job(session: Session, *, model_ref: str, pieces: Iterable[list[tuple[str, str]]],
-                     source: dict, use_cache: bool, chunk_size: int,
-                     idempotency_key: str | None = None, fingerprint: str | None = None,
-                     token_id: int | None = None, max_active_jobs: int | None = None) -> Job:
+                     source: dict, use_cache: bool, chunk_size: int, token_id: int | None = None) -> Job:
     """A score job: see `create_item_job`. A model registered with task `embedding` is refused (its output is a
     vector, not named outputs: embed jobs read it)."""
     return create_item_job(session, JobKind.SCORE, model_ref=model_ref, pieces=pieces, source=source,
-                           use_cache=use_cache, chunk_size=chunk_size, idempotency_key=idempotency_key,
-                           fingerprint=fingerprint, token_id=token_id, max_active_jobs=max_active_jobs)
+                           use_cache=use_cache, chunk_size=chunk_size, token_id=token_id)
 
 
 def create_item_job(session: Session, kind: JobKind, *, model_ref: str, pieces: Iterable[list[tuple]],
                     source: dict, use_cache: bool, chunk_size: int,
-                    spec_for: Callable[[ModelVersion], dict] | None = None,
-                    idempotency_key: str | None = None, fingerprint: str | None = None,
-                    token_id: int | None = None, max_active_jobs: int | None = None) -> Job:
+                    spec_for: Callable[[ModelVersion], dict] | None = None, token_id: int | None = None) -> Job:
     """Insert a job of a chunked kind (score, embed), its items and its chunks in the caller's transaction.
     `pieces` hold (item id, uri) or (item id, uri, category); `spec_for(version)` gives the job's spec (embed jobs).
-    Nothing is enqueued here: the caller commits first, then calls shared.core.dispatch.enqueue_chunks."""
-    check_active_jobs(session, token_id, max_active_jobs)
+    Nothing is enqueued here: the caller commits first, then calls shared.core.dispatch.enqueue_chunks (through
+    shared/services/submission.py, which also checks the token's cap and records its Idempotency-Key)."""
     version = model_registry.resolve(session, model_ref)
     if kind == JobKind.SCORE and version.task == EMBEDDING_TASK:
         raise Unprocessable(f"model {version.name}@{version.version} is an embedding model: its output is a vector, "
                             "not scores; embed with it (POST /api/v1/jobs/embed)", field="model")
     job = Job(id=str(uuid.uuid4()), kind=kind, status=JobStatus.QUEUED, model_version_id=version.id,
-              model_ref=model_ref, idempotency_key=idempotency_key, request_fingerprint=fingerprint,
-              source=source, upload_folder=source.get("folder") if source.get("type") == "upload" else None,
+              model_ref=model_ref, source=source,
+              upload_folder=source.get("folder") if source.get("type") == "upload" else None,
               use_cache=use_cache, token_id=token_id, total_items=0, done_items=0, failed_items=0,
               cached_items=0, total_chunks=0, spec=spec_for(version) if spec_for else None)
     session.add(job)
@@ -193,7 +181,8 @@ def job_json(session: Session, job: Job) -> dict:
               "source": job.source, "error": job.error,
               "links": {"self": f"/api/v1/jobs/{job.id}", "cancel": f"/api/v1/jobs/{job.id}/cancel"}}
     if job.kind == JobKind.TRAIN:
-        common["links"]["metrics"] = f"/api/v1/jobs/{job.id}/metrics"
+        common["links"]["epochs"] = f"/api/v1/jobs/{job.id}/epochs"
+        common["links"]["metrics"] = f"/api/v1/jobs/{job.id}/metrics"  # deprecated: the old path of epochs
         return {**common, **train_json(session, job, session.get(TrainRun, job.id))}
     if job.kind == JobKind.INDEX:
         return {**common, **index_jobs.index_job_json(session, job)}
@@ -226,27 +215,22 @@ def job_json(session: Session, job: Job) -> dict:
     }
 
 
-def list_jobs(session: Session, *, status: str | None, model: str | None, kind: str | None,
-              limit: int, before: str | None) -> list[Job]:
-    q = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+def jobs_page(session: Session, *, status: JobStatus | None = None, model: str | None = None,
+              kind: JobKind | None = None, limit: int, after: Key | None = None) -> tuple[list[Job], Key | None]:
+    """Jobs newest first, keyed by (created_at, id); `model` matches score and embed jobs by the version they use,
+    train and import jobs by the name they make. Returns the page and the key of its last job when more follow."""
+    q = select(Job)
     if status:
-        if status not in {known.value for known in JobStatus}:
-            raise InvalidRequest(f"status must be one of {', '.join(known.value for known in JobStatus)}",
-                                 field="status")
         q = q.where(Job.status == status)
     if kind:
         q = q.where(Job.kind == kind)
-    if model:  # score jobs by the version they use, train and import jobs by the name they make
+    if model:
         name, _, _ = model.partition("@")
         q = q.outerjoin(ModelVersion, ModelVersion.id == Job.model_version_id).where(
             (ModelVersion.name == name) | (Job.kind.in_((JobKind.TRAIN, JobKind.IMPORT)) & (Job.model_ref == name)))
-    if before:
-        anchor = session.get(Job, before)
-        if anchor is None:
-            raise InvalidRequest(f"no job {before} to page from", field="before")
-        q = q.where((Job.created_at < anchor.created_at)
-                    | ((Job.created_at == anchor.created_at) & (Job.id < anchor.id)))
-    return list(session.scalars(q))
+    rows, next_key = keyset.page(session, q, (Job.created_at, Job.id), after=after, limit=limit, descending=True,
+                                 key_of=lambda row: (row[0].created_at, row[0].id))
+    return [row[0] for row in rows], next_key
 
 
 def result_json(r: Result) -> dict:
@@ -264,15 +248,15 @@ def _results(job: Job, *columns):
             .where(Result.job_id == job.id).order_by(Result.item_id))
 
 
-def results_page(session: Session, job: Job, *, after: str | None, limit: int,
-                 status: str | None = None) -> tuple[list[dict], str | None]:
-    q = _results(job, Result).limit(limit)
-    if after is not None:
-        q = q.where(Result.item_id > after)
+def results_page(session: Session, job: Job, *, after: Key | None, limit: int,
+                 status: str | None = None) -> tuple[list[dict], Key | None]:
+    """A job's results by item id (keyed by it); an embed job's carry each item's category."""
+    q = _results(job, Result)
     if status:
         q = q.where(Result.status == status)
-    rows = [result_json(row[0]) | ({"category": row[1]} if len(row) > 1 else {}) for row in session.execute(q)]
-    return rows, (rows[-1]["id"] if len(rows) == limit else None)
+    rows, next_key = keyset.page(session, q, (Result.item_id,), after=after, limit=limit,
+                                 key_of=lambda row: (row[0].item_id,))
+    return [result_json(row[0]) | ({"category": row[1]} if len(row) > 1 else {}) for row in rows], next_key
 
 
 def _output_columns(session: Session, job: Job) -> list[str]:

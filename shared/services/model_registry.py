@@ -19,8 +19,9 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.core import names
+from shared.core import keyset, names
 from shared.core.errors import Conflict, InvalidRequest, ModelRejected, NotFound
+from shared.core.keyset import Key
 from shared.core.paths import path_inside
 from shared.core.tables import MAX_VERSION, ModelAlias, ModelVersion, utcnow
 from shared.core.vocab import EMBEDDING_TASK, PIXEL_SCALES, RESIZE_MODES, TASKS
@@ -264,11 +265,21 @@ def production_versions(session: Session) -> list[ModelVersion]:
         .where(ModelAlias.alias == PRODUCTION)))
 
 
-def list_models(session: Session) -> list[dict]:
-    """Every model name, by name, with its number of versions and its production version (None without one)."""
-    counts = dict(session.execute(select(ModelVersion.name, func.count()).group_by(ModelVersion.name)).all())
-    production = {v.name: v.version for v in production_versions(session)}
-    return [{"name": name, "versions": n, "production": production.get(name)} for name, n in sorted(counts.items())]
+def models_page(session: Session, *, limit: int, after: Key | None = None) -> tuple[list[dict], Key | None]:
+    """Model names in order (keyed by name), each as `model_json` describes it, and the key of the last one when
+    more follow."""
+    q = select(ModelVersion.name, func.count()).group_by(ModelVersion.name)
+    rows, next_key = keyset.page(session, q, (ModelVersion.name,), after=after, limit=limit,
+                                 key_of=lambda row: (row[0],))
+    production = dict(session.execute(
+        select(ModelAlias.name, ModelVersion.version).join(ModelVersion, ModelVersion.id == ModelAlias.version_id)
+        .where(ModelAlias.alias == PRODUCTION, ModelAlias.name.in_([name for name, _ in rows]))).all())
+    return [model_json(name, count, production.get(name)) for name, count in rows], next_key
+
+
+def model_json(name: str, versions: int, production: int | None) -> dict:
+    """A model name: how many versions it has and its production version (None without one)."""
+    return {"name": name, "versions": versions, "production": production}
 
 
 def list_versions(session: Session, name: str) -> list[ModelVersion]:
@@ -277,6 +288,18 @@ def list_versions(session: Session, name: str) -> list[ModelVersion]:
     if not rows:
         raise NotFound(f"no model named {name!r}")
     return rows
+
+
+def versions_page(session: Session, name: str, *, limit: int,
+                  after: Key | None = None) -> tuple[list[ModelVersion], Key | None]:
+    """A model's versions in order (keyed by number); NotFound for a name without any."""
+    names.check_name(name)
+    if session.scalar(select(ModelVersion.id).where(ModelVersion.name == name).limit(1)) is None:
+        raise NotFound(f"no model named {name!r}")
+    rows, next_key = keyset.page(session, select(ModelVersion).where(ModelVersion.name == name),
+                                 (ModelVersion.version,), after=after, limit=limit,
+                                 key_of=lambda row: (row[0].version,))
+    return [row[0] for row in rows], next_key
 
 
 def aliases_by_version(session: Session, name: str) -> dict[int, list[str]]:

@@ -18,9 +18,10 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared.core import names
+from shared.core import keyset, names
 from shared.core.db import get_or_404, session_scope
 from shared.core.errors import Conflict, ImgqError, InvalidRequest
+from shared.core.keyset import Key
 from shared.core.tables import MAX_INT32, Job, Schedule, ScheduleRun, utcnow
 from shared.schemas.training import Gate, ScheduleTrain, TrainRequest
 from shared.services.submission import commit_and_send
@@ -97,6 +98,13 @@ def get_schedule(session: Session, schedule_id: int) -> Schedule:
 def list_schedules(session: Session, *, enabled_only: bool = False) -> list[Schedule]:
     query = select(Schedule).order_by(Schedule.id)
     return list(session.scalars(query.where(Schedule.enabled.is_(True)) if enabled_only else query))
+
+
+def schedules_page(session: Session, *, limit: int, after: Key | None = None) -> tuple[list[Schedule], Key | None]:
+    """Schedules by id (keyed by it), and the key of the last one when more follow."""
+    rows, next_key = keyset.page(session, select(Schedule), (Schedule.id,), after=after, limit=limit,
+                                 key_of=lambda row: (row[0].id,))
+    return [row[0] for row in rows], next_key
 
 
 def set_enabled(session: Session, schedule_id: int, enabled: bool) -> Schedule:

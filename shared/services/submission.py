@@ -7,9 +7,14 @@ Invariants:
 - A submission's rows are written in one transaction, by the `create(session)` callable the caller passes.
 - Jobs are sent (`enqueue(job_ids)`) only after that transaction committed, never inside it. A job the broker
   did not take stays unsent in the database and the sweeper sends it later.
-- One Idempotency-Key, one job: a repeated key returns the job its first request created (created=False), also
-  when both requests run at once (the later insert hits the key's unique constraint, and that request returns
-  the job the other committed). A key reused for a different request (another fingerprint) is a 422.
+- Every submission has an `Origin`: the token that asks (recorded on every job it makes, a sweep's included), its
+  cap on queued and running jobs (IMGQ_MAX_ACTIVE_JOBS, counted before anything is written: a sweep counts all its
+  jobs; over it, TooManyRequests) and its Idempotency-Key. `submit` and `submit_sweep` stamp the origin on what the
+  caller's `create` made, so no use case can forget it.
+- One Idempotency-Key, one job (or one sweep): a repeated key returns what its first request created
+  (created=False, and no cap is counted: nothing new is made), also when both requests run at once (the later
+  write hits the key's unique constraint, and that request returns what the other committed). A key reused for a
+  different request (another fingerprint, or a job's key for a sweep) is a 422.
 - `discard()`, when given, runs exactly when the call committed nothing (an error, or a replay): the files the
   caller staged for a job that will never read them are removed.
 """
@@ -19,6 +24,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import partial
 
 from sqlalchemy import select
@@ -28,13 +34,15 @@ from sqlalchemy.orm import Session
 from shared.core import dispatch
 from shared.core.config import Settings
 from shared.core.db import session_scope
+from shared.core.errors import Unprocessable
 from shared.core.states import CHUNKED_JOB_KINDS, JobKind
-from shared.core.tables import Job
+from shared.core.tables import Job, Sweep
 from shared.schemas.training import SweepRequest, TrainRequest
 from shared.search.vector_index import BuildParams
 from shared.services import index_jobs, jobs, model_imports, train_jobs
 from shared.services.embed_spec import embedding_spec
 from shared.services.model_registry import Signature
+from shared.services.quotas import check_active_jobs
 
 Enqueue = Callable[[list[str]], int]
 
@@ -65,13 +73,28 @@ def commit_and_send(create: Callable[[Session], Iterable[Job]], enqueue: Enqueue
     return job_ids, enqueue(job_ids) if job_ids else 0
 
 
-def submit(create: Callable[[Session], Job], *, idempotency_key: str | None = None,
-           request_fingerprint: str | None = None, enqueue: Enqueue = send,
-           discard: Callable[[], None] | None = None) -> tuple[dict, bool]:
-    """Commit the job `create(session)` inserts (with this key and fingerprint), send it, and describe it.
-    Returns (description, created); created is False for the job an earlier request with this key made."""
+@dataclass(frozen=True)
+class Origin:
+    """Who submits: the token (None: auth off, or the CLI), its cap on active jobs (None: no cap), and the request's
+    Idempotency-Key (None: every request makes a new job)."""
+    token_id: int | None = None
+    max_active_jobs: int | None = None
+    idempotency_key: str | None = None
+
+
+ANONYMOUS = Origin()
+
+
+def submit(create: Callable[[Session], Job], *, origin: Origin = ANONYMOUS, request_fingerprint: str | None = None,
+           enqueue: Enqueue = send, discard: Callable[[], None] | None = None) -> tuple[dict, bool]:
+    """Commit the job `create(session)` inserts (stamped with the origin and fingerprint), send it, and describe
+    it. Returns (description, created); created is False for the job an earlier request with this key made."""
+    def create_job(session: Session) -> str:
+        check_active_jobs(session, origin.token_id, origin.max_active_jobs)
+        return _stamped(session, create(session), origin, request_fingerprint).id
+
     try:
-        job_id, created = _commit_once(create, idempotency_key, request_fingerprint)
+        job_id, created = _commit_once(create_job, Job, origin.idempotency_key, request_fingerprint)
     except BaseException:
         if discard is not None:
             discard()
@@ -84,99 +107,119 @@ def submit(create: Callable[[Session], Job], *, idempotency_key: str | None = No
         return jobs.job_json(session, session.get(Job, job_id)), created
 
 
-def _earlier(session: Session, key: str | None, request_fingerprint: str | None) -> Job | None:
-    """The job an earlier request with this Idempotency-Key created (Unprocessable if that request differed)."""
-    return jobs.find_by_idempotency_key(session, key, request_fingerprint) if key else None
+def _stamped(session: Session, row: Job | Sweep, origin: Origin, request_fingerprint: str | None) -> Job | Sweep:
+    row.token_id, row.idempotency_key = origin.token_id, origin.idempotency_key
+    row.request_fingerprint = request_fingerprint if origin.idempotency_key else None
+    session.flush()  # a key another request holds fails here, inside the retry of _commit_once
+    return row
 
 
-def _commit_once(create: Callable[[Session], Job], key: str | None,
+def _earlier(session: Session, table: type[Job] | type[Sweep], key: str | None,
+             request_fingerprint: str | None) -> str | None:
+    """The id of the job (or sweep: `table`) an earlier request with this Idempotency-Key created; Unprocessable if
+    that request differed, or made a sweep where this one makes a job (or the other way round)."""
+    if not key:
+        return None
+    for kind in (Job, Sweep):
+        row = session.execute(select(kind.id, kind.request_fingerprint).where(kind.idempotency_key == key)).first()
+        if row is None:
+            continue
+        if kind is not table or row.request_fingerprint != request_fingerprint:
+            raise Unprocessable("this Idempotency-Key was already used for a different request",
+                                field="Idempotency-Key")
+        return row.id
+    return None
+
+
+def _commit_once(create: Callable[[Session], str], table: type[Job] | type[Sweep], key: str | None,
                  request_fingerprint: str | None) -> tuple[str, bool]:
-    """(id, True) for the job `create` committed, or (id, False) for the one an earlier request with `key` made."""
+    """(id, True) for what `create` committed, or (id, False) for what an earlier request with `key` made."""
     try:
         with session_scope() as session:
-            earlier = _earlier(session, key, request_fingerprint)
+            earlier = _earlier(session, table, key, request_fingerprint)
             if earlier is not None:
-                return earlier.id, False
-            return create(session).id, True
+                return earlier, False
+            return create(session), True
     except IntegrityError:
         if not key:
             raise
         with session_scope() as session:  # a concurrent request with the same key committed first
-            earlier = _earlier(session, key, request_fingerprint)
+            earlier = _earlier(session, table, key, request_fingerprint)
         if earlier is None:
             raise
-        return earlier.id, False
+        return earlier, False
 
 
 def submit_score(settings: Settings, *, model_ref: str, pieces: Iterable[list[tuple[str, str]]], source: dict,
-                 use_cache: bool, idempotency_key: str | None = None, request_fingerprint: str | None = None,
-                 token_id: int | None = None, discard: Callable[[], None] | None = None) -> tuple[dict, bool]:
+                 use_cache: bool, origin: Origin = ANONYMOUS, request_fingerprint: str | None = None,
+                 discard: Callable[[], None] | None = None) -> tuple[dict, bool]:
     """A score job over `pieces` (lists of (item id, image uri)), split into chunks of IMGQ_CHUNK_SIZE items."""
     def create(session: Session) -> Job:
         return jobs.create_score_job(session, model_ref=model_ref, pieces=pieces, source=source,
-                                     use_cache=use_cache, chunk_size=settings.chunk_size,
-                                     idempotency_key=idempotency_key, fingerprint=request_fingerprint,
-                                     token_id=token_id, max_active_jobs=settings.max_active_jobs)
+                                     use_cache=use_cache, chunk_size=settings.chunk_size)
 
-    return submit(create, idempotency_key=idempotency_key, request_fingerprint=request_fingerprint,
-                  discard=discard)
+    return submit(create, origin=origin, request_fingerprint=request_fingerprint, discard=discard)
 
 
 def submit_embed(settings: Settings, *, model_ref: str, catalog: str, layer: str | None, normalize: bool,
                  pieces: Iterable[list[tuple[str, str, str | None]]], source: dict, use_cache: bool,
-                 idempotency_key: str | None = None, request_fingerprint: str | None = None,
-                 token_id: int | None = None, discard: Callable[[], None] | None = None) -> tuple[dict, bool]:
+                 origin: Origin = ANONYMOUS, request_fingerprint: str | None = None,
+                 discard: Callable[[], None] | None = None) -> tuple[dict, bool]:
     """An embed job over `pieces` (lists of (item id, image uri, category)) into `catalog`, chunked as scoring;
     its space (the version, layer and normalisation) is decided here, at submission (shared/services/embed_spec.py)."""
     def create(session: Session) -> Job:
         return jobs.create_item_job(session, JobKind.EMBED, model_ref=model_ref, pieces=pieces, source=source,
                                     use_cache=use_cache, chunk_size=settings.chunk_size,
-                                    spec_for=partial(embedding_spec, catalog=catalog, layer=layer, normalize=normalize),
-                                    idempotency_key=idempotency_key, fingerprint=request_fingerprint,
-                                    token_id=token_id, max_active_jobs=settings.max_active_jobs)
+                                    spec_for=partial(embedding_spec, catalog=catalog, layer=layer, normalize=normalize))
 
-    return submit(create, idempotency_key=idempotency_key, request_fingerprint=request_fingerprint,
-                  discard=discard)
+    return submit(create, origin=origin, request_fingerprint=request_fingerprint, discard=discard)
 
 
-def submit_train(req: TrainRequest, *, idempotency_key: str | None = None, request_fingerprint: str | None = None,
-                 token_id: int | None = None, max_active_jobs: int | None = None) -> tuple[dict, bool]:
+def submit_train(req: TrainRequest, *, origin: Origin = ANONYMOUS,
+                 request_fingerprint: str | None = None) -> tuple[dict, bool]:
     """A train job (the training runs in a fresh process on the train queue)."""
-    def create(session: Session) -> Job:
-        return train_jobs.create_train_job(session, req, idempotency_key=idempotency_key,
-                                           fingerprint=request_fingerprint, token_id=token_id,
-                                           max_active_jobs=max_active_jobs)
-
-    return submit(create, idempotency_key=idempotency_key, request_fingerprint=request_fingerprint)
+    return submit(partial(train_jobs.create_train_job, req=req), origin=origin,
+                  request_fingerprint=request_fingerprint)
 
 
 def submit_import(job_id: str, *, name: str, signature: Signature, shown: str, description: str | None,
-                  promote: bool | None, token_id: int | None = None,
-                  discard: Callable[[], None] | None = None) -> dict:
+                  promote: bool | None, origin: Origin = ANONYMOUS, request_fingerprint: str | None = None,
+                  discard: Callable[[], None] | None = None) -> tuple[dict, bool]:
     """An import job for the model file staged at model_imports.staging_path(store, job_id); the maintenance
-    worker inspects and registers it. Returns the job's description."""
+    worker inspects and registers it."""
     def create(session: Session) -> Job:
         return model_imports.create_import_job(session, job_id, name=name, signature=signature, shown=shown,
-                                               description=description, promote=promote, token_id=token_id)
+                                               description=description, promote=promote, token_id=origin.token_id)
 
-    return submit(create, discard=discard)[0]
+    return submit(create, origin=origin, request_fingerprint=request_fingerprint, discard=discard)
 
 
-def submit_sweep(sweep: SweepRequest) -> dict:
-    """One train job per point of the sweep's grid over its base request, all sent once the sweep is committed.
-    Returns the sweep's description."""
-    sweep_id = str(uuid.uuid4())
-    commit_and_send(lambda session: train_jobs.create_sweep(session, sweep_id, sweep))
+def submit_sweep(sweep: SweepRequest, *, origin: Origin = ANONYMOUS, request_fingerprint: str | None = None,
+                 enqueue: Enqueue = send) -> tuple[dict, bool]:
+    """One train job per point of the sweep's grid over its base request (each validated by the request model before
+    anything is written), all sent once the sweep is committed; the cap counts every one of them. Returns (the sweep's
+    description, created)."""
+    points = len(sweep.train_requests())
+    job_ids: list[str] = []
+
+    def create(session: Session) -> str:
+        check_active_jobs(session, origin.token_id, origin.max_active_jobs, adding=points)
+        sweep_id = str(uuid.uuid4())
+        job_ids.extend(job.id for job in train_jobs.create_sweep(session, sweep_id, sweep, token_id=origin.token_id))
+        return _stamped(session, session.get(Sweep, sweep_id), origin, request_fingerprint).id
+
+    sweep_id, created = _commit_once(create, Sweep, origin.idempotency_key, request_fingerprint)
+    if created:
+        enqueue(job_ids)
     with session_scope() as session:
-        return train_jobs.sweep_json(session, sweep_id)
+        return train_jobs.sweep_json(session, sweep_id), created
 
 
-def submit_index(*, catalog: str, space: str | None, mode: str, params: BuildParams | None, token_id: int | None = None
-                 ) -> tuple[dict, bool]:
+def submit_index(*, catalog: str, space: str | None, mode: str, params: BuildParams | None,
+                 origin: Origin = ANONYMOUS, request_fingerprint: str | None = None) -> tuple[dict, bool]:
     """An index job: build the catalog's index in an embedding space, or extend the latest one with the items
     embedded since (a delta); the maintenance worker runs it."""
     def create(session: Session) -> Job:
-        return index_jobs.create_index_job(session, catalog=catalog, space=space, mode=mode, params=params,
-                                               token_id=token_id)
+        return index_jobs.create_index_job(session, catalog=catalog, space=space, mode=mode, params=params)
 
-    return submit(create)
+    return submit(create, origin=origin, request_fingerprint=request_fingerprint)

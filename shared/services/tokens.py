@@ -1,7 +1,7 @@
 """API tokens: created (the secret shown once), checked, listed and revoked; only hashes are stored.
 
 Scopes: `read` (status, results, lists), `score`, `train` (train jobs, sweeps, schedules) and `admin`
-(import models, promote, roll back, delete schedules), which grants every other scope too.
+(import models, promote, roll back, delete schedules, list tokens), which grants every other scope too.
 """
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared.core import keyset
 from shared.core.errors import InvalidRequest, NotFound
+from shared.core.keyset import Key
 from shared.core.tables import ApiToken, utcnow
 
 SCOPES = ("read", "score", "train", "admin")
@@ -76,6 +78,13 @@ def authenticate(session: Session, secret: str) -> Caller | None:
 
 def list_tokens(session: Session) -> list[dict]:
     return [token_json(row) for row in session.scalars(select(ApiToken).order_by(ApiToken.id))]
+
+
+def tokens_page(session: Session, *, limit: int, after: Key | None = None) -> tuple[list[dict], Key | None]:
+    """Tokens by id (keyed by it) as `token_json` shows them (never a secret, which is not stored, nor its hash)."""
+    rows, next_key = keyset.page(session, select(ApiToken), (ApiToken.id,), after=after, limit=limit,
+                                 key_of=lambda row: (row[0].id,))
+    return [token_json(row[0]) for row in rows], next_key
 
 
 def revoke_token(session: Session, token_id: int) -> ApiToken:

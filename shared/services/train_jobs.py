@@ -6,22 +6,20 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.core import names
+from shared.core import keyset, names
 from shared.core.db import get_or_404
 from shared.core.errors import InvalidRequest
+from shared.core.keyset import Key
 from shared.core.states import JobKind, JobStatus, RunState
 from shared.core.tables import Job, ModelVersion, Sweep, TrainMetric, TrainRun
 from shared.schemas.training import SweepRequest, TrainRequest
 from shared.services import model_registry
-from shared.services.quotas import check_active_jobs
 
 
-def create_train_job(session: Session, req: TrainRequest, *, idempotency_key: str | None = None,
-                     fingerprint: str | None = None, sweep_id: str | None = None,
-                     schedule_run_id: int | None = None, token_id: int | None = None,
-                     max_active_jobs: int | None = None) -> Job:
-    """Insert the job and its train run in the caller's transaction; the caller enqueues after commit."""
-    check_active_jobs(session, token_id, max_active_jobs)
+def create_train_job(session: Session, req: TrainRequest, *, sweep_id: str | None = None,
+                     schedule_run_id: int | None = None, token_id: int | None = None) -> Job:
+    """Insert the job and its train run in the caller's transaction; the caller enqueues after commit (a request's
+    job through shared/services/submission.py, which also checks the token's cap and records its key)."""
     names.check_name(req.model, "model")
     parent = model_registry.resolve(session, req.base.version, "base.version") if req.base.version else None
     if parent is not None and parent.task != req.task:
@@ -31,7 +29,7 @@ def create_train_job(session: Session, req: TrainRequest, *, idempotency_key: st
         spec["base"]["version"] = f"{parent.name}@{parent.version}"  # pin what 'production' meant now
     job = Job(id=str(uuid.uuid4()), kind=JobKind.TRAIN, status=JobStatus.QUEUED,
               model_version_id=parent.id if parent else None, model_ref=req.model,
-              idempotency_key=idempotency_key, request_fingerprint=fingerprint, token_id=token_id,
+              token_id=token_id,
               source={"type": "train", "dataset": req.dataset.path}, use_cache=True, total_items=0,
               done_items=0, failed_items=0, cached_items=0, total_chunks=0)
     session.add(job)
@@ -64,13 +62,22 @@ def metrics_history(session: Session, job_id: str) -> list[dict]:
     return [{"epoch": m.epoch, **m.metrics, "seconds": round(m.seconds, 3)} for m in rows]
 
 
-def create_sweep(session: Session, sweep_id: str, sweep: SweepRequest) -> list[Job]:
-    """Insert the sweep and one train job per grid point (each validated with the request) in the caller's
-    transaction; the caller enqueues them after commit. All are compared on the same holdout (same model name,
-    same salt)."""
-    session.add(Sweep(id=sweep_id, base=sweep.base_spec(), grid=sweep.grid))
+def epochs_json(session: Session, job: Job) -> dict:
+    """GET /api/v1/jobs/<id>/epochs: a train job's metrics per finished epoch and its progress (as the job's own
+    description gives it). InvalidRequest for a job of another kind."""
+    if job.kind != JobKind.TRAIN:
+        raise InvalidRequest(f"job {job.id} is a {job.kind} job; epochs belong to train jobs")
+    return {"job_id": job.id, "status": job.status, "epochs": metrics_history(session, job.id),
+            "progress": train_json(session, job, session.get(TrainRun, job.id))["progress"]}
+
+
+def create_sweep(session: Session, sweep_id: str, sweep: SweepRequest, token_id: int | None = None) -> list[Job]:
+    """Insert the sweep and one train job per grid point (each validated with the request), each recording the
+    token, in the caller's transaction; the caller enqueues them after commit. All are compared on the same holdout
+    (same model name, same salt)."""
+    session.add(Sweep(id=sweep_id, base=sweep.base_spec(), grid=sweep.grid, token_id=token_id))
     session.flush()
-    return [create_train_job(session, req, sweep_id=sweep_id) for req in sweep.train_requests()]
+    return [create_train_job(session, req, sweep_id=sweep_id, token_id=token_id) for req in sweep.train_requests()]
 
 
 def sweep_json(session: Session, sweep_id: str) -> dict:
@@ -84,6 +91,13 @@ def sweep_json(session: Session, sweep_id: str) -> dict:
                      "holdout_metrics": run.holdout_metrics,
                      "version": f"{version.name}@{version.version}" if version else None})
     return {"id": sweep.id, "grid": sweep.grid, "created_at": sweep.created_at.isoformat(), "runs": rows}
+
+
+def sweeps_page(session: Session, *, limit: int, after: Key | None = None) -> tuple[list[str], Key | None]:
+    """Sweep ids newest first (keyed by (created_at, id)), and the key of the last one when more follow."""
+    rows, next_key = keyset.page(session, select(Sweep.id, Sweep.created_at), (Sweep.created_at, Sweep.id),
+                                 after=after, limit=limit, descending=True, key_of=lambda row: (row[1], row[0]))
+    return [row[0] for row in rows], next_key
 
 
 def _get_path(spec: dict, dotted: str):

@@ -190,11 +190,9 @@ class LocalStack:
             time.sleep(poll)
 
     def all_results(self, job_id: str, page: int = 500) -> list[dict]:
-        out, after = [], None
-        while True:
-            params = {"limit": page, **({"after": after} if after else {})}
-            body = self.http.get(self.url(f"/api/v1/jobs/{job_id}/results"), params=params, timeout=30).json()
+        out, url = [], f"/api/v1/jobs/{job_id}/results?limit={page}"
+        while url is not None:  # each page links the next one
+            body = self.http.get(self.url(url), timeout=30).json()
             out.extend(body["results"])
-            after = body["next_after"]
-            if after is None:
-                return out
+            url = body["next"]
+        return out

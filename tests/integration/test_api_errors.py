@@ -82,9 +82,10 @@ def test_unknown_things_are_404_json(stack):
 def test_bad_query_parameters(stack):
     assert stack.http.get(stack.url("/api/v1/jobs"), params={"limit": "lots"}, timeout=10).status_code == 400
     resp = stack.http.get(stack.url("/api/v1/jobs"), params={"limit": 100000}, timeout=10)
-    assert resp.status_code == 400 and resp.json()["error"]["field"] == "limit"
+    assert resp.status_code == 400 and resp.json()["error"]["problems"][0]["field"] == "limit"
     resp = stack.http.get(stack.url("/api/v1/jobs"), params={"status": "exploded"}, timeout=10)
-    assert resp.status_code == 400 and "status must be one of" in resp.json()["error"]["message"]
+    assert resp.status_code == 400 and resp.json()["error"]["problems"][0]["field"] == "status"
+    assert "'succeeded'" in resp.json()["error"]["message"]
 
 
 def test_model_import_errors(stack, model_files):
@@ -101,7 +102,7 @@ def test_model_import_errors(stack, model_files):
                     files={"file": ("r.keras", fh)})
     assert resp.status_code == 400 and "input_size" in resp.json()["error"]["message"]
     resp = post(stack, "/api/v1/models", data={"name": "m2", "task": "regression", "input_size": "32"})
-    assert resp.status_code == 400 and resp.json()["error"]["field"] == "file"
+    assert resp.status_code == 400 and resp.json()["error"]["problems"][0]["field"] == "file"
     assert stack.http.get(stack.url("/api/v1/models/evil/versions"), timeout=10).status_code == 404
 
 
@@ -123,4 +124,4 @@ def test_nul_bytes_and_huge_numbers_through_gunicorn_are_400s(stack):
     for path, params in ((f"/api/v1/models/{stack.model}/versions/99999999999999999999", None),
                          ("/api/v1/jobs", {"model": "x\x00"}), ("/api/v1/jobs/%00", None)):
         resp = stack.http.get(stack.url(path), params=params, timeout=10)
-        assert resp.status_code == 400 and resp.json()["error"]["field"], (path, resp.text)
+        assert resp.status_code == 400 and resp.json()["error"]["problems"][0]["field"], (path, resp.text)

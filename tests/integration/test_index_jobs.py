@@ -127,7 +127,7 @@ def test_a_deleted_item_leaves_answers_at_once_and_the_next_build_purges_it(clie
     assert rebuilt["index"]["version"] == 2 and rebuilt["index"]["built"]["items"] == len(items) - 1
     again = [h["id"] for h in client.post("/api/v1/similar", json=ask).get_json()["results"]]
     assert gone not in again
-    assert client.delete(f"/api/v1/catalogs/shop/items/{first[1]}").status_code == 200
+    assert client.delete(f"/api/v1/catalogs/shop/items/{first[1]}").status_code == 204
     assert first[1] not in [h["id"] for h in client.post("/api/v1/similar", json=ask).get_json()["results"]]
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from shared.core import dispatch
 from shared.core.db import session_scope
 from shared.core.errors import InvalidRequest, Unprocessable
-from shared.core.tables import Job, TrainRun
+from shared.core.tables import Job, Sweep, TrainRun
 from shared.schemas.training import SweepRequest, TrainRequest
 from shared.services import submission, train_jobs
 from tests.helpers import authorized_client
@@ -41,8 +41,12 @@ class Recorder:
         return len(job_ids)
 
 
-def create_train(key: str | None = None, fp: str | None = None, request: TrainRequest = REQUEST):
-    return lambda session: train_jobs.create_train_job(session, request, idempotency_key=key, fingerprint=fp)
+def create_train(request: TrainRequest = REQUEST):
+    return lambda session: train_jobs.create_train_job(session, request)
+
+
+def keyed(key: str) -> submission.Origin:
+    return submission.Origin(idempotency_key=key)
 
 
 def job_count() -> int:
@@ -71,9 +75,9 @@ def test_a_job_is_committed_then_sent_once_and_described(configured):
 
 def test_a_repeated_key_replays_the_first_job_without_sending_it_again(configured):
     enqueue, discarded = Recorder(), []
-    first, created = submission.submit(create_train("k", "fp"), idempotency_key="k", request_fingerprint="fp",
+    first, created = submission.submit(create_train(), origin=keyed("k"), request_fingerprint="fp",
                                        enqueue=enqueue, discard=lambda: discarded.append("first"))
-    again, replayed = submission.submit(create_train("k", "fp"), idempotency_key="k", request_fingerprint="fp",
+    again, replayed = submission.submit(create_train(), origin=keyed("k"), request_fingerprint="fp",
                                         enqueue=enqueue, discard=lambda: discarded.append("again"))
     assert created and not replayed and again["id"] == first["id"]
     assert enqueue.sent == [first["id"]] and job_count() == 1
@@ -81,10 +85,10 @@ def test_a_repeated_key_replays_the_first_job_without_sending_it_again(configure
 
 
 def test_a_key_reused_for_a_different_request_is_a_422_and_commits_nothing(configured):
-    submission.submit(create_train("k", "fp"), idempotency_key="k", request_fingerprint="fp", enqueue=Recorder())
+    submission.submit(create_train(), origin=keyed("k"), request_fingerprint="fp", enqueue=Recorder())
     enqueue, discarded = Recorder(), []
     with pytest.raises(Unprocessable, match="Idempotency-Key"):
-        submission.submit(create_train("k", "other"), idempotency_key="k", request_fingerprint="other",
+        submission.submit(create_train(), origin=keyed("k"), request_fingerprint="other",
                           enqueue=enqueue, discard=lambda: discarded.append(True))
     assert enqueue.sent == [] and discarded == [True] and job_count() == 1
 
@@ -103,7 +107,7 @@ def test_a_create_that_fails_commits_nothing_sends_nothing_and_discards(configur
 def test_concurrent_requests_with_one_key_make_one_job_sent_once(configured):
     for round_no in range(4):
         key, enqueue = f"key-{round_no}", Recorder()
-        call = partial(submission.submit, create_train(key, "fp"), idempotency_key=key, request_fingerprint="fp",
+        call = partial(submission.submit, create_train(), origin=keyed(key), request_fingerprint="fp",
                        enqueue=enqueue)
         results = concurrently(4, call)
         assert len({description["id"] for description, _ in results}) == 1
@@ -120,10 +124,10 @@ def test_a_request_that_loses_the_insert_race_returns_the_job_the_other_committe
 
     def create(session):
         both_looked.wait()
-        return create_train("k", "fp")(session)
+        return create_train()(session)
 
     enqueue = Recorder()
-    results = concurrently(2, lambda: submission.submit(create, idempotency_key="k", request_fingerprint="fp",
+    results = concurrently(2, lambda: submission.submit(create, origin=keyed("k"), request_fingerprint="fp",
                                                         enqueue=enqueue))
     assert results[0][0]["id"] == results[1][0]["id"]
     assert sorted(created for _, created in results) == [False, True]
@@ -138,6 +142,18 @@ def test_a_sweep_commits_all_its_jobs_before_any_is_sent(configured):
     assert len(job_ids) == 2 and sent == 2 and enqueue.sent == job_ids and enqueue.committed == [True]
     with session_scope() as session:
         assert set(session.scalars(select(TrainRun.job_id).where(TrainRun.sweep_id == "sweep-1"))) == set(job_ids)
+
+
+def test_concurrent_sweeps_with_one_key_make_one_sweep_whose_jobs_are_sent_once(configured):
+    enqueue = Recorder()
+    sweep = SweepRequest.model_validate({"base": BODY, "grid": {"optimizer.learning_rate": [0.1, 0.01]}})
+    call = partial(submission.submit_sweep, sweep, origin=keyed("sweep-key"), request_fingerprint="fp", enqueue=enqueue)
+    results = concurrently(4, call)
+    assert len({description["id"] for description, _ in results}) == 1
+    assert sorted(created for _, created in results) == [False, False, False, True]
+    assert len(enqueue.sent) == 2 and enqueue.committed == [True] and job_count() == 2
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Sweep)) == 1
 
 
 def test_nothing_to_commit_sends_nothing(configured):
@@ -180,7 +196,7 @@ def test_two_concurrent_train_submissions_with_one_key_get_two_202s_for_one_job(
         assert responses[0].headers["Location"] == f"/api/v1/jobs/{responses[0].json['id']}"
         job_ids.add(responses[0].json["id"])
         other = clients[0].post("/api/v1/jobs/train", json={**BODY, "epochs": 2}, headers={"Idempotency-Key": key})
-        assert other.status_code == 422 and other.json["error"]["field"] == "Idempotency-Key"
+        assert other.status_code == 422 and other.json["error"]["problems"][0]["field"] == "Idempotency-Key"
     assert len(job_ids) == 8 and job_count() == 8
     assert sorted(enqueue.sent) == sorted(job_ids) and all(enqueue.committed)
 

@@ -28,7 +28,7 @@ def wait_train(stack, job_id, timeout=600):
 
 
 def epochs_of(stack, job_id):
-    body = stack.http.get(stack.url(f"/api/v1/jobs/{job_id}/metrics"), timeout=30).json()
+    body = stack.http.get(stack.url(f"/api/v1/jobs/{job_id}/epochs"), timeout=30).json()
     return body["epochs"]
 
 
@@ -46,7 +46,7 @@ def digits_request(name, manifest, **over):
 def test_digits_from_scratch(pg_stack, digits):
     name = "digits-scratch"  # fixed names: the same holdout on every run
     job = post(pg_stack, "/api/v1/jobs/train", digits_request(name, "all.csv"))
-    assert job["kind"] == "train" and job["links"]["metrics"].endswith("/metrics")
+    assert job["kind"] == "train" and job["links"]["epochs"].endswith("/epochs")
     done = wait_train(pg_stack, job["id"])
     assert done["holdout_metrics"]["accuracy"] >= 0.9, done["holdout_metrics"]
     assert done["model"]["result"] == f"{name}@1"
