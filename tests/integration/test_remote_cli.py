@@ -153,3 +153,18 @@ def test_login_remembers_the_server_and_token(pg_stack, tmp_path):
     listed = imgq("jobs", "list", "--json", "--limit", "3", env=env)
     assert listed.returncode == 0, listed.stderr
     assert len(json.loads(listed.stdout)) <= 3
+
+
+def test_models_import_list_promote_and_an_unsafe_file(pg_stack, tmp_path, model_files):
+    env, name = _remote(pg_stack, tmp_path), f"views-{free_port()}"
+    for _ in range(2):
+        _import(pg_stack, tmp_path, model_files, name)
+    promoted = imgq("models", "promote", name, "2", env=env)
+    assert promoted.returncode == 0 and f"{name}@production -> version 2" in promoted.stdout, promoted.stderr
+    listed = imgq("models", "list", name, env=env).stdout.splitlines()
+    assert listed[0].split("\t")[:3] == ["ref", "task", "aliases"]
+    assert [line.split("\t")[:3] for line in listed[1:]] == [[f"{name}@1", "regression", ""],
+                                                             [f"{name}@2", "regression", "production"]]
+    bad = imgq("models", "import", str(model_files["unsafe"]), "--name", f"{name}-x", "--task", "regression",
+               "--input-size", "32", "--wait", env=env)
+    assert bad.returncode == 1 and "arbitrary" in bad.stdout, bad.stdout + bad.stderr
