@@ -1,5 +1,5 @@
-"""The `imgq` command as a user runs it: the demo (README's first command) and the model registry CLI."""
-import json
+"""The `imgq` command as a user runs it: the demo (README's first command). The remote commands (models, score,
+jobs...) are tested against running servers in test_remote_cli.py."""
 import os
 import subprocess
 import sys
@@ -27,19 +27,3 @@ def test_demo_runs_the_main_job_with_no_servers(tmp_path):
     results = tmp_path / ".imgq" / "demo" / "results.csv"
     lines = results.read_text().splitlines()
     assert lines[0] == "id,status,error,from_cache,pageviews" and len(lines) == 28
-
-
-def test_models_cli_import_list_promote(tmp_path, model_files):
-    first = imgq("models", "import", str(model_files["regression"]), "--name", "views", "--task", "regression",
-                 "--input-size", "32", "--target-transform", "log1p", cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
-    assert json.loads(first.stdout)["aliases"] == ["production"]
-    second = imgq("models", "import", str(model_files["regression"]), "--name", "views", "--task", "regression",
-                  "--input-size", "32", cwd=tmp_path)
-    assert json.loads(second.stdout)["version"] == 2 and json.loads(second.stdout)["aliases"] == []
-    assert imgq("models", "promote", "views", "2", cwd=tmp_path).returncode == 0
-    listing = imgq("models", "list", "views", cwd=tmp_path).stdout.splitlines()
-    assert listing[1].startswith("views@2") and listing[1].endswith("production")
-    bad = imgq("models", "import", str(model_files["unsafe"]), "--name", "x", "--task", "regression",
-               "--input-size", "32", cwd=tmp_path)
-    assert bad.returncode == 2 and "arbitrary Python code" in bad.stderr

@@ -308,13 +308,14 @@ def test_the_index_survives_a_worker_restart_and_a_web_restart_and_a_dead_embedd
 def test_the_cli_answers_like_the_api(stack, photos, tmp_path):
     query = tmp_path / "query.jpg"
     query.write_bytes(_jpeg(dict(_variants(photos["rocket"][0]))["mirror"]))
+    remote = {**stack.env, "IMGQ_SERVER": stack.base, "IMGQ_TOKEN": stack.token or ""}  # over HTTP, as a laptop
     out = subprocess.run([sys.executable, "-m", "shared.tools.cli", "similar", str(query), "--catalog", "photos",
-                          "--k", "3"], env=stack.env, capture_output=True, text=True, timeout=300)
+                          "--k", "3", "--json"], env=remote, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     answer = json.loads(out.stdout)
     assert top(answer)[0] == "rocket" and len(answer["results"]) == 3
     out = subprocess.run([sys.executable, "-m", "shared.tools.cli", "similar", "nope", "--item", "--catalog",
-                          "photos"], env=stack.env, capture_output=True, text=True, timeout=300)
+                          "photos"], env=remote, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "no item 'nope'" in out.stderr
 
 

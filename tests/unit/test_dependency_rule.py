@@ -27,6 +27,7 @@ SHARED_LAYERS = {
     "images":    1,  # image bytes to model inputs, manifests, datasets
     "models":    1,  # model code needing no TensorFlow: outputs, targets, a file's layers, vectors
     "search":    1,  # vector indexes and their holder
+    "client":    1,  # the HTTP client and the remote commands: speaks the API, needs no database
     "schemas":   2,  # request models
     "services":  3,  # domain services: jobs, submission, registry, schedules, ...
     "tools":     4,  # the CLI, the demo, the local stack

@@ -1,0 +1,170 @@
+"""The `imgq` remote commands as a user on another machine runs them: a separate process that knows only the
+server's address and a token (its DATABASE_URL points nowhere), against a real `imgq serve` and worker on the
+embedded default and on PostgreSQL."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from shared.tools.local_stack import free_port
+from tests.helpers import write_jpeg
+
+pytestmark = pytest.mark.integration
+
+CONTROL = [chr(c) for c in range(32) if chr(c) not in "\n\t"] + ["\x7f"]
+
+
+def _env(tmp_path, **extra) -> dict:
+    """A laptop's environment: no database or broker it could reach, a home of its own (for `imgq login`)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGQ_")}
+    env.update({"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/nowhere", "BROKER_URL": "redis://127.0.0.1:1/0",
+                "HOME": str(tmp_path / "home"), "XDG_CONFIG_HOME": str(tmp_path / "home" / ".config"), **extra})
+    return env
+
+
+def imgq(*args, env, timeout=300, **kwargs):
+    return subprocess.run([sys.executable, "-m", "shared.tools.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
+def _remote(stack, tmp_path) -> dict:
+    return _env(tmp_path, IMGQ_SERVER=stack.base, IMGQ_TOKEN=stack.token or "")
+
+
+@pytest.fixture(params=["embedded", "postgres"])
+def stack(request):
+    return request.getfixturevalue("embedded_stack" if request.param == "embedded" else "pg_stack")
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """A laptop's folder: 12 JPEGs (one in a subfolder), a truncated one, a text file named .jpg, and a CSV."""
+    folder = tmp_path / "crawl"
+    for i in range(11):
+        write_jpeg(folder / f"p{i:02d}.jpg", size=(80, 60), seed=i)
+    write_jpeg(folder / "shoes" / "p11.jpg", size=(60, 80), seed=11)
+    good = (folder / "p00.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (folder / "notes.jpg").write_text("not an image")
+    (folder / "items.csv").write_text("id,image\n")
+    return folder
+
+
+def _import(stack, tmp_path, model_files, name: str) -> None:
+    out = imgq("models", "import", str(model_files["regression"]), "--name", name, "--task", "regression",
+               "--input-size", "32", "--target-transform", "log1p", "--wait", env=_remote(stack, tmp_path))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+
+
+def test_scoring_a_folder_with_wait_downloads_what_the_api_returns(stack, tmp_path, model_files, photos):
+    name = f"remote-{free_port()}"
+    _import(stack, tmp_path, model_files, name)
+    out = imgq("score", str(photos), "--model", name, "--wait", "--out", str(tmp_path / "r.csv"),
+               env=_remote(stack, tmp_path))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert not any(c in out.stdout + out.stderr for c in CONTROL)  # no terminal: plain lines
+    job_id = out.stdout.split()[1]
+    job = stack.http.get(stack.url(f"/api/v1/jobs/{job_id}"), timeout=10).json()
+    assert job["status"] == "succeeded" and (job["progress"]["total"], job["progress"]["failed"]) == (14, 2)
+    assert "failed items by reason (2):" in out.stdout and "succeeded: 14/14" in out.stdout
+    assert "truncated" in out.stdout.split("failed items by reason")[1]
+
+    api = {r["id"]: r for r in stack.all_results(job_id)}
+    assert set(api) == {f"p{i:02d}.jpg" for i in range(11)} | {"shoes/p11.jpg", "truncated.jpg", "notes.jpg"}
+    downloaded = pd.read_csv(tmp_path / "r.csv", dtype={"id": str}, keep_default_na=False)
+    assert set(downloaded["id"]) == set(api)
+    for row in downloaded.itertuples():
+        assert row.status == api[row.id]["status"] and (row.error or None) == api[row.id]["error"]
+        if row.status == "ok":
+            assert float(row.pageviews) == pytest.approx(api[row.id]["outputs"]["pageviews"], rel=1e-6)
+
+    parquet = imgq("jobs", "results", job_id, "--out", str(tmp_path / "r.parquet"), env=_remote(stack, tmp_path))
+    assert parquet.returncode == 0, parquet.stderr
+    frame = pd.read_parquet(tmp_path / "r.parquet").set_index("id").sort_index()
+    ok = frame[frame["status"] == "ok"]
+    assert len(frame) == 14 and ok["pageviews"].dtype.kind == "f"
+    assert ok["pageviews"].to_dict() == pytest.approx({k: v["outputs"]["pageviews"] for k, v in api.items()
+                                                       if v["status"] == "ok"}, rel=1e-6)
+
+
+def _long_job(stack, tmp_path, name: str) -> str:
+    """A score job of 3,000 items (one photo, the cache off) that runs long enough to be canceled."""
+    folder = stack.data / f"long-{name}"
+    write_jpeg(folder / "p.jpg", size=(80, 60))
+    (folder / "items.csv").write_text("id,image\n" + "".join(f"i{i},long-{name}/p.jpg\n" for i in range(3000)))
+    out = imgq("score", "--manifest", f"long-{name}/items.csv", "--model", name, "--no-cache", "--json",
+               env=_remote(stack, tmp_path))
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)["id"]
+
+
+def test_cancel_from_the_cli_and_watch_exits_1(pg_stack, tmp_path, model_files):
+    stack, name = pg_stack, f"cancel-{free_port()}"
+    _import(stack, tmp_path, model_files, name)
+    job_id = _long_job(stack, tmp_path, name)
+    out = imgq("jobs", "cancel", job_id, "--json", env=_remote(stack, tmp_path))
+    assert out.returncode == 0 and json.loads(out.stdout)["status"] == "canceled", out.stderr
+    watch = imgq("jobs", "watch", job_id, env=_remote(stack, tmp_path))
+    assert watch.returncode == 1 and f"job {job_id} score canceled" in watch.stdout
+
+
+def test_ctrl_c_while_waiting_stops_watching_and_leaves_the_job(pg_stack, tmp_path, model_files):
+    stack, name = pg_stack, f"sigint-{free_port()}"
+    _import(stack, tmp_path, model_files, name)
+    job_id = _long_job(stack, tmp_path, name)
+    proc = subprocess.Popen([sys.executable, "-m", "shared.tools.cli", "jobs", "watch", job_id],
+                            env=_remote(stack, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stdout + stderr
+    assert f"stopped watching; the job goes on: imgq jobs watch {job_id}" in stderr
+    status = stack.http.get(stack.url(f"/api/v1/jobs/{job_id}"), timeout=10).json()["status"]
+    assert status in ("queued", "running", "succeeded")  # not canceled: nobody asked
+    stack.http.post(stack.url(f"/api/v1/jobs/{job_id}/cancel"), timeout=10)
+
+
+def test_exit_codes_a_cron_job_can_act_on(pg_stack, tmp_path):
+    env = _remote(pg_stack, tmp_path)
+    wrong = imgq("jobs", "list", "--token", "imgq_not-a-token", env=env)
+    assert wrong.returncode == 4 and "401" in wrong.stderr
+    down = imgq("jobs", "list", "--server", f"http://127.0.0.1:{free_port()}", env=env)
+    assert down.returncode == 3 and "cannot reach" in down.stderr
+    unknown = imgq("score", "--manifest", "x.csv", "--model", "no-such-model", env=env)
+    assert unknown.returncode == 2 and "no-such-model" in unknown.stderr
+    nothing = imgq("jobs", "list", env=_env(tmp_path))
+    assert nothing.returncode == 2 and "IMGQ_SERVER" in nothing.stderr
+
+
+def test_login_remembers_the_server_and_token(pg_stack, tmp_path):
+    env = _env(tmp_path)
+    bad = imgq("login", "--server", pg_stack.base, "--token", "imgq_wrong", env=env)
+    assert bad.returncode == 4
+    assert not (tmp_path / "home" / ".config" / "imgq" / "config.toml").exists()
+    good = imgq("login", "--server", pg_stack.base, "--token", pg_stack.token, env=env)
+    assert good.returncode == 0, good.stderr
+    stored = tmp_path / "home" / ".config" / "imgq" / "config.toml"
+    assert stored.stat().st_mode & 0o777 == 0o600
+    listed = imgq("jobs", "list", "--json", "--limit", "3", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) <= 3
+
+
+def test_models_import_list_promote_and_an_unsafe_file(pg_stack, tmp_path, model_files):
+    env, name = _remote(pg_stack, tmp_path), f"views-{free_port()}"
+    for _ in range(2):
+        _import(pg_stack, tmp_path, model_files, name)
+    promoted = imgq("models", "promote", name, "2", env=env)
+    assert promoted.returncode == 0 and f"{name}@production -> version 2" in promoted.stdout, promoted.stderr
+    listed = imgq("models", "list", name, env=env).stdout.splitlines()
+    assert listed[0].split("\t")[:3] == ["ref", "task", "aliases"]
+    assert [line.split("\t")[:3] for line in listed[1:]] == [[f"{name}@1", "regression", ""],
+                                                             [f"{name}@2", "regression", "production"]]
+    bad = imgq("models", "import", str(model_files["unsafe"]), "--name", f"{name}-x", "--task", "regression",
+               "--input-size", "32", "--wait", env=env)
+    assert bad.returncode == 1 and "arbitrary" in bad.stdout, bad.stdout + bad.stderr
