@@ -57,7 +57,8 @@ def photos(tmp_path):
 
 def _import(stack, tmp_path, model_files, name: str) -> None:
     out = imgq("models", "import", str(model_files["regression"]), "--name", name, "--task", "regression",
-               "--input-size", "32", "--target-transform", "log1p", "--wait", env=_remote(stack, tmp_path))
+               "--input-size", "32", "--target-transform", "log1p", "--output-names", "pageviews", "--wait",
+               env=_remote(stack, tmp_path))
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
 
 
