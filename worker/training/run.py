@@ -48,6 +48,7 @@ from worker.training.attempt import (
     stop_if_told,
 )
 from worker.training.comparison import compare_with_production, evaluate_holdout, production_version
+from worker.training.reference import record_training_reference
 from worker.training.registration import candidate_signature, finish, lineage_of, register
 
 log = logging.getLogger("worker.training.run")  # its module's name: run with -m, __name__ is "__main__"
@@ -152,6 +153,7 @@ def train(job_id: str, attempt: int | None, settings: Settings) -> None:
         raise Superseded()
     lineage = lineage_of(req, job_id, start.parent, data, metrics, duration=time.monotonic() - started)
     version = patiently(register, req, job_id, model, signature, lineage, settings)
+    patiently(record_training_reference, version, model, data)
     patiently(finish, job_id, attempt, req, version, metrics, comparison, data)
     heartbeat.stop()
     shutil.rmtree(folder.parent, ignore_errors=True)  # every attempt's checkpoints: the job is done
