@@ -77,12 +77,13 @@ def start_attempt(job_id: str) -> AttemptStart:
     return AttemptStart(TrainRequest.model_validate(spec), parent, epoch, path)
 
 
-def prepare_tensorflow(seed: int) -> None:
-    """TensorFlow configured for this process's device; Python, NumPy and Keras seeded."""
+def prepare_tensorflow(seed: int, deterministic: bool = False) -> None:
+    """TensorFlow configured for this process's device; Python, NumPy and Keras seeded; op determinism on when the
+    request asks for it (fitting.seed says what each guarantees)."""
     configure_tensorflow()
     from worker.training import fitting  # imports Keras: after TensorFlow is configured
 
-    fitting.seed(seed)
+    fitting.seed(seed, deterministic=deterministic)
 
 
 def preprocessing_for(req: TrainRequest, parent) -> Preprocessing:
@@ -140,7 +141,7 @@ def train(job_id: str, attempt: int | None, settings: Settings) -> None:
     heartbeat = start_heartbeat(job_id, attempt, interval_for(settings.heartbeat_timeout, at_most=5.0),
                                 phase="loading data", epoch=start.checkpoint_epoch)
     started = time.monotonic()
-    prepare_tensorflow(req.seed)
+    prepare_tensorflow(req.seed, req.deterministic)
     prep, data = load_data(req, start.parent, settings)
     folder = checkpoint_folder(settings, job_id, attempt)
     model = fit_model(start, data, prep, settings, heartbeat, folder)
