@@ -11,7 +11,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from shared.core import liveness, prometheus
 from shared.core.db import session_scope
-from shared.services import jobs
+from shared.services import drift, jobs
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 REQUEST_SECONDS = Histogram("imgq_http_request_duration_seconds", "HTTP requests by route (the Flask endpoint name; "
@@ -38,20 +38,25 @@ class QueueCollector:
                 GaugeMetricFamily("imgq_chunks", "Chunks of unfinished jobs by state", labels=["state"]),
                 GaugeMetricFamily("imgq_items_remaining", "Items not yet scored in running or queued jobs"),
                 GaugeMetricFamily("imgq_sweeper_last_run_timestamp_seconds",
-                                  "Unix time the sweeper last completed (0: never); alert when it stops moving"))
+                                  "Unix time the sweeper last completed (0: never); alert when it stops moving"),
+                GaugeMetricFamily("imgq_score_drift", "Output drift (PSI) of each model's latest finished score job "
+                                  "against its reference; IMGQ_DRIFT_THRESHOLD flags it", labels=["model"]))
 
     def collect(self):
-        job_counts, chunks, items, swept = self._families()
+        job_counts, chunks, items, swept, drifts = self._families()
         with session_scope() as session:
             last = liveness.last_beat(session, liveness.SWEEPER)
             figures = jobs.queue_figures(session)
+            latest_drift = drift.latest_by_model(session)
         swept.add_metric([], last.timestamp() if last is not None else 0.0)
         for (kind, status), n in figures["jobs"].items():
             job_counts.add_metric([kind, status], n)
         for state, n in figures["chunks"].items():
             chunks.add_metric([state], n)
         items.add_metric([], figures["items_remaining"])
-        yield from (job_counts, chunks, items, swept)
+        for model, value in latest_drift:
+            drifts.add_metric([model], value)
+        yield from (job_counts, chunks, items, swept, drifts)
 
 
 _registry = None

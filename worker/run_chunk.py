@@ -23,6 +23,7 @@ from functools import partial
 from shared.core.config import Settings
 from shared.core.db import session_scope
 from shared.core.logs import bind
+from shared.services import drift
 from worker import chunk_lifecycle, chunk_work, metrics
 from worker.chunk_lifecycle import ClaimedChunk
 from worker.chunk_work import ChunkWork, ModelUnusable
@@ -138,7 +139,17 @@ def run_chunk(job_id: str, chunk_no: int, *, worker: str, models: ModelCache, se
             for held_no, attempt in chunks.release_all():
                 chunk_lifecycle.release(session, job_id, held_no, attempt, f"{type(exc).__name__}: {exc}")
         raise
+    record_drift(job_id, settings)
     return "done"
+
+
+def record_drift(job_id: str, settings: Settings) -> None:
+    """When this task's chunks finished a score job: its output drift recorded (shared/services/drift.py; nothing
+    for an unfinished job, or one whose drift another task recorded). The chunks are done whatever happens here."""
+    try:
+        drift.record_job_drift(job_id, settings.drift_threshold)
+    except Exception:  # noqa: BLE001 - the task's boundary: the scores stand, only the drift figure is missing
+        log.exception("job %s: output drift not recorded", job_id)
 
 
 def _options(claimed: ClaimedChunk, settings: Settings) -> ScoreOptions:

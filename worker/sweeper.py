@@ -48,6 +48,7 @@ from shared.core.states import (
     RunState,
 )
 from shared.core.tables import Chunk, Job, TrainRun, utcnow
+from shared.services import drift
 from shared.services.jobs import lock_job
 from worker import chunk_lifecycle, index_builder, model_importer
 
@@ -65,7 +66,7 @@ def sweep(settings: Settings, enqueue, enqueue_train=None,
     to_send, given_up = _take_back_dead_chunks(settings, now)
     for job_id, chunk_no in _unsent_or_lost_chunks(settings, now, depth(SCORE_QUEUE)):
         to_send.setdefault(job_id, []).append(chunk_no)
-    closed = _close_finished_jobs()
+    closed = _close_finished_jobs(settings)
     sent = sum(enqueue(job_id, sorted(set(nos))) for job_id, nos in to_send.items())
     trains = _sweep_train_runs(settings, now, depth(TRAIN_QUEUE))
     if trains and enqueue_train is not None:
@@ -122,7 +123,9 @@ def _unsent_or_lost_chunks(settings: Settings, now, depth: int | None) -> list[t
     return [tuple(row) for row in (*unsent, *lost)]
 
 
-def _close_finished_jobs() -> int:
+def _close_finished_jobs(settings: Settings) -> int:
+    """Score and embed jobs with no open chunk closed (their last chunk ended by giving up); a score job's drift
+    recorded once it is closed."""
     closed = 0
     with session_scope() as session:
         open_jobs = list(session.scalars(select(Job.id).where(Job.kind.in_(CHUNKED_JOB_KINDS),
@@ -130,7 +133,13 @@ def _close_finished_jobs() -> int:
     for job_id in open_jobs:
         with session_scope() as session:
             job = lock_job(session, job_id)
-            closed += chunk_lifecycle.finalize_if_complete(session, job)
+            finished = chunk_lifecycle.finalize_if_complete(session, job)
+        if finished:
+            closed += 1
+            try:
+                drift.record_job_drift(job_id, settings.drift_threshold)
+            except Exception:  # noqa: BLE001 - the sweep goes on: only the job's drift figure is missing
+                log.exception("job %s: output drift not recorded", job_id)
     return closed
 
 

@@ -52,6 +52,13 @@ def _float(env: dict, name: str, default: float, zero_allowed: bool = False) -> 
     return value
 
 
+def _bounded(env: dict, name: str, default: float, *, maximum: float) -> float:
+    value = _float(env, name, default)
+    if value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum:g}, got {value:g}")
+    return value
+
+
 def _bool(env: dict, name: str, default: bool) -> bool:
     raw = (env.get(name) or "").strip().lower()
     if not raw:
@@ -143,6 +150,7 @@ class Settings:
     metrics_port: int
     metrics_host: str
     metrics_dir: Path
+    drift_threshold: float
 
     @property
     def embedded(self) -> bool:
@@ -233,6 +241,9 @@ def load_settings(env: dict | None = None) -> Settings:
         # where each process tree keeps prometheus-client's multiprocess files (shared/core/prometheus.py): local
         # and fast, never a volume several hosts share
         metrics_dir=Path(env.get("IMGQ_METRICS_DIR") or tempfile.gettempdir()).expanduser().resolve(),
+        # a score job's output drift (PSI) above this is flagged and logged as a warning (0.1: worth a look,
+        # 0.2: a real shift, by the usual reading of PSI)
+        drift_threshold=_bounded(env, "IMGQ_DRIFT_THRESHOLD", 0.2, maximum=10.0),
     )
 
 

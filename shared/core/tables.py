@@ -325,3 +325,36 @@ class VectorIndex(Base):
     watermark: Mapped[datetime] = mapped_column()  # embeddings written up to here are in it
     job_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DriftReference(Base):
+    """What a version's outputs look like on data like its training data (shared/models/drift.py's summary): the
+    reference its score jobs' drift is measured against. Written once, when a trained version is registered."""
+    __tablename__ = "drift_references"
+
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"),
+                                                  primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))  # training: the outputs on its validation and holdout images
+    item_count: Mapped[int] = mapped_column(Integer)
+    distribution: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ScoreDrift(Base):
+    """A finished score job's output distribution and its drift against a reference (None: none to compare with).
+    Written once per job, when it succeeds."""
+    __tablename__ = "score_drift"
+    __table_args__ = (Index("ix_score_drift_version_computed", "model_version_id", "computed_at"),)
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    reference_kind: Mapped[str | None] = mapped_column(String(20), nullable=True)  # training | previous_job
+    reference_job_id: Mapped[str | None] = mapped_column(String(36), nullable=True)  # previous_job: which one
+    statistic: Mapped[str] = mapped_column(String(10))  # psi
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    threshold: Mapped[float] = mapped_column(Float)
+    exceeded: Mapped[bool] = mapped_column(Boolean, default=False)
+    item_count: Mapped[int] = mapped_column(Integer)
+    distribution: Mapped[dict] = mapped_column(JSON)
+    detail: Mapped[dict] = mapped_column(JSON)  # per output: PSI, KS, shares or quantiles, and the reference's
+    computed_at: Mapped[datetime] = mapped_column(default=utcnow)

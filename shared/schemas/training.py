@@ -156,6 +156,9 @@ class TrainRequest(Strict):
     splits: Splits = Field(default_factory=Splits)
     mix_in: MixIn | None = None
     seed: int = Field(default=0, ge=0, le=2**32 - 1)  # what numpy's generators take
+    # true: TensorFlow's op determinism too, for bit-identical weights on the same machine (slower); false: the
+    # same data order and augmentation, the same losses up to float rounding (worker/training/fitting.seed)
+    deterministic: StrictBool = False
     gate: Gate | None = None  # set: compare with production and promote when better
     shadow_sample: int = Field(default=200, ge=0, le=100_000)
 

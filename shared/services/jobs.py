@@ -23,7 +23,7 @@ from shared.core.states import FINAL_JOB_STATUSES, OPEN_JOB_STATUSES, ChunkState
 from shared.core.tables import Chunk, Job, JobItem, ModelVersion, Result, TrainRun, utcnow
 from shared.core.vocab import EMBEDDING_TASK
 from shared.models.outputs import output_columns
-from shared.services import index_jobs, model_imports, model_registry
+from shared.services import drift, index_jobs, model_imports, model_registry
 from shared.services.embed_spec import embedding_json
 from shared.services.tokens import ANYONE, Caller
 from shared.services.train_jobs import train_json
@@ -212,6 +212,7 @@ def job_json(session: Session, job: Job) -> dict:
         "chunks": {"total": job.total_chunks, **{state.value: chunk_states.get(state, 0) for state in ChunkState}},
         "cache": job.use_cache,
         **({"embedding": embedding_json(job)} if job.kind == JobKind.EMBED else {}),
+        **({"drift": drift.job_drift(session, job.id)} if job.kind == JobKind.SCORE else {}),
     }
 
 

@@ -88,7 +88,7 @@ def fit_log(monkeypatch):
 def run_fit(log: FitLog, start_epoch: int) -> int:
     checks = []
     phases = [fitting.FitPhase(2, 1e-3, False), fitting.FitPhase(5, 1e-4, True)]
-    fitting.fit(log, request(), phases, (None, None), [], steps=3, start_epoch=start_epoch,
+    fitting.fit(log, request(), phases, (lambda start, until: None, None), [], steps=3, start_epoch=start_epoch,
                 between_phases=lambda: checks.append(len(log.calls)))
     return len(checks)
 

@@ -29,9 +29,20 @@ from worker.training import models
 from worker.training.data import TrainingData
 
 
-def seed(value: int) -> None:
-    """Python, NumPy and TensorFlow seeded: the same request trains the same way."""
+def seed(value: int, *, deterministic: bool = False) -> None:
+    """Python, NumPy and TensorFlow seeded; with `deterministic`, TensorFlow's op determinism on as well.
+
+    What is guaranteed: the same request, seed and files give the same initial weights, the same order of training
+    images in every epoch and the same augmented images (drawn statelessly from (seed, image, epoch):
+    worker/training/augmentation.py), whatever the pipeline's parallelism, so the same epoch losses up to the
+    float rounding of parallel kernels. With `deterministic` (a train request's "deterministic": true) every op
+    is made deterministic too, for bit-identical weights on the same machine and software, at some cost in speed
+    (and an error for an op that has no deterministic kernel)."""
     keras.utils.set_random_seed(value)
+    if deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
 
 
 def steps_per_epoch(train_items: int, batch_size: int) -> int:
@@ -74,10 +85,9 @@ def build_or_resume_model(req: TrainRequest, parent, data: TrainingData, prep: P
 # --------------------------------------------------------------------------------------------- the data
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, pixel_scale: str, seed: int, shuffle: bool,
-                 augmentation=None):
+def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, pixel_scale: str, seed: int, shuffle: bool):
     """uint8 pixels -> (shuffled) batches in the model's input range, scaled in the pipeline one batch at a time as
-    serving scales them (worker/pixel_scaling.py)."""
+    serving scales them (worker/pixel_scaling.py): the validation pipeline."""
     import tensorflow as tf
 
     def scale(x, y):
@@ -87,19 +97,47 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, pixel_scale: 
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).map(scale, num_parallel_calls=tf.data.AUTOTUNE)
-    if augmentation is not None:
-        ds = ds.map(lambda x, y: (augmentation(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, pixel_scale: str, seed: int, epochs: range,
+                  augmentation=None):
+    """The training batches of `epochs` one after the other (fit with steps_per_epoch): each epoch in a stateless
+    permutation of (seed, epoch), each image augmented by (seed, its index, epoch), then scaled per batch as serving
+    scales. Neither depends on parallelism or on where a resumed run starts."""
+    import tensorflow as tf
+
+    from worker.training.augmentation import epoch_order
+
+    images, targets = tf.constant(x), tf.constant(y)
+
+    def one_epoch(epoch):
+        items = tf.data.Dataset.from_tensor_slices(epoch_order(seed, epoch, len(x)))
+        if augmentation is None:
+            pairs = items.map(lambda i: (tf.gather(images, i), tf.gather(targets, i)))
+        else:
+            pairs = items.map(lambda i: (augmentation(tf.gather(images, i), i, epoch), tf.gather(targets, i)),
+                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return pairs.batch(batch_size)
+
+    ds = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(one_epoch)
+    ds = ds.map(lambda x, y: (pixel_scaling.scale_pixels_tf(x, pixel_scale), y), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def make_datasets(req: TrainRequest, data: TrainingData, prep: Preprocessing) -> tuple:
-    """(training pipeline, shuffled and augmented as the request says; validation pipeline)."""
-    augmentation = models.make_augmentation(req.augmentation, req.task, pixel_scale=prep.pixel_scale, seed=req.seed)
+    """(the training pipeline of epochs [start, until) as a function `(start, until) -> dataset`, ordered and
+    augmented as the request says; the validation pipeline)."""
+    augmentation = models.make_augmentation(req.augmentation, req.task, seed=req.seed)
     train, validation = data.splits["train"], data.splits["validation"]
-    return (make_dataset(train.x, train.y, req.batch_size, pixel_scale=prep.pixel_scale, seed=req.seed, shuffle=True,
-                         augmentation=augmentation),
-            make_dataset(validation.x, validation.y, req.batch_size, pixel_scale=prep.pixel_scale, seed=req.seed,
-                         shuffle=False))
+
+    def training(start: int, until: int):
+        return train_dataset(train.x, train.y, req.batch_size, pixel_scale=prep.pixel_scale, seed=req.seed,
+                             epochs=range(start, until), augmentation=augmentation)
+
+    return (training, make_dataset(validation.x, validation.y, req.batch_size, pixel_scale=prep.pixel_scale,
+                                   seed=req.seed, shuffle=False))
 
 
 # --------------------------------------------------------------------------------------------- the phases
@@ -148,15 +186,17 @@ def fit(model: keras.Model, req: TrainRequest, phases: list[FitPhase], datasets:
         steps: int, start_epoch: int, between_phases=lambda: None) -> None:
     """Each phase from the epoch the one before reached (phases already done are skipped); `between_phases()`
     after each. A model resumed from a checkpoint (start_epoch > 0) goes on as compiled there; every phase
-    after the first one fitted compiles again, with its own trainable layers and rate."""
-    train_ds, validation_ds = datasets
+    after the first one fitted compiles again, with its own trainable layers and rate. `datasets` is
+    make_datasets's pair: the training pipeline is made for each phase's epochs."""
+    training, validation_ds = datasets
     compiled = start_epoch > 0
     for phase in phases:
         if start_epoch < phase.until:
             if not compiled:
                 compile_for_phase(model, req, phase, steps=steps, epochs=phase.until - start_epoch)
-            model.fit(train_ds, validation_data=validation_ds, epochs=phase.until, initial_epoch=start_epoch,
-                      callbacks=callbacks, verbose=0, shuffle=False)  # tf.data shuffles
+            model.fit(training(start_epoch, phase.until), validation_data=validation_ds, epochs=phase.until,
+                      initial_epoch=start_epoch, steps_per_epoch=steps, callbacks=callbacks, verbose=0,
+                      shuffle=False)  # the pipeline orders each epoch
             compiled, start_epoch = False, phase.until
         between_phases()
 

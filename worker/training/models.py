@@ -559,30 +559,17 @@ def make_schedule(kind: str, base_lr: float, *, steps_per_epoch: int, epochs: in
 
 # ------------------------------------------------------------------------------- augmentation, compile
 
-# one layer per word of shared/core/vocab.AUGMENTATIONS, geometric first: (value, value range, seed) -> layer
-_AUGMENTATION_LAYERS = {
-    "flip": lambda value, value_range, seed: layers.RandomFlip("horizontal", seed=seed, name="flip"),
-    "rotation": lambda value, value_range, seed: layers.RandomRotation(value, seed=seed, name="rotation"),
-    "zoom": lambda value, value_range, seed: layers.RandomZoom(value, seed=seed, name="zoom"),
-    "translate": lambda value, value_range, seed: layers.RandomTranslation(value, value, seed=seed, name="translate"),
-    "contrast": lambda value, value_range, seed: layers.RandomContrast(value, value_range=value_range, seed=seed,
-                                                                       name="contrast"),
-    "brightness": lambda value, value_range, seed: layers.RandomBrightness(value, value_range=value_range,
-                                                                           seed=seed, name="brightness"),
-}
-assert set(_AUGMENTATION_LAYERS) == set(AUGMENTATIONS)
-
-
-def make_augmentation(spec: Augmentation | dict | None, task: str, *, pixel_scale: str = "raw",
-                      seed: int | None = None):
-    """Random augmentation layers (apply with training=True), or None when `spec` asks for nothing.
+def make_augmentation(spec: Augmentation | dict | None, task: str, *, seed: int = 0):
+    """The stateless augmentation a request asks for (worker/training/augmentation.py: apply as
+    `augment(image, item, epoch)` to 0..255 pixels), or None when `spec` asks for nothing.
 
     `spec` is a train request's `augmentation` (shared/schemas/training.Augmentation; a dict is validated as one,
     so the keys and ranges are the request's). For "keypoints" the geometric ones are refused: they would move the
-    points. `pixel_scale` is the images' scale (value range of the photometric ops).
+    points.
     """
+    from worker.training.augmentation import StatelessAugmentation  # imports TensorFlow
+
     _choice("task", task, TRAINABLE_TASKS)
-    _choice("pixel_scale", pixel_scale, PIXEL_SCALES)
     asked = (spec if isinstance(spec, Augmentation) else Augmentation.model_validate(spec or {})).asked()
     if task == "keypoints":
         bad = [k for k in GEOMETRIC_AUGMENTATIONS if k in asked]
@@ -592,9 +579,7 @@ def make_augmentation(spec: Augmentation | dict | None, task: str, *, pixel_scal
                              f"keypoint models take only {photometric}")
     if not asked:
         return None
-    value_range = {"raw": (0.0, 255.0), "unit": (0.0, 1.0), "symmetric": (-1.0, 1.0)}[pixel_scale]
-    return keras.Sequential([build(float(asked[name]), value_range, seed)
-                             for name, build in _AUGMENTATION_LAYERS.items() if name in asked], name="augmentation")
+    return StatelessAugmentation({name: float(value) for name, value in asked.items()}, int(seed))
 
 
 def compile_for_task(model: keras.Model, task: str, optimizer) -> None:

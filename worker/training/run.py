@@ -48,6 +48,7 @@ from worker.training.attempt import (
     stop_if_told,
 )
 from worker.training.comparison import compare_with_production, evaluate_holdout, production_version
+from worker.training.reference import record_training_reference
 from worker.training.registration import candidate_signature, finish, lineage_of, register
 
 log = logging.getLogger("worker.training.run")  # its module's name: run with -m, __name__ is "__main__"
@@ -76,12 +77,13 @@ def start_attempt(job_id: str) -> AttemptStart:
     return AttemptStart(TrainRequest.model_validate(spec), parent, epoch, path)
 
 
-def prepare_tensorflow(seed: int) -> None:
-    """TensorFlow configured for this process's device; Python, NumPy and Keras seeded."""
+def prepare_tensorflow(seed: int, deterministic: bool = False) -> None:
+    """TensorFlow configured for this process's device; Python, NumPy and Keras seeded; op determinism on when the
+    request asks for it (fitting.seed says what each guarantees)."""
     configure_tensorflow()
     from worker.training import fitting  # imports Keras: after TensorFlow is configured
 
-    fitting.seed(seed)
+    fitting.seed(seed, deterministic=deterministic)
 
 
 def preprocessing_for(req: TrainRequest, parent) -> Preprocessing:
@@ -139,7 +141,7 @@ def train(job_id: str, attempt: int | None, settings: Settings) -> None:
     heartbeat = start_heartbeat(job_id, attempt, interval_for(settings.heartbeat_timeout, at_most=5.0),
                                 phase="loading data", epoch=start.checkpoint_epoch)
     started = time.monotonic()
-    prepare_tensorflow(req.seed)
+    prepare_tensorflow(req.seed, req.deterministic)
     prep, data = load_data(req, start.parent, settings)
     folder = checkpoint_folder(settings, job_id, attempt)
     model = fit_model(start, data, prep, settings, heartbeat, folder)
@@ -152,6 +154,7 @@ def train(job_id: str, attempt: int | None, settings: Settings) -> None:
         raise Superseded()
     lineage = lineage_of(req, job_id, start.parent, data, metrics, duration=time.monotonic() - started)
     version = patiently(register, req, job_id, model, signature, lineage, settings)
+    patiently(record_training_reference, version, model, data)
     patiently(finish, job_id, attempt, req, version, metrics, comparison, data)
     heartbeat.stop()
     shutil.rmtree(folder.parent, ignore_errors=True)  # every attempt's checkpoints: the job is done

@@ -356,15 +356,13 @@ def test_augmentation():
     assert M.make_augmentation({"flip": False, "zoom": 0}, "classification") is None
     aug = M.make_augmentation({"flip": True, "rotation": 0.1, "zoom": 0.1, "contrast": 0.2, "brightness": 0.2,
                                "translate": 0.1}, "classification", seed=1)
-    assert [layer.name for layer in aug.layers] == ["flip", "rotation", "zoom", "translate", "contrast", "brightness"]
-    x = images(4, 16)
-    y = to_np(aug(x, training=True))
+    assert aug.names == ["flip", "rotation", "zoom", "contrast", "brightness", "translate"]
+    x = images(1, 16)[0]
+    y = to_np(aug(x, 0, 0))
     assert y.shape == x.shape and y.min() >= 0 and y.max() <= 255 and not np.allclose(x, y)
-    unit = M.make_augmentation({"brightness": 0.5}, "regression", pixel_scale="unit", seed=1)
-    assert to_np(unit(x / 255, training=True)).max() <= 1.0
 
     photometric = M.make_augmentation({"contrast": 0.2, "brightness": 0.1}, "keypoints")
-    assert [layer.name for layer in photometric.layers] == ["contrast", "brightness"]
+    assert photometric.names == ["contrast", "brightness"]
     for key, value in (("flip", True), ("rotation", 0.1), ("zoom", 0.1), ("translate", 0.1)):
         with pytest.raises(ValueError, match=f"'{key}' is geometric"):
             M.make_augmentation({"contrast": 0.1, key: value}, "keypoints")
@@ -377,7 +375,7 @@ def test_augmentation():
         M.make_augmentation({"rotation": True}, "regression")
 
 
-def test_augmentation_builds_one_layer_per_word_of_the_requests_vocabulary():
+def test_augmentation_applies_every_word_of_the_requests_vocabulary():
     from shared.core.vocab import AUGMENTATIONS, SWITCH_AUGMENTATIONS
     from shared.schemas.training import TrainRequest
 
@@ -386,7 +384,8 @@ def test_augmentation_builds_one_layer_per_word_of_the_requests_vocabulary():
                                        "dataset": {"path": "x.csv", "label_column": "label"},
                                        "base": {"architecture": "vgg"}, "augmentation": every})
     aug = M.make_augmentation(req.augmentation, req.task, seed=1)
-    assert sorted(layer.name for layer in aug.layers) == sorted(AUGMENTATIONS)
+    assert sorted(aug.names) == sorted(AUGMENTATIONS)
+    assert to_np(aug(images(1, 16)[0], 3, 1)).shape == (16, 16, 3)
 
 
 @pytest.mark.parametrize("task", ["regression", "classification", "keypoints"])
