@@ -15,7 +15,7 @@ const imgq = (() => {
       else if (k === "dataset") Object.assign(e.dataset, v);
       else e.setAttribute(k, v === true ? "" : String(v));
     }
-    for (const c of children.flat()) {
+    for (const c of children.flat(Infinity)) {
       if (c === undefined || c === null) continue;
       e.append(c instanceof Node ? c : String(c));  // strings become text nodes
     }
