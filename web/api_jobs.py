@@ -1,5 +1,5 @@
 """HTTP endpoints for jobs of every kind: submit score, embed and train jobs; list, describe and cancel jobs;
-results; a train job's epochs (and their deprecated old path)."""
+results, their items' thumbnails; a train job's epochs (and their deprecated old path)."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -10,7 +10,7 @@ from shared.core.db import session_scope
 from shared.core.errors import InvalidRequest
 from shared.schemas.jobs import EmbedRequest, EmbedUploadForm, ScoreRequest, ScoreUploadForm
 from shared.schemas.training import TrainRequest
-from shared.services import jobs, submission, train_jobs
+from shared.services import jobs, submission, thumbnails, train_jobs
 from web.auth import caller
 from web.http import accepted, form_fields, json_object, origin
 from web.pagination import JobsQuery, ResultsQuery, decode_cursor, page_body, parse_query
@@ -109,3 +109,15 @@ def get_results(job_id: str):
         rows, next_key = jobs.results_page(session, job, after=decode_cursor(query.after, str), limit=query.limit,
                                            status=query.status)
     return jsonify(page_body("results", rows, next_key, query, job_id=job_id))
+
+
+@bp.get("/<job_id>/items/<path:item_id>/thumbnail")
+def get_item_thumbnail(job_id: str, item_id: str):
+    """A small JPEG of an item's image (`size`: its longer edge, 64-512, default 160), read only from the data roots
+    and this job's own uploads, cached (shared/services/thumbnails.py)."""
+    size = request.args.get("size", "160")
+    if not size.isdigit():
+        raise InvalidRequest("size must be an integer", field="size")
+    with session_scope() as session:
+        data = thumbnails.job_item_thumbnail(session, current_app.config["IMGQ_SETTINGS"], job_id, item_id, int(size))
+    return Response(data, mimetype="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})

@@ -1,4 +1,5 @@
-"""HTTP endpoints for API tokens: listing them (admin scope). Tokens are created and revoked with `imgq tokens`;
+"""HTTP endpoints for API tokens: listing them (admin scope), and the caller's own name and scopes (read: the
+dashboard shows write buttons only to a token that may use them). Tokens are created and revoked with `imgq tokens`;
 no answer ever holds a secret (only its hash is stored, and that is never shown either)."""
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from flask import Blueprint, jsonify
 
 from shared.core.db import session_scope
 from shared.services import tokens
+from web.auth import caller
 from web.pagination import PageQuery, decode_cursor, page_body, parse_query
 
 bp = Blueprint("tokens", __name__, url_prefix="/api/v1/tokens")
@@ -17,3 +19,10 @@ def list_tokens():
     with session_scope() as session:
         rows, next_key = tokens.tokens_page(session, limit=query.limit, after=decode_cursor(query.after, int))
     return jsonify(page_body("tokens", rows, next_key, query))
+
+
+@bp.get("/me")
+def get_me():
+    """The calling token's name and scopes (no secret): what it may do."""
+    who = caller()
+    return jsonify({"id": who.token_id, "name": who.name, "scopes": sorted(who.scopes)})

@@ -18,6 +18,7 @@ from web import (
     api_tokens,
     api_training,
     auth,
+    dashboard,
     errors,
     metrics,
     rate_limits,
@@ -46,6 +47,7 @@ def create_app(settings: Settings) -> Flask:
     app.register_blueprint(api_training.schedules_bp)
     app.register_blueprint(api_catalogs.bp)
     app.register_blueprint(api_tokens.bp)
+    app.register_blueprint(dashboard.bp)  # the HTML pages under /
 
     @app.get("/healthz")
     def healthz():

@@ -1,8 +1,9 @@
 """Who may call what: bearer tokens checked before every request, one scope per endpoint.
 
 The scope of each endpoint is declared here, in one table; an endpoint missing from it needs
-`admin` (closed by default). Only /healthz and /readyz are open, and /metrics when
-IMGQ_METRICS_PUBLIC is set. Missing or unknown token: 401; token without the scope: 403; both with
+`admin` (closed by default). Only /healthz, /readyz and the dashboard's pages and files are open (a page is a
+shell holding no data: it fetches the API with the token the user signed in with, see web/dashboard.py), and
+/metrics when IMGQ_METRICS_PUBLIC is set. Missing or unknown token: 401; token without the scope: 403; both with
 the JSON error body. Nothing is authenticated by cookie, so a cross-site form cannot act for a user.
 """
 from __future__ import annotations
@@ -17,7 +18,10 @@ from shared.services import tokens
 
 log = logging.getLogger(__name__)
 
-OPEN = {"healthz", "readyz", "static"}
+DASHBOARD_PAGES = {"dashboard.jobs_page", "dashboard.login_page", "dashboard.job_page", "dashboard.models_page",
+                   "dashboard.schedules_page", "dashboard.sweep_page", "dashboard.similar_page",
+                   "dashboard.operations_page", "dashboard.static"}
+OPEN = {"healthz", "readyz", "static", *DASHBOARD_PAGES}
 SCOPE_OF = {
     "jobs.create_score_job": "score",
     "jobs.create_embed_job": "score",
@@ -28,6 +32,7 @@ SCOPE_OF = {
     "jobs.get_results": "read",
     "jobs.get_epochs": "read",
     "jobs.get_metrics": "read",  # the deprecated path of get_epochs
+    "jobs.get_item_thumbnail": "read",
     "models.list_models": "read",
     "models.list_versions": "read",
     "models.get_version": "read",
@@ -52,6 +57,7 @@ SCOPE_OF = {
     "catalogs.similar_one": "read",
     "catalogs.similar_batch": "read",
     "tokens.list_tokens": "admin",
+    "tokens.get_me": "read",
     "prometheus_metrics": "read",
 }
 

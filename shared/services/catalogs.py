@@ -6,8 +6,6 @@ it back.
 """
 from __future__ import annotations
 
-import io
-
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
@@ -16,14 +14,10 @@ from shared.core.config import Settings
 from shared.core.errors import InvalidRequest, NotFound
 from shared.core.keyset import Key
 from shared.core.names import check_name
-from shared.core.paths import OutsideDataRoots, resolve_inside
 from shared.core.tables import Embedding, Job, VectorIndex, utcnow
-from shared.images.imaging import ImageError, read_and_hash
 from shared.schemas.catalogs import MAX_DELETIONS
+from shared.services import thumbnails
 from shared.services.index_jobs import index_json
-
-THUMBNAIL_SIZES = (64, 512)  # smallest and largest edge a client may ask for
-
 
 LATEST_INDEXES = 5  # index versions shown per space
 
@@ -87,24 +81,12 @@ def delete_item(session: Session, catalog: str, item_id: str) -> None:
 
 
 def thumbnail(session: Session, settings: Settings, catalog: str, item_id: str, size: int) -> bytes:
-    """A JPEG of the item's image, its longer edge at most `size` pixels (EXIF orientation applied)."""
-    from PIL import Image, ImageOps
-
-    if not THUMBNAIL_SIZES[0] <= size <= THUMBNAIL_SIZES[1]:
-        raise InvalidRequest(f"size must be between {THUMBNAIL_SIZES[0]} and {THUMBNAIL_SIZES[1]}", field="size")
+    """A JPEG of the item's image, its longer edge at most `size` pixels (EXIF orientation applied), read from the
+    data roots and the upload folder of the job that embedded it."""
+    thumbnails.check_size(size)
     row = session.execute(select(Embedding.uri, Job.upload_folder).outerjoin(Job, Job.id == Embedding.job_id)
                           .where(Embedding.catalog == catalog, Embedding.item_id == item_id)
                           .order_by(Embedding.created_at.desc()).limit(1)).first()
     if row is None:
         raise NotFound(f"catalog {catalog} has no item {item_id!r}")
-    try:
-        path = resolve_inside(settings.readable_roots(row.upload_folder), row.uri)
-        data, _ = read_and_hash(path, max_bytes=settings.max_image_bytes, shown=item_id)
-        with Image.open(io.BytesIO(data)) as img:
-            img = ImageOps.exif_transpose(img)
-            img.thumbnail((size, size))
-            out = io.BytesIO()
-            img.convert("RGB").save(out, "JPEG", quality=85)
-    except (OutsideDataRoots, ImageError, OSError) as exc:
-        raise NotFound(f"the image of item {item_id!r} cannot be read: {exc}") from None
-    return out.getvalue()
+    return thumbnails.jpeg_of(settings, settings.readable_roots(row.upload_folder), row.uri, item_id, size)

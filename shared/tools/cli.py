@@ -214,7 +214,7 @@ def cmd_demo(args) -> int:
     from shared.tools.demo import run_demo
     from worker.training.architectures import vgg_regressor
 
-    return run_demo(_settings(), vgg_regressor, images=args.images, port=args.port)
+    return run_demo(_settings(), vgg_regressor, images=args.images, port=args.port, keep=args.keep)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="score a synthetic catalog on the embedded default " + SERVER_SIDE)
     demo.add_argument("--images", type=int, default=300)
     demo.add_argument("--port", type=int, default=8765)
+    demo.add_argument("--keep", action="store_true",
+                      help="keep serving after the demo job (the dashboard's URL is printed) until Ctrl-C")
     demo.set_defaults(func=cmd_demo)
 
     serve = sub.add_parser("serve", help="run the HTTP API (gunicorn) " + SERVER_SIDE)

@@ -2,7 +2,8 @@
 
 Starts the web front and a worker as separate processes, registers a small VGG-style CNN,
 writes a synthetic catalog, submits a score job over HTTP, polls it with a progress bar,
-prints a summary and where the results are, and stops everything. It runs on the Settings the CLI read
+prints a summary and where the results are, and stops everything; with `keep`, it first keeps serving (the
+dashboard's URL printed) until Ctrl-C. It runs on the Settings the CLI read
 (and configured the database with); the processes it starts read the same environment.
 """
 from __future__ import annotations
@@ -45,7 +46,19 @@ def _bar(done: int, total: int, width: int = 30) -> str:
     return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
-def run_demo(settings: Settings, build_model: Callable[[int], Any], images: int = 300, port: int = 8765) -> int:
+def _serve_until_interrupted(stack: LocalStack) -> None:
+    """Keep the demo's processes running for the dashboard until Ctrl-C (or one of them dies)."""
+    print(f"dashboard: {stack.base}/  (sign in with the token above; Ctrl-C stops everything)", flush=True)
+    try:
+        while all(p.poll() is None for p in stack.processes()):
+            time.sleep(1)
+        print("a demo process stopped; stopping the others")
+    except KeyboardInterrupt:
+        print()
+
+
+def run_demo(settings: Settings, build_model: Callable[[int], Any], images: int = 300, port: int = 8765,
+             keep: bool = False) -> int:
     """The demo on `settings`, whose folders exist and whose database is configured (shared/tools/cli.py does both).
     `build_model(input_size)` makes the Keras model it registers (the CLI passes
     worker.training.architectures.vgg_regressor: model builders live in the worker)."""
@@ -110,6 +123,8 @@ def run_demo(settings: Settings, build_model: Callable[[int], Any], images: int 
             print(f"  failed {row['id']}: {row['error']}")
         print(f"results: {out}")
         print(f"         {base}/api/v1/jobs/{job['id']}/results (while a server runs)")
+        if keep:
+            _serve_until_interrupted(stack)
         return 0 if job["status"] == "succeeded" else 1
     finally:
         stack.stop()

@@ -167,11 +167,21 @@ CASES = {
         "POST", "/api/v1/sweeps", json={"base": TRAIN, "grid": {"epochs": []}}), 400, "InvalidRequest", "grid"),
     "thumbnail-size": Case("catalogs.get_thumbnail", lambda c: c.call(
         "GET", "/api/v1/catalogs/shop/items/item-1/thumbnail?size=big"), 400, "InvalidRequest", "size"),
+    "job-thumbnail-size": Case("jobs.get_item_thumbnail", lambda c: c.call(
+        "GET", f"/api/v1/jobs/{c.ids['alice_job']}/items/a/thumbnail?size=9999"), 400, "InvalidRequest", "size"),
+    "job-thumbnail-missing-item": Case("jobs.get_item_thumbnail", lambda c: c.call(
+        "GET", f"/api/v1/jobs/{c.ids['alice_job']}/items/nope/thumbnail"), 404, "NotFound"),
+    "me-no-token": Case("tokens.get_me", lambda c: c.call("GET", "/api/v1/tokens/me", role=None), 401, "Unauthorized"),
     "deletions-ids": Case("catalogs.delete_items", lambda c: c.call(
         "POST", "/api/v1/catalogs/shop/deletions", json={"ids": "item-1"}), 400, "InvalidRequest", "ids"),
     "nul-in-query": Case("jobs.list_jobs", lambda c: c.call("GET", "/api/v1/jobs?model=x%00"), 400,
                          "InvalidRequest", "model"),
     # 405, 409, 413, 414, 422, 429, 500
+    **{f"{page}-post": Case(f"dashboard.{page}", lambda c, url=url: c.call("POST", url), 405, "MethodNotAllowed")
+       for page, url in {"jobs_page": "/", "login_page": "/login", "job_page": f"/jobs/{JOB}",
+                         "models_page": "/models", "schedules_page": "/schedules", "sweep_page": "/sweeps/s",
+                         "similar_page": "/similar", "operations_page": "/operations",
+                         "static": "/assets/app.js"}.items()},
     "healthz-post": Case("healthz", lambda c: c.call("POST", "/healthz"), 405, "MethodNotAllowed"),
     "readyz-post": Case("readyz", lambda c: c.call("POST", "/readyz"), 405, "MethodNotAllowed"),
     "delete-a-job": Case("jobs.get_job", lambda c: c.call("DELETE", f"/api/v1/jobs/{JOB}"), 405, "MethodNotAllowed"),

@@ -1,0 +1,68 @@
+"""Thumbnails of the images a job read or a catalog holds: small JPEGs, read only from where the job may read.
+
+Invariants: the image path is the item's own stored uri, resolved by `shared/core/paths.resolve_inside` against the
+data roots and the job's own upload folder (never another job's uploads: `Settings.readable_roots`), so neither '..',
+an absolute path elsewhere nor a symlink leads out. A job's thumbnails are cached under
+`<IMGQ_HOME>/thumbnails/<job id>/`, named by a hash of (item id, size): a cached file is written whole
+(temporary name, then rename) and never changes, since an item's uri never does.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.core.config import Settings
+from shared.core.errors import InvalidRequest, NotFound
+from shared.core.paths import OutsideDataRoots, path_inside, resolve_inside
+from shared.core.tables import JobItem
+from shared.images.imaging import ImageError, read_and_hash
+from shared.services.jobs import get_job
+
+THUMBNAIL_SIZES = (64, 512)  # smallest and largest edge a client may ask for
+
+
+def check_size(size: int) -> None:
+    if not THUMBNAIL_SIZES[0] <= size <= THUMBNAIL_SIZES[1]:
+        raise InvalidRequest(f"size must be between {THUMBNAIL_SIZES[0]} and {THUMBNAIL_SIZES[1]}", field="size")
+
+
+def jpeg_of(settings: Settings, roots: tuple[Path, ...], uri: str, item_id: str, size: int) -> bytes:
+    """A JPEG of the image at `uri` (inside `roots`), its longer edge at most `size` pixels, EXIF orientation
+    applied; NotFound when the path leads outside the roots or the file is missing or not an image."""
+    from PIL import Image, ImageOps
+
+    try:
+        path = resolve_inside(roots, uri)
+        data, _ = read_and_hash(path, max_bytes=settings.max_image_bytes, shown=item_id)
+        with Image.open(io.BytesIO(data)) as img:
+            img = ImageOps.exif_transpose(img)
+            img.thumbnail((size, size))
+            out = io.BytesIO()
+            img.convert("RGB").save(out, "JPEG", quality=85)
+    except (OutsideDataRoots, ImageError, OSError) as exc:
+        raise NotFound(f"the image of item {item_id!r} cannot be read: {exc}") from None
+    return out.getvalue()
+
+
+def job_item_thumbnail(session: Session, settings: Settings, job_id: str, item_id: str, size: int) -> bytes:
+    """The thumbnail of one item of a score or embed job, from the cache or made and cached."""
+    check_size(size)
+    job = get_job(session, job_id)
+    uri = session.scalar(select(JobItem.uri).where(JobItem.job_id == job.id, JobItem.item_id == item_id))
+    if uri is None:
+        raise NotFound(f"job {job_id} has no item {item_id!r}")
+    key = hashlib.sha256(f"{size}\x00{item_id}".encode()).hexdigest()
+    cached = path_inside(settings.data_dir / "thumbnails", job.id, f"{key}.jpg")
+    if cached.exists():
+        return cached.read_bytes()
+    data = jpeg_of(settings, settings.readable_roots(job.upload_folder), uri, item_id, size)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    partial = cached.with_name(f"{key}.{os.getpid()}.part")
+    partial.write_bytes(data)
+    os.replace(partial, cached)
+    return data

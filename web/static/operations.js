@@ -1,0 +1,38 @@
+/* Operations: readiness (/readyz), queue figures and the sweeper's last run (from /metrics), every 5 s. */
+"use strict";
+(() => {
+  const { el, api, kv, secs, every } = imgq;
+
+  function parseMetrics(text) {
+    const out = [];
+    for (const line of text.split("\n")) {
+      const m = line.match(/^(imgq_[a-z_]+)(\{([^}]*)\})?\s+(\S+)$/);
+      if (!m) continue;
+      const labels = {};
+      for (const pair of (m[3] || "").matchAll(/(\w+)="([^"]*)"/g)) labels[pair[1]] = pair[2];
+      out.push({ name: m[1], labels, value: Number(m[4]) });
+    }
+    return out;
+  }
+
+  async function refresh() {
+    const ready = await fetch("/readyz", { cache: "no-store" }).then((r) => r.json()).catch((e) => ({ ready: false, problems: [String(e)] }));
+    document.getElementById("ready").replaceChildren(
+      el("p", { id: "ready-state", class: `status ${ready.ready ? "succeeded" : "failed"}`, text: ready.ready ? "ready" : "not ready" }),
+      kv(ready));
+    const metrics = parseMetrics(await (await api("/metrics", { headers: { Accept: "text/plain" } })).text());
+    const jobs = metrics.filter((m) => m.name === "imgq_jobs" && m.value > 0);
+    const chunks = metrics.filter((m) => m.name === "imgq_chunks");
+    const remaining = metrics.find((m) => m.name === "imgq_items_remaining");
+    document.getElementById("queues").replaceChildren(
+      el("table", { class: "grid" }, el("thead", {}, el("tr", {}, el("th", { text: "kind" }), el("th", { text: "status" }), el("th", { text: "jobs" }))),
+        el("tbody", {}, jobs.map((m) => el("tr", {}, el("td", { text: m.labels.kind }), el("td", { text: m.labels.status }), el("td", { text: m.value }))))),
+      kv({ "chunks of open jobs": Object.fromEntries(chunks.map((m) => [m.labels.state, m.value])),
+           "items not yet scored": remaining ? remaining.value : null }));
+    const last = metrics.find((m) => m.name === "imgq_sweeper_last_run_timestamp_seconds");
+    document.getElementById("sweeper").replaceChildren(kv(last && last.value > 0 ? {
+      "last run": new Date(last.value * 1000).toLocaleString(), ago: secs(Date.now() / 1000 - last.value) } : { "last run": "never" }));
+    return true;
+  }
+  every(5000, refresh);
+})();
