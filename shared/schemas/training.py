@@ -153,8 +153,9 @@ class CrawlCheck(Strict):
     min_class_rows: int = Field(default=20, ge=1)
     # regression, keypoints: production's error on the new rows at most this many times its holdout error
     max_error_ratio: float = Field(default=3.0, gt=1)
-    # the new rows' class shares against the training data's (total variation distance, 0..1)
-    max_class_shift: float = Field(default=0.5, gt=0, le=1)
+    # the new rows' class shares (total variation distance) or targets (Kolmogorov-Smirnov statistic) against the
+    # training data's, both from 0 to 1
+    max_distribution_shift: float = Field(default=0.5, gt=0, le=1)
     max_holdout_duplicates: float = Field(default=0.02, ge=0, le=1)  # share of new rows whose image is a holdout's
     max_unreadable: float = Field(default=0.10, ge=0, le=1)  # share of new rows whose file cannot be read
 
