@@ -148,9 +148,19 @@ def guard_checks(task: str, guards, truth, candidate, production, shadow: dict |
             c, p = (float(np.percentile(item_errors(task, m, truth), 90)) for m in (candidate, production))
             out.append(_rise_guard(name, p, c, tolerance))
         elif shadow and shadow.get("large_change_share") is not None:  # shadow_large_changes
-            share = shadow["large_change_share"]
-            out.append(_guard(name, None, share, tolerance, f"share <= {tolerance:g}", share <= tolerance))
+            # the catalog may change as much as the holdout did (where the change is measured as better), no more
+            share, expected = shadow["large_change_share"], holdout_change_share(task, truth, candidate, production)
+            out.append(_guard(name, expected, share, tolerance, f"shadow share <= holdout share + {tolerance:g}",
+                              share <= expected + tolerance + 1e-12))
     return out
+
+
+def holdout_change_share(task: str, truth, candidate, production) -> float:
+    """The share of holdout items whose answer changes as much as the shadow diff calls large."""
+    if task == "classification":
+        return float((candidate.argmax(1) != production.argmax(1)).mean())
+    change = np.abs(np.asarray(candidate, np.float64) - production).reshape(len(truth), -1).mean(1)
+    return float((change > large_change_threshold(task, production, truth)).mean())
 
 
 def large_change_threshold(task: str, production, truth) -> float | None:
