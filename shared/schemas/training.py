@@ -149,8 +149,10 @@ class CrawlCheck(Strict):
     a crawl that fails one is quarantined (the job fails naming the check and its figures; nothing is trained)."""
     enabled: bool = True
     # classification: the new labels' agreement with production's predictions may fall at most this far below
-    # production's accuracy on its own holdout (overall, and per class of at least min_class_rows rows)
+    # production's accuracy on its own holdout; per class (of at least min_class_rows new rows), at most
+    # max_class_agreement_drop below production's holdout recall of that class
     max_agreement_drop: float = Field(default=0.25, gt=0, le=1)
+    max_class_agreement_drop: float = Field(default=0.5, gt=0, le=1)
     min_class_rows: int = Field(default=20, ge=1)
     # regression, keypoints: production's error on the new rows at most this many times its holdout error
     max_error_ratio: float = Field(default=3.0, gt=1)

@@ -147,7 +147,7 @@ def test_a_clearly_better_candidate_is_promoted(pg_stack, digits):
     assert {g["name"] for g in decision["guards"]} == {"log_loss", "worst_class_recall", "shadow_large_changes"}
     assert strong["model"]["result"] == f"{name}@2"
     versions = pg_stack.http.get(pg_stack.url(f"/api/v1/models/{name}/versions"), timeout=10).json()["versions"]
-    assert [v["aliases"] for v in versions] == [["production"], []]
+    assert [v["aliases"] for v in versions] == [[], ["production"]]  # version 1, version 2
 
 
 def write_increment(folder, rows: pd.DataFrame, file: str, shuffle: bool) -> None:

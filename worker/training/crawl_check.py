@@ -3,8 +3,9 @@
 
 Checks (shared/core/vocab.CRAWL_CHECKS; thresholds in the request's `crawl_check`, shared/schemas/training.CrawlCheck):
 - classification: `agreement`, the share of new labels production predicts, against production's accuracy on its
-  own holdout (measured now, on the holdout of the dataset it was trained on); `class_agreement`, the same per class
-  of at least `min_class_rows` new rows. A shuffled or shifted label column falls far below.
+  own holdout (measured now, on the holdout of the dataset it was trained on); `class_agreement`, per class of at
+  least `min_class_rows` new rows against production's holdout recall of that class. A shuffled or shifted label
+  column falls far below both; a renamed category below the second.
 - regression, keypoints: `residuals`, production's mean error on the new rows against its holdout error, with the
   new targets' and the residuals' quantiles.
 - `distribution`: the new class shares (total variation distance) or targets (Kolmogorov-Smirnov statistic) against
@@ -61,21 +62,35 @@ def _check(name: str, value, threshold, passed: bool, **figures) -> dict:
     return {"name": name, "value": value, "threshold": threshold, "passed": bool(passed), **figures}
 
 
+def _class_references(holdout: Rows | None, overall: float) -> dict[str, float]:
+    """Production's recall per class on its own holdout (classes with at least 5 holdout rows)."""
+    if holdout is None or not len(holdout.ids):
+        return {}
+    return {str(c): float((holdout.answers[holdout.truth == c] == c).mean()) for c in set(holdout.truth.tolist())
+            if (holdout.truth == c).sum() >= 5}
+
+
 def agreement_checks(new: Rows, holdout: Rows | None, reference: float | None, limits: CrawlCheck) -> list[dict]:
-    """Overall and per-class agreement of the new labels with production's predictions."""
+    """Overall agreement of the new labels with production's predictions against its holdout accuracy; per class
+    against its holdout recall of that class (the overall accuracy when the holdout has few of them), with the
+    looser `max_class_agreement_drop`: a class production is weak on is not a broken crawl, a renamed one is."""
     if holdout is not None and len(holdout.ids):
         reference = float((holdout.answers == holdout.truth).mean())
     if reference is None or not len(new.ids):
         return [_check("agreement", None, None, True, note="no holdout accuracy of production to compare with")]
     floor = max(0.0, reference - limits.max_agreement_drop)
+    recalls = _class_references(holdout, reference)
     agree = new.answers == new.truth
     overall = float(agree.mean())
-    per_class = {str(c): {"rows": int((new.truth == c).sum()), "agreement": float(agree[new.truth == c].mean())}
+    per_class = {str(c): {"rows": int((new.truth == c).sum()), "agreement": float(agree[new.truth == c].mean()),
+                          "floor": max(0.0, recalls.get(str(c), reference) - limits.max_class_agreement_drop)}
                  for c in sorted(set(new.truth.tolist()))}
-    low = sorted(c for c, v in per_class.items() if v["rows"] >= limits.min_class_rows and v["agreement"] < floor)
+    low = sorted(c for c, v in per_class.items()
+                 if v["rows"] >= limits.min_class_rows and v["agreement"] < v["floor"])
     return [_check("agreement", overall, floor, overall >= floor, holdout_accuracy=reference),
-            _check("class_agreement", {c: v["agreement"] for c, v in per_class.items()}, floor, not low,
-                   rows=per_class and {c: v["rows"] for c, v in per_class.items()}, failed_classes=low)]
+            _check("class_agreement", {c: v["agreement"] for c, v in per_class.items()},
+                   {c: v["floor"] for c, v in per_class.items()}, not low,
+                   rows={c: v["rows"] for c, v in per_class.items()}, failed_classes=low)]
 
 
 def _quantiles(values: np.ndarray) -> dict:
@@ -156,8 +171,9 @@ def explain(failed: list[dict]) -> str:
                          f"{c['threshold']:.4g} (production's holdout accuracy {c['holdout_accuracy']:.4g} minus "
                          "max_agreement_drop)")
         elif c["name"] == "class_agreement":
-            low = ", ".join(f"{k} {c['value'][k]:.3g}" for k in c["failed_classes"])
-            words.append(f"class_agreement below {c['threshold']:.4g} for {low}")
+            low = ", ".join(f"{k} {c['value'][k]:.3g} < {c['threshold'][k]:.3g}" for k in c["failed_classes"])
+            words.append(f"class_agreement of the new labels with production's predictions below production's "
+                         f"holdout recall minus max_class_agreement_drop for {low}")
         else:
             words.append(f"{c['name']} {_figure(c['value'])} exceeds {_figure(c['threshold'])}")
     return "crawl quarantined, nothing trained: " + "; ".join(words)
