@@ -44,6 +44,12 @@ def enter_context(**fields) -> contextvars.Token:
     return _context.set(MappingProxyType({**_context.get(), **bound}))
 
 
+def empty_context() -> contextvars.Token:
+    """Start from no fields at all (a test, or a task in a thread where earlier work bound some and never
+    unbound them); `exit_context(token)` puts the earlier ones back."""
+    return _context.set(MappingProxyType({}))
+
+
 def exit_context(token: contextvars.Token) -> None:
     _context.reset(token)
 

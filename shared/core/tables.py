@@ -214,6 +214,7 @@ class TrainRun(Base):
     result_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"), nullable=True)
     holdout_metrics: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     comparison: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # vs production, shadow diff, gate
+    crawl_check: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # the increment's check before training
     sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id"), nullable=True)
     schedule_run_id: Mapped[int | None] = mapped_column(ForeignKey("schedule_runs.id"), nullable=True)
 
@@ -278,7 +279,7 @@ class ScheduleRun(Base):
     schedule_id: Mapped[int] = mapped_column(ForeignKey("schedules.id", ondelete="CASCADE"))
     slot_at: Mapped[datetime] = mapped_column()
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), nullable=True)
-    decision: Mapped[str | None] = mapped_column(String(20), nullable=True)  # promoted | kept | failed
+    decision: Mapped[str | None] = mapped_column(String(20), nullable=True)  # promoted | kept | quarantined | failed
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -77,6 +77,22 @@ DEFAULT_GATE_METRIC: dict[str, str] = {"regression": "mae", "classification": "a
 LOWER_IS_BETTER: dict[str, bool] = {"mae": True, "rmse": True, "pixel_error": True, "log_loss": True,
                                     "accuracy": False, "r2": False}
 
+# The gate's paired test on the holdout, per task and metric (worker/training/gate.py): McNemar's exact test on the
+# items one model gets right and the other wrong when the metric is accuracy, else Wilcoxon's signed-rank test on
+# the per-item losses behind the metric (absolute or squared error, point distance, log-loss).
+GateTest = Literal["mcnemar_exact", "wilcoxon_signed_rank"]
+GATE_TESTS: tuple[str, ...] = get_args(GateTest)
+# Guards: figures that must not get worse beyond a tolerance, whatever the gate's metric says.
+GateGuard = Literal["log_loss", "worst_class_recall", "error_p90", "shadow_large_changes"]
+GATE_GUARDS: tuple[str, ...] = get_args(GateGuard)
+GUARDS_OF_TASK: dict[str, tuple[str, ...]] = {
+    "classification": ("log_loss", "worst_class_recall", "shadow_large_changes"),
+    "regression": ("error_p90", "shadow_large_changes"), "keypoints": ("error_p90", "shadow_large_changes")}
+# The checks of a nightly crawl before a scheduled fine-tune trains on it (worker/training/crawl_check.py).
+CrawlCheckName = Literal["agreement", "class_agreement", "residuals", "distribution", "holdout_duplicates",
+                         "unreadable"]
+CRAWL_CHECKS: tuple[str, ...] = get_args(CrawlCheckName)
+
 # Manifests (score jobs and training datasets alike): CSV (also gzipped), TSV, or Parquet.
 MANIFEST_SUFFIXES: tuple[str, ...] = (".csv", ".csv.gz", ".tsv", ".parquet")
 
@@ -94,3 +110,5 @@ assert {m for task in FIT_METRICS for m in fit_monitors(task)} == set(get_args(F
 assert {m for metrics in HOLDOUT_METRICS.values() for m in metrics} == set(LOWER_IS_BETTER) == \
     set(get_args(HoldoutMetric))
 assert all(DEFAULT_GATE_METRIC[task] in HOLDOUT_METRICS[task] for task in TRAINABLE_TASKS)
+assert set(GUARDS_OF_TASK) == set(TRAINABLE_TASKS) and {g for gs in GUARDS_OF_TASK.values() for g in gs} == \
+    set(GATE_GUARDS)

@@ -39,6 +39,7 @@ from shared.core.names import ModelRef, Name
 from shared.core.vocab import (
     AUGMENTATIONS,
     DEFAULT_GATE_METRIC,
+    GATE_GUARDS,
     GEOMETRIC_AUGMENTATIONS,
     HOLDOUT_METRICS,
     MAX_AUGMENTATION,
@@ -116,10 +117,50 @@ class MixIn(Strict):
     fraction: float = Field(default=0.3, gt=0, le=1)
 
 
+Tolerance = Annotated[float, Field(ge=0)]
+
+
+class GateGuards(Strict):
+    """How much worse than production each guard may get (None: not checked), whatever the gate's metric says.
+    A guard of another task is not measured (shared/core/vocab.GUARDS_OF_TASK)."""
+    log_loss: Tolerance | None = 0.10  # classification: relative rise of the holdout log-loss
+    worst_class_recall: Tolerance | None = 0.05  # classification: absolute drop of the lowest per-class recall
+    error_p90: Tolerance | None = 0.10  # regression, keypoints: relative rise of the per-item error's 90th percentile
+    # the shadow diff's share of large changes (a changed class; a change beyond production's holdout error p90)
+    # above the same share on the holdout (where the changes were measured to be improvements)
+    shadow_large_changes: Annotated[float, Field(ge=0, le=1)] | None = 0.10
+
+
 class Gate(Strict):
-    """Promote the new version to production only if its holdout metric beats production's by this much."""
+    """Promote the new version to production only if its holdout metric beats production's by at least
+    `min_improvement` AND a paired test on the same holdout finds the improvement significant at `confidence`
+    (worker/training/gate.py), and no guard got worse beyond its tolerance."""
     metric: HoldoutMetric | None = None  # one of the task's (HOLDOUT_METRICS); default DEFAULT_GATE_METRIC
     min_improvement: float = Field(default=0.0, ge=0)
+    confidence: float = Field(default=0.95, ge=0.5, le=0.9999)
+    guards: GateGuards = Field(default_factory=GateGuards)
+
+
+assert set(GateGuards.model_fields) == set(GATE_GUARDS)
+
+
+class CrawlCheck(Strict):
+    """Checks of the rows a scheduled fine-tune adds (`dataset.added_since`) against production, before training:
+    a crawl that fails one is quarantined (the job fails naming the check and its figures; nothing is trained)."""
+    enabled: bool = True
+    # classification: the new labels' agreement with production's predictions may fall at most this far below
+    # production's accuracy on its own holdout; per class (of at least min_class_rows new rows), at most
+    # max_class_agreement_drop below production's holdout recall of that class
+    max_agreement_drop: float = Field(default=0.25, gt=0, le=1)
+    max_class_agreement_drop: float = Field(default=0.5, gt=0, le=1)
+    min_class_rows: int = Field(default=20, ge=1)
+    # regression, keypoints: production's error on the new rows at most this many times its holdout error
+    max_error_ratio: float = Field(default=3.0, gt=1)
+    # the new rows' class shares (total variation distance) or targets (Kolmogorov-Smirnov statistic) against the
+    # training data's, both from 0 to 1
+    max_distribution_shift: float = Field(default=0.5, gt=0, le=1)
+    max_holdout_duplicates: float = Field(default=0.02, ge=0, le=1)  # share of new rows whose image is a holdout's
+    max_unreadable: float = Field(default=0.10, ge=0, le=1)  # share of new rows whose file cannot be read
 
 
 class _Augmentations(Strict):
@@ -160,6 +201,7 @@ class TrainRequest(Strict):
     # same data order and augmentation, the same losses up to float rounding (worker/training/fitting.seed)
     deterministic: StrictBool = False
     gate: Gate | None = None  # set: compare with production and promote when better
+    crawl_check: CrawlCheck = Field(default_factory=CrawlCheck)  # applies when dataset.added_since is set
     shadow_sample: int = Field(default=200, ge=0, le=100_000)
 
     @model_validator(mode="after")

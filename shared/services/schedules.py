@@ -22,7 +22,7 @@ from shared.core import keyset, names
 from shared.core.db import get_or_404, session_scope
 from shared.core.errors import Conflict, ImgqError, InvalidRequest
 from shared.core.keyset import Key
-from shared.core.tables import MAX_INT32, Job, Schedule, ScheduleRun, utcnow
+from shared.core.tables import MAX_INT32, Job, Schedule, ScheduleRun, TrainRun, utcnow
 from shared.schemas.training import Gate, ScheduleTrain, TrainRequest
 from shared.services.submission import commit_and_send
 from shared.services.train_jobs import create_train_job
@@ -118,13 +118,16 @@ def delete_schedule(session: Session, schedule_id: int) -> None:
 
 
 def schedule_json(session: Session, row: Schedule, now: datetime | None = None) -> dict:
-    runs = session.scalars(select(ScheduleRun).where(ScheduleRun.schedule_id == row.id)
-                           .order_by(ScheduleRun.slot_at.desc()).limit(20))
+    runs = list(session.scalars(select(ScheduleRun).where(ScheduleRun.schedule_id == row.id)
+                                .order_by(ScheduleRun.slot_at.desc()).limit(20)))
+    job_ids = [r.job_id for r in runs if r.job_id]
+    checks = dict(session.execute(select(TrainRun.job_id, TrainRun.crawl_check)
+                                  .where(TrainRun.job_id.in_(job_ids)))) if job_ids else {}
     return {"id": row.id, "name": row.name, "cron": row.cron, "timezone": row.timezone, "model": row.model_name,
             "enabled": row.enabled, "train": row.train, "gate": row.gate,
             "next_slot": next_slot(row.cron, row.timezone, now or utcnow()).isoformat(),
             "runs": [{"slot": r.slot_at.isoformat(), "job_id": r.job_id, "decision": r.decision,
-                      "reason": r.reason} for r in runs]}
+                      "reason": r.reason, "crawl_check": checks.get(r.job_id)} for r in runs]}
 
 
 def dispatch_due(enqueue_train: Callable[[list[str]], int], now: datetime | None = None) -> dict:

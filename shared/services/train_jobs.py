@@ -53,7 +53,7 @@ def train_json(session: Session, job: Job, run: TrainRun) -> dict:
                      "checkpoint_epoch": run.checkpoint_epoch, "resumed_from_epoch": run.resumed_from_epoch,
                      "attempts": run.attempts},
         "data": run.data_stats, "holdout_metrics": run.holdout_metrics, "comparison": run.comparison,
-        "sweep_id": run.sweep_id, "request": run.spec,
+        "crawl_check": run.crawl_check, "sweep_id": run.sweep_id, "request": run.spec,
     }
 
 

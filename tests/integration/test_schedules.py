@@ -11,7 +11,6 @@ from shared.core.db import session_scope
 from shared.core.errors import InvalidRequest
 from shared.core.tables import Job, ScheduleRun, TrainRun
 from shared.services import schedules
-from worker.training.evaluate import gate
 
 UTC = timezone.utc
 TRAIN = {"task": "classification", "dataset": {"path": "crawl/{date:%Y-%m-%d}/items.csv", "label_column": "label"},
@@ -105,16 +104,6 @@ def test_a_slot_that_cannot_train_is_recorded_as_failed(configured, db_url):
 def test_bad_timing_is_refused(configured, db_url, cron, tz, message):
     with pytest.raises(InvalidRequest, match=message):
         make(db_url, cron=cron, tz=tz)
-
-
-def test_the_gate():
-    better = gate("classification", {"accuracy": 0.95}, {"accuracy": 0.90}, None, 0.01)
-    assert better["decision"] == "promoted" and better["improvement"] == pytest.approx(0.05)
-    assert gate("classification", {"accuracy": 0.905}, {"accuracy": 0.90}, None, 0.01)["decision"] == "kept"
-    assert gate("regression", {"mae": 10.0}, {"mae": 12.0}, None, 1.0)["decision"] == "promoted"
-    worse = gate("regression", {"mae": 13.0}, {"mae": 12.0}, None, 0.0)
-    assert worse["decision"] == "kept" and "mae 12 -> 13" in worse["reason"]
-    assert gate("keypoints", {"pixel_error": 2.0}, None, None, 0.5)["decision"] == "promoted"
 
 
 @pytest.mark.integration

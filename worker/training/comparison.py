@@ -1,11 +1,12 @@
 """The evaluation phase of a training run: which models are measured on which data, and what the gate decides.
 
 The candidate is measured on the run's fixed holdout (split by item id, salted with the model name); with a gate,
-the production version it would replace is loaded from the registry and measured on the same holdout, the gate
-decides, and both score a sample of the whole catalog for the shadow diff. A production version that takes a
-different input is never compared automatically: the gate keeps it. The arithmetic (batched predictions, user units,
-metrics, the gate's rule, the diff's report) is evaluate.py's; this module picks the models and the data and touches
-the database and the model files.
+the production version it would replace is loaded from the registry and answers the same holdout, the gate decides
+on both models' answers item by item (gate.py: a paired test and guards), and both score a sample of the whole
+catalog for the shadow diff, whose share of large changes is one of the guards. A production version that takes a
+different input is never compared automatically: the gate keeps it. The arithmetic (batched predictions, user
+units, metrics, the diff's report) is evaluate.py's and the rule gate.py's; this module picks the models and the
+data and touches the database and the model files.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from shared.images.imaging import Preprocessing
 from shared.models.model_inspect import load_keras_safely
 from shared.schemas.training import TrainRequest
 from shared.services.model_registry import resolve
-from worker.training import evaluate
+from worker.training import evaluate, gate
 from worker.training.data import TrainingData
 
 
@@ -27,11 +28,16 @@ def holdout_truth(task: str, data: TrainingData):
     return holdout.y if task == "classification" else holdout.raw_targets
 
 
+def holdout_answers(task: str, model, data: TrainingData, pixel_scale: str, target_transform: dict) -> np.ndarray:
+    """`model`'s answers on the holdout, in the user's units."""
+    holdout = data.splits["holdout"]
+    return evaluate.to_user_units(task, evaluate.predict(model, holdout.x, pixel_scale), target_transform,
+                                  holdout.geometries)
+
+
 def measure(task: str, model, data: TrainingData, pixel_scale: str, target_transform: dict) -> dict:
     """`model`'s metrics on the holdout, in the user's units."""
-    holdout = data.splits["holdout"]
-    predicted = evaluate.to_user_units(task, evaluate.predict(model, holdout.x, pixel_scale), target_transform,
-                                       holdout.geometries)
+    predicted = holdout_answers(task, model, data, pixel_scale, target_transform)
     return evaluate.holdout_metrics(task, predicted, holdout_truth(task, data),
                                     train_truth=data.splits["train"].raw_targets)
 
@@ -69,26 +75,29 @@ def shadow_sample(data: TrainingData, size: int, seed: int) -> tuple[list[str], 
 
 def compare_with_production(req: TrainRequest, model, data: TrainingData, signature: dict, metrics: dict,
                             production) -> dict:
-    """The gate's decision over the candidate's `metrics` and production's on the same holdout, with a shadow
-    diff of both on a sample of the catalog. `production`: production_version(req.model)."""
+    """The gate's decision (worker/training/gate.py) over the candidate's and production's answers on the same
+    holdout, with a shadow diff of both on a sample of the catalog. `production`: production_version(req.model)."""
     task = req.task
     result: dict = {"production": None, "candidate_metrics": metrics}
     if production is None:
-        result["gate"] = evaluate.gate(task, metrics, None, req.gate.metric, req.gate.min_improvement)
+        result["gate"] = gate.decide(task, req.gate, None, None)
         return result
     result["production"] = f"{production.name}@{production.version}"
     if not same_input(production, signature):
         result["gate"] = {"decision": "kept", "reason": "production takes a different input; compare by hand"}
         return result
     prod_model = load_keras_safely(production.path)
-    scale = signature["pixel_scale"]
-    result["production_metrics"] = measure(task, prod_model, data, scale, production.target_transform)
-    result["gate"] = evaluate.gate(task, metrics, result["production_metrics"], req.gate.metric,
-                                   req.gate.min_improvement)
+    scale, truth = signature["pixel_scale"], holdout_truth(task, data)
+    candidate = holdout_answers(task, model, data, scale, signature["target_transform"])
+    answers = holdout_answers(task, prod_model, data, scale, production.target_transform)
+    result["production_metrics"] = evaluate.holdout_metrics(task, answers, truth,
+                                                            train_truth=data.splits["train"].raw_targets)
     ids, x, geoms = shadow_sample(data, req.shadow_sample, req.seed)
     if ids:
         cand = evaluate.to_user_units(task, evaluate.predict(model, x, scale), signature["target_transform"], geoms)
         prod = evaluate.to_user_units(task, evaluate.predict(prod_model, x, scale), production.target_transform,
                                       geoms)
-        result["shadow"] = evaluate.shadow_diff(task, ids, cand, prod, class_names=signature["class_names"])
+        result["shadow"] = evaluate.shadow_diff(task, ids, cand, prod, class_names=signature["class_names"],
+                                                large_change=gate.large_change_threshold(task, answers, truth))
+    result["gate"] = gate.decide(task, req.gate, truth, candidate, answers, result.get("shadow"))
     return result

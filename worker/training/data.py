@@ -43,7 +43,7 @@ def dataset_spec(ref) -> DatasetSpec:
                        target_columns=list(ref.target_columns), label_column=ref.label_column)
 
 
-def _added_since(frame: pd.DataFrame, since) -> pd.DataFrame:
+def rows_added_since(frame: pd.DataFrame, since) -> pd.DataFrame:
     """Rows of the manifests written after `since` (the previous schedule slot)."""
     written = {m: os.path.getmtime(m) for m in frame["manifest"].dropna().unique()}
     cutoff = since.timestamp()
@@ -53,7 +53,7 @@ def _added_since(frame: pd.DataFrame, since) -> pd.DataFrame:
 def _frame(req: TrainRequest, settings: Settings, parent_lineage: dict | None) -> tuple[pd.DataFrame, dict]:
     frame = load_dataset(settings.data_roots, dataset_spec(req.dataset))
     if req.dataset.added_since is not None:
-        frame = _added_since(frame, req.dataset.added_since)
+        frame = rows_added_since(frame, req.dataset.added_since)
     stats = {"rows": int(len(frame))}
     if req.mix_in is not None:
         ref = req.mix_in.dataset

@@ -1,11 +1,10 @@
 """The arithmetic of judging a model, on arrays only (no database, no model files, no choice of data): a model's
-outputs for uint8 pixels in batches, those outputs in the user's units, holdout metrics, the gate's rule and the
-shadow diff's report. comparison.py applies them to a trained candidate and to production."""
+outputs for uint8 pixels in batches, those outputs in the user's units, holdout metrics and the shadow diff's report.
+The gate's rule is gate.py's; comparison.py applies both to a trained candidate and to production."""
 from __future__ import annotations
 
 import numpy as np
 
-from shared.core.vocab import DEFAULT_GATE_METRIC, LOWER_IS_BETTER
 from shared.images.imaging import scale_pixels
 from shared.models import targets as target_transforms
 
@@ -51,32 +50,17 @@ def holdout_metrics(task: str, predicted: np.ndarray, truth: np.ndarray, *, trai
     return out
 
 
-def gate(task: str, candidate: dict, production: dict | None, metric: str | None, min_improvement: float) -> dict:
-    metric = metric or DEFAULT_GATE_METRIC[task]
-    if metric not in LOWER_IS_BETTER:
-        return {"decision": "kept", "metric": metric, "reason": f"unknown gate metric {metric!r}"}
-    if production is None:
-        return {"decision": "promoted", "metric": metric, "reason": "no production version yet"}
-    if candidate.get(metric) is None or production.get(metric) is None:
-        return {"decision": "kept", "metric": metric, "reason": f"{metric} missing from the holdout metrics"}
-    lower = LOWER_IS_BETTER[metric]
-    improvement = (production[metric] - candidate[metric]) if lower else (candidate[metric] - production[metric])
-    better = improvement >= min_improvement and improvement > 0
-    verdict = "promoted" if better else "kept"
-    reason = (f"{metric} {production[metric]:.6g} -> {candidate[metric]:.6g} "
-              f"(improvement {improvement:.6g}, required {min_improvement:.6g})")
-    return {"decision": verdict, "metric": metric, "improvement": float(improvement), "reason": reason}
-
-
 def shadow_diff(task: str, ids: list[str], candidate: np.ndarray, production: np.ndarray,
-                class_names=None, top: int = 10) -> dict:
-    """How the candidate's answers differ from production's on the same items (user units)."""
+                class_names=None, top: int = 10, large_change: float | None = None) -> dict:
+    """How the candidate's answers differ from production's on the same items (user units), with the share of
+    large changes: a changed class, or (regression, keypoints) a mean change above `large_change`."""
     report: dict = {"items": len(ids)}
     if not ids:
         return report
     if task == "classification":
         a, b = candidate.argmax(1), production.argmax(1)
         report["agreement"] = float((a == b).mean())
+        report["large_change_share"] = float((a != b).mean())
         changed = np.nonzero(a != b)[0][:top]
         report["changed"] = [{"id": ids[i], "production": class_names[b[i]], "candidate": class_names[a[i]]}
                              for i in changed]
@@ -87,6 +71,9 @@ def shadow_diff(task: str, ids: list[str], candidate: np.ndarray, production: np
     size = np.abs(change).mean(1) if change.ndim > 1 else np.abs(change)
     order = np.argsort(-size)[:top]
     report["mean_abs_change"] = float(size.mean())
+    if large_change is not None:
+        report["large_change"] = large_change
+        report["large_change_share"] = float((size > large_change).mean())
 
     def dist(v):
         v = v.reshape(len(v), -1)[:, 0]

@@ -2,8 +2,9 @@
 worker/training/supervise.py.
 
 `train` runs one attempt as named phases, each a public function that takes what it needs and returns plain
-results: start the attempt (its request, parent version and last checkpoint) and its heartbeat; load the data
-through the decoded-image cache; build the model or resume it from the checkpoint and fit it phase by phase,
+results: start the attempt (its request, parent version and last checkpoint) and its heartbeat; for a crawl's
+increment, check it against production and stop, training nothing, when it is quarantined (crawl_check.py); load
+the data through the decoded-image cache; build the model or resume it from the checkpoint and fit it phase by phase,
 with a checkpoint and a metrics row per epoch (fitting.py); measure it on the fixed holdout and, when the
 request has a gate, against production (comparison.py); register it with its lineage, then promote it by the
 gate's decision and close the run (registration.py).
@@ -34,8 +35,8 @@ from shared.schemas.training import TrainRequest
 from worker.device import configure_tensorflow
 from worker.heartbeat import interval_for
 from worker.metrics import observed_epochs
+from worker.training import crawl_check, lifecycle
 from worker.training import data as training_data
-from worker.training import lifecycle
 from worker.training.attempt import (
     AttemptHeartbeat,
     Canceled,
@@ -106,6 +107,24 @@ def load_data(req: TrainRequest, parent, settings: Settings) -> tuple[Preprocess
     return prep, training_data.prepare(req, settings, prep, parent=parent)
 
 
+def check_increment(job_id: str, attempt: int | None, req: TrainRequest, heartbeat: AttemptHeartbeat,
+                    settings: Settings) -> None:
+    """A crawl's increment checked against production before anything trains on it (crawl_check.py): the report
+    stored on the run; raises crawl_check.Quarantined (the job fails with its reason) when a check fails."""
+    if not crawl_check.applies(req):
+        return
+    production = production_version(req.model)
+    if production is None:
+        checked = {"skipped": "no production version to compare the crawl with", "quarantined": False}
+    else:
+        report(heartbeat, phase="checking crawl")
+        checked = crawl_check.check_crawl(req, production, settings)
+    patiently(crawl_check.record, job_id, attempt, checked)
+    log.info("train job %s: crawl check: %s", job_id, checked.get("reason") or checked.get("skipped"))
+    if checked["quarantined"]:
+        raise crawl_check.Quarantined(checked["reason"])
+
+
 def checkpoint_folder(settings: Settings, job_id: str, attempt: int | None) -> Path:
     """The attempt's own checkpoint folder: a superseded attempt never deletes the live one's files."""
     folder = path_inside(settings.data_dir, "checkpoints", job_id, f"attempt-{attempt or 0}")
@@ -142,6 +161,7 @@ def train(job_id: str, attempt: int | None, settings: Settings) -> None:
                                 phase="loading data", epoch=start.checkpoint_epoch)
     started = time.monotonic()
     prepare_tensorflow(req.seed, req.deterministic)
+    check_increment(job_id, attempt, req, heartbeat, settings)
     prep, data = load_data(req, start.parent, settings)
     folder = checkpoint_folder(settings, job_id, attempt)
     model = fit_model(start, data, prep, settings, heartbeat, folder)

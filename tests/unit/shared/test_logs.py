@@ -18,6 +18,7 @@ def captured():
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
     buffer = io.StringIO()
+    clean = logs.empty_context()  # what earlier tests bound in this thread (an in-process task) is not this test's
 
     def configure(log_format: str, role: str = "worker"):
         buffer.seek(0)
@@ -31,6 +32,7 @@ def captured():
     root.handlers[:] = handlers
     root.setLevel(level)
     logging.captureWarnings(False)
+    logs.exit_context(clean)
 
 
 def lines(buffer) -> list[str]:
