@@ -1,9 +1,10 @@
 """Who may call what: bearer tokens checked before every request, one scope per endpoint.
 
 The scope of each endpoint is declared here, in one table; an endpoint missing from it needs
-`admin` (closed by default). Only /healthz and /readyz are open, and /metrics when
-IMGQ_METRICS_PUBLIC is set. Missing or unknown token: 401; token without the scope: 403; both with
-the JSON error body. Nothing is authenticated by cookie, so a cross-site form cannot act for a user.
+`admin` (closed by default). Only /healthz, /readyz and the API document (/api/v1/openapi.json and its
+Swagger UI page) are open, and /metrics when IMGQ_METRICS_PUBLIC is set. The API document shows each
+endpoint's scope from this table (web/openapi.py). Missing or unknown token: 401; token without the scope: 403;
+both with the JSON error body. Nothing is authenticated by cookie, so a cross-site form cannot act for a user.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from shared.services import tokens
 
 log = logging.getLogger(__name__)
 
-OPEN = {"healthz", "readyz", "static"}
+OPEN = {"healthz", "readyz", "static", "docs.openapi", "swagger_ui.show"}
 SCOPE_OF = {
     "jobs.create_score_job": "score",
     "jobs.create_embed_job": "score",

@@ -19,11 +19,8 @@ from shared.core.names import check_name
 from shared.core.paths import OutsideDataRoots, resolve_inside
 from shared.core.tables import Embedding, Job, VectorIndex, utcnow
 from shared.images.imaging import ImageError, read_and_hash
-from shared.schemas.catalogs import MAX_DELETIONS
+from shared.schemas.catalogs import MAX_DELETIONS, THUMBNAIL_SIZES
 from shared.services.index_jobs import index_json
-
-THUMBNAIL_SIZES = (64, 512)  # smallest and largest edge a client may ask for
-
 
 LATEST_INDEXES = 5  # index versions shown per space
 
