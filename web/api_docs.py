@@ -17,6 +17,7 @@ PAGE_CONFIG = {
     "validatorUrl": None,  # Swagger UI would otherwise send the document to validator.swagger.io for its badge
     "displayOperationId": True,
     "tryItOutEnabled": False,
+    "oauth2RedirectUrl": f"{PAGE_URL}/oauth2-redirect.html",  # unused (bearer tokens only); relative, not this host's
 }
 
 

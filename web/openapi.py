@@ -47,6 +47,7 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 from werkzeug.routing import Rule
 
+from shared.schemas import examples
 from shared.schemas.responses.common import Error
 from web import auth, rate_limits
 from web.http import MAX_IDEMPOTENCY_KEY
@@ -278,6 +279,8 @@ def _path_parameters(rule: Rule, op: Operation) -> list[dict]:
         parameter = {"name": name, "in": "path", "required": True, "schema": schema}
         if converter == "path":
             parameter["description"] = "may hold '/'"
+        if name in examples.PATH_PARAMETERS:
+            parameter["example"] = examples.PATH_PARAMETERS[name]
         out.append(parameter)
     return out
 
@@ -310,6 +313,9 @@ def _request_body(op: Operation, schemas: _Schemas) -> dict | None:
     content = {}
     if op.body is not None:
         content["application/json"] = {"schema": schemas.ref(op.body, "validation")}
+        if op.body in examples.REQUESTS:
+            content["application/json"]["examples"] = {name: {"value": value} for name, value in
+                                                       examples.REQUESTS[op.body].items()}
     if op.form is not None:
         content["multipart/form-data"] = {"schema": _form_schema(op.form, schemas)}
     return {"required": op.body_required, "content": content} if content else None
