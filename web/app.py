@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from shared.core import celery_app, db, dispatch, liveness
 from shared.core.config import Settings, ensure_dirs
 from shared.core.db import session_scope
-from shared.schemas.responses.common import Health, Readiness
+from shared.schemas.responses.common import Error, Health, Readiness
 from shared.services import similar
 from web import (
     access_log,
@@ -60,8 +60,10 @@ def create_app(settings: Settings) -> Flask:
         return respond(Health, {"status": "ok"})
 
     @app.get("/readyz")
-    @documented("Ready to take work: database, broker, and a recent sweep", responses={200: Readiness,
-                                                                                      503: Readiness})
+    @documented("Ready to take work: database, broker, and a recent sweep",
+                responses={200: Readiness, 503: (Readiness, Error)},
+                description="503 with the readiness report when a part is down (the Error shape if the database "
+                            "cannot even be asked).")
     def readyz():
         broker_ok = dispatch.broker_reachable()
         with session_scope() as session:

@@ -3,20 +3,14 @@ requests (shared/schemas, web/pagination.py) and build responses (shared/schemas
 
 Each handler declares what the document says of it with `@documented(...)`, beside its code: summary, query model,
 JSON body or multipart form (and its file parts), answers by status, the error statuses only it can give, whether
-it submits jobs (Idempotency-Key), and links to the operations its answer leads to. `build_document` walks
-`app.url_map`, so no route is left out: a rule whose view declares nothing raises `Undocumented` (the pages of
-Swagger UI and Flask's static files are not the API, and are skipped by name, in UNDOCUMENTED).
-
-What the generator adds by itself, from the one place each rule lives:
-- security: the bearer scheme with the endpoint's scope from web/auth.SCOPE_OF (in 3.1 a requirement may list
-  role names), none for auth.OPEN, and 401/403 wherever a token is checked (all of it off under IMGQ_AUTH=off);
-- 400 and 414 everywhere (request_checks refuses a NUL byte in any URL and an over-long one before any handler),
-  429 with Retry-After wherever web/rate_limits applies, 413 where a body is read, 404 where the path names
-  something;
-- job submissions: the Idempotency-Key header, 202 with Location and Idempotent-Replayed, 422 for a key reused
-  for another request, 429 over the token's active-job cap;
-- path parameters from the rule (`<int:...>` integers, `<path:...>` strings that may hold '/'), typed further by
-  the declaration (a model name follows shared/core/names.py).
+it submits jobs, and links to the operations its answer leads to. `build_document` walks `app.url_map`, so no route
+is left out: a view that declares nothing raises `Undocumented` (Swagger UI's files and Flask's static files are
+not the API: UNDOCUMENTED). The generator adds, from the one place each rule lives: security (the bearer scheme
+with the scope of web/auth.SCOPE_OF, none for auth.OPEN, 401/403 where a token is checked, all off under
+IMGQ_AUTH=off); 400 and 414 everywhere (web/request_checks), 429 with Retry-After where web/rate_limits applies,
+413 where a body is read, 404 where the path names something; for submissions the Idempotency-Key header, 202
+with Location and Idempotent-Replayed, 422 and 429; path parameters from the rule's converters, typed further by
+the declaration; example requests and path values from shared/schemas/examples.py.
 
 Schemas: every model is rendered by one `pydantic.json_schema.models_json_schema` call (requests in validation
 mode, responses in serialization mode) with ref_template "#/components/schemas/{model}"; its `$defs` become
@@ -58,6 +52,7 @@ UNDOCUMENTED = frozenset({"static", "swagger_ui.show"})  # Flask's static files,
 SKIPPED_METHODS = frozenset({"HEAD", "OPTIONS"})
 BINARY = {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"}
 TEXT = {"type": "string"}
+DECLARATION = "imgq_operation"  # the attribute of a view function that holds its Operation
 
 
 class Undocumented(RuntimeError):
@@ -101,17 +96,16 @@ class Operation:
     description: str | None = None
 
 
-def documented(summary: str, *, responses: dict, **details) -> Callable:
-    """Declare what the document says of a handler (see Operation); its docstring becomes the description."""
+def documented(summary: str, *, responses: dict, description: str | None = None, **details) -> Callable:
+    """Declare what the document says of a handler (see Operation); without a `description`, its docstring."""
     def attach(view):
-        view.__openapi__ = Operation(summary, responses, description=details.pop("description", view.__doc__),
-                                     **details)
+        setattr(view, DECLARATION, Operation(summary, responses, description=description or view.__doc__, **details))
         return view
     return attach
 
 
 def operation_of(app: Flask, rule: Rule) -> Operation | None:
-    return getattr(app.view_functions[rule.endpoint], "__openapi__", None)
+    return getattr(app.view_functions[rule.endpoint], DECLARATION, None)
 
 
 def documented_rules(app: Flask) -> list[Rule]:
@@ -292,12 +286,22 @@ def _query_parameters(op: Operation, schemas: _Schemas) -> list[dict]:
     required = set(definition.get("required", ()))
     out = []
     for name, schema in definition["properties"].items():
-        schema = {k: v for k, v in schema.items() if k != "title"}
+        schema = _absent_not_null({k: v for k, v in schema.items() if k != "title"})
         parameter = {"name": name, "in": "query", "required": name in required, "schema": schema}
         if "description" in schema:
             parameter["description"] = schema.pop("description")
         out.append(parameter)
     return out
+
+
+def _absent_not_null(schema: dict) -> dict:
+    """An optional query parameter's schema: a parameter is left out, never null (`X | None = None` -> X)."""
+    options = schema.get("anyOf", ())
+    kept = [option for option in options if option != {"type": "null"}]
+    if len(kept) == len(options):
+        return schema
+    rest = {k: v for k, v in schema.items() if k != "anyOf" and not (k == "default" and v is None)}
+    return {**kept[0], **rest} if len(kept) == 1 else {"anyOf": kept, **rest}
 
 
 def _header_parameters(op: Operation) -> list[dict]:
