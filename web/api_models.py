@@ -4,17 +4,28 @@ from __future__ import annotations
 import json
 import os
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, request
 
 from shared.core.db import session_scope
 from shared.core.errors import InvalidRequest
+from shared.core.names import AliasName, Name
 from shared.schemas.models import AliasRequest, ModelImportForm
+from shared.schemas.responses.jobs import Job
+from shared.schemas.responses.models import Alias, ModelsPage, Version, VersionsPage
 from shared.services import model_registry as registry
-from web.http import accepted, check_tree, form_fields, json_object, origin, refuse_nul
+from web.http import accepted, check_tree, form_fields, json_object, origin, refuse_nul, respond
+from web.openapi import Form, Link, documented
 from web.pagination import PageQuery, decode_cursor, page_body, parse_query
 from web.submit import submit_import
 
 bp = Blueprint("models", __name__, url_prefix="/api/v1/models")
+
+LIST_TEXT = {"type": "string", "description": "a JSON list, or names separated by commas"}
+IMPORT_FORM = Form(ModelImportForm, {"file": "the .keras file (Keras 3; loaded with safe_mode)"}, overrides={
+    "class_names": LIST_TEXT, "output_names": LIST_TEXT,
+    "target_transform": {"type": "string", "description": 'a bare kind (none, log1p, standardise, log1p_arctan) or '
+                                                          'a JSON object such as {"kind": "standardise", "mean": 3, '
+                                                          '"std": 2}'}})
 
 
 def _json_field(key: str, raw: str):
@@ -45,6 +56,8 @@ def _shown_name(filename: str | None) -> str:
 
 
 @bp.post("")
+@documented("Import a model file", form=IMPORT_FORM, responses={202: Job}, submits=True,
+            links={202: {"GetJob": Link("jobs.get_job", {"job_id": "$response.body#/id"})}})
 def import_model():
     """202 with an import job: the maintenance worker inspects and registers the file (GET /api/v1/jobs/<id>)."""
     who = origin()
@@ -57,20 +70,22 @@ def import_model():
                              resize_mode=form.resize_mode, pixel_scale=form.pixel_scale,
                              output_names=form.output_names, class_names=form.class_names,
                              target_transform=form.target_transform.model_dump())
-    return accepted(*submit_import(current_app.config["IMGQ_SETTINGS"], upload, name=form.name, signature=sig,
+    return accepted(Job, *submit_import(current_app.config["IMGQ_SETTINGS"], upload, name=form.name, signature=sig,
                                    shown=_shown_name(upload.filename), description=form.description,
                                    promote=form.promote, origin=who))
 
 
 @bp.get("")
+@documented("List models by name", query=PageQuery, responses={200: ModelsPage})
 def list_models():
     query = parse_query(PageQuery)
     with session_scope() as session:
         rows, next_key = registry.models_page(session, limit=query.limit, after=decode_cursor(query.after, str))
-    return jsonify(page_body("models", rows, next_key, query))
+    return respond(ModelsPage, page_body("models", rows, next_key, query))
 
 
 @bp.get("/<name>/versions")
+@documented("List a model's versions", query=PageQuery, path={"name": Name}, responses={200: VersionsPage})
 def list_versions(name: str):
     query = parse_query(PageQuery)
     with session_scope() as session:
@@ -78,26 +93,31 @@ def list_versions(name: str):
                                                 after=decode_cursor(query.after, int))
         aliases = registry.aliases_by_version(session, name)
         body = [registry.version_json(v, aliases.get(v.id)) for v in rows]
-    return jsonify(page_body("versions", body, next_key, query, name=name))
+    return respond(VersionsPage, page_body("versions", body, next_key, query, name=name))
 
 
 @bp.get("/<name>/versions/<int:version>")
+@documented("A model version", path={"name": Name}, responses={200: Version})
 def get_version(name: str, version: int):
     registry.check_version(version)
     with session_scope() as session:
         row = registry.resolve(session, f"{name}@{version}")
-        return jsonify(registry.version_json(row, registry.aliases_by_version(session, name).get(row.id)))
+        return respond(Version, registry.version_json(row, registry.aliases_by_version(session, name).get(row.id)))
 
 
 @bp.post("/<name>/rollback")
+@documented("Roll production back", path={"name": Name}, responses={200: Alias}, errors=(409,))
 def rollback(name: str):
-    """Production goes back to the version it pointed at before its last move."""
+    """Production goes back to the version it pointed at before its last move (409 when there is none)."""
     with session_scope() as session:
-        return jsonify(registry.alias_json(session, registry.rollback(session, name)))
+        return respond(Alias, registry.alias_json(session, registry.rollback(session, name)))
 
 
 @bp.post("/<name>/aliases/<alias>")
+@documented("Point an alias at a version", path={"name": Name, "alias": AliasName}, body=AliasRequest,
+            responses={200: Alias})
 def set_alias(name: str, alias: str):
+    """Moving `production` records where it pointed before, for a rollback."""
     req = AliasRequest.model_validate(json_object('a JSON object such as {"version": 3}'))
     with session_scope() as session:
-        return jsonify(registry.alias_json(session, registry.set_alias(session, name, alias, req.version)))
+        return respond(Alias, registry.alias_json(session, registry.set_alias(session, name, alias, req.version)))

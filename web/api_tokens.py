@@ -3,26 +3,31 @@ dashboard shows write buttons only to a token that may use them). Tokens are cre
 no answer ever holds a secret (only its hash is stored, and that is never shown either)."""
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from flask import Blueprint
 
 from shared.core.db import session_scope
+from shared.schemas.responses.common import TokenSelf, TokensPage
 from shared.services import tokens
 from web.auth import caller
+from web.http import respond
+from web.openapi import documented
 from web.pagination import PageQuery, decode_cursor, page_body, parse_query
 
 bp = Blueprint("tokens", __name__, url_prefix="/api/v1/tokens")
 
 
 @bp.get("")
+@documented("List API tokens (never their secrets)", query=PageQuery, responses={200: TokensPage})
 def list_tokens():
     query = parse_query(PageQuery)
     with session_scope() as session:
         rows, next_key = tokens.tokens_page(session, limit=query.limit, after=decode_cursor(query.after, int))
-    return jsonify(page_body("tokens", rows, next_key, query))
+    return respond(TokensPage, page_body("tokens", rows, next_key, query))
 
 
 @bp.get("/me")
+@documented("The calling token: its id, name and scopes (never a secret); the dashboard shows write buttons by them",
+            responses={200: TokenSelf})
 def get_me():
-    """The calling token's name and scopes (no secret): what it may do."""
     who = caller()
-    return jsonify({"id": who.token_id, "name": who.name, "scopes": sorted(who.scopes)})
+    return respond(TokenSelf, {"id": who.token_id, "name": who.name, "scopes": sorted(who.scopes)})

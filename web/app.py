@@ -2,17 +2,19 @@
 sessions use and the broker it sends tasks to (one configuration per process)."""
 from __future__ import annotations
 
-from flask import Flask, jsonify
+from flask import Flask
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from shared.core import celery_app, db, dispatch, liveness
 from shared.core.config import Settings, ensure_dirs
 from shared.core.db import session_scope
+from shared.schemas.responses.common import Error, Health, Readiness
 from shared.services import similar
 from web import (
     access_log,
     api_catalogs,
     api_datasets,
+    api_docs,
     api_jobs,
     api_models,
     api_tokens,
@@ -24,6 +26,8 @@ from web import (
     rate_limits,
     request_checks,
 )
+from web.http import respond
+from web.openapi import TEXT, documented
 
 
 def create_app(settings: Settings) -> Flask:
@@ -48,21 +52,29 @@ def create_app(settings: Settings) -> Flask:
     app.register_blueprint(api_catalogs.bp)
     app.register_blueprint(api_tokens.bp)
     app.register_blueprint(dashboard.bp)  # the HTML pages under /
+    api_docs.register(app)
 
     @app.get("/healthz")
+    @documented("The web front and its database answer", responses={200: Health})
     def healthz():
         with session_scope() as session:
             db.ping(session)
-        return jsonify({"status": "ok"})
+        return respond(Health, {"status": "ok"})
 
     @app.get("/readyz")
+    @documented("Ready to take work: database, broker, and a recent sweep",
+                responses={200: Readiness, 503: (Readiness, Error)},
+                description="503 with the readiness report when a part is down (the Error shape if the database "
+                            "cannot even be asked).")
     def readyz():
         broker_ok = dispatch.broker_reachable()
         with session_scope() as session:
             report = liveness.readiness(session, settings, broker_ok)
-        return jsonify(report), 200 if report["ready"] else 503
+        return respond(Readiness, report, 200 if report["ready"] else 503)
 
     @app.get("/metrics")
+    @documented("Prometheus metrics", responses={200: {"text/plain": TEXT}},
+                description="The Prometheus text format; open when IMGQ_METRICS_PUBLIC is set.")
     def prometheus_metrics():
         return metrics.render(), 200, {"Content-Type": CONTENT_TYPE_LATEST}
 

@@ -1,10 +1,12 @@
 """Who may call what: bearer tokens checked before every request, one scope per endpoint.
 
 The scope of each endpoint is declared here, in one table; an endpoint missing from it needs
-`admin` (closed by default). Only /healthz, /readyz and the dashboard's pages and files are open (a page is a
-shell holding no data: it fetches the API with the token the user signed in with, see web/dashboard.py), and
-/metrics when IMGQ_METRICS_PUBLIC is set. Missing or unknown token: 401; token without the scope: 403; both with
-the JSON error body. Nothing is authenticated by cookie, so a cross-site form cannot act for a user.
+`admin` (closed by default). Only /healthz, /readyz, the API document (/api/v1/openapi.json and its Swagger UI
+page) and the dashboard's pages and files are open (a page is a shell holding no data: it fetches the API with the
+token the user signed in with, see web/dashboard.py), and /metrics when IMGQ_METRICS_PUBLIC is set. The API
+document shows each endpoint's scope from this table (web/openapi.py). Missing or unknown token: 401; token without
+the scope: 403; both with the JSON error body. Nothing is authenticated by cookie, so a cross-site form cannot act
+for a user.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ log = logging.getLogger(__name__)
 DASHBOARD_PAGES = {"dashboard.jobs_page", "dashboard.login_page", "dashboard.job_page", "dashboard.models_page",
                    "dashboard.schedules_page", "dashboard.sweep_page", "dashboard.similar_page",
                    "dashboard.operations_page", "dashboard.static"}
-OPEN = {"healthz", "readyz", "static", *DASHBOARD_PAGES}
+OPEN = {"healthz", "readyz", "static", "docs.openapi", "swagger_ui.show", *DASHBOARD_PAGES}
 SCOPE_OF = {
     "jobs.create_score_job": "score",
     "jobs.create_embed_job": "score",

@@ -37,8 +37,9 @@ Query = TypeVar("Query", bound="PageQuery")
 class PageQuery(BaseModel):
     """The query string of a list without filters (models, versions, schedules, sweeps, catalogs, tokens)."""
     model_config = ConfigDict(extra="forbid")
-    limit: int = Field(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
-    after: str | None = Field(default=None, min_length=1, max_length=MAX_CURSOR_LENGTH)
+    limit: int = Field(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="rows per page")
+    after: str | None = Field(default=None, min_length=1, max_length=MAX_CURSOR_LENGTH,
+                              description="an opaque cursor: take it from the previous page's `next` link")
 
 
 class JobsQuery(PageQuery):
@@ -46,13 +47,14 @@ class JobsQuery(PageQuery):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     status: JobStatus | None = None
     kind: JobKind | None = None
-    model: ModelRef | None = None
+    model: ModelRef | None = Field(default=None, description="score and embed jobs by the model they use, train and "
+                                                             "import jobs by the name they make")
 
 
 class ResultsQuery(PageQuery):
     """GET /api/v1/jobs/<id>/results (format=csv streams every result: limit and after apply to JSON pages)"""
     status: ResultStatus | None = None
-    format: Literal["json", "csv"] = "json"
+    format: Literal["json", "csv"] = Field(default="json", description="csv: every result, streamed, no pages")
 
 
 def parse_query(model: type[Query]) -> Query:

@@ -12,7 +12,7 @@ import argparse
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator, StringConstraints
+from pydantic import AfterValidator, Field, StringConstraints
 
 from shared.core.errors import InvalidRequest
 
@@ -59,11 +59,22 @@ def _pydantic_name(max_length: int):
     return validate
 
 
+REF_PATTERN = f"{pattern_for()[:-1]}(@{pattern_for(MAX_ALIAS_LENGTH)[1:-1]})?$"  # name, name@version, name@alias
+
+
+def _shown(pattern: str):
+    """The pattern in the field's JSON schema (the API document) only: the validator checks it with its own
+    messages."""
+    return Field(json_schema_extra={"pattern": pattern})
+
+
 # pydantic field types; the length bound comes first, so no pattern is run over a huge string
-Name = Annotated[str, StringConstraints(max_length=MAX_NAME_LENGTH), AfterValidator(_pydantic_name(MAX_NAME_LENGTH))]
+Name = Annotated[str, StringConstraints(max_length=MAX_NAME_LENGTH), AfterValidator(_pydantic_name(MAX_NAME_LENGTH)),
+                 _shown(pattern_for())]
 AliasName = Annotated[str, StringConstraints(max_length=MAX_ALIAS_LENGTH),
-                      AfterValidator(_pydantic_name(MAX_ALIAS_LENGTH))]
-ModelRef = Annotated[str, StringConstraints(min_length=1, max_length=MAX_REF_LENGTH)]  # checked by parse_ref
+                      AfterValidator(_pydantic_name(MAX_ALIAS_LENGTH)), _shown(pattern_for(MAX_ALIAS_LENGTH))]
+ModelRef = Annotated[str, StringConstraints(min_length=1, max_length=MAX_REF_LENGTH),
+                     _shown(REF_PATTERN)]  # checked by parse_ref: a version number also fits its column
 
 
 def argparse_name(value: str) -> str:

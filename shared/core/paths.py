@@ -32,7 +32,7 @@ def resolve_inside(roots: tuple[Path, ...], uri: str) -> Path:
     for candidate in candidates:
         real = candidate.resolve()
         if any(real == root or root in real.parents for root in roots):
-            if real.exists():
+            if _exists(real, uri):
                 return real
             inside = inside or real
         elif os.path.lexists(candidate):  # exists, but a link or '..' leads out of the roots
@@ -40,6 +40,15 @@ def resolve_inside(roots: tuple[Path, ...], uri: str) -> Path:
     if inside is not None:
         return inside  # inside a root but missing: the caller reports "file not found"
     raise OutsideDataRoots(f"path outside the data roots: {uri}")
+
+
+def _exists(path: Path, uri: str) -> bool:
+    """Whether `path` exists; a path the file system cannot even look up (a name over its length limit, a folder it
+    may not search) is refused, named as the client gave it (`Path.exists` raises for those, not False)."""
+    try:
+        return path.exists()
+    except OSError as exc:
+        raise OutsideDataRoots(f"cannot look up {uri[:200]!r}: {exc.strerror or exc}") from None
 
 
 def path_inside(root: Path, *parts: str) -> Path:

@@ -1,5 +1,5 @@
 """Catalog and similar-image requests: index jobs (POST /api/v1/catalogs/<c>/indexes), deletions
-(POST /api/v1/catalogs/<c>/deletions) and queries (POST /api/v1/similar, /similar/batch)."""
+(POST /api/v1/catalogs/<c>/deletions), queries (POST /api/v1/similar, /similar/batch) and a thumbnail's size."""
 from __future__ import annotations
 
 from typing import Annotated
@@ -14,6 +14,7 @@ from shared.search.vector_index import BuildParams
 MAX_K = 100
 MAX_BATCH = 100
 MAX_DELETIONS = 10_000
+THUMBNAIL_SIZES = (64, 512)  # smallest and largest edge a client may ask for
 
 
 class IndexRequest(Strict):
@@ -65,3 +66,8 @@ class SimilarQuery(Strict):
 
 class SimilarBatch(Strict):
     queries: list[SimilarQuery] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class ThumbnailQuery(Strict):
+    """The query string of GET /api/v1/catalogs/<c>/items/<id>/thumbnail."""
+    size: int = Field(160, ge=THUMBNAIL_SIZES[0], le=THUMBNAIL_SIZES[1], description="the longer edge, in pixels")

@@ -21,9 +21,8 @@ from shared.core.errors import InvalidRequest, NotFound
 from shared.core.paths import OutsideDataRoots, path_inside, resolve_inside
 from shared.core.tables import JobItem
 from shared.images.imaging import ImageError, read_and_hash
+from shared.schemas.catalogs import THUMBNAIL_SIZES
 from shared.services.jobs import get_job
-
-THUMBNAIL_SIZES = (64, 512)  # smallest and largest edge a client may ask for
 
 
 def check_size(size: int) -> None:

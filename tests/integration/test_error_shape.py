@@ -184,6 +184,8 @@ CASES = {
                          "static": "/assets/app.js"}.items()},
     "healthz-post": Case("healthz", lambda c: c.call("POST", "/healthz"), 405, "MethodNotAllowed"),
     "readyz-post": Case("readyz", lambda c: c.call("POST", "/readyz"), 405, "MethodNotAllowed"),
+    "openapi-post": Case("docs.openapi", lambda c: c.call("POST", "/api/v1/openapi.json"), 405, "MethodNotAllowed"),
+    "docs-missing-file": Case("swagger_ui.show", lambda c: c.call("GET", "/api/v1/docs/nope.js"), 404, "NotFound"),
     "delete-a-job": Case("jobs.get_job", lambda c: c.call("DELETE", f"/api/v1/jobs/{JOB}"), 405, "MethodNotAllowed"),
     "rollback-without-history": Case("models.rollback", lambda c: c.call("POST", "/api/v1/models/scorer/rollback"),
                                      409, "Conflict"),

@@ -94,10 +94,11 @@ def test_scoring_a_folder_with_wait_downloads_what_the_api_returns(stack, tmp_pa
 
 
 def _long_job(stack, tmp_path, name: str) -> str:
-    """A score job of 3,000 items (one photo, the cache off) that runs long enough to be canceled."""
+    """A score job of 30,000 items (one photo, the cache off) that runs long enough to be canceled (the caller
+    cancels it); a manifest's image paths are relative to its own folder."""
     folder = stack.data / f"long-{name}"
     write_jpeg(folder / "p.jpg", size=(80, 60))
-    (folder / "items.csv").write_text("id,image\n" + "".join(f"i{i},long-{name}/p.jpg\n" for i in range(3000)))
+    (folder / "items.csv").write_text("id,image\n" + "".join(f"i{i},p.jpg\n" for i in range(30_000)))
     out = imgq("score", "--manifest", f"long-{name}/items.csv", "--model", name, "--no-cache", "--json",
                env=_remote(stack, tmp_path))
     assert out.returncode == 0, out.stderr

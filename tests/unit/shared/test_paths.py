@@ -29,6 +29,14 @@ def test_missing_file_inside_a_root_resolves_for_a_clear_not_found(roots):
     assert resolve_inside(roots, "2026-11-23/missing.jpg") == roots[0] / "2026-11-23" / "missing.jpg"
 
 
+@pytest.mark.parametrize("uri", ["0" * 300, "2026-11-23/" + "x" * 300 + ".jpg", "a/" * 2100])
+def test_a_path_the_file_system_cannot_look_up_is_refused_not_raised(roots, uri):
+    # found by schemathesis: a 300-character manifest name made Path.exists raise ENAMETOOLONG (a 500)
+    with pytest.raises(OutsideDataRoots, match="cannot look up") as refused:
+        resolve_inside(roots, uri)
+    assert str(roots[0]) not in str(refused.value)
+
+
 @pytest.mark.parametrize("uri", ["../secret.txt", "2026-11-23/../../secret.txt", "/etc/passwd",
                                  "s3://bucket/x.jpg", ""])
 def test_escapes_are_refused(roots, uri):
