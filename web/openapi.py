@@ -4,8 +4,9 @@ requests (shared/schemas, web/pagination.py) and build responses (shared/schemas
 Each handler declares what the document says of it with `@documented(...)`, beside its code: summary, query model,
 JSON body or multipart form (and its file parts), answers by status, the error statuses only it can give, whether
 it submits jobs, and links to the operations its answer leads to. `build_document` walks `app.url_map`, so no route
-is left out: a view that declares nothing raises `Undocumented` (Swagger UI's files and Flask's static files are
-not the API: UNDOCUMENTED). The generator adds, from the one place each rule lives: security (the bearer scheme
+is left out: a view that declares nothing raises `Undocumented` (Swagger UI's files, Flask's static files and the
+dashboard's HTML pages are not the API: UNDOCUMENTED, HTML_BLUEPRINTS). The generator adds, from the one place each
+rule lives: security (the bearer scheme
 with the scope of web/auth.SCOPE_OF, none for auth.OPEN, 401/403 where a token is checked, all off under
 IMGQ_AUTH=off); 400 and 414 everywhere (web/request_checks), 429 with Retry-After where web/rate_limits applies,
 413 where a body is read, 404 where the path names something; for submissions the Idempotency-Key header, 202
@@ -49,6 +50,7 @@ from web.http import MAX_IDEMPOTENCY_KEY
 REF = "#/components/schemas/{model}"
 API_PREFIX = "/api/v1/"
 UNDOCUMENTED = frozenset({"static", "swagger_ui.show"})  # Flask's static files, the Swagger UI page and its files
+HTML_BLUEPRINTS = ("dashboard.",)  # the dashboard's pages and files: HTML for a browser, not API operations
 SKIPPED_METHODS = frozenset({"HEAD", "OPTIONS"})
 BINARY = {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"}
 TEXT = {"type": "string"}
@@ -110,7 +112,8 @@ def operation_of(app: Flask, rule: Rule) -> Operation | None:
 
 def documented_rules(app: Flask) -> list[Rule]:
     """Every rule the document covers, in URL order; Undocumented names those whose view declares nothing."""
-    rules = [r for r in app.url_map.iter_rules() if r.endpoint not in UNDOCUMENTED]
+    rules = [r for r in app.url_map.iter_rules()
+             if r.endpoint not in UNDOCUMENTED and not r.endpoint.startswith(HTML_BLUEPRINTS)]
     missing = sorted(r.rule for r in rules if operation_of(app, r) is None)
     if missing:
         raise Undocumented(f"routes without @documented: {', '.join(missing)}")

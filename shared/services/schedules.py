@@ -122,7 +122,7 @@ def schedule_json(session: Session, row: Schedule, now: datetime | None = None) 
                                 .order_by(ScheduleRun.slot_at.desc()).limit(20)))
     job_ids = [r.job_id for r in runs if r.job_id]
     checks = dict(session.execute(select(TrainRun.job_id, TrainRun.crawl_check)
-                                  .where(TrainRun.job_id.in_(job_ids)))) if job_ids else {}
+                                  .where(TrainRun.job_id.in_(job_ids))).tuples().all()) if job_ids else {}
     return {"id": row.id, "name": row.name, "cron": row.cron, "timezone": row.timezone, "model": row.model_name,
             "enabled": row.enabled, "train": row.train, "gate": row.gate,
             "next_slot": next_slot(row.cron, row.timezone, now or utcnow()).isoformat(),

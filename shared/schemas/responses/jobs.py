@@ -83,6 +83,9 @@ class ScoreJob(JobBase):
     progress: ItemProgress
     chunks: Chunks
     cache: bool
+    drift: FreeForm | None = Field(None, description="a score job's output distribution against its reference (the "
+                                   "training data, or the version's previous job): statistic, value, threshold, "
+                                   "exceeded, per-output detail; null until the job finished (embed jobs: absent)")
 
 
 class Embedding(Resource):
@@ -125,7 +128,10 @@ class TrainJob(JobBase):
     progress: TrainProgress
     data: FreeForm | None = Field(description="what the training read: item counts per split, skipped rows...")
     holdout_metrics: FreeForm | None = Field(description="the new version's metrics on the holdout")
-    comparison: FreeForm | None = Field(description="the gate and shadow diff against production")
+    comparison: FreeForm | None = Field(description="the gate's decision (paired test, guards, reason) and the shadow "
+                                        "diff against production")
+    crawl_check: FreeForm | None = Field(description="the check of a night's new rows before training on them: each "
+                                         "check's figures and verdict, and whether the crawl was quarantined")
     sweep_id: str | None
     request: FreeForm = Field(description="the train request as stored (a TrainRequest, base.version pinned)")
 

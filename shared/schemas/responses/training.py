@@ -16,8 +16,9 @@ Scalar = bool | int | float | str | None
 class ScheduleRun(Resource):
     slot: Timestamp
     job_id: str | None
-    decision: str | None = Field(description="promoted, kept or failed")
+    decision: str | None = Field(description="promoted, kept, quarantined or failed")
     reason: str | None
+    crawl_check: FreeForm | None = Field(description="the check of the slot's new rows (see a train job's crawl_check)")
 
 
 class Schedule(Resource):
