@@ -64,8 +64,8 @@ def main() -> int:
             log("imgq " + " ".join(argv))
             started = time.monotonic()
             out = subprocess.run([sys.executable, "-m", "shared.tools.cli", *argv], cwd=laptop, env=shell_env,
-                                 capture_output=True, text=True, timeout=900)
-            text = (out.stdout + out.stderr).replace(stack.token or "\0", "imgq_…")
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+            text = out.stdout.replace(stack.token or "\0", "imgq_…")
             transcript += [f"$ imgq {' '.join(argv)}", *text.rstrip().splitlines(),
                            f"# exit {out.returncode}, {time.monotonic() - started:.1f} s", ""]
     finally:

@@ -96,8 +96,7 @@ def _wait(client: Client, job: dict, args) -> int:
 
 
 def _summary(client: Client, job: dict) -> None:
-    """The final line, the failed items by reason, and where the results are."""
-    print(describe(job))
+    """The failed items by reason and where the results are (the watcher printed the final state)."""
     if job.get("error"):
         print(f"error: {job['error']}")
     p = job.get("progress") or {}
@@ -116,8 +115,6 @@ def _summary(client: Client, job: dict) -> None:
 
 def _after_submit(client: Client, job: dict, args) -> int:
     if getattr(args, "wait", False):
-        if not args.json:
-            print(describe(job), file=sys.stderr)
         code = _wait(client, job, args)
         if getattr(args, "out", None) and code != EXIT_STOPPED_WATCHING:
             _download(client, job, args.out)

@@ -13,6 +13,9 @@ from typing import TextIO
 from shared.client.api import FINAL_STATUSES, Client, job_id_of
 
 
+ITEM_KINDS = ("score", "embed")  # jobs of items: done/total, images/s, ETA, failures
+
+
 def is_terminal(stream: TextIO) -> bool:
     return hasattr(stream, "isatty") and stream.isatty()
 
@@ -41,8 +44,9 @@ def describe(job: dict, epoch: dict | None = None) -> str:
     if job["kind"] == "train":
         return (f"{head}: {p.get('phase') or '-'} epoch {p.get('epoch') or 0}/{p.get('epochs') or '?'}"
                 f" eta {_figure(p.get('eta_seconds'), '{:.0f}s')} {epoch_figures(epoch)}").rstrip()
-    if "total" not in p:
-        return head
+    if job["kind"] not in ITEM_KINDS:  # an import or an index build: its phase, or how far it is
+        return f"{head}: {p['phase']}" if p.get("phase") else \
+            f"{head}: {p['done']}/{p['total']}" if "total" in p else head
     return (f"{head}: {p['done']}/{p['total']} ({p['percent']:.1f}%) {_figure(p.get('images_per_second'))} images/s"
             f" eta {_figure(p.get('eta_seconds'), '{:.0f}s')} failed {p['failed']}")
 
