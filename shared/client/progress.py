@@ -12,7 +12,6 @@ from typing import TextIO
 
 from shared.client.api import FINAL_STATUSES, Client, job_id_of
 
-
 ITEM_KINDS = ("score", "embed")  # jobs of items: done/total, images/s, ETA, failures
 
 
