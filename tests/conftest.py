@@ -18,6 +18,7 @@ from tests.helpers import (  # noqa: E402
     create_pg_database,
     drop_pg_database,
     make_stack,
+    migrated_database,
     tiny_cnn,
 )
 
@@ -41,20 +42,8 @@ def sqlite_url(tmp_path):
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(request, tmp_path):
     """The same test on the embedded SQLite database and on a fresh PostgreSQL database, migrated."""
-    from shared.core.migrate import upgrade
-
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'imgq.db'}"
-        upgrade(url)
+    with migrated_database(request.param, tmp_path) as url:
         yield url
-        return
-    url = create_pg_database()
-    upgrade(url)
-    yield url
-    from shared.core.db import engine_for
-
-    engine_for(url).dispose()
-    drop_pg_database(url)
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,22 @@ def drop_pg_database(url: str) -> None:
     name = url.rsplit("/", 1)[1]
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def migrated_database(kind: str, folder: Path) -> Iterator[str]:
+    """A migrated database of `kind` ("sqlite": a file in `folder`; "postgres": a fresh database, dropped after)."""
+    from shared.core.db import engine_for
+    from shared.core.migrate import upgrade
+
+    url = f"sqlite:///{folder / 'imgq.db'}" if kind == "sqlite" else create_pg_database()
+    upgrade(url)
+    try:
+        yield url
+    finally:
+        if kind != "sqlite":
+            engine_for(url).dispose()
+            drop_pg_database(url)
 
 
 def tiny_cnn(input_size: int, outputs: int, activation: str | None = None, seed: int = 0):

@@ -32,13 +32,7 @@ from shared.core.db import session_scope
 from shared.core.states import JobKind, JobStatus, RunState
 from shared.core.tables import Job, ModelVersion, TrainRun, utcnow
 from shared.services import tokens
-from tests.helpers import (
-    authorized_client,
-    create_pg_database,
-    drop_pg_database,
-    seed_embeddings,
-    seed_version,
-)
+from tests.helpers import authorized_client, migrated_database, seed_embeddings, seed_version
 from web import auth
 from web.openapi import HTML_BLUEPRINTS, UNDOCUMENTED, Undocumented, build_document
 from worker.index_builder import run_index_job
@@ -53,19 +47,8 @@ LISTS = {"jobs.list_jobs", "jobs.get_results", "models.list_models", "models.lis
 def db_url(request, tmp_path):
     """The embedded default (SQLite) unless a test asks for PostgreSQL too (`indirect` parametrization): the
     document does not depend on the database; schemathesis runs on both."""
-    from shared.core.db import engine_for
-    from shared.core.migrate import upgrade
-
-    if getattr(request, "param", "sqlite") == "sqlite":
-        url = f"sqlite:///{tmp_path / 'imgq.db'}"
-        upgrade(url)
+    with migrated_database(getattr(request, "param", "sqlite"), tmp_path) as url:
         yield url
-        return
-    url = create_pg_database()
-    upgrade(url)
-    yield url
-    engine_for(url).dispose()
-    drop_pg_database(url)
 
 
 BOTH_DATABASES = pytest.mark.parametrize("db_url", ["sqlite", "postgres"], indirect=True)
