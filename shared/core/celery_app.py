@@ -14,6 +14,7 @@ import threading
 from celery import Celery
 from kombu import Queue
 
+from shared.core import fs_broker
 from shared.core.config import Settings
 
 SCORE_QUEUE = "score"
@@ -60,6 +61,8 @@ def configure(settings: Settings) -> Celery:
     folders of the embedded default must exist (`shared.core.config.ensure_dirs`, the entry point's job)."""
     global _settings
     _settings = settings
+    if settings.embedded:
+        fs_broker.install()  # exchange tables created whole: processes starting together never read a half-made one
     app.conf.update(
         broker_url=settings.broker_url,
         broker_transport_options=settings.broker_transport_options,
