@@ -16,7 +16,7 @@
 - jobs whose chunks are all finished are closed;
 - score jobs that succeeded without their output drift recorded get it: those this sweep closed (including by
   giving up their last chunk), and those closed elsewhere without it (a chunk given up at a worker's claim, a worker
-  that died between finishing the last chunk and recording it), within `DRIFT_CATCH_UP`;
+  that died between finishing the last chunk and recording it), among the jobs created within `DRIFT_CATCH_UP`;
 - upload folders of jobs finished over `upload_retention` ago, and folders no job owns (an upload cut
   off by a web crash) older than `orphan_upload_after`, are removed;
 - the time of the sweep is recorded, for /readyz and /metrics.
@@ -57,7 +57,7 @@ from worker import chunk_lifecycle, index_builder, model_importer
 
 log = logging.getLogger(__name__)
 SEND_GRACE_SECONDS = 10.0  # the web front sends right after commit; give it that long
-DRIFT_CATCH_UP = timedelta(days=1)  # score jobs finished this recently without a drift row get one
+DRIFT_CATCH_UP = timedelta(days=7)  # score jobs created this recently (ix_jobs_status_created) are caught up
 
 
 def sweep(settings: Settings, enqueue, enqueue_train=None,
@@ -149,13 +149,14 @@ def _close_finished_jobs(settings: Settings) -> set[str]:
 def record_missing_drift(settings: Settings, now, closed_now: set[str]) -> int:
     """The output drift of score jobs that succeeded without one (shared/services/drift.py; written once whoever
     computes it): those this sweep closed, and those closed elsewhere over SEND_GRACE_SECONDS ago (the task that
-    closes a job records its drift right after; this catches the ones it could not), within DRIFT_CATCH_UP.
-    Returns how many were recorded."""
+    closes a job records its drift right after; this catches the ones it could not), among the jobs created within
+    DRIFT_CATCH_UP (a range of the status and creation-time index, so each sweep reads a bounded set). Returns how
+    many were recorded."""
     with session_scope() as session:
         job_ids = list(session.scalars(
             select(Job.id).outerjoin(ScoreDrift, ScoreDrift.job_id == Job.id).where(
                 Job.kind == JobKind.SCORE, Job.status == JobStatus.SUCCEEDED, ScoreDrift.job_id.is_(None),
-                Job.finished_at >= now - DRIFT_CATCH_UP,
+                Job.created_at >= now - DRIFT_CATCH_UP,
                 (Job.finished_at < now - timedelta(seconds=SEND_GRACE_SECONDS)) | Job.id.in_(sorted(closed_now)))))
     recorded = 0
     for job_id in job_ids:
