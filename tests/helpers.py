@@ -215,3 +215,23 @@ def assert_error(resp, status: int, kind: str | None = None, field: str | None =
     if field is not None:
         assert error["problems"] and error["problems"][0]["field"] == field, error
     return error
+
+
+def configure_like_beat(monkeypatch, stack):
+    """This process set up as the stack's beat process is (its database and broker, through the environment), so a
+    test can fire schedule slots with a fake clock (shared/services/schedules.dispatch_due) and send their jobs as
+    beat's schedule tick does (shared/core/dispatch.enqueue_train). Returns the Settings; the caller clears
+    get_settings' cache when done."""
+    from shared.core import celery_app, db
+    from shared.core.config import get_settings
+
+    for key in ("DATABASE_URL", "BROKER_URL", "IMGQ_BROKER_PREFIX", "IMGQ_HOME", "IMGQ_DATA_ROOTS"):
+        if stack.env.get(key) is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, stack.env[key])
+    get_settings.cache_clear()
+    settings = get_settings()
+    db.configure(settings)
+    celery_app.configure(settings)
+    return settings
