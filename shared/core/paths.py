@@ -74,6 +74,7 @@ def path_inside(root: Path, *parts: str) -> Path:
 
 OBJECT_SCHEMES = ("s3",)  # URI prefixes a data root may name (read through fsspec/s3fs: shared/images/object_store.py)
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
 
 
 def is_object_uri(uri: str) -> bool:
@@ -117,12 +118,13 @@ def object_inside(prefixes: tuple[str, ...], uri: str) -> str:
 
 def split_roots(raw: str) -> list[str]:
     """IMGQ_DATA_ROOTS's entries: separated by os.pathsep (':'), which also follows a URI's scheme, so an entry
-    that is a bare scheme name (`s3`) followed by one starting with '//' is one URI (`s3://bucket/prefix`)."""
+    that is a bare scheme name (`s3`, or any other, refused later) followed by one starting with '//' is one URI
+    (`s3://bucket/prefix`). A local folder cannot be written as `name:` + `//...`; nobody needs to."""
     pieces, entries = raw.split(os.pathsep), []
     i = 0
     while i < len(pieces):
         piece = pieces[i].strip()
-        if piece.lower() in OBJECT_SCHEMES and i + 1 < len(pieces) and pieces[i + 1].startswith("//"):
+        if _SCHEME.fullmatch(piece) and i + 1 < len(pieces) and pieces[i + 1].startswith("//"):
             entries.append(f"{piece}:{pieces[i + 1].strip()}")
             i += 2
             continue

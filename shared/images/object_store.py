@@ -98,7 +98,7 @@ def retrying(config: StoreConfig, uri: str, deadline: float | None, call):
 
 def classify(exc: BaseException) -> tuple[str, str]:
     """("missing" | "denied" | "transient" | "other", a short reason) for an exception from s3fs or botocore."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
     chain, seen = [], exc
     while seen is not None and len(chain) < 5:
@@ -109,6 +109,9 @@ def classify(exc: BaseException) -> tuple[str, str]:
             code = str(err.response.get("Error", {}).get("Code", ""))
             status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
             return _by_code(code, status), f"{code or status} from the store"
+    if any(isinstance(err, (NoCredentialsError, PartialCredentialsError)) for err in chain):
+        return "other", "no credentials for the object store (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, " \
+                        "or AWS_PROFILE)"
     if isinstance(exc, FileNotFoundError):
         return "missing", "not found"
     if isinstance(exc, PermissionError):

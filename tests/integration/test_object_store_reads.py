@@ -1,0 +1,146 @@
+"""Item and manifest reads from object storage, against a real S3 server on loopback (moto's server mode, its own
+process): found, missing (404), forbidden (403, moto's IAM checks), refused before any request (a '..' in the key,
+another bucket, a prefix escape), a store that refuses connections (retried, then the store's error, not the
+item's), and a store that throttles (503 SlowDown, retried until it answers)."""
+from __future__ import annotations
+
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from shared.core.errors import InvalidRequest, ObjectStoreUnavailable
+from shared.images.imaging import ImageError, read_and_hash
+from shared.images.item_reads import Places, read_item
+from shared.images.manifests import iter_manifest
+from shared.images.object_store import ObjectFile, StoreConfig
+from shared.tools.local_stack import free_port
+from tests.helpers import S3_KEYS, write_jpeg
+
+pytestmark = pytest.mark.integration
+
+PREFIX = "s3://crawl-bucket/2026/"
+
+
+@pytest.fixture
+def keys(monkeypatch):
+    for name, value in S3_KEYS.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+def store(s3_server, tmp_path, keys):
+    """The server holding crawl-bucket/2026/a.jpg (the same bytes as the local `a.jpg`), a manifest beside it, and
+    a bucket no root names; the process's credentials are the server's."""
+    local = write_jpeg(tmp_path / "local" / "a.jpg", seed=3)
+    s3_server.put_files("crawl-bucket", "2026", {"a.jpg": local, "items.csv": b"id,image\na,a.jpg\nb,sub/b.jpg\n"})
+    s3_server.put_files("crawl-bucket", "2025", {"a.jpg": local})
+    s3_server.put_files("other-bucket", "2026", {"a.jpg": local})
+    s3_server.local = local
+    return s3_server
+
+
+def places(server, retries: int = 2) -> Places:
+    return Places(roots=(server.local.parent,), object_roots=(PREFIX,),
+                  store=StoreConfig(server.endpoint, retries=retries, timeout=10))
+
+
+def test_an_object_reads_to_the_same_bytes_and_hash_as_the_same_file(store):
+    data, digest = read_item(PREFIX + "a.jpg", places(store), max_bytes=10**7)
+    assert (data, digest) == read_and_hash(store.local, max_bytes=10**7)
+    assert read_item("a.jpg", places(store), max_bytes=10**7)[1] == digest  # local folders work as before
+
+
+@pytest.mark.parametrize("uri, reason", [
+    (PREFIX + "missing.jpg", f"object not found: {PREFIX}missing.jpg"),
+    ("s3://crawl-bucket/2025/a.jpg", "path outside the data roots: s3://crawl-bucket/2025/a.jpg"),
+    ("s3://crawl-bucket/2026-old/a.jpg", "path outside the data roots"),
+    ("s3://other-bucket/2026/a.jpg", "path outside the data roots: s3://other-bucket/2026/a.jpg"),
+    (PREFIX + "../2025/a.jpg", "invalid path ('.' or '..' in the key)"),
+])
+def test_a_bad_object_is_the_items_error_with_a_clear_reason(store, uri, reason):
+    with pytest.raises(ImageError) as refused:
+        read_item(uri, places(store), max_bytes=10**7)
+    assert reason in str(refused.value)
+
+
+def test_an_object_over_the_size_limit_is_refused(store):
+    with pytest.raises(ImageError, match="file too large"):
+        read_item(PREFIX + "a.jpg", places(store), max_bytes=100)
+
+
+def test_a_store_without_credentials_is_the_items_error_said_plainly(monkeypatch):
+    for name in (*S3_KEYS, "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    anon = Places(roots=(), object_roots=(PREFIX,), store=StoreConfig(f"http://127.0.0.1:{free_port()}", 3))
+    with pytest.raises(ImageError, match="no credentials for the object store"):
+        read_item(PREFIX + "a.jpg", anon, max_bytes=10**7)
+
+
+def test_a_forbidden_object_is_the_items_403_error(s3_server, tmp_path, monkeypatch):
+    local = write_jpeg(tmp_path / "a.jpg")
+    s3_server.put_files("crawl-bucket", "2026", {"a.jpg": local})
+    s3_server.put_files("locked-bucket", "2026", {"a.jpg": local})
+    for name, value in {**S3_KEYS, **s3_server.reader_allowed_only("crawl-bucket")}.items():
+        monkeypatch.setenv(name, value)
+    both = Places(roots=(), object_roots=(PREFIX, "s3://locked-bucket/"), store=StoreConfig(s3_server.endpoint, 1))
+    assert read_item(PREFIX + "a.jpg", both, max_bytes=10**7)[0] == local.read_bytes()
+    with pytest.raises(ImageError, match=r"access denied \(403\) to s3://locked-bucket/2026/a.jpg"):
+        read_item("s3://locked-bucket/2026/a.jpg", both, max_bytes=10**7)
+
+
+def test_a_store_that_refuses_connections_is_retried_then_the_stores_error_not_the_items(keys, caplog):
+    down = Places(roots=(), object_roots=(PREFIX,), store=StoreConfig(f"http://127.0.0.1:{free_port()}", retries=2))
+    with caplog.at_level(logging.INFO, logger="shared.images.object_store"), \
+            pytest.raises(ObjectStoreUnavailable, match="after 3 tries"):
+        read_item(PREFIX + "a.jpg", down, max_bytes=10**7)
+    assert [r.getMessage().split(" try ")[1][:6] for r in caplog.records] == ["2 of 3", "3 of 3"]
+
+
+class Throttling(BaseHTTPRequestHandler):
+    """An S3 endpoint that answers 503 SlowDown to the first `refusals` requests, then the object's bytes."""
+    refusals, body, seen = 2, b"\xff\xd8 object bytes", 0
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        type(self).seen += 1
+        if self.seen <= self.refusals:
+            error = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+            self.send_response(503)
+            self.send_header("Content-Length", str(len(error)))
+            self.end_headers()
+            self.wfile.write(error)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_throttling_store_is_retried_until_it_answers(keys):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Throttling)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        slow = Places(roots=(), object_roots=(PREFIX,),
+                      store=StoreConfig(f"http://127.0.0.1:{server.server_port}", retries=3))
+        data, _ = read_item(PREFIX + "a.jpg", slow, max_bytes=10**7)
+        assert bytes(data) == Throttling.body and Throttling.seen == 3
+    finally:
+        server.shutdown()
+
+
+def test_a_manifest_in_the_store_lists_its_images_beside_it(store):
+    manifest = ObjectFile(PREFIX + "items.csv", StoreConfig(store.endpoint))
+    assert [row for piece in iter_manifest(manifest, "id", "image") for row in piece] == [
+        ("a", PREFIX + "a.jpg"), ("b", PREFIX + "sub/b.jpg")]
+
+
+def test_a_missing_manifest_in_the_store_is_a_clear_request_error(store):
+    with pytest.raises(InvalidRequest, match=f"manifest: object not found: {PREFIX}none.csv"):
+        list(iter_manifest(ObjectFile(PREFIX + "none.csv", StoreConfig(store.endpoint)), "id", "image"))
