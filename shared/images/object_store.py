@@ -64,10 +64,34 @@ def read_object(config: StoreConfig, uri: str, *, max_bytes: int, deadline: floa
                 ) -> tuple[bytearray, str]:
     """The object's bytes and their sha256 hex; ImageError for a missing, forbidden or too large object,
     ObjectStoreUnavailable when the store stays unreachable (until `deadline`, a time.monotonic(), if given)."""
-    data = retrying(config, uri, deadline, lambda fs: fs.cat_file(uri, start=0, end=max_bytes + 1))
+    data = retrying(config, uri, deadline, lambda fs: _get(fs, uri, max_bytes + 1))
     if len(data) > max_bytes:
         raise ImageError(f"file too large: more than {max_bytes} bytes")
     return bytearray(data), hashlib.sha256(data).hexdigest()
+
+
+def _get(fs, uri: str, limit: int) -> bytes:
+    """At most `limit` bytes of the object in one ranged GET. S3 answers a range on an empty object with 416
+    (InvalidRange): that object is empty, which the decoder reports as such, like an empty file."""
+    try:
+        return fs.cat_file(uri, start=0, end=limit)
+    except OSError as exc:
+        error = _client_error(exc)
+        if error is not None and error.response.get("Error", {}).get("Code") == "InvalidRange":
+            return b""
+        raise
+
+
+def _client_error(exc: BaseException):
+    """The botocore ClientError behind an s3fs exception, if any."""
+    from botocore.exceptions import ClientError
+
+    seen, depth = exc, 0
+    while seen is not None and depth < 5:
+        if isinstance(seen, ClientError):
+            return seen
+        seen, depth = seen.__cause__ or seen.__context__, depth + 1
+    return None
 
 
 def retrying(config: StoreConfig, uri: str, deadline: float | None, call):
@@ -98,17 +122,17 @@ def retrying(config: StoreConfig, uri: str, deadline: float | None, call):
 
 def classify(exc: BaseException) -> tuple[str, str]:
     """("missing" | "denied" | "transient" | "other", a short reason) for an exception from s3fs or botocore."""
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
+    from botocore.exceptions import BotoCoreError, NoCredentialsError, PartialCredentialsError
 
     chain, seen = [], exc
     while seen is not None and len(chain) < 5:
         chain.append(seen)
         seen = seen.__cause__ or seen.__context__
-    for err in chain:
-        if isinstance(err, ClientError):
-            code = str(err.response.get("Error", {}).get("Code", ""))
-            status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-            return _by_code(code, status), f"{code or status} from the store"
+    client_error = _client_error(exc)
+    if client_error is not None:
+        code = str(client_error.response.get("Error", {}).get("Code", ""))
+        status = int(client_error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        return _by_code(code, status), f"{code or status} from the store"
     if any(isinstance(err, (NoCredentialsError, PartialCredentialsError)) for err in chain):
         return "other", "no credentials for the object store (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, " \
                         "or AWS_PROFILE)"

@@ -65,6 +65,11 @@ def test_a_bad_object_is_the_items_error_with_a_clear_reason(store, uri, reason)
     assert reason in str(refused.value)
 
 
+def test_an_empty_object_reads_as_empty_bytes_like_an_empty_file(store):
+    store.put_files("crawl-bucket", "2026", {"empty.jpg": b""})  # S3 answers 416 to a range on an empty object
+    assert read_item(PREFIX + "empty.jpg", places(store), max_bytes=10**7)[0] == bytearray()
+
+
 def test_an_object_over_the_size_limit_is_refused(store):
     with pytest.raises(ImageError, match="file too large"):
         read_item(PREFIX + "a.jpg", places(store), max_bytes=100)
