@@ -23,9 +23,10 @@ class Places:
     store: StoreConfig = StoreConfig()
 
 
-def read_item(uri: str, places: Places, max_bytes: int, deadline: float | None = None) -> tuple[bytearray, str]:
-    """The item's bytes and their sha256 hex, or an ImageError naming the problem (the uri as the client gave it).
-    `deadline` (time.monotonic()) bounds an object read's retries."""
+def read_item(uri: str, places: Places, max_bytes: int, deadline: float | None = None,
+              shown: str | None = None) -> tuple[bytearray, str]:
+    """The item's bytes and their sha256 hex, or an ImageError naming the problem (a file as `shown`, default the
+    uri as the client gave it). `deadline` (time.monotonic()) bounds an object read's retries."""
     try:
         if is_object_uri(uri):
             return read_object(places.store, object_inside(places.object_roots, uri), max_bytes=max_bytes,
@@ -33,4 +34,4 @@ def read_item(uri: str, places: Places, max_bytes: int, deadline: float | None =
         path = resolve_inside(places.roots, uri)
     except OutsideDataRoots as exc:
         raise ImageError(str(exc)) from None
-    return read_and_hash(path, max_bytes=max_bytes, shown=uri)
+    return read_and_hash(path, max_bytes=max_bytes, shown=shown or uri)
