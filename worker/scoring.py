@@ -1,8 +1,9 @@
 """Scoring a list of items with a loaded model: decode in threads while the model runs.
 
 Plain functions, no Celery and no database: the caller passes `lookup_cache` and `write_batch`.
-Batch k+1 is read, hashed, looked up in the score cache and decoded by a thread pool while
-the model predicts batch k, so decoding and inference overlap.
+Three stages overlap, each in its own threads: batch k+2 is read and hashed (a read pool, `read_threads` items in
+flight: files, or objects in a store), batch k+1 is looked up in the score cache and decoded (a decode pool), and the
+model predicts batch k. Each stage runs at most a batch or two ahead of the next, so memory stays bounded.
 
 What a result holds is the `outputs` reader's business: `ScoreOutputs` (the default) turns raw rows into named
 outputs and cache rows for the score cache; embed jobs pass worker/embedding.VectorOutputs (vectors, cached in the
@@ -97,11 +98,14 @@ class ScoreOutputs:
         return {"content_hash": digest, "model_version_id": self.version_id, "outputs": result["outputs"]}
 
 
-def _prepare(batch, model, opts, pools, lookup_cache, reading) -> Prepared:
+def _read(batch, opts, reads: ItemPool) -> list[tuple]:
+    """[(item id, bytes, hash, error)] of one batch, read by the read pool, each read bounded by the read timeout."""
+    return reads.map(lambda it: _fetch(it, opts), batch, opts.read_timeout,
+                     lambda it: (it[0], None, None, f"reading the image timed out after {opts.read_timeout:g} s"))
+
+
+def _prepare(fetched, model, opts, pool, lookup_cache, reading) -> Prepared:
     prepared = Prepared()
-    reads, pool = pools
-    fetched = reads.map(lambda it: _fetch(it, opts), batch, opts.read_timeout,
-                       lambda it: (it[0], None, None, f"reading the image timed out after {opts.read_timeout:g} s"))
     hits = lookup_cache([h for _, _, h, _ in fetched if h]) if opts.use_cache else {}
     to_decode = []
     for item_id, data, digest, error in fetched:
@@ -146,7 +150,7 @@ def _batches(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def _prefetch(produce: Iterator[Prepared], depth: int = 2) -> Iterator[Prepared]:
+def _prefetch(produce: Iterator, depth: int = 2, name: str = "imgq-decode") -> Iterator:
     """Run `produce` in a background thread, at most `depth` batches ahead of the consumer."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
@@ -166,9 +170,13 @@ def _prefetch(produce: Iterator[Prepared], depth: int = 2) -> Iterator[Prepared]
             q.put(done)
         except BaseException as exc:  # hand the error to the consumer
             q.put(exc)
+        finally:  # an earlier stage feeding `produce` stops too (closed here, in the only thread iterating it)
+            close = getattr(produce, "close", None)
+            if close is not None:
+                close()
 
     # in a copy of the caller's context: lines logged while feeding carry its job and chunk (shared/core/logs.py)
-    thread = threading.Thread(target=contextvars.copy_context().run, args=(run,), name="imgq-decode", daemon=True)
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(run,), name=name, daemon=True)
     thread.start()
     try:
         while True:
@@ -199,7 +207,9 @@ def score_items(items: Iterable[tuple[str, str]], model, opts: ScoreOptions,
 
 def _score_batches(items, model, reading, opts, pools, lookup_cache, write_batch) -> None:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgq-write") as writer:
-        produce = (_prepare(b, model, opts, pools, lookup_cache, reading) for b in _batches(items, opts.batch_size))
+        reads, decodes = pools
+        read_ahead = _prefetch((_read(b, opts, reads) for b in _batches(items, opts.batch_size)), 1, "imgq-read")
+        produce = (_prepare(fetched, model, opts, decodes, lookup_cache, reading) for fetched in read_ahead)
         pending = None  # the previous batch's write runs while the model predicts this one
         for prepared in _prefetch(produce):
             results, cache_rows = prepared.results, []
