@@ -149,3 +149,51 @@ def test_a_manifest_in_the_store_lists_its_images_beside_it(store):
 def test_a_missing_manifest_in_the_store_is_a_clear_request_error(store):
     with pytest.raises(InvalidRequest, match=f"manifest: object not found: {PREFIX}none.csv"):
         list(iter_manifest(ObjectFile(PREFIX + "none.csv", StoreConfig(store.endpoint)), "id", "image"))
+
+
+@pytest.fixture(scope="module")
+def regression(model_files):
+    from shared.core.tables import ModelVersion
+    from shared.services.model_registry import sha256_file
+    from worker.model_cache import load
+
+    file = model_files["regression"]
+    return load(ModelVersion(id=7, name="m", version=1, task="regression", input_height=32, input_width=32,
+                             resize_mode="stretch", pixel_scale="unit", output_names=["value"], class_names=None,
+                             target_transform={"kind": "log1p"}, path=str(file), sha256=sha256_file(file),
+                             size_bytes=1))
+
+
+def score(items, model, where: Places, batch_size: int = 4, written: dict | None = None) -> dict:
+    """{item id: result} of scoring `items`, written into `written` batch by batch (so a caller sees what was
+    written before an exception)."""
+    from worker.scoring import ScoreOptions, score_items
+
+    written = {} if written is None else written
+    opts = ScoreOptions(roots=where.roots, batch_size=batch_size, max_pixels=10**7, max_bytes=10**7, threads=2,
+                        use_cache=False, object_roots=where.object_roots, store=where.store, read_threads=8)
+    score_items(items, model, opts, lambda hashes: {}, lambda results, _: written.update(
+        {r["item_id"]: r for r in results}))
+    return written
+
+
+def test_the_scoring_pipeline_gives_an_object_the_same_result_as_the_same_file(store, regression, tmp_path):
+    files = {f"p{i}.jpg": write_jpeg(tmp_path / "local" / f"p{i}.jpg", size=(50 + i, 40), seed=i) for i in range(9)}
+    store.put_files("crawl-bucket", "2026/pipe", files)
+    results = score([(f"file-{n}", str(p)) for n, p in files.items()]
+                    + [(f"object-{n}", f"{PREFIX}pipe/{n}") for n in files], regression, places(store))
+    for name in files:
+        assert results[f"object-{name}"]["status"] == "ok"
+        assert {k: v for k, v in results[f"object-{name}"].items() if k != "item_id"} == \
+            {k: v for k, v in results[f"file-{name}"].items() if k != "item_id"}
+
+
+def test_a_store_away_through_every_retry_ends_the_scoring_with_no_error_for_its_items(keys, regression, tmp_path):
+    local = write_jpeg(tmp_path / "a.jpg")
+    down = Places(roots=(tmp_path,), object_roots=(PREFIX,),
+                  store=StoreConfig(f"http://127.0.0.1:{free_port()}", retries=1))
+    written: dict = {}
+    with pytest.raises(ObjectStoreUnavailable, match="after 2 tries"):
+        score([("file", str(local)), ("object", PREFIX + "a.jpg")], regression, down, batch_size=1, written=written)
+    assert "object" not in written  # no error row: the chunk is given back, the item tried again later
+    assert all(r["status"] == "ok" for r in written.values())
