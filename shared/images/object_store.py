@@ -21,9 +21,13 @@ import random
 import time
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from shared.core.errors import ObjectStoreUnavailable
 from shared.images.imaging import ImageError
+
+if TYPE_CHECKING:
+    from shared.core.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +44,12 @@ class StoreConfig:
     endpoint_url: str | None = None
     retries: int = 5
     timeout: float = 30.0  # one request's connect and read timeout
+    connections: int = 10  # the connection pool: as many as reads in flight, so none waits for a connection
 
     @classmethod
-    def from_settings(cls, settings) -> StoreConfig:
-        return cls(settings.s3_endpoint_url, settings.s3_retries, settings.read_timeout)
+    def from_settings(cls, settings: Settings) -> StoreConfig:
+        return cls(settings.s3_endpoint_url, settings.s3_retries, settings.read_timeout,
+                   max(10, settings.read_threads))
 
 
 @lru_cache(maxsize=8)
@@ -54,7 +60,7 @@ def filesystem(config: StoreConfig):
 
     fs = s3fs.S3FileSystem(
         endpoint_url=config.endpoint_url, skip_instance_cache=True,
-        config_kwargs={"retries": {"max_attempts": 1, "mode": "standard"},
+        config_kwargs={"retries": {"max_attempts": 1, "mode": "standard"}, "max_pool_connections": config.connections,
                        "connect_timeout": min(config.timeout, 10.0), "read_timeout": config.timeout})
     fs.retries = 1  # one try per call (a class attribute in s3fs, not a constructor argument)
     return fs
