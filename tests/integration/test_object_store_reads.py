@@ -16,7 +16,7 @@ from shared.images.item_reads import Places, read_item
 from shared.images.manifests import iter_manifest
 from shared.images.object_store import ObjectFile, StoreConfig
 from shared.tools.local_stack import free_port
-from tests.helpers import S3_KEYS, write_jpeg
+from tests.helpers import S3_KEYS, authorized_client, seed_version, write_jpeg
 
 pytestmark = pytest.mark.integration
 
@@ -197,3 +197,18 @@ def test_a_store_away_through_every_retry_ends_the_scoring_with_no_error_for_its
         score([("file", str(local)), ("object", PREFIX + "a.jpg")], regression, down, batch_size=1, written=written)
     assert "object" not in written  # no error row: the chunk is given back, the item tried again later
     assert all(r["status"] == "ok" for r in written.values())
+
+
+def test_a_manifest_in_a_store_that_does_not_answer_is_a_503_and_no_job(configured, keys):
+    from dataclasses import replace
+
+    from web.app import create_app
+
+    seed_version("m")
+    settings = replace(configured, object_roots=(PREFIX,), s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
+                       s3_retries=1)
+    client = authorized_client(create_app(settings))
+    resp = client.post("/api/v1/jobs/score", json={"model": "m", "manifest": PREFIX + "items.csv"})
+    assert resp.status_code == 503, resp.get_json()
+    assert "the object store did not answer" in resp.get_json()["error"]["message"]
+    assert client.get("/api/v1/jobs").get_json()["jobs"] == []
