@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from shared.core.errors import InvalidRequest, ObjectStoreUnavailable
 from shared.core.vocab import MANIFEST_SUFFIXES, manifest_suffix
 from shared.images.imaging import ImageError
-from shared.images.object_store import ObjectFile
+from shared.images.object_store import ObjectFile, classify
 
 PIECE_ROWS = 5000
 
@@ -59,12 +59,20 @@ def read_columns(path: Path | ObjectFile, wanted: list[tuple[str, str]], *, fiel
         raise InvalidRequest(f"cannot read the manifest {path.name}: {exc}", field=field) from None
     except pd.errors.EmptyDataError:
         raise InvalidRequest(f"manifest {path.name} is empty", field=field) from None
-    except OSError as exc:
-        raise InvalidRequest(f"cannot read the manifest {path.name}: {exc.strerror or type(exc).__name__}",
-                             field=field) from None
-    except Exception as exc:  # pandas' and pyarrow's parse errors; the server path may appear in the text
-        raise InvalidRequest(f"cannot read the manifest {path.name}: {str(exc).replace(str(path), path.name)}",
-                             field=field) from None
+    except Exception as exc:
+        raise _unreadable(path, exc, field) from None
+
+
+def _unreadable(path: Path | ObjectFile, exc: Exception, field: str) -> Exception:
+    """What a manifest that failed while being read is: the store's outage (a 503 to the client), or the
+    manifest's fault (a 400 naming it; pandas' and pyarrow's parse errors may quote the server path: not shown)."""
+    if isinstance(path, ObjectFile) and classify(exc)[0] == "transient":
+        return ObjectStoreUnavailable(f"the object store failed while reading {path.uri}: {classify(exc)[1]}")
+    if isinstance(exc, OSError):
+        return InvalidRequest(f"cannot read the manifest {path.name}: {exc.strerror or type(exc).__name__}",
+                              field=field)
+    return InvalidRequest(f"cannot read the manifest {path.name}: {str(exc).replace(str(path), path.name)}",
+                          field=field)
 
 
 def iter_manifest(path: Path | ObjectFile, id_column: str, image_column: str, category_column: str | None = None, *,

@@ -128,7 +128,7 @@ def retrying(config: StoreConfig, uri: str, deadline: float | None, call):
 
 def classify(exc: BaseException) -> tuple[str, str]:
     """("missing" | "denied" | "transient" | "other", a short reason) for an exception from s3fs or botocore."""
-    from botocore.exceptions import BotoCoreError, NoCredentialsError, PartialCredentialsError
+    from botocore.exceptions import NoCredentialsError, PartialCredentialsError
 
     chain, seen = [], exc
     while seen is not None and len(chain) < 5:
@@ -146,9 +146,20 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return "missing", "not found"
     if isinstance(exc, PermissionError):
         return "denied", "access denied"
-    if any(isinstance(err, (BotoCoreError, ConnectionError, TimeoutError, OSError)) for err in chain):
+    if any(isinstance(err, _network_errors()) for err in chain):
         return "transient", f"{type(exc).__name__}: {str(exc)[:200]}"
     return "other", f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Errors of the way to the store (connections, timeouts, cut-off bodies), never of the object or the file
+    read from it (a bad gzip stream is an OSError too, and the manifest's fault)."""
+    import asyncio
+
+    import aiohttp
+    from botocore.exceptions import BotoCoreError
+
+    return BotoCoreError, ConnectionError, TimeoutError, asyncio.TimeoutError, aiohttp.ClientError
 
 
 def _by_code(code: str, status: int) -> str:
