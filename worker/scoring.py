@@ -99,8 +99,10 @@ class ScoreOutputs:
 
 
 def _read(batch, opts, reads: ItemPool) -> list[tuple]:
-    """[(item id, bytes, hash, error)] of one batch, read by the read pool, each read bounded by the read timeout."""
-    return reads.map(lambda it: _fetch(it, opts), batch, opts.read_timeout,
+    """[(item id, bytes, hash, error)] of one batch, read by the read pool, each read bounded by the read timeout.
+    Each read runs in a copy of this thread's context, so a store's retries are logged with the job and chunk."""
+    context = contextvars.copy_context()
+    return reads.map(lambda it: context.copy().run(_fetch, it, opts), batch, opts.read_timeout,
                      lambda it: (it[0], None, None, f"reading the image timed out after {opts.read_timeout:g} s"))
 
 
