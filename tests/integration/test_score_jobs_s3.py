@@ -1,6 +1,7 @@
 """A score job whose manifest and images live in a bucket of a real S3 server (moto's server mode on loopback),
 through the real parts: HTTP -> PostgreSQL -> Redis -> a Celery worker process reading the objects -> results over
-HTTP, equal to those of the same job on the same files in a local data root; and bad objects as the items' errors."""
+HTTP, equal to those of the same job on the same files in a local data root; and bad objects as the items' errors.
+An embed job from the bucket stores the same vectors as from the folder, and an image query may name an object."""
 from __future__ import annotations
 
 import shutil
@@ -9,7 +10,15 @@ import uuid
 import pytest
 
 from shared.images.synthetic import write_catalog
-from tests.helpers import REDIS_BASE, MotoS3, create_pg_database, drop_pg_database, import_model_http, make_stack
+from tests.helpers import (
+    REDIS_BASE,
+    MotoS3,
+    create_pg_database,
+    drop_pg_database,
+    import_model_http,
+    make_stack,
+    tiny_cnn,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +45,7 @@ def s3_stack(tmp_path_factory, model_files):
         stack.start()
         stack.model = f"s3-{uuid.uuid4().hex[:6]}"
         import_model_http(stack, model_files["regression"], stack.model, target_transform="log1p")
+        stack.database_url = url
         yield stack
     finally:
         stack.stop()
@@ -89,3 +99,35 @@ def test_a_manifest_outside_the_bucket_prefix_or_missing_is_a_400(s3_stack):
         resp = s3_stack.http.post(s3_stack.url("/api/v1/jobs/score"),
                                   json={"model": s3_stack.model, "manifest": manifest}, timeout=60)
         assert resp.status_code == 400 and message in resp.text, resp.text
+
+
+def embed(stack, name: str, catalog: str, manifest: str) -> dict:
+    from sqlalchemy import select
+
+    from shared.core.db import session_scope
+    from shared.core.tables import Embedding
+
+    resp = stack.http.post(stack.url("/api/v1/jobs/embed"), json={"model": name, "catalog": catalog,
+                                                                 "manifest": manifest, "cache": False}, timeout=60)
+    assert resp.status_code == 202, resp.text
+    job = stack.wait_job(resp.json()["id"], timeout=240)
+    assert job["status"] == "succeeded" and (job["progress"]["done"], job["progress"]["failed"]) == (23, 3), job
+    with session_scope(stack.database_url) as session:
+        return {r.item_id: bytes(r.vector) for r in session.scalars(select(Embedding)
+                                                                    .where(Embedding.catalog == catalog))}
+
+
+def test_an_embed_job_on_a_bucket_stores_the_same_vectors_and_an_object_can_be_a_query(s3_stack, tmp_path):
+    file = tmp_path / "embedder.keras"
+    tiny_cnn(32, 6, seed=5).save(file)
+    name = f"embedder-{uuid.uuid4().hex[:6]}"
+    import_model_http(s3_stack, file, name, task="embedding")
+    from_bucket = embed(s3_stack, name, "bucket-catalog", BUCKET_ROOT + "catalog/items.csv")
+    assert len(from_bucket) == 20 and from_bucket == embed(s3_stack, name, "folder-catalog", "catalog/items.csv")
+    resp = s3_stack.http.post(s3_stack.url("/api/v1/catalogs/bucket-catalog/indexes"), json={}, timeout=60)
+    assert resp.status_code == 202, resp.text
+    assert s3_stack.wait_job(resp.json()["id"], timeout=180)["status"] == "succeeded"
+    resp = s3_stack.http.post(s3_stack.url("/api/v1/similar"), timeout=60, json={
+        "catalog": "bucket-catalog", "k": 3, "image_uri": BUCKET_ROOT + "catalog/sku-000004.jpg"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["results"][0]["id"] == "sku-000004"
