@@ -235,3 +235,85 @@ def configure_like_beat(monkeypatch, stack):
     db.configure(settings)
     celery_app.configure(settings)
     return settings
+
+
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "imgq-test", "AWS_SECRET_ACCESS_KEY": "imgq-test-secret",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+class MotoS3:
+    """A real S3 server on loopback: moto's server mode as its own process (`moto_server`) on a free port, so its
+    access rules (`deny_from_now_on`) are its alone. `env` is what a process needs to reach it."""
+
+    def __init__(self, log_dir: Path):
+        import subprocess
+        import sys
+
+        from shared.tools.local_stack import free_port
+
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.env = {**S3_KEYS, "IMGQ_S3_ENDPOINT_URL": self.endpoint}
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_dir / f"moto-{self.port}.log", "wb")
+        server = Path(sys.executable).with_name("moto_server")
+        self.process = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(self.port)], stdout=self._log,
+                                        stderr=subprocess.STDOUT, env={**os.environ, **S3_KEYS})
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 30) -> None:
+        import time
+
+        import requests
+
+        stop = time.monotonic() + timeout
+        while True:
+            try:
+                requests.get(f"{self.endpoint}/moto-api/", timeout=1)
+                return
+            except requests.ConnectionError:
+                if time.monotonic() > stop or self.process.poll() is not None:
+                    raise RuntimeError(f"moto_server on port {self.port} did not start") from None
+                time.sleep(0.1)
+
+    def client(self, service: str = "s3", **keys):
+        import boto3
+
+        return boto3.client(service, endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=keys.get("key", S3_KEYS["AWS_ACCESS_KEY_ID"]),
+                            aws_secret_access_key=keys.get("secret", S3_KEYS["AWS_SECRET_ACCESS_KEY"]))
+
+    def put_files(self, bucket: str, prefix: str, files: dict[str, Path | bytes]) -> None:
+        """Upload {name: file or bytes} under `prefix/`, creating the bucket if it is new."""
+        s3 = self.client()
+        if bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+            s3.create_bucket(Bucket=bucket)
+        for name, body in files.items():
+            s3.put_object(Bucket=bucket, Key=f"{prefix}/{name}" if prefix else name,
+                          Body=body if isinstance(body, bytes) else Path(body).read_bytes())
+
+    def reader_allowed_only(self, bucket: str) -> dict:
+        """Switch on moto's IAM checks with a user who may read `bucket` alone: every other bucket answers 403.
+        Returns that user's keys (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) for the reading side."""
+        import json
+
+        import requests
+
+        iam = self.client("iam")
+        iam.create_user(UserName="imgq-reader")
+        statement = {"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"],
+                     "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}
+        iam.put_user_policy(UserName="imgq-reader", PolicyName="read-one-bucket",
+                            PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [statement]}))
+        key = iam.create_access_key(UserName="imgq-reader")["AccessKey"]
+        requests.post(f"{self.endpoint}/moto-api/reset-auth", data=b"0", timeout=10).raise_for_status()
+        return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except Exception:  # noqa: BLE001 - a server that ignores SIGTERM is killed
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self._log.close()
