@@ -317,3 +317,48 @@ class MotoS3:
             self.process.kill()
             self.process.wait(timeout=10)
         self._log.close()
+
+
+class TlsFiles:
+    """A real HTTPS server on loopback serving a folder's files, with a certificate for localhost and 127.0.0.1
+    signed by itself (`cert`: the CA file a client trusts, e.g. through SSL_CERT_FILE). `/redirect?to=URL` answers
+    302 to URL, so a test can lead a fetcher anywhere."""
+
+    def __init__(self, folder: Path, cert_dir: Path):
+        import functools
+        import ssl
+        import subprocess
+        import threading
+        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import parse_qs, urlsplit
+
+        cert_dir.mkdir(parents=True, exist_ok=True)
+        key, self.cert = cert_dir / "key.pem", cert_dir / "cert.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                        "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                        "-keyout", str(key), "-out", str(self.cert)], check=True, capture_output=True)
+
+        class Handler(SimpleHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):  # noqa: N802 - http.server's name
+                parts = urlsplit(self.path)
+                if parts.path == "/redirect":
+                    self.send_response(302)
+                    self.send_header("Location", parse_qs(parts.query)["to"][0])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                super().do_GET()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(self.cert), str(key))
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.base = f"https://localhost:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

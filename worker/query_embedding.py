@@ -17,7 +17,6 @@ from shared.core.config import Settings
 from shared.core.db import session_scope
 from shared.images.imaging import ImageError, load_for_model
 from shared.images.item_reads import Places, read_item
-from shared.images.object_store import StoreConfig
 from shared.models.embedding_space import parse_space
 from shared.models.outputs import interpret
 from shared.models.vectors import l2_normalize
@@ -38,8 +37,7 @@ def _image_bytes(image: dict, settings: Settings) -> bytes:
             return base64.b64decode(image["data"], validate=True)
         except (binascii.Error, ValueError):
             raise ImageError("the query image is not valid base64") from None
-    places = Places(settings.readable_roots(image.get("folder")), settings.object_roots,
-                    StoreConfig.from_settings(settings))
+    places = Places.of(settings, settings.readable_roots(image.get("folder")))
     return bytes(read_item(image["uri"], places, settings.max_image_bytes)[0])
 
 

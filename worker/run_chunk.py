@@ -23,6 +23,7 @@ from functools import partial
 from shared.core.config import Settings
 from shared.core.db import session_scope
 from shared.core.logs import bind
+from shared.images.item_reads import web_policy
 from shared.images.object_store import StoreConfig
 from shared.services import drift
 from worker import chunk_lifecycle, chunk_work, metrics
@@ -159,7 +160,7 @@ def _options(claimed: ClaimedChunk, settings: Settings) -> ScoreOptions:
                         threads=settings.decode_threads, use_cache=claimed.use_cache, fast_jpeg=settings.fast_jpeg,
                         read_timeout=settings.read_timeout, decode_timeout=settings.decode_timeout,
                         object_roots=settings.object_roots, store=StoreConfig.from_settings(settings),
-                        read_threads=settings.read_threads)
+                        read_threads=settings.read_threads, web=web_policy(settings))
 
 
 def _lookup(work: ChunkWork):

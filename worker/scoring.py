@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.images.https_items import FetchPolicy
 from shared.images.imaging import ImageError, load_for_model
 from shared.images.item_reads import Places, read_item
 from shared.images.object_store import StoreConfig
@@ -58,13 +59,14 @@ class ScoreOptions:
     object_roots: tuple[str, ...] = ()  # allowed object-store prefixes (s3://bucket/prefix/)
     store: StoreConfig = StoreConfig()
     read_threads: int = 0  # reads in flight; 0: `threads`
+    web: FetchPolicy | None = None  # how image URLs are fetched (None: refused)
 
 
 def _fetch(item, opts):
     """(item id, bytes, hash, error). An object read's retries end a little before the item's read timeout, so an
     unreachable store is reported as such (ObjectStoreUnavailable, raised) rather than as this item's timeout."""
     item_id, uri = item
-    places = Places(opts.roots, opts.object_roots, opts.store)
+    places = Places(opts.roots, opts.object_roots, opts.store, opts.web)
     try:
         data, digest = read_item(uri, places, opts.max_bytes, deadline=time.monotonic() + 0.9 * opts.read_timeout)
         return item_id, data, digest, None

@@ -11,6 +11,7 @@ directory: a SQLite database and kombu's filesystem transport as the message que
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -117,6 +118,17 @@ def _roots(env: dict, name: str) -> tuple[tuple[Path, ...], tuple[str, ...]]:
     return tuple(local), tuple(remote)
 
 
+def _networks(env: dict, name: str) -> str:
+    """A comma-separated list of IP addresses and networks, checked here and parsed where it is used."""
+    raw = (env.get(name) or "").strip()
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        try:
+            ipaddress.ip_network(part, strict=False)
+        except ValueError:
+            raise ConfigError(f"{name}: not an IP address or network: {part!r}") from None
+    return raw
+
+
 def _url(env: dict, name: str) -> str | None:
     raw = (env.get(name) or "").strip()
     if raw and not raw.startswith(("http://", "https://")):
@@ -133,6 +145,9 @@ class Settings:
     data_roots: tuple[Path, ...]
     object_roots: tuple[str, ...]  # IMGQ_DATA_ROOTS's URI prefixes (s3://bucket/prefix/), normalised
     s3_endpoint_url: str | None
+    web_items: str  # IMGQ_WEB_ITEMS: "https" (default), "http" (http:// too) or "off"
+    web_allow_networks: str  # IMGQ_WEB_ALLOW_NETWORKS: addresses the image-URL guard lets through (comma-separated)
+    web_per_host: int
     s3_retries: int
     read_threads: int
     upload_dir: Path
@@ -226,6 +241,10 @@ def load_settings(env: dict | None = None) -> Settings:
         s3_endpoint_url=_url(env, "IMGQ_S3_ENDPOINT_URL"),
         # further tries of an object read after a 5xx, throttling, a refused or reset connection (backoff between)
         s3_retries=_int(env, "IMGQ_S3_RETRIES", 5, minimum=0, maximum=20),
+        # items named by image URLs (shared/images/https_items.py): https:// by default, http:// only when asked
+        web_items=_choice(env, "IMGQ_WEB_ITEMS", "https", ("https", "http", "off")),
+        web_allow_networks=_networks(env, "IMGQ_WEB_ALLOW_NETWORKS"),
+        web_per_host=_int(env, "IMGQ_WEB_PER_HOST", 8, maximum=256),
         # item reads in flight per worker process (object-store reads wait on the network: more than the decoders)
         read_threads=_int(env, "IMGQ_READ_THREADS", decode_threads, maximum=256),
         upload_dir=Path(env.get("IMGQ_UPLOAD_DIR") or data_dir / "uploads").expanduser().resolve(),

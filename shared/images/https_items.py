@@ -92,9 +92,9 @@ def _follow(url: str, policy: FetchPolicy, deadline: float) -> bytes:
         if status not in _REDIRECTS:
             return body
         if not location:
-            raise ImageError(f"HTTP {status} redirect without a Location from {_shown(url)}")
+            raise ImageError(f"image URL redirect without a Location (HTTP {status}): {_shown(url)}")
         url = urljoin(url, location)
-    raise ImageError(f"more than {policy.max_redirects} redirects from {_shown(url)}")
+    raise ImageError(f"image URL redirects more than {policy.max_redirects} times: {_shown(url)}")
 
 
 def _shown(url: str) -> str:
@@ -108,16 +108,16 @@ def _target(url: str, policy: FetchPolicy) -> tuple[str, str, int, str]:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ("https", "http") or (scheme == "http" and not policy.allow_http):
-        raise ImageError(f"only https:// image URLs are fetched{'' if policy.allow_http else ' (http:// is off)'}, "
-                         f"not {_shown(url)}")
+        raise ImageError(f"image URL refused: only {'http:// and ' if policy.allow_http else ''}https:// are fetched"
+                         f"{'' if policy.allow_http else ' (http:// is off)'}, not {_shown(url)}")
     if not parts.hostname:
-        raise ImageError(f"no host in {_shown(url)}")
+        raise ImageError(f"image URL refused: no host in {_shown(url)}")
     if parts.username or parts.password:
-        raise ImageError(f"credentials in an image URL are refused: {_shown(url)}")
+        raise ImageError(f"image URL refused: it holds credentials: {_shown(url)}")
     try:
         port = parts.port or (443 if scheme == "https" else 80)
     except ValueError:
-        raise ImageError(f"bad port in {_shown(url)}") from None
+        raise ImageError(f"image URL refused: bad port in {_shown(url)}") from None
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return scheme, parts.hostname, port, path
 
@@ -127,12 +127,12 @@ def resolve_public(host: str, port: int, policy: FetchPolicy) -> str:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise ImageError(f"cannot resolve {host}: {exc.strerror or exc}") from None
+        raise ImageError(f"image URL unreachable: cannot resolve {host}: {exc.strerror or exc}") from None
     addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
     for address in addresses:
         if not _reachable(address, policy):
-            raise ImageError(f"{host} resolves to {address}, a {_kind(address)} address: refused "
-                             "(IMGQ_HTTP_ALLOW_NETWORKS lets named networks through)")
+            raise ImageError(f"image URL refused: {host} resolves to {address}, a {_kind(address)} address "
+                             "(IMGQ_WEB_ALLOW_NETWORKS lets named networks through)")
     return str(addresses[0])
 
 
@@ -178,7 +178,7 @@ def _get(url: str, policy: FetchPolicy, deadline: float) -> tuple[int, str | Non
     address = resolve_public(host, port, policy)
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        raise ImageError(f"fetching {_shown(url)} timed out after {policy.timeout:g} s")
+        raise ImageError(f"fetching the image URL timed out after {policy.timeout:g} s: {_shown(url)}")
     with _slot(host, policy.per_host):
         conn = (_PinnedHTTPS(address, host, port, remaining, ssl.create_default_context(cafile=policy.ca_file))
                 if scheme == "https" else _PinnedHTTP(address, host, port, remaining))
@@ -190,39 +190,40 @@ def _get(url: str, policy: FetchPolicy, deadline: float) -> tuple[int, str | Non
             _check_status(response.status, url)
             return response.status, None, _read_body(response, policy, deadline, url)
         except (ConnectionRefusedError, ConnectionResetError, http.client.RemoteDisconnected) as exc:
-            raise TransientFetch(f"cannot reach {_shown(url)}: {type(exc).__name__}") from None
+            raise TransientFetch(f"image URL unreachable: {type(exc).__name__}: {_shown(url)}") from None
         except TimeoutError:
-            raise ImageError(f"fetching {_shown(url)} timed out after {policy.timeout:g} s") from None
+            raise ImageError(f"fetching the image URL timed out after {policy.timeout:g} s: {_shown(url)}") from None
         except ssl.SSLError as exc:
-            raise ImageError(f"TLS failed for {_shown(url)}: {exc.reason or exc}") from None
+            raise ImageError(f"image URL TLS failed ({exc.reason or exc}): {_shown(url)}") from None
         except OSError as exc:
-            raise TransientFetch(f"cannot reach {_shown(url)}: {exc.strerror or exc}") from None
+            raise TransientFetch(f"image URL unreachable: {exc.strerror or exc}: {_shown(url)}") from None
         finally:
             conn.close()
 
 
 def _check_status(status: int, url: str) -> None:
     if status in _TRANSIENT:
-        raise TransientFetch(f"HTTP {status} from {_shown(url)}")
+        raise TransientFetch(f"image URL answered HTTP {status}: {_shown(url)}")
     if status == 404 or status == 410:
-        raise ImageError(f"not found (HTTP {status}): {_shown(url)}")
+        raise ImageError(f"image URL not found (HTTP {status}): {_shown(url)}")
     if status in (401, 403):
-        raise ImageError(f"forbidden (HTTP {status}): {_shown(url)}")
+        raise ImageError(f"image URL forbidden (HTTP {status}): {_shown(url)}")
     if not 200 <= status < 300:
-        raise ImageError(f"HTTP {status} from {_shown(url)}")
+        raise ImageError(f"image URL answered HTTP {status}: {_shown(url)}")
 
 
 def _read_body(response, policy: FetchPolicy, deadline: float, url: str) -> bytes:
     length = response.getheader("Content-Length")
     if length and length.isdigit() and int(length) > policy.max_bytes:
-        raise ImageError(f"{_shown(url)} is {int(length):,} bytes, over the limit of {policy.max_bytes:,}")
+        raise ImageError(f"image URL too large: {int(length):,} bytes, over the limit of {policy.max_bytes:,}: "
+                         f"{_shown(url)}")
     body = bytearray()
     while True:
         if time.monotonic() > deadline:
-            raise ImageError(f"fetching {_shown(url)} timed out after {policy.timeout:g} s")
+            raise ImageError(f"fetching the image URL timed out after {policy.timeout:g} s: {_shown(url)}")
         piece = response.read(65536)
         if not piece:
             return bytes(body)
         body += piece
         if len(body) > policy.max_bytes:
-            raise ImageError(f"{_shown(url)} is over the limit of {policy.max_bytes:,} bytes")
+            raise ImageError(f"image URL too large: over the limit of {policy.max_bytes:,} bytes: {_shown(url)}")

@@ -22,7 +22,6 @@ from shared.core.paths import path_inside
 from shared.core.tables import JobItem
 from shared.images.imaging import ImageError
 from shared.images.item_reads import Places, read_item
-from shared.images.object_store import StoreConfig
 from shared.schemas.catalogs import THUMBNAIL_SIZES
 from shared.services.jobs import get_job
 
@@ -38,7 +37,7 @@ def jpeg_of(settings: Settings, roots: tuple[Path, ...], uri: str, item_id: str,
     from PIL import Image, ImageOps
 
     try:
-        places = Places(roots, settings.object_roots, StoreConfig.from_settings(settings))
+        places = Places.of(settings, roots)
         data, _ = read_item(uri, places, settings.max_image_bytes, shown=item_id)
         with Image.open(io.BytesIO(data)) as img:
             img = ImageOps.exif_transpose(img)

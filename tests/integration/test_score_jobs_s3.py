@@ -1,7 +1,9 @@
 """A score job whose manifest and images live in a bucket of a real S3 server (moto's server mode on loopback),
 through the real parts: HTTP -> PostgreSQL -> Redis -> a Celery worker process reading the objects -> results over
 HTTP, equal to those of the same job on the same files in a local data root; and bad objects as the items' errors.
-An embed job from the bucket stores the same vectors as from the folder, and an image query may name an object."""
+An embed job from the bucket stores the same vectors as from the folder, and an image query may name an object.
+Items named by https:// URLs (a real TLS server on loopback, let through the address guard for this test only) score
+as the same files do; redirects to internal addresses, plain http:// and missing URLs are their items' errors."""
 from __future__ import annotations
 
 import shutil
@@ -13,6 +15,7 @@ from shared.images.synthetic import write_catalog
 from tests.helpers import (
     REDIS_BASE,
     MotoS3,
+    TlsFiles,
     create_pg_database,
     drop_pg_database,
     import_model_http,
@@ -33,12 +36,15 @@ def s3_stack(tmp_path_factory, model_files):
 
     tmp = tmp_path_factory.mktemp("s3-stack")
     server = MotoS3(tmp / "moto")
+    manifest = write_catalog(tmp / "data" / "catalog", 20, size=(120, 90), seed=7)
+    web = TlsFiles(manifest.parent, tmp / "tls")
     url = create_pg_database()
     upgrade(url)
+    # the worker trusts the test's CA (SSL_CERT_FILE) and lets 127.0.0.1 (only) through the address guard
     stack = make_stack(tmp, {"DATABASE_URL": url, "BROKER_URL": f"{REDIS_BASE}/9", **server.env,
                              "IMGQ_BROKER_PREFIX": f"imgq-test-{uuid.uuid4().hex[:8]}:",
-                             "IMGQ_DATA_ROOTS": f"{tmp / 'data'}:{BUCKET_ROOT}", "IMGQ_READ_THREADS": "8"})
-    manifest = write_catalog(tmp / "data" / "catalog", 20, size=(120, 90), seed=7)
+                             "IMGQ_DATA_ROOTS": f"{tmp / 'data'}:{BUCKET_ROOT}", "IMGQ_READ_THREADS": "8",
+                             "SSL_CERT_FILE": str(web.cert), "IMGQ_WEB_ALLOW_NETWORKS": "127.0.0.1/32"})
     server.put_files("crawl-bucket", "2026/catalog", {p.name: p for p in manifest.parent.iterdir()})
     server.put_files("other-bucket", "2026", {"x.jpg": manifest.parent / "sku-000000.jpg"})
     try:
@@ -46,10 +52,12 @@ def s3_stack(tmp_path_factory, model_files):
         stack.model = f"s3-{uuid.uuid4().hex[:6]}"
         import_model_http(stack, model_files["regression"], stack.model, target_transform="log1p")
         stack.database_url = url
+        stack.tls_files, stack.catalog = web, manifest
         yield stack
     finally:
         stack.stop()
         server.stop()
+        web.stop()
         from shared.core.db import engine_for
 
         engine_for(url).dispose()
@@ -131,3 +139,34 @@ def test_an_embed_job_on_a_bucket_stores_the_same_vectors_and_an_object_can_be_a
         "catalog": "bucket-catalog", "k": 3, "image_uri": BUCKET_ROOT + "catalog/sku-000004.jpg"})
     assert resp.status_code == 200, resp.text
     assert resp.json()["results"][0]["id"] == "sku-000004"
+
+
+def test_items_named_by_https_urls_score_as_the_same_files_and_internal_redirects_are_refused(s3_stack):
+    import csv
+
+    base = s3_stack.tls_files.base
+    with open(s3_stack.catalog) as fh:
+        rows = list(csv.DictReader(fh))
+    by_url = run_job(s3_stack, {"items": [{"id": r["id"], "uri": f"{base}/{r['image']}"} for r in rows]})
+    from_folder = run_job(s3_stack, {"manifest": "catalog/items.csv"})
+    assert set(by_url) == set(from_folder) and sum(r["status"] == "ok" for r in by_url.values()) == 20
+    assert {k for k, r in by_url.items() if r["status"] == "error"} == \
+        {k for k, r in from_folder.items() if r["status"] == "error"}  # the broken files, fetched whole
+    assert {k: comparable(r)[:3] for k, r in by_url.items() if r["status"] == "ok"} == \
+        {k: comparable(r)[:3] for k, r in from_folder.items() if r["status"] == "ok"}
+
+    port = base.rsplit(":", 1)[1]
+    bad = run_job(s3_stack, {"items": [
+        {"id": "metadata", "uri": f"{base}/redirect?to=https://169.254.169.254/latest/meta-data/"},
+        {"id": "loopback-by-redirect", "uri": f"{base}/redirect?to=https://127.0.0.2:{port}/sku-000001.jpg"},
+        {"id": "missing", "uri": f"{base}/none.jpg"},
+        {"id": "plain-http", "uri": f"http://localhost:{port}/sku-000001.jpg"},
+        {"id": "good", "uri": f"{base}/sku-000001.jpg"},
+    ]})
+    assert bad["good"]["status"] == "ok"
+    assert bad["metadata"]["error"].startswith("image URL refused: 169.254.169.254 resolves to 169.254.169.254, a "
+                                               "link-local address")
+    assert bad["loopback-by-redirect"]["error"].startswith("image URL refused: 127.0.0.2 resolves to 127.0.0.2, a "
+                                                           "loopback address")
+    assert bad["missing"]["error"] == f"image URL not found (HTTP 404): {base}/none.jpg"
+    assert bad["plain-http"]["error"].startswith("image URL refused: only https:// are fetched (http:// is off)")
