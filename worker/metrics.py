@@ -30,15 +30,15 @@ log = logging.getLogger(__name__)
 # Why an item failed, from the message the worker wrote for it: (class, message prefixes). Prefixes, not substrings:
 # a message may quote the item's uri, which the client chose.
 _REASON_PREFIXES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("timeout", ("reading the image timed out", "decoding the image timed out", "fetching the image URL timed out")),
-    ("not_found", ("file not found", "not a file", "object not found", "image URL not found")),
+    ("timeout", ("reading the image timed out", "decoding the image timed out", "fetching the image url timed out")),
+    ("not_found", ("file not found", "not a file", "object not found", "image url not found")),
     ("outside_roots", ("path outside the data roots", "only local paths inside the data roots",
-                       "empty or invalid path", "invalid path (", "not an object (", "image URL refused")),
-    ("too_large", ("file too large", "too many pixels", "image URL too large")),
+                       "empty or invalid path", "invalid path (", "not an object (", "image url refused")),
+    ("too_large", ("file too large", "too many pixels", "image url too large")),
     ("not_an_image", ("not an image", "empty file", "image has no pixels", "the query image is not valid base64")),
     ("truncated", ("truncated image",)),
     ("decode_error", ("cannot decode image",)),
-    ("read_error", ("permission denied", "cannot read ", "access denied", "image URL")),
+    ("read_error", ("permission denied", "cannot read ", "access denied", "image url")),
     ("model_error", ("the model output is not finite", "the embedding is", "the query image's embedding")),
     ("worker_died", ("the worker died", "gave up after")),
 )

@@ -68,6 +68,11 @@ def test_each_error_the_pipeline_writes_has_its_reason_class(tmp_path, regressio
 @pytest.mark.parametrize("message, reason", [
     ("file not found: photos/reading the image timed out.jpg", "not_found"),  # the uri never decides
     ("decoding the image timed out after 60 s", "timeout"),
+    ("fetching the image URL timed out after 30 s: https://shop.example/a.jpg", "timeout"),
+    ("image URL not found (HTTP 404): https://shop.example/a.jpg", "not_found"),
+    ("image URL refused: 10.0.0.1 resolves to 10.0.0.1, a private address", "outside_roots"),
+    ("image URL too large: over the limit of 1,000 bytes: https://shop.example/a.jpg", "too_large"),
+    ("image URL TLS failed (CERTIFICATE_VERIFY_FAILED): https://shop.example/a.jpg", "read_error"),
     ("cannot decode image: broken data stream", "decode_error"),
     ("cannot read a.jpg: Input/output error", "read_error"),
     ("permission denied: a.jpg", "read_error"),
