@@ -52,9 +52,11 @@ class JobsQuery(PageQuery):
 
 
 class ResultsQuery(PageQuery):
-    """GET /api/v1/jobs/<id>/results (format=csv streams every result: limit and after apply to JSON pages)"""
+    """GET /api/v1/jobs/<id>/results (format=csv or parquet streams every result: limit, after and status apply to
+    JSON pages)"""
     status: ResultStatus | None = None
-    format: Literal["json", "csv"] = Field(default="json", description="csv: every result, streamed, no pages")
+    format: Literal["json", "csv", "parquet"] = Field(default="json", description="csv or parquet: every result, "
+                                                                                  "streamed, no pages")
 
 
 def parse_query(model: type[Query]) -> Query:

@@ -11,6 +11,7 @@ import re
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import requests
 
@@ -124,6 +125,11 @@ def test_a_score_job_bar_reaches_100_percent_and_a_script_id_shows_as_text(admin
     page.locator("#histograms .plot").first.wait_for()
     assert page.evaluate("window.__pwned") is None and not admin.dialogs
     assert page.locator("main script, main img[src=x]").count() == 0  # nothing injected
+    with page.expect_download() as downloaded:
+        page.click("#parquet")
+    assert downloaded.value.suggested_filename == f"{job['id']}.parquet"
+    table = pq.read_table(downloaded.value.path())
+    assert table.num_rows == 49 and XSS in table.column("id").to_pylist()
     page.screenshot(path=str(artifacts / "score-job.png"), full_page=True)
 
 

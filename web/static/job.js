@@ -102,8 +102,10 @@
 
   function watchScore(job) {
     document.getElementById("score").hidden = false;
-    document.getElementById("csv").addEventListener("click", () =>
-      download(`${base}/results?format=csv`, `${jobId}.csv`).catch(showError));
+    for (const format of ["csv", "parquet"]) {
+      document.getElementById(format).addEventListener("click", () =>
+        download(`${base}/results?format=${format}`, `${jobId}.${format}`).catch(showError));
+    }
     let shown = false;
     every(1500, async () => {
       const now = await json(base);
