@@ -34,17 +34,15 @@ def record_worker(session: Session, *, name: str, hostname: str, pid: int, role:
             setattr(worker, key, value)
 
 
-def worker_json(worker: WorkerProcess, now: datetime) -> dict:
+def worker_json(worker: WorkerProcess) -> dict:
     return {"name": worker.name, "hostname": worker.hostname, "pid": worker.pid, "role": worker.role,
-            "queues": list(worker.queues), "started_at": worker.started_at, "last_seen_at": worker.last_seen_at,
-            "seen_seconds_ago": round(max(0.0, (now - worker.last_seen_at).total_seconds()), 3)}
+            "queues": list(worker.queues), "started_at": worker.started_at, "last_seen_at": worker.last_seen_at}
 
 
 def workers_page(session: Session, *, seen_within: int, limit: int,
                  after: Key | None = None) -> tuple[list[dict], Key | None]:
     """Workers seen in the last `seen_within` seconds, by name (keyed by it)."""
-    now = utcnow()
-    query = select(WorkerProcess).where(WorkerProcess.last_seen_at >= now - timedelta(seconds=seen_within))
+    query = select(WorkerProcess).where(WorkerProcess.last_seen_at >= utcnow() - timedelta(seconds=seen_within))
     rows, next_key = keyset.page(session, query, (WorkerProcess.name,), after=after, limit=limit,
                                  key_of=lambda row: (row[0].name,))
-    return [worker_json(row[0], now) for row in rows], next_key
+    return [worker_json(row[0]) for row in rows], next_key

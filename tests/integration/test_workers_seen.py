@@ -42,7 +42,7 @@ def test_the_stacks_worker_and_maintenance_processes_report_themselves(pg_stack)
     assert worker["hostname"] == socket.gethostname() and worker["name"].endswith(f"-{worker['pid']}@"
                                                                                   f"{socket.gethostname()}")
     assert {"score", "train"} <= set(worker["queues"]) and maintenance["queues"] == ["maintenance"]
-    assert worker["started_at"] <= worker["last_seen_at"] and worker["seen_seconds_ago"] < 300
+    assert worker["started_at"] <= worker["last_seen_at"]
     first = worker["last_seen_at"]
     deadline = time.monotonic() + 120
     while wait_for_roles(pg_stack, {"worker"})["worker"]["last_seen_at"] == first:  # it reports again, by itself

@@ -31,7 +31,7 @@
       el("tbody", {}, rows.map((w) => el("tr", { dataset: { worker: w.name } },
         el("td", { text: w.name }), el("td", { text: w.role }), el("td", { text: w.queues.join(", ") }),
         el("td", { text: w.hostname }), el("td", { text: w.pid }), el("td", { text: when(w.started_at) }),
-        el("td", { text: `${secs(w.seen_seconds_ago)} ago` })))))
+        el("td", { text: `${secs(Math.max(0, Date.now() - Date.parse(w.last_seen_at)) / 1000)} ago` })))))
       : el("p", { class: "hint", text: "no worker reported itself in the last 5 minutes: start `imgq worker`" }));
   }
 

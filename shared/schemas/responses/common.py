@@ -93,7 +93,6 @@ class WorkerSeen(Resource):
     queues: list[str]
     started_at: Timestamp
     last_seen_at: Timestamp
-    seen_seconds_ago: float
 
 
 class WorkersPage(Resource):
