@@ -1,7 +1,9 @@
 """The dashboard in a real browser (Debian's chromium driven by playwright, never a downloaded browser) against real
-processes on PostgreSQL and Redis: sign in, a score job's bar reaching 100 %, a training curve gaining points while
-the job runs, promote with the button (and a read-only token seeing no button, its forged write refused), a
-similar-image query from an uploaded file, and user-supplied text (an item id holding <script>) shown as text.
+processes on PostgreSQL and Redis: sign in, a score job's bar reaching 100 % and its Parquet download, a training
+curve gaining points while the job runs, promote with the button (and a read-only token seeing no button, its forged
+write refused), a similar-image query from an uploaded file, a sweep's heatmap and shadow diff, the schedules and
+operations pages (the stack's workers seen) without console errors, and user-supplied text (an item id, a sweep's
+grid value holding <script>) shown as text.
 Screenshots go to $IMGQ_TEST_ARTIFACTS (or the test's tmp folder); $IMGQ_README_SHOTS=<folder> writes the README's
 two small screenshots there."""
 from __future__ import annotations
