@@ -1,5 +1,6 @@
 """Worker processes as they report themselves: each one's row in `workers`, upserted by the process every few
-seconds (worker/presence.py), and the list the operations page shows, those seen within a window.
+seconds (worker/presence.py), and the list the operations page shows, those seen within a window, each with the
+jobs it holds now (read from the chunks and training runs it was given).
 
 Invariants: a report is an upsert keyed by the Celery node name, safe to repeat and to race (two first reports
 both succeed); `last_seen_at` never moves back (a late report of an older time leaves it); rows are never deleted
@@ -15,7 +16,8 @@ from sqlalchemy.orm import Session
 from shared.core import keyset
 from shared.core.db import insert_ignoring_conflicts
 from shared.core.keyset import Key
-from shared.core.tables import WorkerProcess, utcnow
+from shared.core.states import ChunkState, RunState
+from shared.core.tables import Chunk, TrainRun, WorkerProcess, utcnow
 
 DEFAULT_SEEN_WITHIN = 300  # seconds
 MAX_SEEN_WITHIN = 30 * 24 * 3600
@@ -34,9 +36,22 @@ def record_worker(session: Session, *, name: str, hostname: str, pid: int, role:
             setattr(worker, key, value)
 
 
-def worker_json(worker: WorkerProcess) -> dict:
+def worker_json(worker: WorkerProcess, current_jobs: list[str]) -> dict:
     return {"name": worker.name, "hostname": worker.hostname, "pid": worker.pid, "role": worker.role,
-            "queues": list(worker.queues), "started_at": worker.started_at, "last_seen_at": worker.last_seen_at}
+            "queues": list(worker.queues), "started_at": worker.started_at, "last_seen_at": worker.last_seen_at,
+            "current_jobs": current_jobs}
+
+
+def current_jobs(session: Session) -> dict[str, list[str]]:
+    """Worker name -> the jobs whose chunks or training it holds now (delivered or running). A task records its
+    worker as "<node name>:<pool pid>" (worker/tasks.py), a delivery as the node name alone."""
+    held: dict[str, set[str]] = {}
+    for table, states in ((Chunk, (ChunkState.DELIVERED, ChunkState.RUNNING)),
+                          (TrainRun, (RunState.DELIVERED, RunState.RUNNING))):
+        query = select(table.worker, table.job_id).where(table.state.in_(states), table.worker.is_not(None))
+        for worker, job_id in session.execute(query):
+            held.setdefault(worker.rsplit(":", 1)[0] if ":" in worker else worker, set()).add(job_id)
+    return {name: sorted(jobs) for name, jobs in held.items()}
 
 
 def workers_page(session: Session, *, seen_within: int, limit: int,
@@ -45,4 +60,5 @@ def workers_page(session: Session, *, seen_within: int, limit: int,
     query = select(WorkerProcess).where(WorkerProcess.last_seen_at >= utcnow() - timedelta(seconds=seen_within))
     rows, next_key = keyset.page(session, query, (WorkerProcess.name,), after=after, limit=limit,
                                  key_of=lambda row: (row[0].name,))
-    return [worker_json(row[0]) for row in rows], next_key
+    held = current_jobs(session) if rows else {}
+    return [worker_json(row[0], held.get(row[0].name, [])) for row in rows], next_key

@@ -156,11 +156,13 @@ def test_a_training_curve_gains_points_while_the_job_runs(admin, pg_stack, digit
         "optimizer": {"name": "adam", "learning_rate": 0.003}})
     page = admin.goto(f"/jobs/{job['id']}")
     page.evaluate("window.__sameDocument = true")
-    counts = []
+    counts, holders = [], set()
     deadline = time.monotonic() + 600
     while True:
         assert time.monotonic() < deadline, counts
         counts.append(int(page.locator("#curves").get_attribute("data-epochs") or 0))
+        holders |= {w["role"] for w in pg_stack.http.get(pg_stack.url("/api/v1/workers"), timeout=10).json()["workers"]
+                    if job["id"] in w["current_jobs"]}
         if page.locator("#job-status").count() and page.locator("#job-status").inner_text() in \
                 ("succeeded", "failed", "canceled"):
             break
@@ -171,6 +173,7 @@ def test_a_training_curve_gains_points_while_the_job_runs(admin, pg_stack, digit
     assert page.locator("#job-status").inner_text() == "succeeded"
     assert page.evaluate("window.__sameDocument") is True  # never reloaded
     assert final == 5 and len([c for c in grew if 0 < c < 5]) >= 1, grew  # seen part-way, then complete
+    assert holders == {"worker"}  # while it ran, the workers list named the job as the worker's
     assert page.locator("#curves .plot").count() >= 2  # loss and accuracy, train against validation
     assert "accuracy" in page.locator("#holdout").inner_text()
     assert page.locator("#gate").inner_text().strip()

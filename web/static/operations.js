@@ -23,7 +23,7 @@
       rows.push(...page.workers);
       url = page.next;
     }
-    const head = ["name", "role", "queues", "host", "pid", "started", "last seen"];
+    const head = ["name", "role", "queues", "host", "pid", "started", "last seen", "running now"];
     const box = document.getElementById("workers");
     box.dataset.count = String(rows.length);
     box.replaceChildren(rows.length ? el("table", { class: "grid" },
@@ -31,7 +31,9 @@
       el("tbody", {}, rows.map((w) => el("tr", { dataset: { worker: w.name } },
         el("td", { text: w.name }), el("td", { text: w.role }), el("td", { text: w.queues.join(", ") }),
         el("td", { text: w.hostname }), el("td", { text: w.pid }), el("td", { text: when(w.started_at) }),
-        el("td", { text: `${secs(Math.max(0, Date.now() - Date.parse(w.last_seen_at)) / 1000)} ago` })))))
+        el("td", { text: `${secs(Math.max(0, Date.now() - Date.parse(w.last_seen_at)) / 1000)} ago` }),
+        el("td", {}, w.current_jobs.length ? w.current_jobs.flatMap((id) =>
+          [el("a", { href: `/jobs/${encodeURIComponent(id)}`, text: id.slice(0, 8), class: "current-job" }), " "]) : "–")))))
       : el("p", { class: "hint", text: "no worker reported itself in the last 5 minutes: start `imgq worker`" }));
   }
 

@@ -93,6 +93,7 @@ class WorkerSeen(Resource):
     queues: list[str]
     started_at: Timestamp
     last_seen_at: Timestamp
+    current_jobs: list[str] = Field(description="the jobs whose score chunks or training it holds now")
 
 
 class WorkersPage(Resource):
