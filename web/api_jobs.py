@@ -12,10 +12,10 @@ from shared.schemas.catalogs import ThumbnailQuery
 from shared.schemas.jobs import EmbedRequest, EmbedUploadForm, ScoreRequest, ScoreUploadForm
 from shared.schemas.responses.jobs import Epochs, Job, JobsPage, ResultsPage
 from shared.schemas.training import TrainRequest
-from shared.services import jobs, submission, thumbnails, train_jobs
+from shared.services import jobs, result_exports, submission, thumbnails, train_jobs
 from web.auth import caller
 from web.http import accepted, form_fields, json_object, origin, respond
-from web.openapi import TEXT, Form, Link, documented
+from web.openapi import PARQUET, TEXT, Form, Link, documented
 from web.pagination import JobsQuery, ResultsQuery, decode_cursor, page_body, parse_query
 from web.submit import submit_embed_json, submit_embed_upload, submit_json, submit_upload
 
@@ -124,26 +124,33 @@ def cancel_job(job_id: str):
 
 @bp.get("/<job_id>/results")
 @documented("A job's results, by item id", query=ResultsQuery,
-            responses={200: {"application/json": ResultsPage, "text/csv": TEXT}},
-            description="Pages of JSON, or with format=csv every result streamed as CSV (id, status, error, "
-                        "from_cache and the model's output columns; limit and after then do not apply).")
+            responses={200: {"application/json": ResultsPage, "text/csv": TEXT,
+                             result_exports.MEDIA_TYPE: PARQUET}},
+            description="Pages of JSON, or with format=csv or format=parquet every result streamed as one file (id, "
+                        "status, error, from_cache and the model's output columns; limit, after and status then do "
+                        "not apply). Parquet comes a row group per 10,000 results; outputs are doubles but for "
+                        "`label` and `category` (text) and `dim` (an integer).")
 def get_results(job_id: str):
     query = parse_query(ResultsQuery)
-    if query.format == "csv":
+    if query.format != "json":
         with session_scope() as session:
             jobs.get_job(session, job_id)  # 404 before streaming starts
-
-        def generate():
-            with session_scope() as session:
-                yield from jobs.results_csv(session, jobs.get_job(session, job_id))
-
-        return Response(stream_with_context(generate()), mimetype="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'})
+        return Response(stream_with_context(_download(job_id, query.format)),
+                        mimetype="text/csv" if query.format == "csv" else result_exports.MEDIA_TYPE,
+                        headers={"Content-Disposition": f'attachment; filename="{job_id}.{query.format}"'})
     with session_scope() as session:
         job = jobs.get_job(session, job_id)
         rows, next_key = jobs.results_page(session, job, after=decode_cursor(query.after, str), limit=query.limit,
                                            status=query.status)
     return respond(ResultsPage, page_body("results", rows, next_key, query, job_id=job_id))
+
+
+def _download(job_id: str, format: str):
+    if format == "parquet":
+        yield from result_exports.results_parquet(job_id)
+        return
+    with session_scope() as session:
+        yield from jobs.results_csv(session, jobs.get_job(session, job_id))
 
 
 @bp.get("/<job_id>/items/<path:item_id>/thumbnail")

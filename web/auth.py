@@ -60,6 +60,7 @@ SCOPE_OF = {
     "catalogs.similar_batch": "read",
     "tokens.list_tokens": "admin",
     "tokens.get_me": "read",
+    "workers.list_workers": "read",
     "prometheus_metrics": "read",
 }
 

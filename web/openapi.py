@@ -54,6 +54,7 @@ HTML_BLUEPRINTS = ("dashboard.",)  # the dashboard's pages and files: HTML for a
 SKIPPED_METHODS = frozenset({"HEAD", "OPTIONS"})
 BINARY = {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"}
 TEXT = {"type": "string"}
+PARQUET = {"type": "string", "contentMediaType": "application/vnd.apache.parquet"}
 DECLARATION = "imgq_operation"  # the attribute of a view function that holds its Operation
 
 

@@ -26,6 +26,7 @@ from shared.core.keyset import Key
 from shared.core.names import ModelRef
 from shared.core.states import JobKind, JobStatus
 from shared.core.vocab import ResultStatus
+from shared.services import workers
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -52,9 +53,17 @@ class JobsQuery(PageQuery):
 
 
 class ResultsQuery(PageQuery):
-    """GET /api/v1/jobs/<id>/results (format=csv streams every result: limit and after apply to JSON pages)"""
+    """GET /api/v1/jobs/<id>/results (format=csv or parquet streams every result: limit, after and status apply to
+    JSON pages)"""
     status: ResultStatus | None = None
-    format: Literal["json", "csv"] = Field(default="json", description="csv: every result, streamed, no pages")
+    format: Literal["json", "csv", "parquet"] = Field(default="json", description="csv or parquet: every result, "
+                                                                                  "streamed, no pages")
+
+
+class WorkersQuery(PageQuery):
+    """GET /api/v1/workers"""
+    seen_within: int = Field(default=workers.DEFAULT_SEEN_WITHIN, ge=1, le=workers.MAX_SEEN_WITHIN,
+                             description="seconds: the workers that reported themselves this recently")
 
 
 def parse_query(model: type[Query]) -> Query:

@@ -29,7 +29,7 @@ from shared.core.celery_app import (
     configured_settings,
 )
 from shared.core.dispatch import enqueue_chunks, enqueue_imports, enqueue_index, enqueue_train, queue_depth
-from worker import metrics
+from worker import metrics, presence  # noqa: F401  (presence: its signal handlers report this worker)
 
 log = logging.getLogger(__name__)
 _models = None

@@ -181,7 +181,11 @@ class Client:
 
     def results_csv(self, job: dict | str) -> Iterator[bytes]:
         """The job's results as CSV bytes, streamed (one row per item; outputs as columns)."""
-        response = self.request("GET", f"{API}/jobs/{job_id_of(job)}/results", params={"format": "csv"},
+        return self.results_file(job, "csv")
+
+    def results_file(self, job: dict | str, format: str) -> Iterator[bytes]:
+        """The job's results as the server streams them as one file: `format` csv or parquet."""
+        response = self.request("GET", f"{API}/jobs/{job_id_of(job)}/results", params={"format": format},
                                 stream=True)
         with response:
             yield from response.iter_content(chunk_size=1 << 16)
@@ -194,23 +198,26 @@ class Client:
         return _typed(frame)
 
     def download_results(self, job: dict | str, out: str | Path) -> int:
-        """Write the results to `out` (.csv as the server streams it; .parquet converted 100,000 rows at a time).
-        Returns the number of rows."""
+        """Write the results to `out` (.csv or .parquet, as the server streams it; written beside, then renamed, so
+        `out` is never a partial file). Returns the number of rows."""
         out = Path(out)
         suffix = out.suffix.lower()
         if suffix not in (".csv", ".parquet"):
             raise ValueError(f"{out}: results are written as .csv or .parquet")
         tmp = out.with_name(out.name + ".part")
-        with open(tmp if suffix == ".parquet" else out, "wb") as f:
-            for block in self.results_csv(job):
-                f.write(block)
-        if suffix == ".csv":
-            with open(out, newline="") as f:
-                return max(0, sum(1 for _ in csv.reader(f)) - 1)
         try:
-            return _csv_to_parquet(tmp, out)
+            with open(tmp, "wb") as f:
+                for block in self.results_file(job, suffix[1:]):
+                    f.write(block)
+            tmp.replace(out)
         finally:
             tmp.unlink(missing_ok=True)
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(out).metadata.num_rows
+        with open(out, newline="") as f:
+            return max(0, sum(1 for _ in csv.reader(f)) - 1)
 
     # ------------------------------------------------------------------ training
     def train(self, request: dict, *, idempotency_key: str | None = None) -> dict:
@@ -311,26 +318,3 @@ def _typed(frame):
     if "from_cache" in frame:
         frame["from_cache"] = frame["from_cache"].astype(bool)
     return frame
-
-
-def _csv_to_parquet(src: Path, out: Path, rows_per_group: int = 100_000) -> int:
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    writer, total, schema = None, 0, None
-    try:
-        for part in pd.read_csv(src, dtype=str, keep_default_na=False, chunksize=rows_per_group):
-            table = pa.Table.from_pandas(_typed(part), preserve_index=False)
-            if writer is None:
-                schema = table.schema
-                writer = pq.ParquetWriter(out, schema)
-            writer.write_table(table.cast(schema))
-            total += len(part)
-        if writer is None:  # no rows: the header alone
-            columns = next(csv.reader(open(src, newline="")), [])
-            pq.write_table(pa.table({c: pa.array([], pa.string()) for c in columns}), out)
-    finally:
-        if writer is not None:
-            writer.close()
-    return total

@@ -270,6 +270,20 @@ class MaintenanceBeat(Base):
     details: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
+class WorkerProcess(Base):
+    """A worker process as it last reported itself (worker/presence.py), kept after it stops so the operations page
+    can show when each was last seen; `name` is its Celery node name (role, pid and host: unique while it runs)."""
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(20))
+    queues: Mapped[list] = mapped_column()
+    started_at: Mapped[datetime] = mapped_column()
+    last_seen_at: Mapped[datetime] = mapped_column(index=True)
+
+
 class ScheduleRun(Base):
     """One slot of a schedule. The unique (schedule, slot) makes a slot run once, whatever beat does."""
     __tablename__ = "schedule_runs"

@@ -26,6 +26,9 @@ PIXEL_SCALE_MAPS: dict[str, tuple[float, float]] = {"unit": (255.0, 0.0), "raw":
 ResizeMode = Literal["stretch", "letterbox"]
 RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)
 
+WorkerRole = Literal["worker", "maintenance"]  # workers.role: scoring and training, or the maintenance queue
+WORKER_ROLES: tuple[str, ...] = get_args(WorkerRole)
+
 ResultStatus = Literal["ok", "error"]  # results.status: the item's outputs, or the reason it has none
 RESULT_STATUSES: tuple[str, ...] = get_args(ResultStatus)
 

@@ -260,21 +260,26 @@ def results_page(session: Session, job: Job, *, after: Key | None, limit: int,
     return [result_json(row[0]) | ({"category": row[1]} if len(row) > 1 else {}) for row in rows], next_key
 
 
-def _output_columns(session: Session, job: Job) -> list[str]:
+def output_columns_of(session: Session, job: Job) -> list[str]:
+    """The columns a download of the job's results has after id, status, error and from_cache."""
     if job.kind == JobKind.EMBED:
         return ["category", "dim"]  # the vectors themselves are in the catalog's embeddings, not in results
     version = session.get(ModelVersion, job.model_version_id)
     return output_columns(version.task, version.output_names, version.class_names)
 
 
+def result_columns_query(job: Job):
+    """SELECT item id, status, error, from_cache, outputs (and an embed job's category) of the job's results."""
+    return _results(job, Result.item_id, Result.status, Result.error, Result.from_cache, Result.outputs)
+
+
 def results_csv(session: Session, job: Job) -> Iterator[str]:
     """CSV text in pieces, read from the database a thousand rows at a time."""
-    columns = _output_columns(session, job)
+    columns = output_columns_of(session, job)
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["id", "status", "error", "from_cache", *columns])
-    q = _results(job, Result.item_id, Result.status, Result.error, Result.from_cache,
-                 Result.outputs).execution_options(yield_per=1000)
+    q = result_columns_query(job).execution_options(yield_per=1000)
     for n, (item_id, status, error, from_cache, outputs, *category) in enumerate(session.execute(q), 1):
         outputs = {**(outputs or {}), **({"category": category[0]} if category else {})}
         writer.writerow([item_id, status, error or "", int(bool(from_cache)),

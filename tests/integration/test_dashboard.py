@@ -1,16 +1,21 @@
 """The dashboard in a real browser (Debian's chromium driven by playwright, never a downloaded browser) against real
-processes on PostgreSQL and Redis: sign in, a score job's bar reaching 100 %, a training curve gaining points while
-the job runs, promote with the button (and a read-only token seeing no button, its forged write refused), a
-similar-image query from an uploaded file, and user-supplied text (an item id holding <script>) shown as text.
+processes on PostgreSQL and Redis: sign in, a score job's bar reaching 100 % and its Parquet download, a training
+curve gaining points while the job runs, promote with the button (and a read-only token seeing no button, its forged
+write refused), a similar-image query from an uploaded file, a sweep's heatmap and shadow diff, the schedules and
+operations pages (the stack's workers seen) without console errors, and user-supplied text (an item id, a sweep's
+grid value holding <script>) shown as text.
 Screenshots go to $IMGQ_TEST_ARTIFACTS (or the test's tmp folder); $IMGQ_README_SHOTS=<folder> writes the README's
 two small screenshots there."""
 from __future__ import annotations
 
+import json
 import os
 import re
+import socket
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import requests
 
@@ -53,7 +58,11 @@ class Visitor:
         self.page = self.context.new_page()
         self.requests: list[str] = []
         self.dialogs: list[str] = []
+        self.errors: list[str] = []  # console errors and uncaught exceptions (a CSP violation is one)
         self.page.on("request", lambda r: self.requests.append(r.url))
+        self.page.on("console", lambda m: m.type == "error" and self.errors.append(
+            f"{self.page.url}: {m.text} ({m.location.get('url')})"))
+        self.page.on("pageerror", lambda e: self.errors.append(f"{self.page.url}: {e}"))
         self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
         self.page.goto(stack.url("/login?next=/models"))
         self.page.fill("#token", token)
@@ -124,6 +133,11 @@ def test_a_score_job_bar_reaches_100_percent_and_a_script_id_shows_as_text(admin
     page.locator("#histograms .plot").first.wait_for()
     assert page.evaluate("window.__pwned") is None and not admin.dialogs
     assert page.locator("main script, main img[src=x]").count() == 0  # nothing injected
+    with page.expect_download() as downloaded:
+        page.click("#parquet")
+    assert downloaded.value.suggested_filename == f"{job['id']}.parquet"
+    table = pq.read_table(downloaded.value.path())
+    assert table.num_rows == 49 and XSS in table.column("id").to_pylist()
     page.screenshot(path=str(artifacts / "score-job.png"), full_page=True)
 
 
@@ -144,11 +158,13 @@ def test_a_training_curve_gains_points_while_the_job_runs(admin, pg_stack, digit
         "optimizer": {"name": "adam", "learning_rate": 0.003}})
     page = admin.goto(f"/jobs/{job['id']}")
     page.evaluate("window.__sameDocument = true")
-    counts = []
+    counts, holders = [], set()
     deadline = time.monotonic() + 600
     while True:
         assert time.monotonic() < deadline, counts
         counts.append(int(page.locator("#curves").get_attribute("data-epochs") or 0))
+        holders |= {w["role"] for w in pg_stack.http.get(pg_stack.url("/api/v1/workers"), timeout=10).json()["workers"]
+                    if job["id"] in w["current_jobs"]}
         if page.locator("#job-status").count() and page.locator("#job-status").inner_text() in \
                 ("succeeded", "failed", "canceled"):
             break
@@ -159,6 +175,7 @@ def test_a_training_curve_gains_points_while_the_job_runs(admin, pg_stack, digit
     assert page.locator("#job-status").inner_text() == "succeeded"
     assert page.evaluate("window.__sameDocument") is True  # never reloaded
     assert final == 10 and len([c for c in grew if 0 < c < 10]) >= 1, grew  # seen part-way, then complete
+    assert holders == {"worker"}  # while it ran, the workers list named the job as the worker's
     assert page.locator("#curves .plot").count() >= 2  # loss and accuracy, train against validation
     assert "accuracy" in page.locator("#holdout").inner_text()
     assert page.locator("#gate").inner_text().strip()
@@ -237,3 +254,62 @@ def test_a_similar_image_query_from_an_uploaded_file(admin, pg_stack, model_file
     assert all(int(hits.nth(i).get_attribute("data-item").split("-")[1]) % 2 for i in range(4))  # shoes only
     page.locator("#hits .hit img[src^='blob:']").first.wait_for()
     page.screenshot(path=str(artifacts / "similar.png"), full_page=True)
+
+
+def test_sweep_schedules_and_operations_pages_show_real_data_and_hostile_text_as_text(admin, pg_stack, digits,
+                                                                                       artifacts):
+    """Schedule and model names are Names (letters, digits, - _ .): they cannot hold '<'. A sweep has no name, but
+    its grid's values are free text that every page shows (here a dataset path, a real file under a hostile
+    name), and so are an item's id and error reason (the score job test)."""
+    rows = (digits / "first-night.csv").read_text().splitlines()[:241]  # 240 digits: one quick epoch
+    hostile = 'x<img src=x onerror="window.__pwned=3"><script>window.__pwned=4</script>.csv'.replace("/", "|")
+    for name in ("sweep-small.csv", hostile):
+        (digits / name).write_text("\n".join(rows) + "\n")
+    base = {"model": "dash-sweep", "task": "classification", "input_size": 32, "epochs": 1, "batch_size": 64,
+            "dataset": {"path": "digits/sweep-small.csv", "image_column": "image", "id_column": "id",
+                        "label_column": "label"}, "base": {"architecture": "vgg", "width": 4}, "gate": {}}
+    resp = pg_stack.http.post(pg_stack.url("/api/v1/sweeps"), timeout=60, json={"base": base, "grid": {
+        "dataset.path": ["digits/sweep-small.csv", f"digits/{hostile}"], "optimizer.learning_rate": [0.003]}})
+    assert resp.status_code == 202, resp.text
+    sweep = resp.json()
+    # one train worker runs them in turn: the first becomes production, the second is compared with it
+    runs = [pg_stack.wait_job(run["job_id"], timeout=300) for run in sweep["runs"]]
+    assert [run["status"] for run in runs] == ["succeeded", "succeeded"]
+    compared = [run for run in runs if (run["comparison"] or {}).get("shadow")]
+    assert len(compared) == 1, [run["comparison"] for run in runs]
+    schedule = pg_stack.http.post(pg_stack.url("/api/v1/schedules"), timeout=30, json={
+        "name": "dash-nightly", "cron": "0 3 * * *", "model": "dash-sweep", "enabled": False,
+        "train": {key: value for key, value in base.items() if key not in ("model", "gate")}})
+    assert schedule.status_code == 201, schedule.text
+
+    page = admin.goto(f"/sweeps/{sweep['id']}")
+    cells = page.locator("#heatmap tbody td")
+    cells.first.wait_for()
+    assert cells.count() == 2 and page.locator("#heatmap").get_attribute("data-metric")
+    assert all(cells.nth(i).inner_text() not in ("", "–") for i in range(2))  # each grid point's metric
+    assert page.locator("#heatmap tbody th").nth(1).inner_text() == json.dumps(f"digits/{hostile}")  # as text
+    assert page.locator("#runs tbody tr").count() == 2
+    page.screenshot(path=str(artifacts / "sweep.png"), full_page=True)
+
+    page = admin.goto(f"/jobs/{compared[0]['id']}")  # the run compared with production: its shadow diff
+    page.locator("#shadow-confusion tbody tr").first.wait_for()
+    assert page.locator("#shadow-confusion thead th").count() >= 2
+    assert "agreement" in page.locator("#shadow").inner_text()
+    assert hostile in page.locator("#lineage").inner_text()
+
+    page = admin.goto("/schedules")
+    page.locator(f'#schedules tr[data-schedule="{schedule.json()["id"]}"]').wait_for()
+    assert page.locator(f'#schedules tr[data-schedule="{schedule.json()["id"]}"] td').first.inner_text() == \
+        "dash-nightly"
+    assert json.dumps(f"digits/{hostile}") in page.locator(f'#sweeps tr[data-sweep="{sweep["id"]}"]').inner_text()
+
+    page = admin.goto("/operations")
+    row = page.locator(f'#workers tr[data-worker$="-{pg_stack.worker.pid}@{socket.gethostname()}"]')
+    row.wait_for()
+    assert row.locator("td").nth(1).inner_text() == "worker"
+    assert page.locator('#workers tr td:text-is("maintenance")').count() >= 1
+    assert page.locator("#ready-state").inner_text() in ("ready", "not ready")
+    page.screenshot(path=str(artifacts / "operations.png"), full_page=True)
+    assert page.evaluate("window.__pwned") is None and not admin.dialogs
+    assert page.locator("main script").count() == 0
+    assert not admin.errors, admin.errors

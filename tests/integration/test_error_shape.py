@@ -151,6 +151,8 @@ CASES = {
                          "InvalidRequest", "after"),
     "schedules-unknown-parameter": Case("schedules.list_schedules", lambda c: c.call(
         "GET", "/api/v1/schedules?enabled=true"), 400, "InvalidRequest", "enabled"),
+    "workers-seen-within": Case("workers.list_workers", lambda c: c.call("GET", "/api/v1/workers?seen_within=0"),
+                                400, "InvalidRequest", "seen_within"),
     "catalogs-limit": Case("catalogs.list_catalogs", lambda c: c.call("GET", "/api/v1/catalogs?limit=0"), 400,
                            "InvalidRequest", "limit"),
     # 400: imgq's own errors naming a field

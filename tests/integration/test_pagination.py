@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import update
 
 from shared.core.db import session_scope
-from shared.core.tables import Job, Result, Schedule, Sweep
-from shared.services import jobs, tokens
+from shared.core.tables import Job, Result, Schedule, Sweep, utcnow
+from shared.services import jobs, tokens, workers
 from tests.helpers import assert_error, seed_embeddings, seed_version
 from web.pagination import MAX_LIMIT
 
@@ -29,13 +29,14 @@ LISTS = [
     ("sweeps.list_sweeps", "/api/v1/sweeps", "sweeps", "id"),
     ("catalogs.list_catalogs", "/api/v1/catalogs", "catalogs", "name"),
     ("tokens.list_tokens", "/api/v1/tokens", "tokens", "id"),
+    ("workers.list_workers", "/api/v1/workers", "workers", "name"),
 ]
 
 
 @pytest.fixture
 def seeded(configured):
     """At least N rows in every list: versions of `many` and other models, score jobs (the first with results,
-    three ok and two errors), embed jobs and their catalogs, schedules, sweeps and tokens."""
+    three ok and two errors), embed jobs and their catalogs, schedules, sweeps, tokens and workers seen now."""
     version_id = seed_version("many")
     for number in range(2, N + 1):
         seed_version("many", number, production=False)
@@ -56,6 +57,8 @@ def seeded(configured):
         session.execute(update(Job).values(created_at=ONE_INSTANT))
         for i in range(N):
             tokens.create_token(session, f"token-{i}", "read")
+            workers.record_worker(session, name=f"cpu-{i}@host", hostname="host", pid=i + 1, role="worker",
+                                  queues=["score"], started_at=ONE_INSTANT, at=utcnow())
     return {"job": job_ids[0]}
 
 

@@ -7,11 +7,13 @@ import uuid
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import func, select
 
 from shared.core.db import session_scope
 from shared.core.tables import Chunk, Job, Result
+from shared.services import result_exports
 from tests.helpers import expected_scores, import_model_http, write_jpeg
 
 pytestmark = pytest.mark.integration
@@ -110,6 +112,41 @@ def test_manifest_job_and_csv_results(pg_stack, model, kind):
     assert len(rows) == 50 and {r["id"] for r in rows} == set(frame["sku"])
     assert list(rows[0]) == ["id", "status", "error", "from_cache", "pageviews"]
     assert all(float(r["pageviews"]) > 0 for r in rows)
+
+
+def test_parquet_results_equal_the_json_and_csv_ones_row_group_by_row_group(pg_stack, model):
+    _, paths = make_catalog(pg_stack.data, "parquet", 11, seed=400)
+    items = [{"id": p.stem, "uri": f"parquet/{p.name}"} for p in paths] + [{"id": "gone", "uri": "parquet/no.jpg"}]
+    job = pg_stack.wait_job(submit(pg_stack, {"model": model, "items": items}).json()["id"])
+    assert job["status"] == "succeeded" and job["progress"]["failed"] == 1
+    url = pg_stack.url(f"/api/v1/jobs/{job['id']}/results")
+    expected = results_by_id(pg_stack, job["id"])
+    rows = {r["id"]: r for r in csv.DictReader(io.StringIO(pg_stack.http.get(url, params={"format": "csv"},
+                                                                           timeout=30).text))}
+    resp = pg_stack.http.get(url, params={"format": "parquet"}, timeout=30)
+    assert resp.status_code == 200 and resp.headers["Content-Type"] == result_exports.MEDIA_TYPE
+    assert resp.headers["Content-Disposition"] == f'attachment; filename="{job["id"]}.parquet"'
+    served = pq.ParquetFile(io.BytesIO(resp.content))
+    assert served.metadata.num_row_groups == 1  # the default group holds 10,000 results
+    # the same file from the service, a row group per five results: three groups, the same rows
+    pieces = list(result_exports.results_parquet(job["id"], row_group_rows=5, url=pg_stack.database_url))
+    grouped = pq.ParquetFile(io.BytesIO(b"".join(pieces)))
+    assert grouped.metadata.num_row_groups == 3 and len(pieces) == 4  # a piece per group, then the footer
+    for file in (served, grouped):
+        table = file.read()
+        assert table.schema.names == ["id", "status", "error", "from_cache", "pageviews"]
+        assert str(table.schema.field("pageviews").type) == "double"
+        records = table.to_pylist()
+        assert [r["id"] for r in records] == sorted(expected)  # in item id order
+        for record in records:
+            result, row = expected[record["id"]], rows[record["id"]]
+            assert (record["status"], record["error"], record["from_cache"]) == \
+                (result["status"], result["error"], result["from_cache"])
+            assert record["pageviews"] == (result["outputs"] or {}).get("pageviews")
+            assert row["pageviews"] == ("" if record["pageviews"] is None else repr(record["pageviews"]))
+    missing = pg_stack.http.get(pg_stack.url(f"/api/v1/jobs/{uuid.uuid4()}/results"), params={"format": "parquet"},
+                                timeout=30)
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "NotFound"
 
 
 def test_idempotency_key_gives_the_same_job(pg_stack, model):

@@ -140,7 +140,8 @@ const imgq = (() => {
     return el("dl", { class: "kv" }, Object.entries(obj).map(([k, v]) => [el("dt", { text: k }), el("dd", {}, kv(v))]));
   }
 
-  /* a uPlot chart in `box`; series: [{label, values}], x: numbers */
+  /* a uPlot chart in `box`; series: [{label, values}], x: numbers (ascending); opts.bars: bars; opts.scatter: the
+     first series as points alone, the others as lines */
   function plot(box, title, x, series, opts = {}) {
     const colors = ["#3b82f6", "#f97316", "#16a34a", "#a855f7", "#dc2626", "#0891b2", "#ca8a04", "#db2777"];
     const holder = el("div", { class: "plot", dataset: { title } });
@@ -151,7 +152,8 @@ const imgq = (() => {
       series: [{ label: opts.xLabel || "x" }, ...series.map((s, i) => ({
         label: s.label, stroke: colors[i % colors.length], width: 2,
         ...(opts.bars ? { paths: uPlot.paths.bars({ size: [0.9] }), fill: colors[i % colors.length] + "66" } : {}),
-        points: { show: !opts.bars } }))],
+        ...(opts.scatter && i === 0 ? { paths: () => null, points: { show: true, size: 5, fill: colors[0] } }
+                                    : { points: { show: !opts.bars } }) }))],
       axes: [{ label: opts.xLabel || "" }, {}],
     }, [x, ...series.map((s) => s.values)], holder);
     holder.dataset.points = String(x.length);

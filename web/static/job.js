@@ -102,8 +102,10 @@
 
   function watchScore(job) {
     document.getElementById("score").hidden = false;
-    document.getElementById("csv").addEventListener("click", () =>
-      download(`${base}/results?format=csv`, `${jobId}.csv`).catch(showError));
+    for (const format of ["csv", "parquet"]) {
+      document.getElementById(format).addEventListener("click", () =>
+        download(`${base}/results?format=${format}`, `${jobId}.${format}`).catch(showError));
+    }
     let shown = false;
     every(1500, async () => {
       const now = await json(base);
@@ -140,15 +142,33 @@
     if (epochs.length) box.querySelectorAll(".hint").forEach((n) => n.remove());
   }
 
+  /* production's answer against the candidate's on the shadow sample: a scatter (regression, keypoints: the first
+     output) or a confusion table (classifiers), the figures, and the largest changes */
   function showShadow(shadow) {
     const box = document.getElementById("shadow");
     if (!shadow) { box.replaceChildren(el("p", { class: "hint", text: "no shadow diff (no production version to compare with)" })); return; }
-    const { largest_changes: largest, changed, ...rest } = shadow;
+    const { largest_changes: largest, changed, pairs, confusion, ...rest } = shadow;
     const list = largest || changed || [];
-    box.replaceChildren(kv(rest), el("table", { class: "grid" },
-      el("thead", {}, el("tr", {}, el("th", { text: "item" }), el("th", { text: "production" }), el("th", { text: "candidate" }))),
-      el("tbody", {}, list.slice(0, 20).map((c) => el("tr", {}, el("td", { text: c.id }),
-        el("td", { text: num(c.production) }), el("td", { text: num(c.candidate) }))))));
+    const figure = el("div", { id: "shadow-plot", class: "plots" });
+    box.replaceChildren(figure, kv(rest), el("h3", { text: largest ? "Largest changes" : "Changed answers" }),
+      el("table", { id: "shadow-changes", class: "grid" },
+        el("thead", {}, el("tr", {}, el("th", { text: "item" }), el("th", { text: "production" }), el("th", { text: "candidate" }))),
+        el("tbody", {}, list.slice(0, 20).map((c) => el("tr", {}, el("td", { text: c.id }),
+          el("td", { text: num(c.production) }), el("td", { text: num(c.candidate) }))))));
+    if (pairs && pairs.production.length) {
+      const order = pairs.production.map((_, i) => i).sort((i, j) => pairs.production[i] - pairs.production[j]);
+      const x = order.map((i) => pairs.production[i]);
+      plot(figure, "candidate against production (first output)", x,
+           [{ label: "candidate", values: order.map((i) => pairs.candidate[i]) }, { label: "no change", values: x }],
+           { xLabel: "production", scatter: true });
+    } else if (confusion) {
+      const classes = [...new Set([...Object.keys(confusion), ...Object.values(confusion).flatMap(Object.keys)])].sort();
+      figure.append(el("table", { id: "shadow-confusion", class: "grid" },
+        el("caption", { text: "items by production's class (rows) and the candidate's (columns)" }),
+        el("thead", {}, el("tr", {}, el("th", { text: "production \\ candidate" }), classes.map((c) => el("th", { text: c })))),
+        el("tbody", {}, classes.map((p) => el("tr", {}, el("th", { text: p }), classes.map((c) =>
+          el("td", { class: p === c ? "same" : "", text: (confusion[p] || {})[c] || 0 })))))));
+    }
   }
 
   async function showTrainDetails(job) {

@@ -1,7 +1,8 @@
-/* Operations: readiness (/readyz), queue figures and the sweeper's last run (from /metrics), every 5 s. */
+/* Operations: readiness (/readyz), the workers seen recently (/api/v1/workers), queue figures and the sweeper's last
+   run (from /metrics), every 5 s. */
 "use strict";
 (() => {
-  const { el, api, kv, secs, every } = imgq;
+  const { el, api, json, kv, secs, when, every } = imgq;
 
   function parseMetrics(text) {
     const out = [];
@@ -15,11 +16,33 @@
     return out;
   }
 
+  async function showWorkers() {
+    const rows = [];
+    for (let url = "/api/v1/workers?seen_within=300&limit=1000"; url && rows.length < 5000;) {
+      const page = await json(url);
+      rows.push(...page.workers);
+      url = page.next;
+    }
+    const head = ["name", "role", "queues", "host", "pid", "started", "last seen", "running now"];
+    const box = document.getElementById("workers");
+    box.dataset.count = String(rows.length);
+    box.replaceChildren(rows.length ? el("table", { class: "grid" },
+      el("thead", {}, el("tr", {}, head.map((h) => el("th", { text: h })))),
+      el("tbody", {}, rows.map((w) => el("tr", { dataset: { worker: w.name } },
+        el("td", { text: w.name }), el("td", { text: w.role }), el("td", { text: w.queues.join(", ") }),
+        el("td", { text: w.hostname }), el("td", { text: w.pid }), el("td", { text: when(w.started_at) }),
+        el("td", { text: `${secs(Math.max(0, Date.now() - Date.parse(w.last_seen_at)) / 1000)} ago` }),
+        el("td", {}, w.current_jobs.length ? w.current_jobs.flatMap((id) =>
+          [el("a", { href: `/jobs/${encodeURIComponent(id)}`, text: id.slice(0, 8), class: "current-job" }), " "]) : "–")))))
+      : el("p", { class: "hint", text: "no worker reported itself in the last 5 minutes: start `imgq worker`" }));
+  }
+
   async function refresh() {
     const ready = await fetch("/readyz", { cache: "no-store" }).then((r) => r.json()).catch((e) => ({ ready: false, problems: [String(e)] }));
     document.getElementById("ready").replaceChildren(
       el("p", { id: "ready-state", class: `status ${ready.ready ? "succeeded" : "failed"}`, text: ready.ready ? "ready" : "not ready" }),
       kv(ready));
+    await showWorkers();
     const metrics = parseMetrics(await (await api("/metrics", { headers: { Accept: "text/plain" } })).text());
     const jobs = metrics.filter((m) => m.name === "imgq_jobs" && m.value > 0);
     const chunks = metrics.filter((m) => m.name === "imgq_chunks");

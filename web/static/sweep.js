@@ -1,4 +1,5 @@
-/* One sweep: the comparison table (a row per grid point) and a holdout metric over the grid. */
+/* One sweep: the comparison table (a row per grid point) and a holdout metric over the grid: a line over one
+   numeric parameter, a heatmap over two, bars by run otherwise. */
 "use strict";
 (() => {
   const { el, json, num, plot, every, showError } = imgq;
@@ -28,11 +29,38 @@
     const box = document.getElementById("sweep-plot");
     box.replaceChildren();
     if (!metric) return;
+    if (params.length === 2) { box.append(heatmap(params, metric)); return; }
     const numeric = params.length === 1 && sweep.runs.every((r) => typeof r.params[params[0]] === "number");
     const runs = numeric ? [...sweep.runs].sort((a, b) => a.params[params[0]] - b.params[params[0]]) : sweep.runs;
     const x = numeric ? runs.map((r) => r.params[params[0]]) : runs.map((_, i) => i + 1);
     plot(box, `${metric} over the grid`, x, [{ label: metric, values: runs.map((r) => (r.holdout_metrics || {})[metric] ?? null) }],
          { xLabel: numeric ? params[0] : "run (row of the table)", bars: !numeric });
+  }
+  /* a table: the first parameter's values as rows, the second's as columns, each cell the metric of that grid
+     point, shaded from the lowest value (light) to the highest (dark) */
+  function heatmap([rowParam, colParam], metric) {
+    const key = (v) => JSON.stringify(v);
+    const values = (p) => [...new Map(sweep.runs.map((r) => [key(r.params[p]), r.params[p]])).values()]
+      .sort((a, b) => (typeof a === "number" && typeof b === "number" ? a - b : key(a).localeCompare(key(b))));
+    const rows = values(rowParam), cols = values(colParam);
+    const cell = new Map(sweep.runs.map((r) => [`${key(r.params[rowParam])}|${key(r.params[colParam])}`,
+                                                (r.holdout_metrics || {})[metric]]));
+    const finite = [...cell.values()].filter((v) => typeof v === "number" && Number.isFinite(v));
+    const lo = Math.min(...finite), hi = Math.max(...finite);
+    const shade = (v) => (hi > lo ? (v - lo) / (hi - lo) : 0.5);
+    return el("table", { id: "heatmap", class: "grid heatmap", dataset: { metric } },
+      el("caption", { text: `${metric} over ${rowParam} (rows) and ${colParam} (columns)` }),
+      el("thead", {}, el("tr", {}, el("th", { text: `${rowParam} \\ ${colParam}` }), cols.map((c) => el("th", { text: key(c) })))),
+      el("tbody", {}, rows.map((r) => el("tr", {}, el("th", { text: key(r) }), cols.map((c) => {
+        const v = cell.get(`${key(r)}|${key(c)}`);
+        const td = el("td", { text: num(v, 4), dataset: { row: key(r), col: key(c) } });
+        if (typeof v === "number" && Number.isFinite(v)) {
+          const t = shade(v);
+          td.style.background = `rgba(59, 130, 246, ${(0.1 + 0.8 * t).toFixed(3)})`;
+          td.style.color = t > 0.6 ? "#fff" : "";
+        }
+        return td;
+      })))));
   }
   select.addEventListener("change", draw);
 

@@ -8,6 +8,8 @@ import numpy as np
 from shared.images.imaging import scale_pixels
 from shared.models import targets as target_transforms
 
+SCATTER_POINTS = 500  # pairs of (production, candidate) outputs a shadow diff keeps for a scatter plot
+
 
 def predict(model, pixels: np.ndarray, pixel_scale: str, batch_size: int = 256) -> np.ndarray:
     """Model outputs for uint8 pixels, scaled to the model's input range one batch at a time."""
@@ -53,7 +55,9 @@ def holdout_metrics(task: str, predicted: np.ndarray, truth: np.ndarray, *, trai
 def shadow_diff(task: str, ids: list[str], candidate: np.ndarray, production: np.ndarray,
                 class_names=None, top: int = 10, large_change: float | None = None) -> dict:
     """How the candidate's answers differ from production's on the same items (user units), with the share of
-    large changes: a changed class, or (regression, keypoints) a mean change above `large_change`."""
+    large changes: a changed class, or (regression, keypoints) a mean change above `large_change`; `agreement` is
+    the share of items without one. For the dashboard's plots: a classifier's confusion of production's class
+    against the candidate's, or (regression, keypoints) up to SCATTER_POINTS pairs of the first output column."""
     report: dict = {"items": len(ids)}
     if not ids:
         return report
@@ -66,6 +70,7 @@ def shadow_diff(task: str, ids: list[str], candidate: np.ndarray, production: np
                              for i in changed]
         report["class_share"] = {c: {"production": float((b == k).mean()), "candidate": float((a == k).mean())}
                                  for k, c in enumerate(class_names)}
+        report["confusion"] = _confusion(b, a, class_names)
         return report
     change = candidate - production
     size = np.abs(change).mean(1) if change.ndim > 1 else np.abs(change)
@@ -83,4 +88,17 @@ def shadow_diff(task: str, ids: list[str], candidate: np.ndarray, production: np
     report["distribution"] = {"production": dist(production), "candidate": dist(candidate)}
     report["largest_changes"] = [{"id": ids[i], "production": production[i].tolist(),
                                   "candidate": candidate[i].tolist()} for i in order]
+    if large_change is not None:
+        report["agreement"] = 1 - report["large_change_share"]  # the share of items whose change is not large
+    first = lambda v: v.reshape(len(v), -1)[:SCATTER_POINTS, 0]  # noqa: E731
+    report["pairs"] = {"production": first(production).tolist(), "candidate": first(candidate).tolist()}
     return report
+
+
+def _confusion(production: np.ndarray, candidate: np.ndarray, class_names) -> dict:
+    """{production's class: {candidate's class: items}}, the pairs that occur."""
+    out: dict = {}
+    for p, c in zip(production.tolist(), candidate.tolist()):
+        row = out.setdefault(class_names[p], {})
+        row[class_names[c]] = row.get(class_names[c], 0) + 1
+    return out

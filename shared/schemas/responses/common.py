@@ -1,11 +1,13 @@
 """What every answer shares: the strict base of response models, timestamps, the one error body, pages; and the
-small answers of the service itself (health, readiness) and of API tokens."""
+small answers of the service itself (health, readiness), of API tokens and of the worker processes seen."""
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
+
+from shared.core.vocab import WorkerRole
 
 # parsed when validated, written back as the services wrote it: validation never changes the wire
 Timestamp = Annotated[datetime, PlainSerializer(lambda t: t.isoformat(), return_type=str, when_used="json"),
@@ -78,4 +80,22 @@ class Token(Resource):
 
 class TokensPage(Resource):
     tokens: list[Token]
+    next: NextLink
+
+
+class WorkerSeen(Resource):
+    """A worker process as it last reported itself (every few seconds while it runs)."""
+    name: str = Field(description="its Celery node name: role, pid and host")
+    hostname: str
+    pid: int
+    role: WorkerRole = Field(description="worker: scoring, training and queries; maintenance: the sweeper, "
+                                         "schedules, imports and index builds")
+    queues: list[str]
+    started_at: Timestamp
+    last_seen_at: Timestamp
+    current_jobs: list[str] = Field(description="the jobs whose score chunks or training it holds now")
+
+
+class WorkersPage(Resource):
+    workers: list[WorkerSeen]
     next: NextLink

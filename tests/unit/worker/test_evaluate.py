@@ -26,3 +26,16 @@ def test_the_holdout_measures_every_metric_the_gate_may_compare(task):
         summary = {"accuracy": 1 - losses.mean(), "rmse": np.sqrt(losses.mean())}.get(metric, losses.mean())
         if metric != "r2":
             assert summary == pytest.approx(measured[metric])
+
+
+def test_a_shadow_diff_gives_the_pairs_to_plot_and_the_agreement():
+    production = np.array([[1.0, 5.0], [2.0, 6.0], [3.0, 7.0], [4.0, 8.0]])
+    candidate = production + np.array([[0.1, 0.1], [3.0, 3.0], [0.0, 0.0], [-0.2, 0.0]])
+    report = evaluate.shadow_diff("regression", ["a", "b", "c", "d"], candidate, production, large_change=1.0)
+    assert report["pairs"] == {"production": [1.0, 2.0, 3.0, 4.0], "candidate": pytest.approx([1.1, 5.0, 3.0, 3.8])}
+    assert report["agreement"] == 0.75 and report["largest_changes"][0]["id"] == "b"
+    probabilities = lambda classes: np.eye(3)[classes]  # noqa: E731
+    report = evaluate.shadow_diff("classification", ["a", "b", "c", "d"], probabilities([0, 1, 2, 2]),
+                                  probabilities([0, 1, 1, 2]), class_names=["cat", "dog", "owl"])
+    assert report["confusion"] == {"cat": {"cat": 1}, "dog": {"dog": 1, "owl": 1}, "owl": {"owl": 1}}
+    assert report["agreement"] == 0.75
