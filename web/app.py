@@ -19,6 +19,7 @@ from web import (
     api_models,
     api_tokens,
     api_training,
+    api_uploads,
     auth,
     dashboard,
     errors,
@@ -51,6 +52,7 @@ def create_app(settings: Settings) -> Flask:
     app.register_blueprint(api_training.schedules_bp)
     app.register_blueprint(api_catalogs.bp)
     app.register_blueprint(api_tokens.bp)
+    app.register_blueprint(api_uploads.bp)
     app.register_blueprint(dashboard.bp)  # the HTML pages under /
     api_docs.register(app)
 
