@@ -1,4 +1,5 @@
-"""Watching a job until it ends: a live bar on a terminal (rich), plain lines otherwise (a log, a pipe, cron).
+"""Watching a job until it ends: a live bar on a terminal (rich), plain lines otherwise (a log, a pipe, cron); and
+the same for a folder going up (`uploading`: a byte bar, or one line per part of an upload in parts).
 
 Item jobs (score, embed) show done/total, images/s, ETA and the failed count; train jobs the epoch, the step and
 the latest epoch's loss and metrics (from /jobs/<id>/epochs). Lines carry no control characters, and one is
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TextIO
 
 from shared.client.api import FINAL_STATUSES, Client, job_id_of
@@ -110,3 +113,26 @@ def _watch_bar(client: Client, job, *, poll, timeout, out) -> dict:
                 return current
             _expired(deadline, current, timeout)
             time.sleep(poll)
+
+
+@contextmanager
+def uploading(out: TextIO | None = None) -> Iterator[tuple]:
+    """(on_upload, on_part) for Client.score: a bar of the bytes sent when `out` (stderr) is a terminal; otherwise
+    no byte progress and one plain line per part of an upload in parts (a one-request upload prints nothing)."""
+    out = out or sys.stderr
+    if not is_terminal(out):
+        def line(n: int, parts: int, answer: dict) -> None:
+            upload = answer["upload"]
+            print(f"uploaded part {n}/{parts}: {answer['added']} files added, {answer['repeated']} already there; "
+                  f"upload {upload['id']} holds {upload['files']} files, {upload['bytes'] / 2**20:,.1f} MiB",
+                  file=out, flush=True)
+        yield None, line
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TextColumn("{task.fields[parts]}"), console=Console(file=out), transient=False) as bar:
+        task = bar.add_task("uploading", total=None, parts="")
+        yield (lambda sent, total: bar.update(task, completed=sent, total=total),
+               lambda n, parts, answer: bar.update(task, parts=f"part {n}/{parts}"))
