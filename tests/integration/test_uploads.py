@@ -1,0 +1,67 @@
+"""Uploads in parts and the sweeper, on SQLite and PostgreSQL: an upload left alone and unused is removed (row and
+folder) after IMGQ_ORPHAN_UPLOAD_AFTER, however old its folder looks; one a job took goes with that job's folder
+after the retention. (The HTTP contract: test_error_shape.py; the CLI against a real server: test_remote_cli.py.)"""
+import io
+import os
+import time
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+
+from shared.core.db import session_scope
+from shared.core.errors import NotFound
+from shared.core.tables import Job, Upload, utcnow
+from shared.services import jobs, uploads
+from tests.helpers import seed_version
+from worker.sweeper import remove_old_uploads
+
+
+def _upload_with(settings, *names: str) -> str:
+    upload = uploads.new_upload(settings)["id"]
+    uploads.add_files(settings, upload, [(name, io.BytesIO(name.encode())) for name in names])
+    return upload
+
+
+def _idle_for(upload: str, seconds: float) -> None:
+    with session_scope() as session:
+        session.execute(update(Upload).where(Upload.id == upload).values(
+            updated_at=utcnow() - timedelta(seconds=seconds)))
+
+
+def test_an_idle_unused_upload_is_removed_and_a_busy_one_kept_however_old_its_folder(configured):
+    idle, busy = _upload_with(configured, "a.jpg"), _upload_with(configured, "b.jpg")
+    _idle_for(idle, configured.orphan_upload_after + 60)
+    old = time.time() - 10 * configured.orphan_upload_after
+    os.utime(configured.upload_dir / busy, (old, old))  # mtime says orphan; its row says in use
+
+    assert remove_old_uploads(configured) == 0
+    assert uploads.remove_idle(configured, configured.orphan_upload_after) == 1
+    assert not (configured.upload_dir / idle).exists() and (configured.upload_dir / busy / ".").exists()
+    with pytest.raises(NotFound):
+        uploads.get_upload(idle)
+    assert uploads.get_upload(busy)["files"] == 1
+
+
+def test_a_taken_upload_leaves_with_its_jobs_folder_after_the_retention(configured):
+    seed_version("m")
+    upload = _upload_with(configured, "a.jpg", "b.jpg")
+    with session_scope() as session:
+        items = uploads.take(session, configured, upload)
+        job = jobs.create_score_job(session, model_ref="m", pieces=[items], use_cache=True, chunk_size=4,
+                                    source={"type": "upload", "count": 2, "folder": upload, "upload": upload})
+        uploads.mark_taken(session, upload, job.id)
+        session.flush()
+        job_id = job.id
+    _idle_for(upload, configured.orphan_upload_after + 60)
+    assert uploads.remove_idle(configured, configured.orphan_upload_after) == 0  # taken: the job's now
+    assert [name for name, _ in items] == ["a.jpg", "b.jpg"]
+    assert all(os.path.dirname(path) == str(configured.upload_dir / upload) for _, path in items)
+
+    with session_scope() as session:
+        row = session.get(Job, job_id)
+        row.status, row.finished_at = "succeeded", utcnow() - timedelta(seconds=configured.upload_retention + 60)
+    assert remove_old_uploads(configured) == 1
+    assert not (configured.upload_dir / upload).exists()
+    with pytest.raises(NotFound):
+        uploads.get_upload(upload)
