@@ -254,3 +254,35 @@ def test_a_part_sent_again_adds_no_item_and_bad_uploads_answer_the_error_shape(p
     assert (nothing.status, nothing.kind, nothing.problems[0]["field"]) == (400, "InvalidRequest", "upload")
     client.request("DELETE", f"/api/v1/uploads/{empty}")
     assert refused(lambda: client.upload(empty)).status == 404
+
+
+def _train_request(tmp_path, name: str, dataset: str, epochs: int = 2) -> str:
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({
+        "model": name, "task": "classification", "input_size": 32, "epochs": epochs, "batch_size": 32,
+        "dataset": {"path": dataset, "image_column": "image", "id_column": "id", "label_column": "label"},
+        "base": {"architecture": "vgg", "width": 8}, "optimizer": {"name": "adam", "learning_rate": 0.003}}))
+    return str(path)
+
+
+def test_train_with_wait_prints_each_epoch_and_a_failed_training_exits_1(pg_stack, tmp_path, digits):
+    env, name = _remote(pg_stack, tmp_path), f"digits-{free_port()}"
+    out = imgq("train", _train_request(tmp_path, name, "digits/first-night.csv"), "--wait", "--poll", "0.5", env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert not any(c in out.stdout + out.stderr for c in CONTROL)
+    job_id = out.stdout.split()[1]
+    epochs = [line for line in out.stdout.splitlines() if line.startswith(f"job {job_id} train epoch ")]
+    assert [line.split(":")[0] for line in epochs] == [f"job {job_id} train epoch {n}/2" for n in (1, 2)], out.stdout
+    api = pg_stack.http.get(pg_stack.url(f"/api/v1/jobs/{job_id}/epochs"), timeout=10).json()["epochs"]
+    for line, row in zip(epochs, api):
+        assert f" loss {row['loss']:.4g} " in line and f"val_loss {row['val_loss']:.4g}" in line
+    assert f"job {job_id} train succeeded" in out.stdout and f"new version: {name}@1" in out.stdout
+
+    broken = pg_stack.data / f"broken-{name}"
+    broken.mkdir()
+    (broken / "items.csv").write_text("id,image,label\n" + "".join(f"i{i},missing-{i}.png,{i % 2}\n"
+                                                                   for i in range(40)))
+    failed = imgq("train", _train_request(tmp_path, f"{name}-broken", f"broken-{name}/items.csv"), "--wait",
+                  "--poll", "0.5", env=env)
+    assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr[-2000:]
+    assert " train failed" in failed.stdout and "error: " in failed.stdout, failed.stdout
