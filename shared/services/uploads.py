@@ -122,6 +122,7 @@ def add_files(settings: Settings, upload_id: str, files: list[tuple[str, BinaryI
     with session_scope() as session:
         _unused(find_upload(session, upload_id, who), "take files")
     folder = path_inside(settings.upload_dir, upload_id)
+    folder.mkdir(parents=True, exist_ok=True)  # gone only if the sweeper took the upload meanwhile: a 404 below
     rows = []
     try:
         rows = _store(folder, files)
@@ -154,9 +155,13 @@ def _insert(session: Session, upload_id: str, rows: list[dict]) -> int:
 
 
 def _remove_unrecorded(upload_id: str, folder: Path, rows: list[dict]) -> None:
-    """After a refused part: remove the files it wrote that no row of the upload names, and stray temporary files."""
-    with session_scope() as session:
-        kept = set(session.scalars(select(UploadFile.stored).where(UploadFile.upload_id == upload_id)))
+    """After a refused part: remove the files it wrote that no row of the upload names, and stray temporary files
+    (with the database away, only those: the sweeper removes the rest with the upload)."""
+    try:
+        with session_scope() as session:
+            kept = set(session.scalars(select(UploadFile.stored).where(UploadFile.upload_id == upload_id)))
+    except Exception:  # noqa: BLE001 - the part's own error is the one to report
+        kept = {row["stored"] for row in rows}
     for row in rows:
         if row["stored"] not in kept:
             (folder / row["stored"]).unlink(missing_ok=True)

@@ -5,13 +5,14 @@ import io
 import os
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from shared.core.db import session_scope
 from shared.core.errors import NotFound
-from shared.core.tables import Job, Upload, utcnow
+from shared.core.tables import Job, JobItem, Upload, utcnow
 from shared.services import jobs, uploads
 from tests.helpers import seed_version
 from worker.sweeper import remove_old_uploads
@@ -65,3 +66,41 @@ def test_a_taken_upload_leaves_with_its_jobs_folder_after_the_retention(configur
     assert not (configured.upload_dir / upload).exists()
     with pytest.raises(NotFound):
         uploads.get_upload(upload)
+
+
+def _http_upload(client, files: dict[str, bytes]) -> str:
+    upload = client.post("/api/v1/uploads").json["id"]
+    part = client.post(f"/api/v1/uploads/{upload}/files", content_type="multipart/form-data",
+                       data={"files": [(io.BytesIO(data), name) for name, data in files.items()]})
+    assert part.status_code == 200 and part.json["added"] == len(files), part.json
+    return upload
+
+
+def test_an_embed_job_takes_an_uploads_files_in_one_category(client, configured):
+    seed_version("embedder", task="embedding")
+    upload = _http_upload(client, {"a.jpg": b"a", "shoes/b.jpg": b"b"})
+    resp = client.post("/api/v1/jobs/embed", json={"model": "embedder", "catalog": "shop", "upload": upload,
+                                                    "category": "coat"})
+    assert resp.status_code == 202, resp.json
+    assert resp.json["source"] == {"type": "upload", "count": 2, "folder": upload, "upload": upload}
+    with session_scope() as session:
+        items = session.execute(select(JobItem.item_id, JobItem.category, JobItem.uri)
+                                .where(JobItem.job_id == resp.json["id"]).order_by(JobItem.item_id)).all()
+    assert [(i, c) for i, c, _ in items] == [("a.jpg", "coat"), ("shoes/b.jpg", "coat")]
+    assert [Path(uri).read_bytes() for _, _, uri in items] == [b"a", b"b"]
+    assert client.get(f"/api/v1/uploads/{upload}").json["job"] == resp.json["id"]
+
+
+def test_the_same_files_uploaded_again_under_the_same_key_replay_the_first_job(client, configured):
+    seed_version("pageviews")
+    files = {"a.jpg": b"a", "b.jpg": b"b"}
+    key = {"Idempotency-Key": "crawl-2026-12-07"}
+    first = client.post("/api/v1/jobs/score", headers=key,
+                        json={"model": "pageviews", "upload": _http_upload(client, files)})
+    again = client.post("/api/v1/jobs/score", headers=key,
+                        json={"model": "pageviews", "upload": _http_upload(client, files)})
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert again.json["id"] == first.json["id"] and again.headers["Idempotent-Replayed"] == "true"
+    other = client.post("/api/v1/jobs/score", headers=key,
+                        json={"model": "pageviews", "upload": _http_upload(client, {**files, "c.jpg": b"c"})})
+    assert other.status_code == 422 and other.json["error"]["problems"][0]["field"] == "Idempotency-Key"
