@@ -44,7 +44,7 @@ class ScoreRequest(Strict):
 
 def _one_source(request):
     if sum(source is not None for source in (request.items, request.manifest, request.upload)) != 1:
-        raise ValueError("give one of 'items', 'manifest' or 'upload'")
+        raise ValueError("give either 'items' or 'manifest' or 'upload': one of them, not both and not neither")
     if request.items is not None and not request.items:
         raise ValueError("'items' is empty")
     return request
