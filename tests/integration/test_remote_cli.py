@@ -175,8 +175,8 @@ def test_models_import_list_promote_and_an_unsafe_file(pg_stack, tmp_path, model
 def test_a_folder_sent_in_parts_scores_as_the_api_says(stack, tmp_path, model_files, photos):
     name = f"parts-{free_port()}"
     _import(stack, tmp_path, model_files, name)
-    out = imgq("score", str(photos), "--model", name, "--part-files", "4", "--wait", "--out", str(tmp_path / "r.csv"),
-               env=_remote(stack, tmp_path))
+    command = ["score", str(photos), "--model", name, "--part-files", "4", "--idempotency-key", name]
+    out = imgq(*command, "--wait", "--out", str(tmp_path / "r.csv"), env=_remote(stack, tmp_path))
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert not any(c in out.stdout + out.stderr for c in CONTROL)
     parts = [line for line in out.stderr.splitlines() if line.startswith("uploaded part ")]
@@ -200,12 +200,19 @@ def test_a_folder_sent_in_parts_scores_as_the_api_says(stack, tmp_path, model_fi
         if row.status == "ok":
             assert float(row.pageviews) == pytest.approx(api[row.id]["outputs"]["pageviews"], rel=1e-6)
 
+    again = imgq(*command, env=_remote(stack, tmp_path))  # the cron job run twice: the same job
+    assert again.returncode == 0 and again.stdout.split()[1] == job_id, again.stdout + again.stderr
+    second = again.stderr.strip().splitlines()[-1].split("upload ")[1].split()[0]
+    assert second != job["source"]["upload"]
+    gone = stack.http.get(stack.url(f"/api/v1/uploads/{second}"), timeout=10)
+    assert gone.status_code == 404  # the client deleted the upload the replayed job did not take
+
 
 def test_a_part_sent_again_adds_no_item_and_bad_uploads_answer_the_error_shape(pg_stack, tmp_path, model_files,
                                                                               photos):
     from shared.client import Client
     from shared.client.errors import ApiError
-    from shared.client.uploads import send_part
+    from shared.client.uploads import send_part, submit_upload
 
     stack, model = pg_stack, f"again-{free_port()}"
     _import(stack, tmp_path, model_files, model)
@@ -242,6 +249,9 @@ def test_a_part_sent_again_adds_no_item_and_bad_uploads_answer_the_error_shape(p
     used = refused(lambda: client.post("/api/v1/jobs/score", {"model": model, "upload": upload}))
     assert (used.status, used.kind, used.body["job"], used.problems[0]["field"]) == (409, "Conflict", job["id"],
                                                                                      "upload")
+    found = submit_upload(client, "/api/v1/jobs/score", {"model": model, "upload": upload}, None)
+    assert (found["id"], found["status"]) == (job["id"], "succeeded")  # a retried score request whose first
+    # answer was lost finds the job the first one made
     assert refused(lambda: send_part(client, upload, [("e.jpg", photos / "p05.jpg")])).status == 409
     assert refused(lambda: client.request("DELETE", f"/api/v1/uploads/{upload}")).status == 409
 
