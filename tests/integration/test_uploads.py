@@ -3,18 +3,19 @@ folder) after IMGQ_ORPHAN_UPLOAD_AFTER, however old its folder looks; one a job 
 after the retention. (The HTTP contract: test_error_shape.py; the CLI against a real server: test_remote_cli.py.)"""
 import io
 import os
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from shared.core.db import session_scope
 from shared.core.errors import NotFound
 from shared.core.tables import Job, JobItem, Upload, utcnow
 from shared.services import jobs, uploads
-from tests.helpers import seed_version
+from tests.helpers import authorized_client, seed_version
 from worker.sweeper import remove_old_uploads
 
 
@@ -104,3 +105,26 @@ def test_the_same_files_uploaded_again_under_the_same_key_replay_the_first_job(c
     other = client.post("/api/v1/jobs/score", headers=key,
                         json={"model": "pageviews", "upload": _http_upload(client, {**files, "c.jpg": b"c"})})
     assert other.status_code == 422 and other.json["error"]["problems"][0]["field"] == "Idempotency-Key"
+
+
+def test_two_requests_taking_one_upload_at_once_make_one_job(app, client, configured):
+    seed_version("pageviews")
+    upload = _http_upload(client, {"a.jpg": b"a", "b.jpg": b"b"})
+    start, answers = threading.Barrier(2), []
+
+    def take():
+        mine = authorized_client(app)
+        start.wait()
+        answers.append(mine.post("/api/v1/jobs/score", json={"model": "pageviews", "upload": upload}))
+
+    threads = [threading.Thread(target=take) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(answer.status_code for answer in answers) == [202, 409]
+    made = next(answer.json for answer in answers if answer.status_code == 202)
+    refused = next(answer.json for answer in answers if answer.status_code == 409)
+    assert refused["error"]["job"] == made["id"] and refused["error"]["problems"][0]["field"] == "upload"
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 1
