@@ -13,6 +13,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 from tests.helpers import (  # noqa: E402
     REDIS_BASE,
+    MotoS3,
     authorized_client,
     configure_process,
     create_pg_database,
@@ -142,6 +143,14 @@ def digits(pg_stack):
     frame.iloc[:900].to_csv(folder / "first-night.csv", index=False)
     frame.to_csv(folder / "all.csv", index=False)
     return folder
+
+
+@pytest.fixture
+def s3_server(tmp_path):
+    """A real S3 server (moto's server mode) on a free loopback port, for one test; stopped after it."""
+    server = MotoS3(tmp_path / "moto")
+    yield server
+    server.stop()
 
 
 def pytest_collection_modifyitems(items):

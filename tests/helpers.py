@@ -215,3 +215,105 @@ def assert_error(resp, status: int, kind: str | None = None, field: str | None =
     if field is not None:
         assert error["problems"] and error["problems"][0]["field"] == field, error
     return error
+
+
+def configure_like_beat(monkeypatch, stack):
+    """This process set up as the stack's beat process is (its database and broker, through the environment), so a
+    test can fire schedule slots with a fake clock (shared/services/schedules.dispatch_due) and send their jobs as
+    beat's schedule tick does (shared/core/dispatch.enqueue_train). Returns the Settings; the caller clears
+    get_settings' cache when done."""
+    from shared.core import celery_app, db
+    from shared.core.config import get_settings
+
+    for key in ("DATABASE_URL", "BROKER_URL", "IMGQ_BROKER_PREFIX", "IMGQ_HOME", "IMGQ_DATA_ROOTS"):
+        if stack.env.get(key) is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, stack.env[key])
+    get_settings.cache_clear()
+    settings = get_settings()
+    db.configure(settings)
+    celery_app.configure(settings)
+    return settings
+
+
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "imgq-test", "AWS_SECRET_ACCESS_KEY": "imgq-test-secret",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+class MotoS3:
+    """A real S3 server on loopback: moto's server mode as its own process (`moto_server`) on a free port, so its
+    access rules (`deny_from_now_on`) are its alone. `env` is what a process needs to reach it."""
+
+    def __init__(self, log_dir: Path):
+        import subprocess
+        import sys
+
+        from shared.tools.local_stack import free_port
+
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.env = {**S3_KEYS, "IMGQ_S3_ENDPOINT_URL": self.endpoint}
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_dir / f"moto-{self.port}.log", "wb")
+        server = Path(sys.executable).with_name("moto_server")
+        self.process = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(self.port)], stdout=self._log,
+                                        stderr=subprocess.STDOUT, env={**os.environ, **S3_KEYS})
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 30) -> None:
+        import time
+
+        import requests
+
+        stop = time.monotonic() + timeout
+        while True:
+            try:
+                requests.get(f"{self.endpoint}/moto-api/", timeout=1)
+                return
+            except requests.ConnectionError:
+                if time.monotonic() > stop or self.process.poll() is not None:
+                    raise RuntimeError(f"moto_server on port {self.port} did not start") from None
+                time.sleep(0.1)
+
+    def client(self, service: str = "s3", **keys):
+        import boto3
+
+        return boto3.client(service, endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=keys.get("key", S3_KEYS["AWS_ACCESS_KEY_ID"]),
+                            aws_secret_access_key=keys.get("secret", S3_KEYS["AWS_SECRET_ACCESS_KEY"]))
+
+    def put_files(self, bucket: str, prefix: str, files: dict[str, Path | bytes]) -> None:
+        """Upload {name: file or bytes} under `prefix/`, creating the bucket if it is new."""
+        s3 = self.client()
+        if bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+            s3.create_bucket(Bucket=bucket)
+        for name, body in files.items():
+            s3.put_object(Bucket=bucket, Key=f"{prefix}/{name}" if prefix else name,
+                          Body=body if isinstance(body, bytes) else Path(body).read_bytes())
+
+    def reader_allowed_only(self, bucket: str) -> dict:
+        """Switch on moto's IAM checks with a user who may read `bucket` alone: every other bucket answers 403.
+        Returns that user's keys (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) for the reading side."""
+        import json
+
+        import requests
+
+        iam = self.client("iam")
+        iam.create_user(UserName="imgq-reader")
+        statement = {"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"],
+                     "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}
+        iam.put_user_policy(UserName="imgq-reader", PolicyName="read-one-bucket",
+                            PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [statement]}))
+        key = iam.create_access_key(UserName="imgq-reader")["AccessKey"]
+        requests.post(f"{self.endpoint}/moto-api/reset-auth", data=b"0", timeout=10).raise_for_status()
+        return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except Exception:  # noqa: BLE001 - a server that ignores SIGTERM is killed
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self._log.close()

@@ -18,8 +18,9 @@ from werkzeug.utils import secure_filename
 
 from shared.core.config import Settings
 from shared.core.errors import InvalidRequest
-from shared.core.paths import OutsideDataRoots, path_inside, resolve_inside
+from shared.core.paths import OutsideDataRoots, is_object_uri, object_inside, path_inside, resolve_inside
 from shared.images.manifests import iter_manifest
+from shared.images.object_store import ObjectFile, StoreConfig
 from shared.schemas.jobs import EmbedRequest, EmbedUploadForm, ScoreRequest, ScoreUploadForm
 from shared.services import model_imports, submission
 from shared.services.model_registry import Signature
@@ -29,8 +30,11 @@ from web.auth import caller
 DEFAULT_CATEGORY_COLUMN = "category"
 
 
-def _manifest_path(settings: Settings, manifest: str) -> Path:
+def _manifest_path(settings: Settings, manifest: str) -> Path | ObjectFile:
+    """The manifest the request names: a file inside the data roots, or an object under their URI prefixes."""
     try:
+        if is_object_uri(manifest):
+            return ObjectFile(object_inside(settings.object_roots, manifest), StoreConfig.from_settings(settings))
         return resolve_inside(settings.data_roots, manifest)
     except OutsideDataRoots as exc:
         raise InvalidRequest(f"manifest: {exc}", field="manifest") from None

@@ -31,14 +31,14 @@ log = logging.getLogger(__name__)
 # a message may quote the item's uri, which the client chose.
 _REASON_PREFIXES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("timeout", ("reading the image timed out", "decoding the image timed out")),
-    ("not_found", ("file not found", "not a file")),
+    ("not_found", ("file not found", "not a file", "object not found")),
     ("outside_roots", ("path outside the data roots", "only local paths inside the data roots",
-                       "empty or invalid path")),
+                       "empty or invalid path", "invalid path (", "not an object (")),
     ("too_large", ("file too large", "too many pixels")),
     ("not_an_image", ("not an image", "empty file", "image has no pixels", "the query image is not valid base64")),
     ("truncated", ("truncated image",)),
     ("decode_error", ("cannot decode image",)),
-    ("read_error", ("permission denied", "cannot read ")),
+    ("read_error", ("permission denied", "cannot read ", "access denied")),
     ("model_error", ("the model output is not finite", "the embedding is", "the query image's embedding")),
     ("worker_died", ("the worker died", "gave up after")),
 )

@@ -15,8 +15,9 @@ import numpy as np
 
 from shared.core.config import Settings
 from shared.core.db import session_scope
-from shared.core.paths import OutsideDataRoots, resolve_inside
-from shared.images.imaging import ImageError, load_for_model, read_and_hash
+from shared.images.imaging import ImageError, load_for_model
+from shared.images.item_reads import Places, read_item
+from shared.images.object_store import StoreConfig
 from shared.models.embedding_space import parse_space
 from shared.models.outputs import interpret
 from shared.models.vectors import l2_normalize
@@ -37,11 +38,9 @@ def _image_bytes(image: dict, settings: Settings) -> bytes:
             return base64.b64decode(image["data"], validate=True)
         except (binascii.Error, ValueError):
             raise ImageError("the query image is not valid base64") from None
-    try:
-        path = resolve_inside(settings.readable_roots(image.get("folder")), image["uri"])
-    except OutsideDataRoots as exc:
-        raise ImageError(str(exc)) from None
-    return bytes(read_and_hash(path, max_bytes=settings.max_image_bytes, shown=image["uri"])[0])
+    places = Places(settings.readable_roots(image.get("folder")), settings.object_roots,
+                    StoreConfig.from_settings(settings))
+    return bytes(read_item(image["uri"], places, settings.max_image_bytes)[0])
 
 
 def _inputs(datas: list[bytes | None], prep, settings: Settings, errors: list) -> tuple[list[int], np.ndarray | None]:

@@ -23,6 +23,7 @@ from functools import partial
 from shared.core.config import Settings
 from shared.core.db import session_scope
 from shared.core.logs import bind
+from shared.images.object_store import StoreConfig
 from shared.services import drift
 from worker import chunk_lifecycle, chunk_work, metrics
 from worker.chunk_lifecycle import ClaimedChunk
@@ -156,7 +157,9 @@ def _options(claimed: ClaimedChunk, settings: Settings) -> ScoreOptions:
     return ScoreOptions(roots=settings.readable_roots(claimed.upload_folder), batch_size=settings.batch_size,
                         max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes,
                         threads=settings.decode_threads, use_cache=claimed.use_cache, fast_jpeg=settings.fast_jpeg,
-                        read_timeout=settings.read_timeout, decode_timeout=settings.decode_timeout)
+                        read_timeout=settings.read_timeout, decode_timeout=settings.decode_timeout,
+                        object_roots=settings.object_roots, store=StoreConfig.from_settings(settings),
+                        read_threads=settings.read_threads)
 
 
 def _lookup(work: ChunkWork):

@@ -1,8 +1,9 @@
 """Scoring a list of items with a loaded model: decode in threads while the model runs.
 
 Plain functions, no Celery and no database: the caller passes `lookup_cache` and `write_batch`.
-Batch k+1 is read, hashed, looked up in the score cache and decoded by a thread pool while
-the model predicts batch k, so decoding and inference overlap.
+Three stages overlap, each in its own threads: batch k+2 is read and hashed (a read pool, `read_threads` items in
+flight: files, or objects in a store), batch k+1 is looked up in the score cache and decoded (a decode pool), and the
+model predicts batch k. Each stage runs at most a batch or two ahead of the next, so memory stays bounded.
 
 What a result holds is the `outputs` reader's business: `ScoreOutputs` (the default) turns raw rows into named
 outputs and cache rows for the score cache; embed jobs pass worker/embedding.VectorOutputs (vectors, cached in the
@@ -16,6 +17,7 @@ import contextvars
 import math
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.core.paths import OutsideDataRoots, resolve_inside
-from shared.images.imaging import ImageError, load_for_model, read_and_hash
+from shared.images.imaging import ImageError, load_for_model
+from shared.images.item_reads import Places, read_item
+from shared.images.object_store import StoreConfig
 from shared.models.outputs import interpret
 from worker import metrics
 from worker.item_pool import ItemPool
@@ -52,21 +55,18 @@ class ScoreOptions:
     fast_jpeg: bool = True  # JPEG pixels by simplejpeg (same result as Pillow, see shared/images/imaging.py)
     read_timeout: float = 30.0  # per item: a read that blocks longer becomes that item's error
     decode_timeout: float = 60.0
-
-
-def read_item(uri: str, roots: tuple[Path, ...], max_bytes: int) -> tuple[bytearray, str]:
-    """The item's bytes and their content hash, in one pass over the file."""
-    try:
-        path = resolve_inside(roots, uri)
-    except OutsideDataRoots as exc:
-        raise ImageError(str(exc)) from None
-    return read_and_hash(path, max_bytes=max_bytes, shown=uri)
+    object_roots: tuple[str, ...] = ()  # allowed object-store prefixes (s3://bucket/prefix/)
+    store: StoreConfig = StoreConfig()
+    read_threads: int = 0  # reads in flight; 0: `threads`
 
 
 def _fetch(item, opts):
+    """(item id, bytes, hash, error). An object read's retries end a little before the item's read timeout, so an
+    unreachable store is reported as such (ObjectStoreUnavailable, raised) rather than as this item's timeout."""
     item_id, uri = item
+    places = Places(opts.roots, opts.object_roots, opts.store)
     try:
-        data, digest = read_item(uri, opts.roots, opts.max_bytes)
+        data, digest = read_item(uri, places, opts.max_bytes, deadline=time.monotonic() + 0.9 * opts.read_timeout)
         return item_id, data, digest, None
     except ImageError as exc:
         return item_id, None, None, str(exc)
@@ -98,10 +98,16 @@ class ScoreOutputs:
         return {"content_hash": digest, "model_version_id": self.version_id, "outputs": result["outputs"]}
 
 
-def _prepare(batch, model, opts, pool, lookup_cache, reading) -> Prepared:
+def _read(batch, opts, reads: ItemPool) -> list[tuple]:
+    """[(item id, bytes, hash, error)] of one batch, read by the read pool, each read bounded by the read timeout.
+    Each read runs in a copy of this thread's context, so a store's retries are logged with the job and chunk."""
+    context = contextvars.copy_context()
+    return reads.map(lambda it: context.copy().run(_fetch, it, opts), batch, opts.read_timeout,
+                     lambda it: (it[0], None, None, f"reading the image timed out after {opts.read_timeout:g} s"))
+
+
+def _prepare(fetched, model, opts, pool, lookup_cache, reading) -> Prepared:
     prepared = Prepared()
-    fetched = pool.map(lambda it: _fetch(it, opts), batch, opts.read_timeout,
-                       lambda it: (it[0], None, None, f"reading the image timed out after {opts.read_timeout:g} s"))
     hits = lookup_cache([h for _, _, h, _ in fetched if h]) if opts.use_cache else {}
     to_decode = []
     for item_id, data, digest, error in fetched:
@@ -146,7 +152,7 @@ def _batches(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def _prefetch(produce: Iterator[Prepared], depth: int = 2) -> Iterator[Prepared]:
+def _prefetch(produce: Iterator, depth: int = 2, name: str = "imgq-decode") -> Iterator:
     """Run `produce` in a background thread, at most `depth` batches ahead of the consumer."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
@@ -166,9 +172,13 @@ def _prefetch(produce: Iterator[Prepared], depth: int = 2) -> Iterator[Prepared]
             q.put(done)
         except BaseException as exc:  # hand the error to the consumer
             q.put(exc)
+        finally:  # an earlier stage feeding `produce` stops too (closed here, in the only thread iterating it)
+            close = getattr(produce, "close", None)
+            if close is not None:
+                close()
 
     # in a copy of the caller's context: lines logged while feeding carry its job and chunk (shared/core/logs.py)
-    thread = threading.Thread(target=contextvars.copy_context().run, args=(run,), name="imgq-decode", daemon=True)
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(run,), name=name, daemon=True)
     thread.start()
     try:
         while True:
@@ -189,16 +199,19 @@ def score_items(items: Iterable[tuple[str, str]], model, opts: ScoreOptions,
     `write_batch(results, cache_rows)` once per batch, in order, from a writer thread (at most one write in
     flight), so database writes overlap inference. `outputs` reads the model's rows (default: ScoreOutputs)."""
     reading = outputs if outputs is not None else ScoreOutputs(model)
-    pool = ItemPool(opts.threads)
+    pools = ItemPool(opts.read_threads or opts.threads, "imgq-read"), ItemPool(opts.threads)
     try:
-        _score_batches(items, model, reading, opts, pool, lookup_cache, write_batch)
+        _score_batches(items, model, reading, opts, pools, lookup_cache, write_batch)
     finally:
-        pool.close()
+        for pool in pools:
+            pool.close()
 
 
-def _score_batches(items, model, reading, opts, pool, lookup_cache, write_batch) -> None:
+def _score_batches(items, model, reading, opts, pools, lookup_cache, write_batch) -> None:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgq-write") as writer:
-        produce = (_prepare(b, model, opts, pool, lookup_cache, reading) for b in _batches(items, opts.batch_size))
+        reads, decodes = pools
+        read_ahead = _prefetch((_read(b, opts, reads) for b in _batches(items, opts.batch_size)), 1, "imgq-read")
+        produce = (_prepare(fetched, model, opts, decodes, lookup_cache, reading) for fetched in read_ahead)
         pending = None  # the previous batch's write runs while the model predicts this one
         for prepared in _prefetch(produce):
             results, cache_rows = prepared.results, []

@@ -14,6 +14,9 @@
 - index jobs likewise, and also when their worker died mid-build (no heartbeat for `heartbeat_timeout`); index
   folders no version uses (a run killed before it registered) are removed after `orphan_upload_after`;
 - jobs whose chunks are all finished are closed;
+- score jobs that succeeded without their output drift recorded get it: those this sweep closed (including by
+  giving up their last chunk), and those closed elsewhere without it (a chunk given up at a worker's claim, a worker
+  that died between finishing the last chunk and recording it), among the jobs created within `DRIFT_CATCH_UP`;
 - upload folders of jobs finished over `upload_retention` ago, and folders no job owns (an upload cut
   off by a web crash) older than `orphan_upload_after`, are removed; so are uploads in parts that no job took and
   nobody added to for `orphan_upload_after` (shared/services/uploads.py);
@@ -48,13 +51,14 @@ from shared.core.states import (
     JobStatus,
     RunState,
 )
-from shared.core.tables import Chunk, Job, TrainRun, utcnow
+from shared.core.tables import Chunk, Job, ScoreDrift, TrainRun, utcnow
 from shared.services import drift, uploads
 from shared.services.jobs import lock_job
 from worker import chunk_lifecycle, index_builder, model_importer
 
 log = logging.getLogger(__name__)
 SEND_GRACE_SECONDS = 10.0  # the web front sends right after commit; give it that long
+DRIFT_CATCH_UP = timedelta(days=7)  # score jobs created this recently (ix_jobs_status_created) are caught up
 
 
 def sweep(settings: Settings, enqueue, enqueue_train=None,
@@ -64,10 +68,12 @@ def sweep(settings: Settings, enqueue, enqueue_train=None,
     committed; `queue_depth(queue)` counts a queue's messages (None: unknown)."""
     now = utcnow()
     depth = queue_depth or (lambda _queue: None)
-    to_send, given_up = _take_back_dead_chunks(settings, now)
+    to_send, given_up, closed_ids = _take_back_dead_chunks(settings, now)
     for job_id, chunk_no in _unsent_or_lost_chunks(settings, now, depth(SCORE_QUEUE)):
         to_send.setdefault(job_id, []).append(chunk_no)
-    closed = _close_finished_jobs(settings)
+    finished = _close_finished_jobs(settings)
+    closed = len(finished)
+    record_missing_drift(settings, now, closed_ids | finished)
     sent = sum(enqueue(job_id, sorted(set(nos))) for job_id, nos in to_send.items())
     trains = _sweep_train_runs(settings, now, depth(TRAIN_QUEUE))
     if trains and enqueue_train is not None:
@@ -84,9 +90,10 @@ def sweep(settings: Settings, enqueue, enqueue_train=None,
     return stats
 
 
-def _take_back_dead_chunks(settings: Settings, now) -> tuple[dict[str, list[int]], int]:
+def _take_back_dead_chunks(settings: Settings, now) -> tuple[dict[str, list[int]], int, set[str]]:
+    """(chunks to send again by job, chunks given up, jobs closed by giving up their last chunk)."""
     to_send: dict[str, list[int]] = {}
-    given_up = 0
+    given_up, closed = 0, set()
     with session_scope() as session:
         stale = list(session.execute(select(Chunk.job_id, Chunk.chunk_no).where(
             Chunk.state.in_(TAKEN_CHUNK_STATES),
@@ -103,7 +110,9 @@ def _take_back_dead_chunks(settings: Settings, now) -> tuple[dict[str, list[int]
                 to_send.setdefault(job_id, []).append(chunk_no)
             elif chunk.state == ChunkState.FAILED:
                 given_up += 1
-    return to_send, given_up
+            if job.status in FINAL_JOB_STATUSES:
+                closed.add(job_id)
+    return to_send, given_up, closed
 
 
 def _unsent_or_lost_chunks(settings: Settings, now, depth: int | None) -> list[tuple[str, int]]:
@@ -124,24 +133,39 @@ def _unsent_or_lost_chunks(settings: Settings, now, depth: int | None) -> list[t
     return [tuple(row) for row in (*unsent, *lost)]
 
 
-def _close_finished_jobs(settings: Settings) -> int:
-    """Score and embed jobs with no open chunk closed (their last chunk ended by giving up); a score job's drift
-    recorded once it is closed."""
-    closed = 0
+def _close_finished_jobs(settings: Settings) -> set[str]:
+    """Score and embed jobs with no open chunk closed (their last chunk ended by giving up); the ids closed."""
+    closed = set()
     with session_scope() as session:
         open_jobs = list(session.scalars(select(Job.id).where(Job.kind.in_(CHUNKED_JOB_KINDS),
                                                               Job.status.in_(OPEN_JOB_STATUSES))))
     for job_id in open_jobs:
         with session_scope() as session:
             job = lock_job(session, job_id)
-            finished = chunk_lifecycle.finalize_if_complete(session, job)
-        if finished:
-            closed += 1
-            try:
-                drift.record_job_drift(job_id, settings.drift_threshold)
-            except Exception:  # noqa: BLE001 - the sweep goes on: only the job's drift figure is missing
-                log.exception("job %s: output drift not recorded", job_id)
+            if chunk_lifecycle.finalize_if_complete(session, job):
+                closed.add(job_id)
     return closed
+
+
+def record_missing_drift(settings: Settings, now, closed_now: set[str]) -> int:
+    """The output drift of score jobs that succeeded without one (shared/services/drift.py; written once whoever
+    computes it): those this sweep closed, and those closed elsewhere over SEND_GRACE_SECONDS ago (the task that
+    closes a job records its drift right after; this catches the ones it could not), among the jobs created within
+    DRIFT_CATCH_UP (a range of the status and creation-time index, so each sweep reads a bounded set). Returns how
+    many were recorded."""
+    with session_scope() as session:
+        job_ids = list(session.scalars(
+            select(Job.id).outerjoin(ScoreDrift, ScoreDrift.job_id == Job.id).where(
+                Job.kind == JobKind.SCORE, Job.status == JobStatus.SUCCEEDED, ScoreDrift.job_id.is_(None),
+                Job.created_at >= now - DRIFT_CATCH_UP,
+                (Job.finished_at < now - timedelta(seconds=SEND_GRACE_SECONDS)) | Job.id.in_(sorted(closed_now)))))
+    recorded = 0
+    for job_id in job_ids:
+        try:
+            recorded += drift.record_job_drift(job_id, settings.drift_threshold) is not None
+        except Exception:  # noqa: BLE001 - the sweep goes on: only the job's drift figure is missing
+            log.exception("job %s: output drift not recorded", job_id)
+    return recorded
 
 
 def _sweep_train_runs(settings: Settings, now, depth: int | None) -> list[str]:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from shared.core.paths import object_root, split_roots
+
 LOG_FORMATS = ("text", "json")
 
 
@@ -101,6 +103,27 @@ def _paths(raw: str) -> tuple[Path, ...]:
     return tuple(Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip())
 
 
+def _roots(env: dict, name: str) -> tuple[tuple[Path, ...], tuple[str, ...]]:
+    """The local folders and the object-store prefixes (`s3://bucket/prefix/`) a path list names, in its order."""
+    local, remote = [], []
+    for entry in split_roots(env.get(name) or ""):
+        if "://" in entry:
+            try:
+                remote.append(object_root(entry))
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
+        else:
+            local.append(Path(entry).expanduser().resolve())
+    return tuple(local), tuple(remote)
+
+
+def _url(env: dict, name: str) -> str | None:
+    raw = (env.get(name) or "").strip()
+    if raw and not raw.startswith(("http://", "https://")):
+        raise ConfigError(f"{name} must be an http:// or https:// URL, got {raw!r}")
+    return raw or None
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
@@ -108,6 +131,10 @@ class Settings:
     broker_url: str
     broker_transport_options: dict = field(hash=False)
     data_roots: tuple[Path, ...]
+    object_roots: tuple[str, ...]  # IMGQ_DATA_ROOTS's URI prefixes (s3://bucket/prefix/), normalised
+    s3_endpoint_url: str | None
+    s3_retries: int
+    read_threads: int
     upload_dir: Path
     model_store: Path
     chunk_size: int
@@ -184,19 +211,29 @@ def load_settings(env: dict | None = None) -> Settings:
         options = {"visibility_timeout": _int(env, "IMGQ_VISIBILITY_TIMEOUT", 6 * 3600)}
         if env.get("IMGQ_BROKER_PREFIX"):  # several imgq installations (or test runs) on one Redis
             options["global_keyprefix"] = env["IMGQ_BROKER_PREFIX"]
-    data_roots = _paths(env.get("IMGQ_DATA_ROOTS", "")) or (data_dir / "data",)
+    data_roots, object_roots = _roots(env, "IMGQ_DATA_ROOTS")
+    if not data_roots and not object_roots:
+        data_roots = (data_dir / "data",)
+    decode_threads = _int(env, "IMGQ_DECODE_THREADS", max(2, os.cpu_count() or 2))
     return Settings(
         data_dir=data_dir,
         database_url=database_url,
         broker_url=broker_url,
         broker_transport_options=options,
         data_roots=data_roots,
+        object_roots=object_roots,
+        # an S3-compatible store (MinIO, moto, Ceph); unset: AWS. Credentials and region: the standard AWS variables
+        s3_endpoint_url=_url(env, "IMGQ_S3_ENDPOINT_URL"),
+        # further tries of an object read after a 5xx, throttling, a refused or reset connection (backoff between)
+        s3_retries=_int(env, "IMGQ_S3_RETRIES", 5, minimum=0, maximum=20),
+        # item reads in flight per worker process (object-store reads wait on the network: more than the decoders)
+        read_threads=_int(env, "IMGQ_READ_THREADS", decode_threads, maximum=256),
         upload_dir=Path(env.get("IMGQ_UPLOAD_DIR") or data_dir / "uploads").expanduser().resolve(),
         model_store=Path(env.get("IMGQ_MODEL_STORE") or data_dir / "models").expanduser().resolve(),
         chunk_size=_int(env, "IMGQ_CHUNK_SIZE", 256),
         chain_seconds=_float(env, "IMGQ_CHAIN_SECONDS", 60.0, zero_allowed=True),
         batch_size=_int(env, "IMGQ_BATCH_SIZE", 128),
-        decode_threads=_int(env, "IMGQ_DECODE_THREADS", max(2, os.cpu_count() or 2)),
+        decode_threads=decode_threads,
         fast_jpeg=_bool(env, "IMGQ_FAST_JPEG", True),
         max_image_pixels=_int(env, "IMGQ_MAX_IMAGE_PIXELS", 40_000_000),
         max_image_bytes=_int(env, "IMGQ_MAX_IMAGE_BYTES", 50 * 1024 * 1024),

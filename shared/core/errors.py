@@ -62,6 +62,11 @@ class ServiceUnavailable(ImgqError):
     http_status = 503
 
 
+class ObjectStoreUnavailable(ServiceUnavailable):
+    """The object store did not answer (refused or reset connections, 5xx, throttling) through every retry: no
+    item's fault, so a worker gives its chunk back rather than record an error for the item."""
+
+
 class Unprocessable(ImgqError):
     """Well-formed, but imgq cannot do it (e.g. an Idempotency-Key reused for another request)."""
     http_status = 422

@@ -1,11 +1,14 @@
-"""Paths that stay inside their roots: user-given paths read from the data roots (`resolve_inside`), and every
-file written by name (`path_inside`: model store, uploads, checkpoints, training logs).
+"""Paths that stay inside their roots: user-given paths read from the data roots (`resolve_inside`), objects read from
+the data roots that are URI prefixes (`object_inside`: `s3://bucket/prefix/`), and every file written by name
+(`path_inside`: model store, uploads, checkpoints, training logs).
 
-Both resolve symlinks and '..' before they compare, so neither a link nor a dotted name can step outside.
+Local paths are compared after symlinks and '..' are resolved, so neither a link nor a dotted name can step outside;
+an object key holding '.' or '..' is refused, and its bucket and key must start with an allowed prefix.
 """
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from shared.core.errors import OutsideRoot
@@ -67,3 +70,65 @@ def path_inside(root: Path, *parts: str) -> Path:
     if parts and real_root not in dest.parents:
         raise OutsideRoot(f"{'/'.join(parts)!r} leads outside {real_root.name!r}")
     return dest
+
+
+OBJECT_SCHEMES = ("s3",)  # URI prefixes a data root may name (read through fsspec/s3fs: shared/images/object_store.py)
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
+
+
+def is_object_uri(uri: str) -> bool:
+    """Whether `uri` names an object in a store (`s3://bucket/key`) rather than a local file."""
+    scheme, sep, _ = uri.partition("://")
+    return bool(sep) and scheme.lower() in OBJECT_SCHEMES
+
+
+def object_root(raw: str) -> str:
+    """A data root that is a URI prefix, normalised to `s3://bucket/` or `s3://bucket/folder/.../` (a prefix is a
+    folder: `s3://b/2026` allows `s3://b/2026/x.jpg`, never `s3://b/2026-old/x.jpg`); ValueError if unusable."""
+    scheme, _, rest = raw.partition("://")
+    if scheme.lower() not in OBJECT_SCHEMES:
+        raise ValueError(f"{raw!r}: only {', '.join(s + '://' for s in OBJECT_SCHEMES)} URI prefixes are supported")
+    bucket, _, prefix = rest.partition("/")
+    if not _BUCKET.fullmatch(bucket):
+        raise ValueError(f"{raw!r}: {bucket!r} is not a bucket name")
+    parts = [p for p in prefix.split("/") if p]
+    if any(p in (".", "..") or "\x00" in p for p in parts):
+        raise ValueError(f"{raw!r}: a prefix may not hold '.' or '..'")
+    return f"{scheme.lower()}://{bucket}/" + "".join(p + "/" for p in parts)
+
+
+def object_inside(prefixes: tuple[str, ...], uri: str) -> str:
+    """`uri` (`s3://bucket/key`), proven to lie under one of the allowed `prefixes` (from `object_root`); else
+    OutsideDataRoots, with the same reason as a local path outside the data roots. A key holding a '.' or '..'
+    segment is refused outright: S3 keeps such names literally, but proxies and other stores collapse them."""
+    if not uri or "\x00" in uri:
+        raise OutsideDataRoots("empty or invalid path")
+    scheme, _, rest = uri.partition("://")
+    bucket, _, key = rest.partition("/")
+    if not key or key.endswith("/"):
+        raise OutsideDataRoots(f"not an object (no key, or a folder): {uri}")
+    if any(part in (".", "..") for part in key.split("/")):
+        raise OutsideDataRoots(f"invalid path ('.' or '..' in the key): {uri}")
+    normal = f"{scheme.lower()}://{bucket}/{key}"
+    if any(normal.startswith(prefix) for prefix in prefixes):
+        return normal
+    raise OutsideDataRoots(f"path outside the data roots: {uri}")
+
+
+def split_roots(raw: str) -> list[str]:
+    """IMGQ_DATA_ROOTS's entries: separated by os.pathsep (':'), which also follows a URI's scheme, so an entry
+    that is a bare scheme name (`s3`, or any other, refused later) followed by one starting with '//' is one URI
+    (`s3://bucket/prefix`). A local folder cannot be written as `name:` + `//...`; nobody needs to."""
+    pieces, entries = raw.split(os.pathsep), []
+    i = 0
+    while i < len(pieces):
+        piece = pieces[i].strip()
+        if _SCHEME.fullmatch(piece) and i + 1 < len(pieces) and pieces[i + 1].startswith("//"):
+            entries.append(f"{piece}:{pieces[i + 1].strip()}")
+            i += 2
+            continue
+        if piece:
+            entries.append(piece)
+        i += 1
+    return entries

@@ -4,6 +4,9 @@ The one reader for score- and embed-job manifests (`iter_manifest`: item ids and
 their categories) and training datasets (`read_columns`, used by shared/images/datasets.py). Cells are strings
 (numeric Parquet columns keep their type); empty cells are NaN. Errors are InvalidRequests naming the manifest as
 the client named it (never its server path) and the request field at fault.
+
+A manifest may be a local file (a Path) or an object in a store (`ObjectFile`, its uri checked by the caller); its
+relative image paths are read against its own folder either way, and `s3://` image uris are kept as they are.
 """
 from __future__ import annotations
 
@@ -13,13 +16,15 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from shared.core.errors import InvalidRequest
+from shared.core.errors import InvalidRequest, ObjectStoreUnavailable
 from shared.core.vocab import MANIFEST_SUFFIXES, manifest_suffix
+from shared.images.imaging import ImageError
+from shared.images.object_store import ObjectFile, classify
 
 PIECE_ROWS = 5000
 
 
-def check_suffix(path: Path, field: str) -> str:
+def check_suffix(path: Path | ObjectFile, field: str) -> str:
     """The manifest's kind (its suffix), or an InvalidRequest naming the kinds there are."""
     suffix = manifest_suffix(path.name)
     if suffix is None:
@@ -28,46 +33,58 @@ def check_suffix(path: Path, field: str) -> str:
     return suffix
 
 
-def read_columns(path: Path, wanted: list[tuple[str, str]], *, field: str, rows: int = PIECE_ROWS,
+def read_columns(path: Path | ObjectFile, wanted: list[tuple[str, str]], *, field: str, rows: int = PIECE_ROWS,
                  optional: tuple[str, ...] = ()) -> Iterator[pd.DataFrame]:
     """Pieces of at most `rows` rows holding the `wanted` columns [(request field, column name)]. A missing
     column is an InvalidRequest naming its request field, unless that field is `optional` (the pieces then lack
     the column); an unreadable file names `field`."""
     suffix = check_suffix(path, field)
+    opened = path.open if isinstance(path, ObjectFile) else lambda: path
+    compression = "gzip" if suffix == ".csv.gz" else None
     try:
         if suffix == ".parquet":
-            parquet = pq.ParquetFile(path)
+            parquet = pq.ParquetFile(opened())
             columns = _check_columns(path, parquet.schema_arrow.names, wanted, optional)
             pieces = (batch.to_pandas() for batch in parquet.iter_batches(batch_size=rows, columns=columns))
         else:
             sep = "\t" if suffix == ".tsv" else ","
-            columns = _check_columns(path, pd.read_csv(path, sep=sep, nrows=0).columns.tolist(), wanted, optional)
-            pieces = pd.read_csv(path, sep=sep, usecols=columns, dtype=str, keep_default_na=False, na_values=[""],
-                                 chunksize=rows)
+            header = pd.read_csv(opened(), sep=sep, nrows=0, compression=compression).columns.tolist()
+            columns = _check_columns(path, header, wanted, optional)
+            pieces = pd.read_csv(opened(), sep=sep, usecols=columns, dtype=str, keep_default_na=False,
+                                 na_values=[""], chunksize=rows, compression=compression)
         yield from pieces
-    except InvalidRequest:
+    except (InvalidRequest, ObjectStoreUnavailable):
         raise
+    except ImageError as exc:  # an object's 404 or 403
+        raise InvalidRequest(f"cannot read the manifest {path.name}: {exc}", field=field) from None
     except pd.errors.EmptyDataError:
         raise InvalidRequest(f"manifest {path.name} is empty", field=field) from None
-    except OSError as exc:
-        raise InvalidRequest(f"cannot read the manifest {path.name}: {exc.strerror or type(exc).__name__}",
-                             field=field) from None
-    except Exception as exc:  # pandas' and pyarrow's parse errors; the server path may appear in the text
-        raise InvalidRequest(f"cannot read the manifest {path.name}: {str(exc).replace(str(path), path.name)}",
-                             field=field) from None
+    except Exception as exc:
+        raise _unreadable(path, exc, field) from None
 
 
-def iter_manifest(path: Path, id_column: str, image_column: str, category_column: str | None = None, *,
+def _unreadable(path: Path | ObjectFile, exc: Exception, field: str) -> Exception:
+    """What a manifest that failed while being read is: the store's outage (a 503 to the client), or the
+    manifest's fault (a 400 naming it; pandas' and pyarrow's parse errors may quote the server path: not shown)."""
+    if isinstance(path, ObjectFile) and classify(exc)[0] == "transient":
+        return ObjectStoreUnavailable(f"the object store failed while reading {path.uri}: {classify(exc)[1]}")
+    if isinstance(exc, OSError):
+        return InvalidRequest(f"cannot read the manifest {path.name}: {exc.strerror or type(exc).__name__}",
+                              field=field)
+    return InvalidRequest(f"cannot read the manifest {path.name}: {str(exc).replace(str(path), path.name)}",
+                          field=field)
+
+
+def iter_manifest(path: Path | ObjectFile, id_column: str, image_column: str, category_column: str | None = None, *,
                   category_required: bool = True) -> Iterator[list[tuple]]:
     """A job's items: lists of (item id, image uri), PIECE_ROWS at a time; with `category_column`, lists of
     (item id, image uri, category), the category None for an empty cell, or for every item when the manifest has no
     such column and it is not `category_required`.
 
-    Image paths in the manifest are relative to the manifest's own folder unless absolute.
+    Image paths in the manifest are relative to the manifest's own folder unless absolute or `s3://` uris.
     """
-    if not path.is_file():
-        raise InvalidRequest(f"manifest not found: {path.name}", field="manifest")
-    base = path.parent
+    _check_exists(path)
+    join = _joiner(path)
     wanted = [("id_column", id_column), ("image_column", image_column)]
     if category_column is not None:
         wanted.append(("category_column", category_column))
@@ -77,7 +94,7 @@ def iter_manifest(path: Path, id_column: str, image_column: str, category_column
             raise InvalidRequest(f"manifest has empty values in {id_column!r} or {image_column!r}",
                                  field="manifest")
         ids = frame[id_column].astype(str).tolist()
-        uris = [u if Path(u).is_absolute() else str(base / u) for u in frame[image_column].astype(str)]
+        uris = [join(u) for u in frame[image_column].astype(str)]
         if category_column is None:
             yield list(zip(ids, uris))
         elif category_column in frame.columns:
@@ -86,8 +103,28 @@ def iter_manifest(path: Path, id_column: str, image_column: str, category_column
             yield [(item_id, uri, None) for item_id, uri in zip(ids, uris)]
 
 
-def _check_columns(path: Path, found: list[str], wanted: list[tuple[str, str]], optional: tuple[str, ...] = ()
-                   ) -> list[str]:
+def _check_exists(path: Path | ObjectFile) -> None:
+    if isinstance(path, ObjectFile):
+        try:
+            path.check()
+        except ImageError as exc:  # "object not found: <uri>", "access denied (403) to <uri>"
+            raise InvalidRequest(f"manifest: {exc}", field="manifest") from None
+    elif not path.is_file():
+        raise InvalidRequest(f"manifest not found: {path.name}", field="manifest")
+
+
+def _joiner(path: Path | ObjectFile):
+    """How a manifest's image path becomes an item uri: absolute paths and URIs as they are, relative ones under
+    the manifest's folder."""
+    if isinstance(path, ObjectFile):
+        folder = path.folder
+        return lambda u: u if u.startswith("/") or "://" in u else f"{folder}/{u}"
+    base = path.parent
+    return lambda u: u if Path(u).is_absolute() or "://" in u else str(base / u)
+
+
+def _check_columns(path: Path | ObjectFile, found: list[str], wanted: list[tuple[str, str]],
+                   optional: tuple[str, ...] = ()) -> list[str]:
     """The columns to read: the wanted ones, each once; a missing one is an error unless its field is optional."""
     for field, column in wanted:
         if column not in found and field not in optional:

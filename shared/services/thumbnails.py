@@ -1,10 +1,10 @@
 """Thumbnails of the images a job read or a catalog holds: small JPEGs, read only from where the job may read.
 
-Invariants: the image path is the item's own stored uri, resolved by `shared/core/paths.resolve_inside` against the
-data roots and the job's own upload folder (never another job's uploads: `Settings.readable_roots`), so neither '..',
-an absolute path elsewhere nor a symlink leads out. A job's thumbnails are cached under
-`<IMGQ_HOME>/thumbnails/<job id>/`, named by a hash of (item id, size): a cached file is written whole
-(temporary name, then rename) and never changes, since an item's uri never does.
+Invariants: the image path is the item's own stored uri, read by `shared/images/item_reads.read_item` from the data
+roots (folders and object-store prefixes) and the job's own upload folder (never another job's uploads:
+`Settings.readable_roots`), so neither '..', an absolute path elsewhere, another bucket nor a symlink leads out.
+A job's thumbnails are cached under `<IMGQ_HOME>/thumbnails/<job id>/`, named by a hash of (item id, size): a cached
+file is written whole (temporary name, then rename) and never changes, since an item's uri never does.
 """
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ from sqlalchemy.orm import Session
 
 from shared.core.config import Settings
 from shared.core.errors import InvalidRequest, NotFound
-from shared.core.paths import OutsideDataRoots, path_inside, resolve_inside
+from shared.core.paths import path_inside
 from shared.core.tables import JobItem
-from shared.images.imaging import ImageError, read_and_hash
+from shared.images.imaging import ImageError
+from shared.images.item_reads import Places, read_item
+from shared.images.object_store import StoreConfig
 from shared.schemas.catalogs import THUMBNAIL_SIZES
 from shared.services.jobs import get_job
 
@@ -36,14 +38,14 @@ def jpeg_of(settings: Settings, roots: tuple[Path, ...], uri: str, item_id: str,
     from PIL import Image, ImageOps
 
     try:
-        path = resolve_inside(roots, uri)
-        data, _ = read_and_hash(path, max_bytes=settings.max_image_bytes, shown=item_id)
+        places = Places(roots, settings.object_roots, StoreConfig.from_settings(settings))
+        data, _ = read_item(uri, places, settings.max_image_bytes, shown=item_id)
         with Image.open(io.BytesIO(data)) as img:
             img = ImageOps.exif_transpose(img)
             img.thumbnail((size, size))
             out = io.BytesIO()
             img.convert("RGB").save(out, "JPEG", quality=85)
-    except (OutsideDataRoots, ImageError, OSError) as exc:
+    except (ImageError, OSError) as exc:
         raise NotFound(f"the image of item {item_id!r} cannot be read: {exc}") from None
     return out.getvalue()
 

@@ -71,6 +71,8 @@ def run_demo(settings: Settings, build_model: Callable[[int], Any], images: int 
     print(f"imgq demo: data under {settings.data_dir}")
     model_ref = _register_model(settings, build_model)
     print(f"model registered: {model_ref} (production)")
+    if not settings.data_roots:
+        raise SystemExit("the demo writes its catalog to a local folder: IMGQ_DATA_ROOTS names none")
     catalog = settings.data_roots[0] / "demo-catalog"
     manifest = catalog / "items.csv"
     if not manifest.exists() or sum(1 for _ in open(manifest)) != images + 4:

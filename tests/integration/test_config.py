@@ -39,6 +39,31 @@ def test_data_roots_are_a_path_list(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     s = load_settings({"IMGQ_HOME": str(tmp_path), "IMGQ_DATA_ROOTS": f"{a}:{b}:"})
     assert s.data_roots == (a.resolve(), b.resolve())
+    assert s.object_roots == ()
+
+
+def test_data_roots_may_name_object_store_prefixes_beside_folders(tmp_path):
+    a = tmp_path / "a"
+    s = load_settings({"IMGQ_HOME": str(tmp_path), "IMGQ_DATA_ROOTS": f"{a}:s3://crawl-bucket/2026:s3://b-2/",
+                       "IMGQ_S3_ENDPOINT_URL": "http://127.0.0.1:9000"})
+    assert s.data_roots == (a.resolve(),)
+    assert s.object_roots == ("s3://crawl-bucket/2026/", "s3://b-2/")
+    assert s.s3_endpoint_url == "http://127.0.0.1:9000"
+    only_s3 = load_settings({"IMGQ_HOME": str(tmp_path), "IMGQ_DATA_ROOTS": "s3://crawl-bucket/"})
+    assert only_s3.data_roots == () and only_s3.object_roots == ("s3://crawl-bucket/",)
+    assert load_settings({"IMGQ_HOME": str(tmp_path)}).s3_endpoint_url is None
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"IMGQ_DATA_ROOTS": "gs://bucket/x"}, "only s3:// URI prefixes"),
+    ({"IMGQ_DATA_ROOTS": "s3://Not_A_Bucket/"}, "not a bucket name"),
+    ({"IMGQ_S3_ENDPOINT_URL": "minio:9000"}, "IMGQ_S3_ENDPOINT_URL must be an http:// or https:// URL"),
+    ({"IMGQ_S3_RETRIES": "21"}, "IMGQ_S3_RETRIES must be at most 20"),
+    ({"IMGQ_READ_THREADS": "0"}, "IMGQ_READ_THREADS must be at least 1"),
+])
+def test_unusable_object_store_settings_are_refused(tmp_path, env, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings({"IMGQ_HOME": str(tmp_path), **env})
 
 
 @pytest.mark.parametrize("name, value, message", [

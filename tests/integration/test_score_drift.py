@@ -1,19 +1,22 @@
 """Drift on every score job: real score tasks (run_chunk, no Celery) on SQLite and PostgreSQL, with a stand-in
 classifier that sorts images by brightness, against a training reference and against the previous job."""
 import logging
+from datetime import timedelta
 
 import numpy as np
 from PIL import Image
 
 from shared.core.db import session_scope
-from shared.core.tables import ModelVersion
+from shared.core.tables import Chunk, ModelVersion
 from shared.images.imaging import Preprocessing
 from shared.models import drift as drift_stats
 from shared.models.outputs import interpret
 from shared.services import drift, jobs
 from shared.services.model_registry import set_alias, signature_of
+from worker import chunk_lifecycle
 from worker.model_cache import ModelCache
 from worker.run_chunk import run_chunk
+from worker.sweeper import sweep
 
 CLASSES = ["dark", "mid", "bright"]
 
@@ -115,3 +118,60 @@ def first_id_of(item_prefix: str) -> str:
 
         from shared.core.tables import JobItem
         return s.scalar(select(JobItem.job_id).where(JobItem.item_id == f"{item_prefix}0"))
+
+
+def _die(job_id: str, chunk_no: int) -> None:
+    """The worker running the chunk died: its heartbeat is long stale."""
+    with session_scope() as s:
+        chunk = s.get(Chunk, (job_id, chunk_no))
+        chunk.heartbeat_at -= timedelta(hours=1)
+
+
+def _half_given_up(configured, name: str, greys) -> str:
+    """A score job of two chunks: the first scored for real; the second's worker dies on every attempt, isolated
+    too, before it scores any item (chunk_lifecycle.record_death then gives it up)."""
+    for i, grey in enumerate(greys):
+        Image.new("RGB", (20, 20), (int(grey),) * 3).save(configured.data_roots[0] / f"{name}{i}.png")
+    with session_scope() as s:
+        job_id = jobs.create_score_job(s, model_ref="shades", source={"type": "items"}, use_cache=False,
+                                       pieces=[[(f"{name}{i}", f"{name}{i}.png") for i in range(len(greys))]],
+                                       chunk_size=len(greys) // 2).id
+    for _ in range(configured.max_attempts + 1):  # attempted before chunk 0 runs: no task chains into it
+        with session_scope() as s:
+            claimed = chunk_lifecycle.claim(s, job_id, 1, worker="doomed", heartbeat_timeout=60,
+                                            max_attempts=configured.max_attempts)
+        assert not isinstance(claimed, str), claimed
+        _die(job_id, 1)
+    assert run_chunk(job_id, 0, worker="w", models=ModelCache(1, loader=BrightnessModel), settings=configured) == \
+        "done"
+    return job_id
+
+
+def test_a_score_job_closed_by_giving_up_its_last_chunk_records_the_drift_of_the_items_scored(configured):
+    """Given up by the sweeper (it finds the dead worker) and at a worker's claim (the next delivery finds it):
+    either way the job's outputs distribution and drift are recorded, from the items that were scored."""
+    rng = np.random.default_rng(2)
+    _version()
+    reference = _job_drift(_score(configured, "ref", rng.integers(0, 256, 100)))
+    assert reference["items"] == 100
+
+    swept = _half_given_up(configured, "swept", rng.integers(230, 256, 80))  # washed-out photos
+    stats = sweep(configured, lambda job_id, nos: len(nos))
+    assert stats["given_up"] == 1
+    described = _job_drift(swept)
+    assert described["items"] == 40 and described["reference"] == "previous_job"
+    assert described["exceeded"] is True and described["distribution"]["labels"]["bright"] == 1.0
+    with session_scope() as s:
+        job = jobs.get_job(s, swept)
+        assert (job.done_items, job.failed_items) == (80, 40)
+
+    claimed_late = _half_given_up(configured, "late", rng.integers(0, 256, 60))
+    models = ModelCache(1, loader=BrightnessModel)
+    assert run_chunk(claimed_late, 1, worker="w", models=models, settings=configured) == \
+        "chunk failed after its worker died"
+    with session_scope() as s:  # the claim closed the job a while ago; the worker recorded no drift
+        job = jobs.get_job(s, claimed_late)
+        job.finished_at -= timedelta(minutes=1)
+    sweep(configured, lambda job_id, nos: len(nos))
+    late = _job_drift(claimed_late)
+    assert late["items"] == 30 and late["value"] is not None

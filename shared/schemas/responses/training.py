@@ -16,7 +16,8 @@ Scalar = bool | int | float | str | None
 class ScheduleRun(Resource):
     slot: Timestamp
     job_id: str | None
-    decision: str | None = Field(description="promoted, kept, quarantined or failed")
+    decision: str | None = Field(description="promoted, kept, quarantined, or failed (the slot could not make its "
+                                             "job); null while the job runs or when it failed for another reason")
     reason: str | None
     crawl_check: FreeForm | None = Field(description="the check of the slot's new rows (see a train job's crawl_check)")
 

@@ -1,5 +1,6 @@
 """The embedded broker's exchange tables are never seen half-made, however many processes bind at once."""
 import json
+import uuid
 
 from kombu import Connection, Exchange, Queue
 
@@ -7,13 +8,15 @@ from shared.core import fs_broker
 
 
 def test_a_new_exchange_table_is_written_whole_before_anyone_can_read_it(tmp_path):
+    # kombu keeps declared bindings in one BrokerState per process: names no earlier test in this process bound
+    name = f"score-{uuid.uuid4().hex[:8]}"
     fs_broker.install()
     options = {"data_folder_in": str(tmp_path), "data_folder_out": str(tmp_path),
                "control_folder": str(tmp_path / "control")}
     with Connection("filesystem://", transport_options=options) as conn:
         assert isinstance(conn.transport, fs_broker.Transport)
-        Queue("score", Exchange("score", type="direct"), routing_key="score", channel=conn.channel()).declare()
-    assert json.loads((tmp_path / "control" / "score.exchange").read_text()) == [["score", "", "score"]]
+        Queue(name, Exchange(name, type="direct"), routing_key=name, channel=conn.channel()).declare()
+    assert json.loads((tmp_path / "control" / f"{name}.exchange").read_text()) == [[name, "", name]]
     assert not list((tmp_path / "control").glob(".new-*"))
 
 

@@ -1,0 +1,133 @@
+"""A score job whose manifest and images live in a bucket of a real S3 server (moto's server mode on loopback),
+through the real parts: HTTP -> PostgreSQL -> Redis -> a Celery worker process reading the objects -> results over
+HTTP, equal to those of the same job on the same files in a local data root; and bad objects as the items' errors.
+An embed job from the bucket stores the same vectors as from the folder, and an image query may name an object."""
+from __future__ import annotations
+
+import shutil
+import uuid
+
+import pytest
+
+from shared.images.synthetic import write_catalog
+from tests.helpers import (
+    REDIS_BASE,
+    MotoS3,
+    create_pg_database,
+    drop_pg_database,
+    import_model_http,
+    make_stack,
+    tiny_cnn,
+)
+
+pytestmark = pytest.mark.integration
+
+BUCKET_ROOT = "s3://crawl-bucket/2026/"
+
+
+@pytest.fixture(scope="module")
+def s3_stack(tmp_path_factory, model_files):
+    """A stack on PostgreSQL and Redis whose data roots are a local folder and a bucket prefix on its own S3
+    server; the model imported; a 20-image catalog (and its broken files) both in the folder and in the bucket."""
+    from shared.core.migrate import upgrade
+
+    tmp = tmp_path_factory.mktemp("s3-stack")
+    server = MotoS3(tmp / "moto")
+    url = create_pg_database()
+    upgrade(url)
+    stack = make_stack(tmp, {"DATABASE_URL": url, "BROKER_URL": f"{REDIS_BASE}/9", **server.env,
+                             "IMGQ_BROKER_PREFIX": f"imgq-test-{uuid.uuid4().hex[:8]}:",
+                             "IMGQ_DATA_ROOTS": f"{tmp / 'data'}:{BUCKET_ROOT}", "IMGQ_READ_THREADS": "8"})
+    manifest = write_catalog(tmp / "data" / "catalog", 20, size=(120, 90), seed=7)
+    server.put_files("crawl-bucket", "2026/catalog", {p.name: p for p in manifest.parent.iterdir()})
+    server.put_files("other-bucket", "2026", {"x.jpg": manifest.parent / "sku-000000.jpg"})
+    try:
+        stack.start()
+        stack.model = f"s3-{uuid.uuid4().hex[:6]}"
+        import_model_http(stack, model_files["regression"], stack.model, target_transform="log1p")
+        stack.database_url = url
+        yield stack
+    finally:
+        stack.stop()
+        server.stop()
+        from shared.core.db import engine_for
+
+        engine_for(url).dispose()
+        drop_pg_database(url)
+        shutil.rmtree(tmp / "data", ignore_errors=True)
+
+
+def run_job(stack, body: dict) -> dict:
+    resp = stack.http.post(stack.url("/api/v1/jobs/score"), json={"model": stack.model, "cache": False, **body},
+                           timeout=60)
+    assert resp.status_code == 202, resp.text
+    job = stack.wait_job(resp.json()["id"], timeout=240)
+    assert job["status"] == "succeeded", job
+    return {r["id"]: r for r in stack.all_results(job["id"])}
+
+
+def comparable(result: dict) -> tuple:
+    return result["status"], result.get("outputs"), result.get("content_hash"), result.get("error")
+
+
+def test_a_job_on_a_bucket_scores_exactly_as_the_same_job_on_local_files(s3_stack):
+    from_bucket = run_job(s3_stack, {"manifest": BUCKET_ROOT + "catalog/items.csv"})
+    from_folder = run_job(s3_stack, {"manifest": "catalog/items.csv"})
+    assert len(from_bucket) == 23 and set(from_bucket) == set(from_folder)
+    assert sum(r["status"] == "ok" for r in from_bucket.values()) == 20
+    assert {k: comparable(r) for k, r in from_bucket.items()} == {k: comparable(r) for k, r in from_folder.items()}
+
+
+def test_bad_objects_are_their_items_errors_and_the_rest_is_scored(s3_stack):
+    results = run_job(s3_stack, {"items": [
+        {"id": "good", "uri": BUCKET_ROOT + "catalog/sku-000001.jpg"},
+        {"id": "missing", "uri": BUCKET_ROOT + "catalog/none.jpg"},
+        {"id": "other-bucket", "uri": "s3://other-bucket/2026/x.jpg"},
+        {"id": "escape", "uri": BUCKET_ROOT + "../2025/x.jpg"},
+        {"id": "beside", "uri": "s3://crawl-bucket/2026-old/x.jpg"},
+    ]})
+    assert results["good"]["status"] == "ok"
+    assert results["missing"]["error"] == f"object not found: {BUCKET_ROOT}catalog/none.jpg"
+    assert results["other-bucket"]["error"] == "path outside the data roots: s3://other-bucket/2026/x.jpg"
+    assert results["escape"]["error"] == f"invalid path ('.' or '..' in the key): {BUCKET_ROOT}../2025/x.jpg"
+    assert results["beside"]["error"] == "path outside the data roots: s3://crawl-bucket/2026-old/x.jpg"
+
+
+def test_a_manifest_outside_the_bucket_prefix_or_missing_is_a_400(s3_stack):
+    for manifest, message in [("s3://other-bucket/2026/items.csv", "outside the data roots"),
+                              (BUCKET_ROOT + "catalog/none.csv", "object not found")]:
+        resp = s3_stack.http.post(s3_stack.url("/api/v1/jobs/score"),
+                                  json={"model": s3_stack.model, "manifest": manifest}, timeout=60)
+        assert resp.status_code == 400 and message in resp.text, resp.text
+
+
+def embed(stack, name: str, catalog: str, manifest: str) -> dict:
+    from sqlalchemy import select
+
+    from shared.core.db import session_scope
+    from shared.core.tables import Embedding
+
+    resp = stack.http.post(stack.url("/api/v1/jobs/embed"), json={"model": name, "catalog": catalog,
+                                                                 "manifest": manifest, "cache": False}, timeout=60)
+    assert resp.status_code == 202, resp.text
+    job = stack.wait_job(resp.json()["id"], timeout=240)
+    assert job["status"] == "succeeded" and (job["progress"]["done"], job["progress"]["failed"]) == (23, 3), job
+    with session_scope(stack.database_url) as session:
+        return {r.item_id: bytes(r.vector) for r in session.scalars(select(Embedding)
+                                                                    .where(Embedding.catalog == catalog))}
+
+
+def test_an_embed_job_on_a_bucket_stores_the_same_vectors_and_an_object_can_be_a_query(s3_stack, tmp_path):
+    file = tmp_path / "embedder.keras"
+    tiny_cnn(32, 6, seed=5).save(file)
+    name = f"embedder-{uuid.uuid4().hex[:6]}"
+    import_model_http(s3_stack, file, name, task="embedding")
+    from_bucket = embed(s3_stack, name, "bucket-catalog", BUCKET_ROOT + "catalog/items.csv")
+    assert len(from_bucket) == 20 and from_bucket == embed(s3_stack, name, "folder-catalog", "catalog/items.csv")
+    resp = s3_stack.http.post(s3_stack.url("/api/v1/catalogs/bucket-catalog/indexes"), json={}, timeout=60)
+    assert resp.status_code == 202, resp.text
+    assert s3_stack.wait_job(resp.json()["id"], timeout=180)["status"] == "succeeded"
+    resp = s3_stack.http.post(s3_stack.url("/api/v1/similar"), timeout=60, json={
+        "catalog": "bucket-catalog", "k": 3, "image_uri": BUCKET_ROOT + "catalog/sku-000004.jpg"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["results"][0]["id"] == "sku-000004"
