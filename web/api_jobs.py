@@ -40,9 +40,10 @@ def _submit(upload, from_json):
 @bp.post("/score")
 @documented("Score images with a model", body=ScoreRequest, form=Form(ScoreUploadForm, {"files": UPLOADED},
                                                                        many=frozenset({"files"})),
-            responses={202: Job}, errors=(404,), submits=True, links={202: ITEM_JOB_LINKS},
-            description="Items by path (relative to a data root), a manifest (CSV or Parquet) on the data roots, or "
-                        "uploaded files (multipart). Answers the queued job; follow its `links`.")
+            responses={202: Job}, errors=(404, 409), submits=True, links={202: ITEM_JOB_LINKS},
+            description="Items by path (relative to a data root), a manifest (CSV or Parquet) on the data roots, an "
+                        "upload sent in parts (409 once a job took it), or uploaded files (multipart). Answers the "
+                        "queued job; follow its `links`.")
 def create_score_job():
     settings, who = current_app.config["IMGQ_SETTINGS"], origin()
     return _submit(lambda files, form: submit_upload(settings, files, ScoreUploadForm.model_validate(form), who),
@@ -52,7 +53,7 @@ def create_score_job():
 @bp.post("/embed")
 @documented("Embed a catalog's images", body=EmbedRequest, form=Form(EmbedUploadForm, {"files": UPLOADED},
                                                                        many=frozenset({"files"})),
-            responses={202: Job}, errors=(404,), submits=True, links={202: ITEM_JOB_LINKS})
+            responses={202: Job}, errors=(404, 409), submits=True, links={202: ITEM_JOB_LINKS})
 def create_embed_job():
     """Vectors for a catalog's items, batched and retried as scoring; the job's `embedding` names their space."""
     settings, who = current_app.config["IMGQ_SETTINGS"], origin()

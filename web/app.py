@@ -19,6 +19,7 @@ from web import (
     api_models,
     api_tokens,
     api_training,
+    api_uploads,
     api_workers,
     auth,
     dashboard,
@@ -53,6 +54,7 @@ def create_app(settings: Settings) -> Flask:
     app.register_blueprint(api_catalogs.bp)
     app.register_blueprint(api_tokens.bp)
     app.register_blueprint(api_workers.bp)
+    app.register_blueprint(api_uploads.bp)
     app.register_blueprint(dashboard.bp)  # the HTML pages under /
     api_docs.register(app)
 

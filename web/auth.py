@@ -58,6 +58,10 @@ SCOPE_OF = {
     "catalogs.delete_item": "score",
     "catalogs.similar_one": "read",
     "catalogs.similar_batch": "read",
+    "uploads.create_upload": "score",  # an upload's files become a score or embed job's items
+    "uploads.add_files": "score",  # and only its own token's (or an admin's): see shared.services.uploads
+    "uploads.get_upload": "score",
+    "uploads.delete_upload": "score",
     "tokens.list_tokens": "admin",
     "tokens.get_me": "read",
     "workers.list_workers": "read",

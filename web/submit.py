@@ -1,5 +1,6 @@
-"""The HTTP side of submitting a job: a score or embed request's items (JSON items, a manifest, or uploaded files)
-and a model upload, turned into a call to shared/services/submission.py (which commits, enqueues and describes).
+"""The HTTP side of submitting a job: a score or embed request's items (JSON items, a manifest, an upload sent in
+parts, or uploaded files) and a model upload, turned into a call to shared/services/submission.py (which commits,
+enqueues and describes).
 
 Uploaded files are streamed to disk before the job is committed (workers read them there); when the submission
 commits nothing (an error, or a repeated Idempotency-Key), they are removed again.
@@ -24,6 +25,7 @@ from shared.schemas.jobs import EmbedRequest, EmbedUploadForm, ScoreRequest, Sco
 from shared.services import model_imports, submission
 from shared.services.model_registry import Signature
 from shared.services.submission import Origin
+from web.auth import caller
 
 DEFAULT_CATEGORY_COLUMN = "category"
 
@@ -39,6 +41,9 @@ def _manifest_path(settings: Settings, manifest: str) -> Path | ObjectFile:
 
 
 def submit_json(settings: Settings, req: ScoreRequest, origin: Origin) -> tuple[dict, bool]:
+    if req.upload is not None:
+        return submission.submit_score_upload(settings, model_ref=req.model, upload_id=req.upload,
+                                              use_cache=req.cache, who=caller(), origin=origin)
     if req.items is not None:
         pieces = [[(it.id, it.uri) for it in req.items]]
         source = {"type": "items", "count": len(req.items)}
@@ -52,7 +57,11 @@ def submit_json(settings: Settings, req: ScoreRequest, origin: Origin) -> tuple[
 
 def submit_embed_json(settings: Settings, req: EmbedRequest, origin: Origin) -> tuple[dict, bool]:
     """An embed job from JSON items or a manifest; a manifest's categories come from `category_column` (default
-    "category", and then only if the manifest has it)."""
+    "category", and then only if the manifest has it); an upload's files all get `category`."""
+    if req.upload is not None:
+        return submission.submit_embed_upload(settings, model_ref=req.model, upload_id=req.upload,
+                                              catalog=req.catalog, layer=req.layer, normalize=req.normalize,
+                                              category=req.category, use_cache=req.cache, who=caller(), origin=origin)
     if req.items is not None:
         pieces = [[(it.id, it.uri, it.category) for it in req.items]]
         source = {"type": "items", "count": len(req.items)}
@@ -77,7 +86,8 @@ def _save_upload(storage: FileStorage, dest: Path) -> str:
     return digest.hexdigest()
 
 
-def _upload_names(files: list[FileStorage]) -> list[str]:
+def upload_names(files: list[FileStorage]) -> list[str]:
+    """The files' names (their item ids), checked: present, without NUL bytes, unique in the request."""
     if not files:
         raise InvalidRequest("no files in the upload; send them as multipart parts named 'files'", field="files")
     names = [f.filename or "" for f in files]
@@ -93,7 +103,7 @@ def _upload_names(files: list[FileStorage]) -> list[str]:
 def _stage_upload(settings: Settings, files: list[FileStorage]):
     """Stream the files to a new folder of the upload dir. Returns ([(item id, path)], their hashes, the folder,
     and the callable that removes it)."""
-    names = _upload_names(files)
+    names = upload_names(files)
     folder = path_inside(settings.upload_dir, uuid.uuid4().hex)
     folder.mkdir(parents=True)
     discard = partial(shutil.rmtree, folder, ignore_errors=True)

@@ -18,7 +18,8 @@
   giving up their last chunk), and those closed elsewhere without it (a chunk given up at a worker's claim, a worker
   that died between finishing the last chunk and recording it), among the jobs created within `DRIFT_CATCH_UP`;
 - upload folders of jobs finished over `upload_retention` ago, and folders no job owns (an upload cut
-  off by a web crash) older than `orphan_upload_after`, are removed;
+  off by a web crash) older than `orphan_upload_after`, are removed; so are uploads in parts that no job took and
+  nobody added to for `orphan_upload_after` (shared/services/uploads.py);
 - the time of the sweep is recorded, for /readyz and /metrics.
 Recovery after a lost message is thus bounded by lost_after + sweep_interval, after a dead worker by
 heartbeat_timeout + sweep_interval.
@@ -51,7 +52,7 @@ from shared.core.states import (
     RunState,
 )
 from shared.core.tables import Chunk, Job, ScoreDrift, TrainRun, utcnow
-from shared.services import drift
+from shared.services import drift, uploads
 from shared.services.jobs import lock_job
 from worker import chunk_lifecycle, index_builder, model_importer
 
@@ -80,7 +81,7 @@ def sweep(settings: Settings, enqueue, enqueue_train=None,
     for kind, send in ((JobKind.IMPORT, enqueue_imports), (JobKind.INDEX, enqueue_index)):
         waiting = _unsent_jobs(settings, now, kind) if send is not None else []
         sent += send(waiting) if waiting else 0
-    removed = remove_old_uploads(settings)
+    removed = remove_old_uploads(settings) + uploads.remove_idle(settings, settings.orphan_upload_after)
     model_importer.remove_stale_staging(settings, settings.orphan_upload_after)
     index_builder.remove_stray_folders(settings, settings.orphan_upload_after)
     stats = {"sent": sent, "given_up": given_up, "closed": closed, "uploads_removed": removed}
@@ -225,6 +226,8 @@ def remove_old_uploads(settings: Settings) -> int:
             Job.upload_folder.in_(list(names)))).all())
         expired = set(session.scalars(select(Job.upload_folder).where(
             Job.upload_folder.in_(list(names)), Job.status.in_(FINAL_JOB_STATUSES), Job.finished_at < retention_cut)))
+        owners.update(dict.fromkeys(uploads.open_upload_ids(session, list(names))))  # remove_idle decides for them
+        uploads.forget_taken(session, list(expired))
     orphan_cut = time.time() - settings.orphan_upload_after
     removed = 0
     for name, path in names.items():

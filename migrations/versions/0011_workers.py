@@ -1,14 +1,14 @@
 """workers: each worker process as it last reported itself (host, pid, role, queues, started, last seen)
 
 Revision ID: 0011
-Revises: 0009 (0010 is another branch's; the merge points this at 0010)
+Revises: 0010
 Create Date: 2026-12-07 03:00:00
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0011'
-down_revision = '0009'
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 

@@ -8,23 +8,21 @@ cron job imports. It needs only the server's address and a token (no database, n
     frame = client.results(job)
 
 Invariants: every list is read by following its `next` link (no offsets); uploads and downloads are streamed
-(a folder of images never sits whole in memory, nor a million results); every error the server answers becomes an
-ApiError with its type, message and problems, and no answer at all an Unreachable.
+(a folder of images never sits whole in memory, nor a million results), a large folder in parts; every error the
+server answers becomes an ApiError with its type, message and problems, and no answer at all an Unreachable.
 """
 from __future__ import annotations
 
 import csv
 import io
-import mimetypes
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import requests
-from requests_toolbelt.multipart.encoder import MultipartEncoder, MultipartEncoderMonitor
+from requests_toolbelt.multipart.encoder import MultipartEncoder
 
-from shared.client import config
+from shared.client import config, uploads
 from shared.client.errors import ApiError, AuthError, ServerError, Unreachable
 
 API = "/api/v1"
@@ -127,9 +125,13 @@ class Client:
 
     def score(self, paths: Iterable[str | Path] = (), *, model: str, manifest: str | None = None,
               id_column: str = "id", image_column: str = "image", cache: bool = True,
-              idempotency_key: str | None = None, on_upload: Callable[[int, int], None] | None = None) -> dict:
-        """A score job: a manifest on the server's data roots, or the images under `paths` uploaded (streamed, one
-        multipart request; `on_upload(sent, total)` follows the bytes). Returns the job (202)."""
+              idempotency_key: str | None = None, on_upload: Callable[[int, int], None] | None = None,
+              on_part: Callable[[int, int, dict], None] | None = None, part_files: int = uploads.PART_FILES,
+              part_bytes: int = uploads.PART_BYTES) -> dict:
+        """A score job: a manifest on the server's data roots, or the images under `paths` uploaded (streamed; one
+        multipart request when they fit one part of `part_files` files and `part_bytes` bytes, else an upload in
+        parts: shared/client/uploads.py). `on_upload(sent, total)` follows the bytes, `on_part(n, parts, answer)`
+        the parts. Returns the job (202)."""
         if manifest is not None:
             return self.post(f"{API}/jobs/score", {"model": model, "manifest": manifest, "id_column": id_column,
                                                    "image_column": image_column, "cache": cache},
@@ -137,24 +139,13 @@ class Client:
         files = image_files(paths)
         if not files:
             raise ValueError("no images found (looked for " + ", ".join(IMAGE_SUFFIXES) + ")")
-        return self.upload(f"{API}/jobs/score", files, {"model": model, "cache": str(cache).lower()},
-                           idempotency_key=idempotency_key, on_upload=on_upload)
+        return uploads.upload_folder(self, f"{API}/jobs/score", files, {"model": model, "cache": cache},
+                                     idempotency_key=idempotency_key, part_files=part_files, part_bytes=part_bytes,
+                                     on_upload=on_upload, on_part=on_part)
 
-    def upload(self, path: str, files: list[tuple[str, Path]], fields: dict[str, str], *,
-               idempotency_key: str | None = None, on_upload: Callable[[int, int], None] | None = None) -> dict:
-        """A multipart POST whose files are read as they are sent (each a part named `files`)."""
-        with ExitStack() as stack:
-            parts = list(fields.items())
-            parts += [("files", (item_id, stack.enter_context(open(f, "rb")),
-                                 mimetypes.guess_type(f.name)[0] or "application/octet-stream"))
-                      for item_id, f in files]
-            encoder = MultipartEncoder(parts)
-            body = encoder if on_upload is None else MultipartEncoderMonitor(
-                encoder, lambda monitor: on_upload(monitor.bytes_read, encoder.len))
-            headers = {"Content-Type": body.content_type}
-            if idempotency_key:
-                headers["Idempotency-Key"] = idempotency_key
-            return self.request("POST", path, data=body, headers=headers, timeout=max(self.timeout, 3600)).json()
+    def upload(self, upload_id: str) -> dict:
+        """An upload sent in parts: its files and bytes so far, and the job that took it."""
+        return self.get(f"{API}/uploads/{upload_id}")
 
     def wait(self, job: dict | str, *, progress: Callable[[dict], None] | bool = False, poll: float = 1.0,
              timeout: float | None = None) -> dict:

@@ -11,12 +11,14 @@ import argparse
 import json
 import sys
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 
 from shared.client import config
 from shared.client.api import Client
 from shared.client.errors import EXIT_JOB_FAILED, EXIT_OK, ApiError, ClientError
-from shared.client.progress import describe, is_terminal, watch
+from shared.client.progress import describe, is_terminal, uploading, watch
+from shared.client.uploads import PART_BYTES, PART_FILES
 from shared.core.names import argparse_alias, argparse_name
 from shared.core.states import JobKind, JobStatus
 from shared.core.vocab import INDEX_MODES, RESULT_STATUSES
@@ -143,15 +145,11 @@ def cmd_score(args) -> int:
     if bool(args.paths) == bool(args.manifest):
         raise ClientError("give image files or folders, or --manifest (a file on the server's data roots)")
     client = _client(args)
-    on_upload = None
-    if args.paths and not args.json and is_terminal(sys.stderr):
-        def on_upload(sent: int, total: int) -> None:
-            print(f"\ruploading {sent / 2**20:,.1f} / {total / 2**20:,.1f} MiB", end="", file=sys.stderr)
-    job = client.score(args.paths, model=args.model, manifest=args.manifest, id_column=args.id_column,
-                       image_column=args.image_column, cache=args.cache, idempotency_key=args.idempotency_key,
-                       on_upload=on_upload)
-    if on_upload is not None:
-        print(file=sys.stderr)
+    with (uploading() if args.paths and not args.json else nullcontext((None, None))) as (on_upload, on_part):
+        job = client.score(args.paths, model=args.model, manifest=args.manifest, id_column=args.id_column,
+                           image_column=args.image_column, cache=args.cache, idempotency_key=args.idempotency_key,
+                           on_upload=on_upload, on_part=on_part, part_files=args.part_files,
+                           part_bytes=int(args.part_mb * 2**20))
     return _after_submit(client, job, args)
 
 
@@ -326,6 +324,15 @@ def remote_options() -> argparse.ArgumentParser:
     return p
 
 
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text}: must be above 0")
+        return value
+    return parse
+
+
 def _waiting(p: argparse.ArgumentParser, out: bool = False) -> None:
     p.add_argument("--wait", action="store_true", help="follow the job to its end with a progress bar")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between polls while waiting")
@@ -349,6 +356,10 @@ def add_remote_commands(sub, choices: dict) -> None:
     score.add_argument("--image-column", default="image")
     score.add_argument("--no-cache", dest="cache", action="store_false", help="score photos scored before again")
     score.add_argument("--idempotency-key", help="retrying with the same key never makes a second job")
+    score.add_argument("--part-files", type=_positive(int), default=PART_FILES,
+                       help="a folder of more files than this goes up in parts of at most this many files")
+    score.add_argument("--part-mb", type=_positive(float), default=PART_BYTES / 2**20,
+                       help="... or of more MiB than this, in parts of at most this many MiB")
     _waiting(score, out=True)
     score.set_defaults(func=cmd_score)
 

@@ -1,13 +1,17 @@
-"""Watching a job until it ends: a live bar on a terminal (rich), plain lines otherwise (a log, a pipe, cron).
+"""Watching a job until it ends: a live bar on a terminal (rich), plain lines otherwise (a log, a pipe, cron); and
+the same for a folder going up (`uploading`: a byte bar, or one line per part of an upload in parts).
 
 Item jobs (score, embed) show done/total, images/s, ETA and the failed count; train jobs the epoch, the step and
-the latest epoch's loss and metrics (from /jobs/<id>/epochs). Lines carry no control characters, and one is
-written only when something changed (at most every `line_every` seconds), so a log of a long job stays short.
+the latest epoch's loss and metrics (from /jobs/<id>/epochs). Lines carry no control characters; a state line is
+written only when something changed (at most every `line_every` seconds), so a log of a long job stays short, and
+a train job's finished epochs each get their own line (all of them, however many ended between two polls).
 """
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TextIO
 
 from shared.client.api import FINAL_STATUSES, Client, job_id_of
@@ -69,11 +73,15 @@ def _expired(deadline: float | None, job: dict, timeout: float | None) -> None:
 
 
 def _watch_lines(client: Client, job, *, poll, timeout, out, line_every) -> dict:
-    deadline, last_line, last_at = _deadline(timeout), None, 0.0
+    deadline, last_line, last_at, printed_epoch = _deadline(timeout), None, 0.0, 0
     while True:
         current = client.job(job)
-        epoch = latest_epoch(client, current) if current["kind"] == "train" else None
-        line = describe(current, epoch)
+        epochs = (client.epochs(current).get("epochs") or []) if current["kind"] == "train" else []
+        for row in epochs:  # every finished epoch once, however many ended between two polls
+            if row["epoch"] > printed_epoch:
+                print(epoch_line(current, row), file=out, flush=True)
+                printed_epoch = row["epoch"]
+        line = describe(current, epochs[-1] if epochs else None)
         final = current["status"] in FINAL_STATUSES
         if line != last_line and (final or time.monotonic() - last_at >= line_every or last_line is None):
             print(line, file=out, flush=True)
@@ -82,6 +90,13 @@ def _watch_lines(client: Client, job, *, poll, timeout, out, line_every) -> dict
             return current
         _expired(deadline, current, timeout)
         time.sleep(poll)
+
+
+def epoch_line(job: dict, epoch: dict) -> str:
+    """'job <id> train epoch 2/5: loss 0.41 val_loss 0.45 accuracy 0.91 (3.2 s)': one finished epoch."""
+    total = (job.get("progress") or {}).get("epochs") or "?"
+    return (f"job {job['id']} train epoch {epoch['epoch']}/{total}: {epoch_figures(epoch)}"
+            f" ({_figure(epoch.get('seconds'), '{:.1f} s')})")
 
 
 def _watch_bar(client: Client, job, *, poll, timeout, out) -> dict:
@@ -110,3 +125,26 @@ def _watch_bar(client: Client, job, *, poll, timeout, out) -> dict:
                 return current
             _expired(deadline, current, timeout)
             time.sleep(poll)
+
+
+@contextmanager
+def uploading(out: TextIO | None = None) -> Iterator[tuple]:
+    """(on_upload, on_part) for Client.score: a bar of the bytes sent when `out` (stderr) is a terminal; otherwise
+    no byte progress and one plain line per part of an upload in parts (a one-request upload prints nothing)."""
+    out = out or sys.stderr
+    if not is_terminal(out):
+        def line(n: int, parts: int, answer: dict) -> None:
+            upload = answer["upload"]
+            print(f"uploaded part {n}/{parts}: {answer['added']} files added, {answer['repeated']} already there; "
+                  f"upload {upload['id']} holds {upload['files']} files, {upload['bytes'] / 2**20:,.1f} MiB",
+                  file=out, flush=True)
+        yield None, line
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TextColumn("{task.fields[parts]}"), console=Console(file=out), transient=False) as bar:
+        task = bar.add_task("uploading", total=None, parts="")
+        yield (lambda sent, total: bar.update(task, completed=sent, total=total),
+               lambda n, parts, answer: bar.update(task, parts=f"part {n}/{parts}"))

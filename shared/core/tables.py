@@ -373,3 +373,29 @@ class ScoreDrift(Base):
     distribution: Mapped[dict] = mapped_column(JSON)
     detail: Mapped[dict] = mapped_column(JSON)  # per output: PSI, KS, shares or quantiles, and the reference's
     computed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Upload(Base):
+    """A folder of files sent in parts (POST /api/v1/uploads, then /files as often as needed), under IMGQ_UPLOAD_DIR
+    in the folder named by its id; a score or embed job that names it takes its files as items and the folder with
+    them (`job_id`: used once, then the job's retention removes it)."""
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # uuid4 hex, also its folder's name
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id", name="fk_uploads_token_id"),
+                                                 nullable=True)  # who made it (None: auth off, or the CLI)
+    job_id: Mapped[str | None] = mapped_column(String(36), nullable=True)  # the job that took its files
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)  # the last part added: the sweeper's idle clock
+
+
+class UploadFile(Base):
+    """One file of an upload: its name (the item id, unique in the upload), where it is stored and its hash (a part
+    sent again adds nothing; the same name with other bytes is refused)."""
+    __tablename__ = "upload_files"
+
+    upload_id: Mapped[str] = mapped_column(ForeignKey("uploads.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(500), primary_key=True)
+    stored: Mapped[str] = mapped_column(String(200))  # the file's name inside the upload's folder
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))

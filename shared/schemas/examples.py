@@ -30,6 +30,7 @@ REQUESTS: dict[type[BaseModel], dict[str, dict]] = {
         "items": {"model": "pageviews", "items": [{"id": "sku-1", "uri": "crawl/2026-11-23/sku-1.jpg"}]},
         "manifest": {"model": "pageviews@production", "manifest": "crawl/2026-11-23/items.csv", "id_column": "sku",
                      "image_column": "photo"},
+        "upload": {"model": "pageviews", "upload": "5f0c8a1e2b3d4c5e6f708192a3b4c5d6"},
     },
     EmbedRequest: {
         "items": {"model": "embedder", "catalog": "shop",

@@ -1,18 +1,24 @@
-"""Score and embed requests: POST /api/v1/jobs/score and /api/v1/jobs/embed, as JSON (items or a manifest) or as
-multipart (the files are the items; these models are the form's text fields).
+"""Score and embed requests: POST /api/v1/jobs/score and /api/v1/jobs/embed, as JSON (items, a manifest, or an upload
+sent in parts) or as multipart (the files are the items; these models are the form's text fields); and the form of
+a part of an upload (POST /api/v1/uploads/<id>/files).
 
 Every string is bounded by its column (or by a small multiple of any sane value), every name follows
 shared/core/names.py.
 """
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from typing import Annotated
+
+from pydantic import Field, StringConstraints, model_validator
 
 from shared.core.names import ModelRef, Name
 from shared.models.embedding_space import LayerName
 from shared.schemas.common import Category, Column, ItemId, Strict, Uri
 
 MAX_INLINE_ITEMS = 10_000
+UploadId = Annotated[str, StringConstraints(min_length=1, max_length=32),
+                     Field(description="an upload's id (POST /api/v1/uploads): its files are the items, their names "
+                                       "the ids")]
 
 
 class Item(Strict):
@@ -21,10 +27,12 @@ class Item(Strict):
 
 
 class ScoreRequest(Strict):
-    """POST /api/v1/jobs/score as JSON: either `items` or a `manifest` (a file under the data roots)."""
+    """POST /api/v1/jobs/score as JSON: one of `items`, a `manifest` (a file under the data roots) or an `upload`
+    (sent in parts)."""
     model: ModelRef
     items: list[Item] | None = Field(default=None, max_length=MAX_INLINE_ITEMS)
     manifest: Uri | None = None
+    upload: UploadId | None = None
     id_column: Column = "id"
     image_column: Column = "image"
     cache: bool = True
@@ -35,8 +43,8 @@ class ScoreRequest(Strict):
 
 
 def _one_source(request):
-    if (request.items is None) == (request.manifest is None):
-        raise ValueError("give either 'items' or 'manifest', not both and not neither")
+    if sum(source is not None for source in (request.items, request.manifest, request.upload)) != 1:
+        raise ValueError("give either 'items' or 'manifest' or 'upload': one of them, not both and not neither")
     if request.items is not None and not request.items:
         raise ValueError("'items' is empty")
     return request
@@ -53,9 +61,10 @@ class EmbedItem(Item):
 
 
 class EmbedRequest(Strict):
-    """POST /api/v1/jobs/embed as JSON: a score request's items (each with an optional category) or manifest (with
-    an optional category column), and the catalog and space the vectors go to. `category_column` named and missing
-    from the manifest is a 400; left out, it defaults to "category" when the manifest has that column."""
+    """POST /api/v1/jobs/embed as JSON: a score request's items (each with an optional category), manifest (with
+    an optional category column) or upload (with one optional `category` for all its files), and the catalog and
+    space the vectors go to. `category_column` named and missing from the manifest is a 400; left out, it defaults
+    to "category" when the manifest has that column."""
     model: ModelRef
     catalog: Name
     layer: LayerName | None = None  # default: the model's output (task embedding), else the layer before the head
@@ -65,10 +74,14 @@ class EmbedRequest(Strict):
     id_column: Column = "id"
     image_column: Column = "image"
     category_column: Column | None = None
+    upload: UploadId | None = None
+    category: Category | None = Field(default=None, description="with `upload`: the category of all its files")
     cache: bool = True
 
     @model_validator(mode="after")
     def _one_source(self):
+        if self.category is not None and self.upload is None:
+            raise ValueError("'category' goes with 'upload' (items carry their own, a manifest its column)")
         return _one_source(self)
 
 
@@ -80,3 +93,7 @@ class EmbedUploadForm(Strict):
     layer: LayerName | None = None
     normalize: bool = True
     cache: bool = True
+
+
+class UploadPartForm(Strict):
+    """POST /api/v1/uploads/<id>/files: no text fields; the files are the part (each named by its item id)."""

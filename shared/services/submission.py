@@ -39,10 +39,11 @@ from shared.core.states import CHUNKED_JOB_KINDS, JobKind
 from shared.core.tables import Job, Sweep
 from shared.schemas.training import SweepRequest, TrainRequest
 from shared.search.vector_index import BuildParams
-from shared.services import index_jobs, jobs, model_imports, train_jobs
+from shared.services import index_jobs, jobs, model_imports, train_jobs, uploads
 from shared.services.embed_spec import embedding_spec
 from shared.services.model_registry import Signature
 from shared.services.quotas import check_active_jobs
+from shared.services.tokens import Caller
 
 Enqueue = Callable[[list[str]], int]
 
@@ -173,6 +174,51 @@ def submit_embed(settings: Settings, *, model_ref: str, catalog: str, layer: str
                                     spec_for=partial(embedding_spec, catalog=catalog, layer=layer, normalize=normalize))
 
     return submit(create, origin=origin, request_fingerprint=request_fingerprint, discard=discard)
+
+
+def _from_upload(settings: Settings, upload_id: str, who: Caller, make: Callable[[Session, list], Job]):
+    """A `create` for `submit` that takes an upload's files as the job's items, in the job's transaction."""
+    def create(session: Session) -> Job:
+        items = uploads.take(session, settings, upload_id, who)
+        job = make(session, items)
+        uploads.mark_taken(session, upload_id, job.id)
+        return job
+
+    return create
+
+
+def _upload_source(upload_id: str, items: list) -> dict:
+    return {"type": "upload", "count": len(items), "folder": upload_id, "upload": upload_id}
+
+
+def submit_score_upload(settings: Settings, *, model_ref: str, upload_id: str, use_cache: bool, who: Caller,
+                        origin: Origin = ANONYMOUS) -> tuple[dict, bool]:
+    """A score job over the files of an upload sent in parts (shared/services/uploads.py), its ids their names; the
+    fingerprint holds the files' names and hashes, so the same folder uploaded again under the same key replays."""
+    fp = fingerprint({"model": model_ref, "cache": use_cache, "files": uploads.content_of(upload_id)})
+
+    def make(session: Session, items: list) -> Job:
+        return jobs.create_score_job(session, model_ref=model_ref, pieces=[items], use_cache=use_cache,
+                                     source=_upload_source(upload_id, items), chunk_size=settings.chunk_size)
+
+    return submit(_from_upload(settings, upload_id, who, make), origin=origin, request_fingerprint=fp)
+
+
+def submit_embed_upload(settings: Settings, *, model_ref: str, upload_id: str, catalog: str, layer: str | None,
+                        normalize: bool, category: str | None, use_cache: bool, who: Caller,
+                        origin: Origin = ANONYMOUS) -> tuple[dict, bool]:
+    """An embed job over the files of an upload sent in parts, all in `category`."""
+    fp = fingerprint({"kind": "embed", "model": model_ref, "catalog": catalog, "layer": layer, "normalize": normalize,
+                      "category": category, "cache": use_cache, "files": uploads.content_of(upload_id)})
+
+    def make(session: Session, items: list) -> Job:
+        return jobs.create_item_job(session, JobKind.EMBED, model_ref=model_ref,
+                                    pieces=[[(*item, category) for item in items]],
+                                    source=_upload_source(upload_id, items), use_cache=use_cache,
+                                    chunk_size=settings.chunk_size,
+                                    spec_for=partial(embedding_spec, catalog=catalog, layer=layer, normalize=normalize))
+
+    return submit(_from_upload(settings, upload_id, who, make), origin=origin, request_fingerprint=fp)
 
 
 def submit_train(req: TrainRequest, *, origin: Origin = ANONYMOUS,

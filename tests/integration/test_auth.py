@@ -12,7 +12,8 @@ from web.app import create_app
 from web.auth import OPEN, SCOPE_OF
 
 PARAMS = {"job_id": "00000000-0000-0000-0000-000000000000", "name": "m", "alias": "staging", "version": 1,
-          "schedule_id": 1, "sweep_id": "nope", "catalog": "shop", "item_id": "item-1"}
+          "schedule_id": 1, "sweep_id": "nope", "catalog": "shop", "item_id": "item-1",
+          "upload_id": "nope"}
 
 
 def make_token(scopes: str) -> str:

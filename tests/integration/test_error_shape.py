@@ -84,6 +84,26 @@ def _key_reused(ctx):
     return ctx.call("POST", "/api/v1/jobs/train", json={**TRAIN, "epochs": 2}, headers={"Idempotency-Key": "k"})
 
 
+def _new_upload(ctx, role: str = "admin", *names: str) -> str:
+    upload = ctx.call("POST", "/api/v1/uploads", role=role).json["id"]
+    if names:
+        _part(ctx, upload, role, dict.fromkeys(names, b"x"))
+    return upload
+
+
+def _part(ctx, upload: str, role: str, files: dict[str, bytes]):
+    return ctx.call("POST", f"/api/v1/uploads/{upload}/files", role=role,
+                    **_upload(files=[(io.BytesIO(data), name) for name, data in files.items()]))
+
+
+def _taken_upload(ctx) -> str:
+    """bob's upload, which his score job took (bob's one active job: the cap is one)."""
+    upload = _new_upload(ctx, "bob", "a.jpg")
+    assert ctx.call("POST", "/api/v1/jobs/score", role="bob", json={"model": "scorer", "upload": upload}
+                    ).status_code == 202
+    return upload
+
+
 def _unexpected(ctx):
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")
@@ -101,6 +121,17 @@ CASES = {
                               "Forbidden"),
     "delete-schedule-train-scope": Case("schedules.delete_schedule", lambda c: c.call(
         "DELETE", f"/api/v1/schedules/{c.ids['schedule']}", role="train"), 403, "Forbidden"),
+    "upload-read-scope": Case("uploads.create_upload", lambda c: c.call("POST", "/api/v1/uploads", role="read"),
+                              403, "Forbidden"),
+    "anothers-upload": Case("uploads.get_upload", lambda c: c.call(
+        "GET", f"/api/v1/uploads/{_new_upload(c, 'alice')}", role="bob"), 403, "Forbidden"),
+    "part-to-anothers-upload": Case("uploads.add_files", lambda c: _part(c, _new_upload(c, "alice"), "bob",
+                                                                         {"a.jpg": b"x"}), 403, "Forbidden"),
+    "delete-anothers-upload": Case("uploads.delete_upload", lambda c: c.call(
+        "DELETE", f"/api/v1/uploads/{_new_upload(c, 'alice')}", role="bob"), 403, "Forbidden"),
+    "score-anothers-upload": Case("jobs.create_score_job", lambda c: c.call(
+        "POST", "/api/v1/jobs/score", json={"model": "scorer", "upload": _new_upload(c, "alice", "a.jpg")},
+        role="bob"), 403, "Forbidden", "upload"),
     "cancel-anothers-job": Case("jobs.cancel_job", lambda c: c.call(
         "POST", f"/api/v1/jobs/{c.ids['alice_job']}/cancel", role="bob"), 403, "Forbidden"),
     # 404
@@ -118,6 +149,15 @@ CASES = {
                          "NotFound"),
     "index-without-vectors": Case("catalogs.create_index_job", lambda c: c.call(
         "POST", "/api/v1/catalogs/nowhere/indexes", json={}), 404, "NotFound", "catalog"),
+    "upload": Case("uploads.get_upload", lambda c: c.call("GET", "/api/v1/uploads/nope"), 404, "NotFound"),
+    "upload-delete": Case("uploads.delete_upload", lambda c: c.call("DELETE", "/api/v1/uploads/nope"), 404,
+                          "NotFound"),
+    "upload-part": Case("uploads.add_files", lambda c: _part(c, "nope", "admin", {"a.jpg": b"x"}), 404, "NotFound"),
+    "score-unknown-upload": Case("jobs.create_score_job", lambda c: c.call(
+        "POST", "/api/v1/jobs/score", json={"model": "scorer", "upload": "nope"}), 404, "NotFound", "upload"),
+    "embed-unknown-upload": Case("jobs.create_embed_job", lambda c: c.call(
+        "POST", "/api/v1/jobs/embed", json={"model": "embedder", "catalog": "shop", "upload": "nope"}), 404,
+        "NotFound", "upload"),
     "no-such-route": Case(None, lambda c: c.call("GET", "/api/v1/nothing"), 404, "NotFound"),
     # 400: validation (pydantic)
     "score-body": Case("jobs.create_score_job", lambda c: c.call("POST", "/api/v1/jobs/score", json={}), 400,
@@ -176,6 +216,23 @@ CASES = {
     "me-no-token": Case("tokens.get_me", lambda c: c.call("GET", "/api/v1/tokens/me", role=None), 401, "Unauthorized"),
     "deletions-ids": Case("catalogs.delete_items", lambda c: c.call(
         "POST", "/api/v1/catalogs/shop/deletions", json={"ids": "item-1"}), 400, "InvalidRequest", "ids"),
+    "score-empty-upload": Case("jobs.create_score_job", lambda c: c.call(
+        "POST", "/api/v1/jobs/score", json={"model": "scorer", "upload": _new_upload(c)}), 400, "InvalidRequest",
+        "upload"),
+    "score-two-sources": Case("jobs.create_score_job", lambda c: c.call(
+        "POST", "/api/v1/jobs/score", json={"model": "scorer", "upload": "u", "manifest": "m.csv"}), 400,
+        "InvalidRequest", "body"),
+    "embed-category-without-upload": Case("jobs.create_embed_job", lambda c: c.call(
+        "POST", "/api/v1/jobs/embed", json={"model": "embedder", "catalog": "shop", "category": "coat",
+                                            "items": [{"id": "a", "uri": "a"}]}), 400, "InvalidRequest", "body"),
+    "part-as-json": Case("uploads.add_files", lambda c: c.call(
+        "POST", f"/api/v1/uploads/{_new_upload(c)}/files", json={"files": []}), 400, "InvalidRequest", "files"),
+    "part-without-files": Case("uploads.add_files", lambda c: c.call(
+        "POST", f"/api/v1/uploads/{_new_upload(c)}/files", **_upload(note="x")), 400, "InvalidRequest", "note"),
+    "part-name-too-long": Case("uploads.add_files", lambda c: _part(c, _new_upload(c), "admin", {"a" * 501: b"x"}),
+                               400, "InvalidRequest", "files"),
+    "create-upload-post-only": Case("uploads.create_upload", lambda c: c.call("PUT", "/api/v1/uploads"), 405,
+                                    "MethodNotAllowed"),
     "nul-in-query": Case("jobs.list_jobs", lambda c: c.call("GET", "/api/v1/jobs?model=x%00"), 400,
                          "InvalidRequest", "model"),
     # 405, 409, 413, 414, 422, 429, 500
@@ -191,6 +248,15 @@ CASES = {
     "delete-a-job": Case("jobs.get_job", lambda c: c.call("DELETE", f"/api/v1/jobs/{JOB}"), 405, "MethodNotAllowed"),
     "rollback-without-history": Case("models.rollback", lambda c: c.call("POST", "/api/v1/models/scorer/rollback"),
                                      409, "Conflict"),
+    "part-with-other-bytes": Case("uploads.add_files", lambda c: _part(
+        c, _new_upload(c, "admin", "a.jpg"), "admin", {"a.jpg": b"other", "b.jpg": b"y"}), 409, "Conflict", "files"),
+    "part-to-a-taken-upload": Case("uploads.add_files", lambda c: _part(c, _taken_upload(c), "admin", {"b.jpg": b"y"}),
+                                   409, "Conflict"),
+    "score-a-taken-upload": Case("jobs.create_score_job", lambda c: c.call(
+        "POST", "/api/v1/jobs/score", json={"model": "scorer", "upload": _taken_upload(c)}), 409, "Conflict",
+        "upload"),
+    "delete-a-taken-upload": Case("uploads.delete_upload", lambda c: c.call(
+        "DELETE", f"/api/v1/uploads/{_taken_upload(c)}"), 409, "Conflict"),
     "delta-without-index": Case("catalogs.create_index_job", lambda c: c.call(
         "POST", "/api/v1/catalogs/shop/indexes", json={"mode": "delta"}), 409, "Conflict", "mode"),
     "json-over-the-limit": Case("jobs.create_score_job", lambda c: c.call(

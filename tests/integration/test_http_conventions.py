@@ -3,10 +3,13 @@ no body; a train job's metrics per epoch live at /jobs/<id>/epochs, and the old 
 for one release, marked deprecated."""
 from __future__ import annotations
 
+import io
+
 import pytest
 
 from shared.core.db import session_scope
 from shared.core.tables import Schedule, TrainMetric
+from shared.services import uploads
 from tests.helpers import assert_error, seed_embeddings, seed_version
 
 TRAIN = {"model": "cats", "task": "classification", "input_size": 32, "epochs": 3,
@@ -15,13 +18,15 @@ TRAIN = {"model": "cats", "task": "classification", "input_size": 32, "epochs": 
 
 @pytest.fixture
 def things(configured):
-    """A schedule and a catalog with items: what the DELETE endpoints remove."""
+    """A schedule, a catalog with items and an upload holding a file: what the DELETE endpoints remove."""
     seed_embeddings("shop", seed_version("embedder", task="embedding"), "embedder@1", 3)
+    upload = uploads.new_upload(configured)["id"]
+    uploads.add_files(configured, upload, [("a.jpg", io.BytesIO(b"a"))])
     with session_scope() as session:
         row = Schedule(name="nightly", cron="0 2 * * *", timezone="UTC", model_name="cats", train={}, gate={})
         session.add(row)
         session.flush()
-        return {"schedule": row.id}
+        return {"schedule": row.id, "upload": upload, "upload_folder": configured.upload_dir / upload}
 
 
 def _items_left(client) -> int:
@@ -33,10 +38,12 @@ DELETES = [
     ("/api/v1/schedules/{schedule}", lambda client, ids: client.get(f"/api/v1/schedules/{ids['schedule']}")
      .status_code == 404),
     ("/api/v1/catalogs/shop/items/item-1", lambda client, ids: _items_left(client) == 2),
+    ("/api/v1/uploads/{upload}", lambda client, ids: client.get(f"/api/v1/uploads/{ids['upload']}")
+     .status_code == 404 and not ids["upload_folder"].exists()),
 ]
 
 
-@pytest.mark.parametrize("template, gone", DELETES, ids=["schedule", "catalog-item"])
+@pytest.mark.parametrize("template, gone", DELETES, ids=["schedule", "catalog-item", "upload"])
 def test_every_delete_answers_204_with_no_body(client, things, template, gone):
     resp = client.delete(template.format(**things))
     assert resp.status_code == 204 and resp.get_data() == b"" and resp.content_length in (None, 0)
@@ -45,12 +52,14 @@ def test_every_delete_answers_204_with_no_body(client, things, template, gone):
 
 def test_the_delete_table_names_every_delete(app):
     deletes = {rule.rule for rule in app.url_map.iter_rules() if "DELETE" in rule.methods}
-    assert deletes == {"/api/v1/schedules/<int:schedule_id>", "/api/v1/catalogs/<catalog>/items/<path:item_id>"}
+    assert deletes == {"/api/v1/schedules/<int:schedule_id>", "/api/v1/catalogs/<catalog>/items/<path:item_id>",
+                       "/api/v1/uploads/<upload_id>"}
 
 
-def test_deleting_an_unknown_item_or_schedule_is_a_404(client, things):
+def test_deleting_an_unknown_item_schedule_or_upload_is_a_404(client, things):
     assert_error(client.delete("/api/v1/catalogs/shop/items/nope"), 404, "NotFound")
     assert_error(client.delete("/api/v1/schedules/999"), 404, "NotFound")
+    assert_error(client.delete("/api/v1/uploads/nope"), 404, "NotFound")
 
 
 def test_a_deleted_item_deleted_again_is_still_a_204(client, things):

@@ -152,7 +152,8 @@ def test_uploads_are_documented_as_multipart_with_their_file_parts(document):
              for _, _, op in operations(document)
              if "multipart/form-data" in op.get("requestBody", {}).get("content", {})}
     assert set(forms) == {"jobs.create_score_job", "jobs.create_embed_job", "models.import_model",
-                          "catalogs.similar_one"}
+                          "catalogs.similar_one", "uploads.add_files"}
+    assert forms["uploads.add_files"]["properties"]["files"]["items"]["format"] == "binary"
     assert forms["jobs.create_score_job"]["properties"]["files"]["items"]["format"] == "binary"
     assert forms["models.import_model"]["properties"]["file"]["format"] == "binary"
     assert forms["catalogs.similar_one"]["properties"]["image"]["format"] == "binary"

@@ -170,3 +170,129 @@ def test_models_import_list_promote_and_an_unsafe_file(pg_stack, tmp_path, model
     bad = imgq("models", "import", str(model_files["unsafe"]), "--name", f"{name}-x", "--task", "regression",
                "--input-size", "32", "--wait", env=env)
     assert bad.returncode == 1 and "arbitrary" in bad.stdout, bad.stdout + bad.stderr
+
+
+def test_a_folder_sent_in_parts_scores_as_the_api_says(stack, tmp_path, model_files, photos):
+    name = f"parts-{free_port()}"
+    _import(stack, tmp_path, model_files, name)
+    command = ["score", str(photos), "--model", name, "--part-files", "4", "--idempotency-key", name]
+    out = imgq(*command, "--wait", "--out", str(tmp_path / "r.csv"), env=_remote(stack, tmp_path))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert not any(c in out.stdout + out.stderr for c in CONTROL)
+    parts = [line for line in out.stderr.splitlines() if line.startswith("uploaded part ")]
+    assert [line.split(":")[0] for line in parts] == [f"uploaded part {n}/4" for n in range(1, 5)], out.stderr
+    assert parts[-1].endswith("holds 14 files, " + parts[-1].rsplit(", ", 1)[1])
+
+    job_id = out.stdout.split()[1]
+    job = stack.http.get(stack.url(f"/api/v1/jobs/{job_id}"), timeout=10).json()
+    assert job["source"]["type"] == "upload" and job["source"]["count"] == 14
+    assert (job["status"], job["progress"]["total"], job["progress"]["failed"]) == ("succeeded", 14, 2)
+    upload = stack.http.get(stack.url(f"/api/v1/uploads/{job['source']['upload']}"), timeout=10).json()
+    assert (upload["files"], upload["job"]) == (14, job_id)
+    assert upload["bytes"] == sum(p.stat().st_size for p in photos.rglob("*.jpg"))
+
+    api = {r["id"]: r for r in stack.all_results(job_id)}
+    assert set(api) == {f"p{i:02d}.jpg" for i in range(11)} | {"shoes/p11.jpg", "truncated.jpg", "notes.jpg"}
+    downloaded = pd.read_csv(tmp_path / "r.csv", dtype={"id": str}, keep_default_na=False)
+    assert sorted(downloaded["id"]) == sorted(api)
+    for row in downloaded.itertuples():
+        assert row.status == api[row.id]["status"] and (row.error or None) == api[row.id]["error"]
+        if row.status == "ok":
+            assert float(row.pageviews) == pytest.approx(api[row.id]["outputs"]["pageviews"], rel=1e-6)
+
+    again = imgq(*command, env=_remote(stack, tmp_path))  # the cron job run twice: the same job
+    assert again.returncode == 0 and again.stdout.split()[1] == job_id, again.stdout + again.stderr
+    second = again.stderr.strip().splitlines()[-1].split("upload ")[1].split()[0]
+    assert second != job["source"]["upload"]
+    gone = stack.http.get(stack.url(f"/api/v1/uploads/{second}"), timeout=10)
+    assert gone.status_code == 404  # the client deleted the upload the replayed job did not take
+
+
+def test_a_part_sent_again_adds_no_item_and_bad_uploads_answer_the_error_shape(pg_stack, tmp_path, model_files,
+                                                                              photos):
+    from shared.client import Client
+    from shared.client.errors import ApiError
+    from shared.client.uploads import send_part, submit_upload
+
+    stack, model = pg_stack, f"again-{free_port()}"
+    _import(stack, tmp_path, model_files, model)
+    client = Client(stack.base, stack.token)
+
+    def refused(call) -> ApiError:
+        with pytest.raises(ApiError) as error:
+            call()
+        return error.value
+
+    upload = client.post("/api/v1/uploads")["id"]
+    first = [("a.jpg", photos / "p00.jpg"), ("b.jpg", photos / "p01.jpg")]
+    assert send_part(client, upload, first)["added"] == 2
+    again = send_part(client, upload, first)  # the part retried after a lost answer
+    assert (again["added"], again["repeated"], again["upload"]["files"]) == (0, 2, 2)
+    overlap = send_part(client, upload, [("b.jpg", photos / "p01.jpg"), ("c.jpg", photos / "p02.jpg")])
+    assert (overlap["added"], overlap["repeated"], overlap["upload"]["files"]) == (1, 1, 3)
+    other_bytes = refused(lambda: send_part(client, upload, [("c.jpg", photos / "p03.jpg"),
+                                                             ("d.jpg", photos / "p04.jpg")]))
+    assert (other_bytes.status, other_bytes.kind, other_bytes.problems[0]["field"]) == (409, "Conflict", "files")
+    assert client.upload(upload)["files"] == 3  # the refused part stored nothing, d.jpg neither
+
+    stranger = Client(stack.base, stack.create_token(f"stranger-{free_port()}", "score,read"))
+    for call in (lambda: stranger.upload(upload), lambda: send_part(stranger, upload, first),
+                 lambda: stranger.request("DELETE", f"/api/v1/uploads/{upload}"),
+                 lambda: stranger.post("/api/v1/jobs/score", {"model": model, "upload": upload})):
+        assert (refused(call).status, refused(call).kind) == (403, "Forbidden")
+
+    job = client.post("/api/v1/jobs/score", {"model": model, "upload": upload})
+    assert client.wait(job, timeout=300)["status"] == "succeeded"
+    results = list(client.iter_results(job))
+    assert sorted(r["id"] for r in results) == ["a.jpg", "b.jpg", "c.jpg"] and all(r["status"] == "ok"
+                                                                                   for r in results)
+    used = refused(lambda: client.post("/api/v1/jobs/score", {"model": model, "upload": upload}))
+    assert (used.status, used.kind, used.body["job"], used.problems[0]["field"]) == (409, "Conflict", job["id"],
+                                                                                     "upload")
+    found = submit_upload(client, "/api/v1/jobs/score", {"model": model, "upload": upload}, None)
+    assert (found["id"], found["status"]) == (job["id"], "succeeded")  # a retried score request whose first
+    # answer was lost finds the job the first one made
+    assert refused(lambda: send_part(client, upload, [("e.jpg", photos / "p05.jpg")])).status == 409
+    assert refused(lambda: client.request("DELETE", f"/api/v1/uploads/{upload}")).status == 409
+
+    unknown = refused(lambda: client.upload("0" * 32))
+    assert (unknown.status, unknown.kind, unknown.problems) == (404, "NotFound", [])
+    unknown = refused(lambda: client.post("/api/v1/jobs/score", {"model": model, "upload": "0" * 32}))
+    assert (unknown.status, unknown.problems[0]["field"]) == (404, "upload")
+    empty = client.post("/api/v1/uploads")["id"]
+    nothing = refused(lambda: client.post("/api/v1/jobs/score", {"model": model, "upload": empty}))
+    assert (nothing.status, nothing.kind, nothing.problems[0]["field"]) == (400, "InvalidRequest", "upload")
+    client.request("DELETE", f"/api/v1/uploads/{empty}")
+    assert refused(lambda: client.upload(empty)).status == 404
+
+
+def _train_request(tmp_path, name: str, dataset: str, epochs: int = 2) -> str:
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({
+        "model": name, "task": "classification", "input_size": 32, "epochs": epochs, "batch_size": 32,
+        "dataset": {"path": dataset, "image_column": "image", "id_column": "id", "label_column": "label"},
+        "base": {"architecture": "vgg", "width": 8}, "optimizer": {"name": "adam", "learning_rate": 0.003}}))
+    return str(path)
+
+
+def test_train_with_wait_prints_each_epoch_and_a_failed_training_exits_1(pg_stack, tmp_path, digits):
+    env, name = _remote(pg_stack, tmp_path), f"digits-{free_port()}"
+    out = imgq("train", _train_request(tmp_path, name, "digits/first-night.csv"), "--wait", "--poll", "0.5", env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert not any(c in out.stdout + out.stderr for c in CONTROL)
+    job_id = out.stdout.split()[1]
+    epochs = [line for line in out.stdout.splitlines() if line.startswith(f"job {job_id} train epoch ")]
+    assert [line.split(":")[0] for line in epochs] == [f"job {job_id} train epoch {n}/2" for n in (1, 2)], out.stdout
+    api = pg_stack.http.get(pg_stack.url(f"/api/v1/jobs/{job_id}/epochs"), timeout=10).json()["epochs"]
+    for line, row in zip(epochs, api):
+        assert f" loss {row['loss']:.4g} " in line and f"val_loss {row['val_loss']:.4g}" in line
+    assert f"job {job_id} train succeeded" in out.stdout and f"new version: {name}@1" in out.stdout
+
+    broken = pg_stack.data / f"broken-{name}"
+    broken.mkdir()
+    (broken / "items.csv").write_text("id,image,label\n" + "".join(f"i{i},missing-{i}.png,{i % 2}\n"
+                                                                   for i in range(40)))
+    failed = imgq("train", _train_request(tmp_path, f"{name}-broken", f"broken-{name}/items.csv"), "--wait",
+                  "--poll", "0.5", env=env)
+    assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr[-2000:]
+    assert " train failed" in failed.stdout and "error: " in failed.stdout, failed.stdout

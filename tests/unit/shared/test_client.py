@@ -7,8 +7,9 @@ import pytest
 
 from shared.client import config
 from shared.client.api import _typed, image_files
-from shared.client.errors import NotConfigured
-from shared.client.progress import describe, watch
+from shared.client.errors import NotConfigured, ServerError, Unreachable
+from shared.client.progress import describe, uploading, watch
+from shared.client.uploads import retried, split
 
 
 def test_arguments_beat_the_environment_which_beats_the_file(tmp_path):
@@ -58,6 +59,65 @@ def test_result_columns_become_numbers_where_every_value_is_one():
     assert list(typed["id"]) == ["007", "NA"]
     assert typed["views"].dtype.kind == "f" and typed["views"][0] == 1.5 and pd.isna(typed["views"][1])
     assert typed["label"].tolist() == ["cat", ""] and typed["from_cache"].tolist() == [False, True]
+
+
+def _sized(tmp_path, sizes: list[int]) -> list:
+    files = []
+    for i, size in enumerate(sizes):
+        (tmp_path / f"{i:02d}.jpg").write_bytes(b"x" * size)
+        files.append((f"{i:02d}.jpg", tmp_path / f"{i:02d}.jpg"))
+    return files
+
+
+def test_a_folder_splits_into_parts_in_order_within_both_budgets(tmp_path):
+    files = _sized(tmp_path, [10] * 10)
+    parts = split(files, part_files=4, part_bytes=1000)
+    assert [len(p) for p in parts] == [4, 4, 2] and [f for p in parts for f in p] == files
+    parts = split(files, part_files=100, part_bytes=35)
+    assert [len(p) for p in parts] == [3, 3, 3, 1]
+    assert split(files, part_files=10, part_bytes=100) == [files]  # exactly full: one part, one request
+
+
+def test_a_file_over_the_byte_budget_goes_alone_and_nothing_is_an_empty_part(tmp_path):
+    files = _sized(tmp_path, [5, 500, 5, 5])
+    assert [[i for i, _ in p] for p in split(files, part_files=10, part_bytes=100)] == \
+        [["00.jpg"], ["01.jpg"], ["02.jpg", "03.jpg"]]
+    assert split([], part_files=1, part_bytes=1) == []
+    with pytest.raises(ValueError):
+        split(files, part_files=0)
+
+
+def test_a_part_is_sent_again_only_when_the_server_did_not_answer():
+    calls = []
+
+    def flaky(errors):
+        def call():
+            calls.append(1)
+            if errors:
+                raise errors.pop(0)
+            return "ok"
+        return call
+
+    assert retried(flaky([Unreachable("down"), ServerError(502, "BadGateway", "")]), pause=0) == "ok"
+    assert len(calls) == 3
+    with pytest.raises(Unreachable):
+        retried(flaky([Unreachable("down")] * 3), pause=0)
+    from shared.client.errors import ApiError
+    calls.clear()
+    with pytest.raises(ApiError):
+        retried(flaky([ApiError(409, "Conflict", "other bytes")]), pause=0)
+    assert len(calls) == 1  # a refusal is final
+
+
+def test_parts_going_up_without_a_terminal_print_one_plain_line_each():
+    out = io.StringIO()
+    with uploading(out) as (on_upload, on_part):
+        assert on_upload is None
+        on_part(1, 2, {"added": 4, "repeated": 0, "upload": {"id": "u1", "files": 4, "bytes": 3 * 2**20}})
+        on_part(2, 2, {"added": 1, "repeated": 3, "upload": {"id": "u1", "files": 5, "bytes": 4 * 2**20}})
+    assert out.getvalue().splitlines() == [
+        "uploaded part 1/2: 4 files added, 0 already there; upload u1 holds 4 files, 3.0 MiB",
+        "uploaded part 2/2: 1 files added, 3 already there; upload u1 holds 5 files, 4.0 MiB"]
 
 
 class _Jobs:
