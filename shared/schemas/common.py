@@ -10,7 +10,8 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=500)]  # job_items.item_id, embeddings.item_id
 Category = Annotated[str, StringConstraints(min_length=1, max_length=200)]  # job_items.category
 Column = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-Uri = Annotated[str, StringConstraints(min_length=1, max_length=4000)]  # a path or s3:// URI under the data roots, or an image URL
+# a path or s3:// URI under the data roots, or an image URL
+Uri = Annotated[str, StringConstraints(min_length=1, max_length=4000)]
 SpaceName = Annotated[str, StringConstraints(min_length=1, max_length=300)]  # embeddings.space
 
 
