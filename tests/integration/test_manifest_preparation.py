@@ -231,3 +231,25 @@ def test_a_job_canceled_while_preparing_stops_its_reader(settings, client):
     assert canceled["status"] == "canceled" and canceled["progress"]["rows_read"] == PIECE
     assert canceled["chunks"]["total"] == 0 and sent.calls == []
     assert run_preparation(job["id"], settings, read_pieces=small_pieces, enqueue=sent) == "skipped"
+
+
+def test_a_large_embed_manifest_is_prepared_with_each_items_category(settings, client):
+    with session_scope() as s:
+        s.add(ModelVersion(name="vecs", version=1, task="embedding", input_height=8, input_width=8,
+                           resize_mode="stretch", pixel_scale="unit", output_names=["vector"],
+                           target_transform={"kind": "none"}, path="/nowhere", sha256="0" * 64, size_bytes=1))
+        s.flush()
+        set_alias(s, "vecs", "production", 1)
+    write_manifest(settings, [])
+    (settings.data_roots[0] / "shop.csv").write_text(
+        "id,path,kind\n" + "".join(f"item{i:02d},p{i:02d}.png,{'shoe' if i % 2 else ''}\n" for i in range(ROWS)))
+    resp = client.post("/api/v1/jobs/embed", json={"model": "vecs", "catalog": "shop", "manifest": "shop.csv",
+                                                   "id_column": "id", "image_column": "path",
+                                                   "category_column": "kind"})
+    assert resp.status_code == 202 and resp.json["status"] == "preparing", resp.json
+    assert run_preparation(resp.json["id"], settings, read_pieces=small_pieces, enqueue=Sent()) == "queued"
+    with session_scope() as s:
+        categories = dict(s.execute(select(JobItem.item_id, JobItem.category)
+                                    .where(JobItem.job_id == resp.json["id"])).all())
+    assert categories == {f"item{i:02d}": "shoe" if i % 2 else None for i in range(ROWS)}
+    assert described(resp.json["id"])["embedding"]["catalog"] == "shop"
