@@ -4,7 +4,8 @@ commit first, send second) are in shared/services/preparation.py; this module on
 
 A manifest that turns out bad part-way (an unreadable row, an empty id, a duplicate id, a bad item) fails the job
 with the reason the request would have got as a 400. An object store that fails (ObjectStoreUnavailable) leaves
-the job preparing: the task's message goes back to the queue, or the sweeper sends it again.
+the job preparing, and the sweeper sends it again (worker/sweeper.py); a database outage puts the task's message back
+on the queue (worker/tasks.requeue_on_outage).
 """
 from __future__ import annotations
 
