@@ -253,3 +253,14 @@ def test_a_large_embed_manifest_is_prepared_with_each_items_category(settings, c
                                     .where(JobItem.job_id == resp.json["id"])).all())
     assert categories == {f"item{i:02d}": "shoe" if i % 2 else None for i in range(ROWS)}
     assert described(resp.json["id"])["embedding"]["catalog"] == "shop"
+
+
+def test_a_preparing_job_counts_against_the_tokens_cap_and_its_key_replays_it(settings):
+    client = authorized_client(create_app(replace(settings, max_active_jobs=1)))
+    manifest = write_manifest(settings, good_rows())
+    body = {"model": "means", "manifest": manifest, "id_column": "id", "image_column": "path"}
+    first = client.post("/api/v1/jobs/score", json=body, headers={"Idempotency-Key": "big-1"})
+    again = client.post("/api/v1/jobs/score", json=body, headers={"Idempotency-Key": "big-1"})
+    assert (first.status_code, again.status_code) == (202, 202) and first.json["status"] == "preparing"
+    assert again.json["id"] == first.json["id"] and again.headers["Idempotent-Replayed"] == "true"
+    assert_error(client.post("/api/v1/jobs/score", json=body), 429, "TooManyRequests")
