@@ -306,7 +306,7 @@ def wait_final(session, stack, job_id: str, timeout: float, poll: float = 0.25, 
             if phase != last_phase:
                 log(f"    job {job_id[:8]}: {job['status']}, phase {phase}")
                 last_phase = phase
-        if job["status"] not in ("queued", "running"):
+        if job["status"] not in ("preparing", "queued", "running"):
             return job
         if time.time() > deadline:
             raise TimeoutError(f"{what} {job_id} still {job['status']} after {timeout}s: {job.get('progress')}")

@@ -108,7 +108,7 @@ class CommitStack:
         job_id = resp.json()["id"]
         while True:
             job = requests.get(f"http://127.0.0.1:{self.port}/api/v1/jobs/{job_id}", timeout=30).json()
-            if job["status"] not in ("queued", "running"):
+            if job["status"] not in ("preparing", "queued", "running"):
                 break
             if time.time() - started > timeout:
                 raise TimeoutError(f"{self.label}: job {job_id} still {job['status']}")

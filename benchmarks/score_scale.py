@@ -16,7 +16,11 @@ every job a manifest submitted over HTTP with "cache": false:
       (gunicorn master + workers) before the POST, its peak while the POST runs (sampled every 20 ms) and
       after the 202;
   (d) the large job's results CSV (GET /api/v1/jobs/<id>/results?format=csv) read with requests'
-      stream=True: rows/s from the request to the last byte, median of --csv-runs reads.
+      stream=True: rows/s from the request to the last byte, median of --csv-runs reads;
+  (e) the 202 of a --accept-rows manifest (default 1,000,000; 0 skips it): a manifest over
+      IMGQ_INLINE_MANIFEST_BYTES is answered `preparing` and read into items by the maintenance worker, so the
+      202's time and the web RSS should not grow with it; then the seconds until the job leaves `preparing`
+      (rows/s of the maintenance worker's reader), after which the job is canceled, not scored.
 
 Items reuse a few hundred photo-like JPEGs (~200x260: a smooth colour field, soft-edged objects, two
 scales of texture and sensor grain, so they decode like photos, not like flat shapes) under distinct item
@@ -24,7 +28,7 @@ ids; they are made once under benchmarks/.cache/catalogs/.
 
 Targets (reported as met / not met, never asserted): chunk time last tenth / first tenth <= 1.2 (large
 job), images/s large / small >= 0.9, large manifest's 202 < 3 s, web RSS growth < 50 MB (peak during the
-submission), results CSV >= 50,000 rows/s.
+submission), results CSV >= 50,000 rows/s, the --accept-rows manifest's 202 < 1 s.
 
     python benchmarks/score_scale.py            # 100,000 and 5,000 items (minutes on 2 cores, if linear)
     python benchmarks/score_scale.py --quick    # 20,000 and 2,000 items
@@ -70,6 +74,7 @@ TARGETS = {
     "manifest_202_s": ("<", 3.0),
     "web_rss_growth_mb": ("<", 50.0),
     "csv_rows_per_s": (">=", 50000.0),
+    "million_row_202_s": ("<", 1.0),
 }
 
 
@@ -83,6 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="20,000 and 2,000 items")
     p.add_argument("--files", type=int, default=400, help="distinct JPEG files the items reuse (default 400)")
     p.add_argument("--csv-runs", type=int, default=3, help="reads of the large job's results CSV (median)")
+    p.add_argument("--accept-rows", type=int, default=1_000_000,
+                   help="rows of the manifest whose 202 is timed, then prepared and canceled (0: skip; default 1M)")
     p.add_argument("--job-timeout", type=float, help="seconds to wait for each job (default max(600, items/20))")
     add_backend_args(p)
     add_run_args(p)
@@ -118,7 +125,7 @@ def wait_done(http, stack, job_id: str, timeout: float, every: float = 60.0) -> 
     deadline, last_log = time.time() + timeout, time.time()
     while True:
         job = http.get(stack.url(f"/api/v1/jobs/{job_id}"), timeout=60).json()
-        if job["status"] not in ("queued", "running"):
+        if job["status"] not in ("preparing", "queued", "running"):
             return job
         if time.time() > deadline:
             raise TimeoutError(f"job {job_id} still {job['status']} after {timeout:.0f}s: {job.get('progress')}")
@@ -185,6 +192,27 @@ def run_job(http, stack, manifest_rel: str, n: int, timeout: float, label: str) 
         raise RuntimeError(f"{label}: job {job_id} ended {final['status']} with {p['failed']} failed items: "
                            f"{final.get('error')}")
     return out
+
+
+def accept_only(http, stack, manifest_rel: str, rows: int, timeout: float) -> dict:
+    """(e) the 202 of a `rows`-row manifest and the web RSS meanwhile, then the seconds until the maintenance
+    worker has read it (the job leaves `preparing`); the job is then canceled, its items never scored."""
+    sent = submit(http, stack, manifest_rel)
+    job_id, deadline = sent["job"]["id"], time.time() + timeout
+    log(f"(e) {rows:,} rows: 202 after {sent['accepted_s']:.2f}s with the job {sent['job']['status']}, web RSS "
+        f"{sent['web']['rss_before_mb']} -> peak {sent['web']['rss_peak_mb']} MB")
+    job = sent["job"]
+    while job["status"] == "preparing" and time.time() < deadline:
+        time.sleep(1.0)
+        job = http.get(stack.url(f"/api/v1/jobs/{job_id}"), timeout=60).json()
+    prepared_s = time.time() - sent["t_submit"] if job["status"] != "preparing" else None
+    http.post(stack.url(f"/api/v1/jobs/{job_id}/cancel"), timeout=60)
+    log(f"(e) {rows:,} rows: {job['status']} after {prepared_s and round(prepared_s, 1)}s "
+        f"({job['progress']['rows_read']:,} rows read); canceled")
+    return {"job_id": job_id, "rows": rows, "status_at_202": sent["job"]["status"], "accepted_s": sent["accepted_s"],
+            "web": sent["web"], "status_after": job["status"], "rows_read": job["progress"]["rows_read"],
+            "prepared_s": round(prepared_s, 1) if prepared_s else None,
+            "rows_per_s": round(rows / prepared_s) if prepared_s else None}
 
 
 # --------------------------------------------------------------------------- (b) table sizes, (d) results CSV
@@ -298,6 +326,15 @@ def markdown(report: dict) -> str:
                          f"{csv_read['statistic']})", f"{csv_read['rows_per_s']:,} rows/s", csv_read, "csv_rows_per_s"))
         lines.append(row("results CSV: first byte after; web RSS peak growth while read",
                          f"{csv_read['first_byte_s']} s; {csv_read['web']['peak_growth_mb']} MB"))
+    accept = report.get("accept")
+    if accept:
+        lines.append(row(f"{accept['rows']:,}-row manifest: 202 after (the job {accept['status_at_202']})",
+                         f"{accept['accepted_s']} s", None, "million_row_202_s"))
+        lines.append(row(f"{accept['rows']:,}-row manifest: web RSS growth (peak; retained after the 202), MB",
+                         f"{accept['web']['peak_growth_mb']} ({accept['web']['retained_growth_mb']})"))
+        lines.append(row(f"{accept['rows']:,}-row manifest read by the maintenance worker",
+                         f"{accept['prepared_s']} s, {accept['rows_per_s']} rows/s (then {accept['status_after']}, "
+                         "canceled)"))
     lines += tenth_table(small, large) + size_table(report.get("table_sizes") or {})
     lines += ["", "Other processes' CPU leaves out this run's PostgreSQL backends (reported on their own row); the "
               "web RSS is the summed VmRSS of `imgq serve`'s gunicorn tree, sampled every 20 ms during the POST."]
@@ -357,6 +394,8 @@ def targets_of(report: dict) -> dict:
         out["web_rss_growth_mb"] = verdict(TARGETS, "web_rss_growth_mb", large["web"]["peak_growth_mb"])
     if csv_read:
         out["csv_rows_per_s"] = verdict(TARGETS, "csv_rows_per_s", csv_read["rows_per_s"])
+    if report.get("accept"):
+        out["million_row_202_s"] = verdict(TARGETS, "million_row_202_s", report["accept"]["accepted_s"])
     return out
 
 
@@ -385,6 +424,10 @@ def measure(bench: BenchRun, args, report: dict) -> None:
     report["large"] = run_job(http, stack, manifests[args.items], args.items, timeout, f"(a) {args.items:,} items")
     report["table_sizes"] = table_sizes()
     report["csv"] = stream_csv(http, stack, report["large"]["job_id"], args.csv_runs)
+    if args.accept_rows:
+        manifest = items_manifest(bench.manifest_dir, f"scale-{args.accept_rows}", args.accept_rows, photos)
+        report["accept"] = accept_only(http, stack, manifest, args.accept_rows,
+                                       timeout=max(600.0, args.accept_rows / 2000))
 
 
 def main(argv=None) -> int:

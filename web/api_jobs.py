@@ -43,7 +43,9 @@ def _submit(upload, from_json):
             responses={202: Job}, errors=(404, 409), submits=True, links={202: ITEM_JOB_LINKS},
             description="Items by path (relative to a data root), a manifest (CSV or Parquet) on the data roots, an "
                         "upload sent in parts (409 once a job took it), or uploaded files (multipart). Answers the "
-                        "queued job; follow its `links`.")
+                        "queued job; follow its `links`. A manifest over IMGQ_INLINE_MANIFEST_BYTES is checked (its "
+                        "columns, its first rows) and answered at once with the job `preparing` while a worker reads "
+                        "it (`progress.rows_read`); a bad row found later fails the job with the same reason.")
 def create_score_job():
     settings, who = current_app.config["IMGQ_SETTINGS"], origin()
     return _submit(lambda files, form: submit_upload(settings, files, ScoreUploadForm.model_validate(form), who),
@@ -55,7 +57,8 @@ def create_score_job():
                                                                        many=frozenset({"files"})),
             responses={202: Job}, errors=(404, 409), submits=True, links={202: ITEM_JOB_LINKS})
 def create_embed_job():
-    """Vectors for a catalog's items, batched and retried as scoring; the job's `embedding` names their space."""
+    """Vectors for a catalog's items, batched and retried as scoring; the job's `embedding` names their space. A large
+    manifest is answered `preparing`, as for scoring."""
     settings, who = current_app.config["IMGQ_SETTINGS"], origin()
     return _submit(
         lambda files, form: submit_embed_upload(settings, files, EmbedUploadForm.model_validate(form), who),

@@ -18,9 +18,7 @@ from werkzeug.utils import secure_filename
 
 from shared.core.config import Settings
 from shared.core.errors import InvalidRequest
-from shared.core.paths import OutsideDataRoots, is_object_uri, object_inside, path_inside, resolve_inside
-from shared.images.manifests import iter_manifest
-from shared.images.object_store import ObjectFile, StoreConfig
+from shared.core.paths import path_inside
 from shared.schemas.jobs import EmbedRequest, EmbedUploadForm, ScoreRequest, ScoreUploadForm
 from shared.services import model_imports, submission
 from shared.services.model_registry import Signature
@@ -30,29 +28,19 @@ from web.auth import caller
 DEFAULT_CATEGORY_COLUMN = "category"
 
 
-def _manifest_path(settings: Settings, manifest: str) -> Path | ObjectFile:
-    """The manifest the request names: a file inside the data roots, or an object under their URI prefixes."""
-    try:
-        if is_object_uri(manifest):
-            return ObjectFile(object_inside(settings.object_roots, manifest), StoreConfig.from_settings(settings))
-        return resolve_inside(settings.data_roots, manifest)
-    except OutsideDataRoots as exc:
-        raise InvalidRequest(f"manifest: {exc}", field="manifest") from None
-
-
 def submit_json(settings: Settings, req: ScoreRequest, origin: Origin) -> tuple[dict, bool]:
     if req.upload is not None:
         return submission.submit_score_upload(settings, model_ref=req.model, upload_id=req.upload,
                                               use_cache=req.cache, who=caller(), origin=origin)
-    if req.items is not None:
-        pieces = [[(it.id, it.uri) for it in req.items]]
-        source = {"type": "items", "count": len(req.items)}
-    else:
-        pieces = iter_manifest(_manifest_path(settings, req.manifest), req.id_column, req.image_column)
+    fp = submission.fingerprint(req.model_dump())
+    if req.items is None:
         source = {"type": "manifest", "manifest": req.manifest, "id_column": req.id_column,
                   "image_column": req.image_column}
-    return submission.submit_score(settings, model_ref=req.model, pieces=pieces, source=source, use_cache=req.cache,
-                                   origin=origin, request_fingerprint=submission.fingerprint(req.model_dump()))
+        return submission.submit_score_manifest(settings, model_ref=req.model, source=source, use_cache=req.cache,
+                                                origin=origin, request_fingerprint=fp)
+    return submission.submit_score(settings, model_ref=req.model, pieces=[[(it.id, it.uri) for it in req.items]],
+                                   source={"type": "items", "count": len(req.items)}, use_cache=req.cache,
+                                   origin=origin, request_fingerprint=fp)
 
 
 def submit_embed_json(settings: Settings, req: EmbedRequest, origin: Origin) -> tuple[dict, bool]:
@@ -62,19 +50,18 @@ def submit_embed_json(settings: Settings, req: EmbedRequest, origin: Origin) -> 
         return submission.submit_embed_upload(settings, model_ref=req.model, upload_id=req.upload,
                                               catalog=req.catalog, layer=req.layer, normalize=req.normalize,
                                               category=req.category, use_cache=req.cache, who=caller(), origin=origin)
-    if req.items is not None:
-        pieces = [[(it.id, it.uri, it.category) for it in req.items]]
-        source = {"type": "items", "count": len(req.items)}
-    else:
-        column = req.category_column or DEFAULT_CATEGORY_COLUMN
-        pieces = iter_manifest(_manifest_path(settings, req.manifest), req.id_column, req.image_column, column,
-                               category_required=req.category_column is not None)
+    fp = submission.fingerprint({"kind": "embed", **req.model_dump()})
+    space = {"catalog": req.catalog, "layer": req.layer, "normalize": req.normalize}
+    if req.items is None:
         source = {"type": "manifest", "manifest": req.manifest, "id_column": req.id_column,
-                  "image_column": req.image_column, "category_column": column}
-    return submission.submit_embed(settings, model_ref=req.model, catalog=req.catalog, layer=req.layer,
-                                   normalize=req.normalize, pieces=pieces, source=source, use_cache=req.cache,
-                                   origin=origin,
-                                   request_fingerprint=submission.fingerprint({"kind": "embed", **req.model_dump()}))
+                  "image_column": req.image_column, "category_column": req.category_column or DEFAULT_CATEGORY_COLUMN,
+                  "category_required": req.category_column is not None}
+        return submission.submit_embed_manifest(settings, model_ref=req.model, **space, source=source,
+                                                use_cache=req.cache, origin=origin, request_fingerprint=fp)
+    return submission.submit_embed(settings, model_ref=req.model, **space,
+                                   pieces=[[(it.id, it.uri, it.category) for it in req.items]],
+                                   source={"type": "items", "count": len(req.items)}, use_cache=req.cache,
+                                   origin=origin, request_fingerprint=fp)
 
 
 def _save_upload(storage: FileStorage, dest: Path) -> str:

@@ -22,6 +22,7 @@ from shared.core.db import insert_ignoring_conflicts, is_postgres
 from shared.core.states import (
     CHUNKED_JOB_KINDS,
     FINAL_JOB_STATUSES,
+    OPEN_JOB_STATUSES,
     TERMINAL_CHUNK_STATES,
     UNSENT_CHUNK_STATES,
     ChunkState,
@@ -319,9 +320,9 @@ def finish(session: Session, job_id: str, chunk_no: int, attempt: int) -> bool:
 
 
 def finalize_if_complete(session: Session, job: Job) -> bool:
-    """running|queued -> succeeded once no chunk of a score or embed job is left to run. The caller holds the job
-    lock."""
-    if job.status in FINAL_JOB_STATUSES or job.kind not in CHUNKED_JOB_KINDS:
+    """running|queued -> succeeded once no chunk of a score or embed job is left to run (never a preparing job: its
+    chunks do not exist yet). The caller holds the job lock."""
+    if job.status not in OPEN_JOB_STATUSES or job.kind not in CHUNKED_JOB_KINDS:
         return False
     open_chunks = session.scalar(select(func.count()).select_from(Chunk).where(
         Chunk.job_id == job.id, Chunk.state.not_in(TERMINAL_CHUNK_STATES)))

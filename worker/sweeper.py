@@ -13,6 +13,10 @@
   by a crash are removed after `orphan_upload_after`;
 - index jobs likewise, and also when their worker died mid-build (no heartbeat for `heartbeat_timeout`); index
   folders no version uses (a run killed before it registered) are removed after `orphan_upload_after`;
+- score and embed jobs preparing (their large manifest read into items on the maintenance worker) whose task was
+  never sent, or was sent over `requeue_after` ago and shows no progress since, or whose progress stopped for
+  `heartbeat_timeout` (its worker died), are sent again (the reader resumes after the rows it counted:
+  shared/services/preparation.py);
 - jobs whose chunks are all finished are closed;
 - score jobs that succeeded without their output drift recorded get it: those this sweep closed (including by
   giving up their last chunk), and those closed elsewhere without it (a chunk given up at a worker's claim, a worker
@@ -62,10 +66,12 @@ DRIFT_CATCH_UP = timedelta(days=7)  # score jobs created this recently (ix_jobs_
 
 
 def sweep(settings: Settings, enqueue, enqueue_train=None,
-          queue_depth: Callable[[str], int | None] | None = None, enqueue_imports=None, enqueue_index=None) -> dict:
+          queue_depth: Callable[[str], int | None] | None = None, enqueue_imports=None, enqueue_index=None,
+          enqueue_preparation=None) -> dict:
     """`enqueue(job_id, chunk_nos)` sends score tasks, `enqueue_train(job_ids)` train tasks,
-    `enqueue_imports(job_ids)` import tasks and `enqueue_index(job_ids)` index tasks, all after the database work is
-    committed; `queue_depth(queue)` counts a queue's messages (None: unknown)."""
+    `enqueue_imports(job_ids)` import tasks, `enqueue_index(job_ids)` index tasks and `enqueue_preparation(job_ids)`
+    manifest preparations, all after the database work is committed; `queue_depth(queue)` counts a queue's messages
+    (None: unknown)."""
     now = utcnow()
     depth = queue_depth or (lambda _queue: None)
     to_send, given_up, closed_ids = _take_back_dead_chunks(settings, now)
@@ -81,6 +87,8 @@ def sweep(settings: Settings, enqueue, enqueue_train=None,
     for kind, send in ((JobKind.IMPORT, enqueue_imports), (JobKind.INDEX, enqueue_index)):
         waiting = _unsent_jobs(settings, now, kind) if send is not None else []
         sent += send(waiting) if waiting else 0
+    stalled = _stalled_preparations(settings, now) if enqueue_preparation is not None else []
+    sent += enqueue_preparation(stalled) if stalled else 0
     removed = remove_old_uploads(settings) + uploads.remove_idle(settings, settings.orphan_upload_after)
     model_importer.remove_stale_staging(settings, settings.orphan_upload_after)
     index_builder.remove_stray_folders(settings, settings.orphan_upload_after)
@@ -209,6 +217,18 @@ def _unsent_jobs(settings: Settings, now, kind: JobKind) -> list[str]:
             Job.kind == kind, Job.status.in_(OPEN_JOB_STATUSES),
             (Job.enqueued_at.is_(None) & (Job.created_at < now - timedelta(seconds=SEND_GRACE_SECONDS)))
             | stalled)))
+
+
+def _stalled_preparations(settings: Settings, now) -> list[str]:
+    """Preparing jobs whose reader is not running: never sent (after the web front's grace), sent over
+    `requeue_after` ago and never started, or started and silent for `heartbeat_timeout` (and not sent again since)."""
+    silent = now - timedelta(seconds=settings.heartbeat_timeout)
+    with session_scope() as session:
+        return list(session.scalars(select(Job.id).where(
+            Job.status == JobStatus.PREPARING,
+            (Job.enqueued_at.is_(None) & (Job.created_at < now - timedelta(seconds=SEND_GRACE_SECONDS)))
+            | (Job.heartbeat_at.is_(None) & (Job.enqueued_at < now - timedelta(seconds=settings.requeue_after)))
+            | ((Job.heartbeat_at < silent) & (Job.enqueued_at < silent)))))
 
 
 def remove_old_uploads(settings: Settings) -> int:

@@ -1,5 +1,5 @@
 """Celery tasks: thin wrappers over worker.run_chunk, worker.query_embedding, worker.sweeper,
-worker.model_importer and worker.index_builder.
+worker.model_importer, worker.index_builder and worker.manifest_expansion.
 
 This module is imported by the worker's main process, which forks the pool: it must not
 import TensorFlow. Models are loaded in each pool process after the fork (worker_process_init).
@@ -21,6 +21,7 @@ from shared.core.celery_app import (
     BUILD_INDEX_TASK,
     EMBED_QUERY_TASK,
     IMPORT_MODEL_TASK,
+    PREPARE_MANIFEST_TASK,
     SCHEDULE_TICK_TASK,
     SCORE_CHUNK_TASK,
     SWEEP_TASK,
@@ -28,7 +29,14 @@ from shared.core.celery_app import (
     app,
     configured_settings,
 )
-from shared.core.dispatch import enqueue_chunks, enqueue_imports, enqueue_index, enqueue_train, queue_depth
+from shared.core.dispatch import (
+    enqueue_chunks,
+    enqueue_imports,
+    enqueue_index,
+    enqueue_preparation,
+    enqueue_train,
+    queue_depth,
+)
 from worker import metrics, presence  # noqa: F401  (presence: its signal handlers report this worker)
 
 log = logging.getLogger(__name__)
@@ -153,6 +161,15 @@ def build_index(self, job_id: str) -> str:
     return result
 
 
+@app.task(name=PREPARE_MANIFEST_TASK, bind=True)
+@requeue_on_outage
+def prepare_manifest(self, job_id: str) -> str:
+    """On the maintenance queue: a preparing job's manifest read into items, then its chunks sent."""
+    from worker.manifest_expansion import run_preparation
+
+    return run_preparation(job_id, configured_settings())
+
+
 # resultrepr_maxsize: Celery's "Task ... succeeded" log line and its task-succeeded event show the result's keys, never
 # the vectors: "{'vectors': , ...}" (about 1.3 KB a query otherwise)
 @app.task(name=EMBED_QUERY_TASK, ignore_result=False, resultrepr_maxsize=12)
@@ -190,7 +207,8 @@ def sweep() -> dict | None:
 
     settings = configured_settings()
     return skipped_on_outage(
-        lambda: run_sweep(settings, enqueue_chunks, enqueue_train, queue_depth, enqueue_imports, enqueue_index),
+        lambda: run_sweep(settings, enqueue_chunks, enqueue_train, queue_depth, enqueue_imports, enqueue_index,
+                          enqueue_preparation),
         "sweep", settings.sweep_interval)
 
 

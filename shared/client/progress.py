@@ -1,7 +1,8 @@
 """Watching a job until it ends: a live bar on a terminal (rich), plain lines otherwise (a log, a pipe, cron); and
 the same for a folder going up (`uploading`: a byte bar, or one line per part of an upload in parts).
 
-Item jobs (score, embed) show done/total, images/s, ETA and the failed count; train jobs the epoch, the step and
+Item jobs (score, embed) show done/total, images/s, ETA and the failed count (while `preparing`, the manifest rows
+read so far); train jobs the epoch, the step and
 the latest epoch's loss and metrics (from /jobs/<id>/epochs). Lines carry no control characters; a state line is
 written only when something changed (at most every `line_every` seconds), so a log of a long job stays short, and
 a train job's finished epochs each get their own line (all of them, however many ended between two polls).
@@ -47,6 +48,8 @@ def describe(job: dict, epoch: dict | None = None) -> str:
     if job["kind"] == "train":
         return (f"{head}: {p.get('phase') or '-'} epoch {p.get('epoch') or 0}/{p.get('epochs') or '?'}"
                 f" eta {_figure(p.get('eta_seconds'), '{:.0f}s')} {epoch_figures(epoch)}").rstrip()
+    if job["status"] == "preparing":  # a large manifest being read into items: its total is not known yet
+        return f"{head}: {p.get('rows_read', 0)} manifest rows read"
     if job["kind"] not in ITEM_KINDS:  # an import or an index build: its phase, or how far it is
         return f"{head}: {p['phase']}" if p.get("phase") else \
             f"{head}: {p['done']}/{p['total']}" if "total" in p else head
@@ -116,6 +119,8 @@ def _watch_bar(client: Client, job, *, poll, timeout, out) -> dict:
                 extra = epoch_figures(latest_epoch(client, current))
                 bar.update(task, total=p.get("epochs") or None, completed=p.get("epoch") or 0,
                            rate=p.get("phase") or "", eta=_figure(p.get("eta_seconds"), "{:.0f}s"), extra=extra)
+            elif current["status"] == "preparing":
+                bar.update(task, total=None, completed=0, rate=f"{p.get('rows_read', 0)} rows read", extra="preparing")
             elif "total" in p:
                 bar.update(task, total=p["total"], completed=p["done"],
                            rate=f"{_figure(p.get('images_per_second'))} img/s",

@@ -27,6 +27,7 @@ SWEEP_TASK = "imgq.sweep"
 SCHEDULE_TICK_TASK = "imgq.schedule_tick"
 IMPORT_MODEL_TASK = "imgq.import_model"
 BUILD_INDEX_TASK = "imgq.build_index"
+PREPARE_MANIFEST_TASK = "imgq.prepare_manifest"
 EMBED_QUERY_TASK = "imgq.embed_query"
 
 app = Celery("imgq", include=["worker.tasks"])
@@ -38,6 +39,7 @@ app.conf.update(
     task_routes={SCORE_CHUNK_TASK: {"queue": SCORE_QUEUE}, TRAIN_TASK: {"queue": TRAIN_QUEUE},
                  SWEEP_TASK: {"queue": MAINTENANCE_QUEUE}, SCHEDULE_TICK_TASK: {"queue": MAINTENANCE_QUEUE},
                  IMPORT_MODEL_TASK: {"queue": MAINTENANCE_QUEUE}, BUILD_INDEX_TASK: {"queue": MAINTENANCE_QUEUE},
+                 PREPARE_MANIFEST_TASK: {"queue": MAINTENANCE_QUEUE},
                  EMBED_QUERY_TASK: {"queue": QUERY_QUEUE}},
     # At-least-once delivery; idempotent writes make a second delivery harmless.
     task_acks_late=True,

@@ -153,6 +153,7 @@ class Settings:
     upload_dir: Path
     model_store: Path
     chunk_size: int
+    inline_manifest_bytes: int
     chain_seconds: float
     batch_size: int
     decode_threads: int
@@ -250,6 +251,7 @@ def load_settings(env: dict | None = None) -> Settings:
         upload_dir=Path(env.get("IMGQ_UPLOAD_DIR") or data_dir / "uploads").expanduser().resolve(),
         model_store=Path(env.get("IMGQ_MODEL_STORE") or data_dir / "models").expanduser().resolve(),
         chunk_size=_int(env, "IMGQ_CHUNK_SIZE", 256),
+        inline_manifest_bytes=_int(env, "IMGQ_INLINE_MANIFEST_BYTES", 1024 ** 2, minimum=0),
         chain_seconds=_float(env, "IMGQ_CHAIN_SECONDS", 60.0, zero_allowed=True),
         batch_size=_int(env, "IMGQ_BATCH_SIZE", 128),
         decode_threads=decode_threads,

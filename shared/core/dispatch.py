@@ -1,5 +1,5 @@
-"""Putting committed chunks, train runs and model imports on the queue (the outbox's relay). Never called inside
-a transaction."""
+"""Putting committed chunks, train runs, model imports, index builds and manifest preparations on the queue (the
+outbox's relay). Never called inside a transaction."""
 from __future__ import annotations
 
 import logging
@@ -10,6 +10,7 @@ from shared.core.celery_app import (
     BUILD_INDEX_TASK,
     IMPORT_MODEL_TASK,
     MAINTENANCE_QUEUE,
+    PREPARE_MANIFEST_TASK,
     SCORE_CHUNK_TASK,
     SCORE_QUEUE,
     TRAIN_QUEUE,
@@ -17,7 +18,14 @@ from shared.core.celery_app import (
     app,
 )
 from shared.core.db import session_scope
-from shared.core.states import OPEN_JOB_STATUSES, UNSENT_CHUNK_STATES, UNSENT_RUN_STATES, ChunkState, RunState
+from shared.core.states import (
+    OPEN_JOB_STATUSES,
+    UNSENT_CHUNK_STATES,
+    UNSENT_RUN_STATES,
+    ChunkState,
+    JobStatus,
+    RunState,
+)
 from shared.core.tables import Chunk, Job, TrainRun, utcnow
 
 log = logging.getLogger(__name__)
@@ -76,11 +84,17 @@ def enqueue_index(job_ids: list[str]) -> int:
     return _enqueue_on_maintenance(BUILD_INDEX_TASK, job_ids, "index")
 
 
-def _enqueue_on_maintenance(task: str, job_ids: list[str], what: str) -> int:
+def enqueue_preparation(job_ids: list[str]) -> int:
+    """Send one task per preparing score or embed job to the maintenance queue (it reads the job's manifest into
+    items: worker/manifest_expansion.py), then record when."""
+    return _enqueue_on_maintenance(PREPARE_MANIFEST_TASK, job_ids, "preparing", (JobStatus.PREPARING,))
+
+
+def _enqueue_on_maintenance(task: str, job_ids: list[str], what: str, statuses=OPEN_JOB_STATUSES) -> int:
     sent = _send_each(task, MAINTENANCE_QUEUE, job_ids, what)
     if sent:
         with session_scope() as session:
-            session.execute(update(Job).where(Job.id.in_(sent), Job.status.in_(OPEN_JOB_STATUSES))
+            session.execute(update(Job).where(Job.id.in_(sent), Job.status.in_(statuses))
                       .values(enqueued_at=utcnow()))
     return len(sent)
 

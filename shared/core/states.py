@@ -3,9 +3,11 @@
 Only the lifecycle code moves a row from one state to another: `worker/chunk_lifecycle.py` (chunks and score and
 embed jobs), `worker/training/lifecycle.py` (training runs and train jobs), `shared/services/model_imports.py` and
 `shared/services/index_jobs.py` (import and index jobs, claimed through `shared/services/single_task_jobs.py`; the
-worker runs them and records every step through these), `shared/core/dispatch.py` (pending -> queued when a message
-is sent) and `shared/services/jobs.cancel_job`. A transition that changes a job and its chunks or run locks the job
-row first (`shared/services/jobs.lock_job`). Rows are created in their first state by the functions that create them.
+worker runs them and records every step through these), `shared/services/preparation.py` (score and embed jobs whose
+large manifest the maintenance worker expands: preparing -> queued or failed), `shared/core/dispatch.py` (pending ->
+queued when a message is sent) and `shared/services/jobs.cancel_job`. A transition that changes a job and its chunks
+or run locks the job row first (`shared/services/jobs.lock_job`). Rows are created in their first state by the
+functions that create them.
 
 Members are `str`s, so they compare equal to the values read back from the database and serialise as them.
 """
@@ -31,6 +33,7 @@ class JobKind(_State):
 
 class JobStatus(_State):
     """What a client sees: GET /api/v1/jobs/<id> -> status."""
+    PREPARING = "preparing"  # a score or embed job whose manifest is being read into items, off the request thread
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -63,7 +66,8 @@ class RunState(_State):
 # Tuples, not sets: they go into SQL `IN (...)` lists, which should read the same every time.
 CHUNKED_JOB_KINDS = (JobKind.SCORE, JobKind.EMBED)  # items in chunks through the decode-and-predict pipeline
 FINAL_JOB_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
-OPEN_JOB_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
+OPEN_JOB_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)  # its chunks, run or task may run
+ACTIVE_JOB_STATUSES = (JobStatus.PREPARING, *OPEN_JOB_STATUSES)  # counted against a token's IMGQ_MAX_ACTIVE_JOBS
 TERMINAL_CHUNK_STATES = (ChunkState.DONE, ChunkState.FAILED, ChunkState.CANCELED)
 UNSENT_CHUNK_STATES = (ChunkState.PENDING, ChunkState.QUEUED)  # its message may be (re)sent or taken
 TAKEN_CHUNK_STATES = (ChunkState.DELIVERED, ChunkState.RUNNING)  # a worker holds it: its heartbeat is watched

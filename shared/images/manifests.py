@@ -16,12 +16,33 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
+from shared.core.config import Settings
 from shared.core.errors import InvalidRequest, ObjectStoreUnavailable
+from shared.core.paths import OutsideDataRoots, is_object_uri, object_inside, resolve_inside
 from shared.core.vocab import MANIFEST_SUFFIXES, manifest_suffix
 from shared.images.imaging import ImageError
-from shared.images.object_store import ObjectFile, classify
+from shared.images.object_store import ObjectFile, StoreConfig, classify
 
 PIECE_ROWS = 5000
+
+
+def locate(settings: Settings, manifest: str) -> Path | ObjectFile:
+    """The manifest a request names: a file inside the data roots, or an object under their URI prefixes."""
+    try:
+        if is_object_uri(manifest):
+            return ObjectFile(object_inside(settings.object_roots, manifest), StoreConfig.from_settings(settings))
+        return resolve_inside(settings.data_roots, manifest)
+    except OutsideDataRoots as exc:
+        raise InvalidRequest(f"manifest: {exc}", field="manifest") from None
+
+
+def size_of(path: Path | ObjectFile) -> int:
+    """The manifest's size in bytes (cheaper than counting its rows); InvalidRequest when it is not there."""
+    _check_exists(path)
+    try:
+        return path.size() if isinstance(path, ObjectFile) else path.stat().st_size
+    except ImageError as exc:
+        raise InvalidRequest(f"manifest: {exc}", field="manifest") from None
 
 
 def check_suffix(path: Path | ObjectFile, field: str) -> str:
@@ -76,8 +97,8 @@ def _unreadable(path: Path | ObjectFile, exc: Exception, field: str) -> Exceptio
 
 
 def iter_manifest(path: Path | ObjectFile, id_column: str, image_column: str, category_column: str | None = None, *,
-                  category_required: bool = True) -> Iterator[list[tuple]]:
-    """A job's items: lists of (item id, image uri), PIECE_ROWS at a time; with `category_column`, lists of
+                  category_required: bool = True, rows: int = PIECE_ROWS) -> Iterator[list[tuple]]:
+    """A job's items: lists of (item id, image uri), `rows` at a time; with `category_column`, lists of
     (item id, image uri, category), the category None for an empty cell, or for every item when the manifest has no
     such column and it is not `category_required`.
 
@@ -89,7 +110,7 @@ def iter_manifest(path: Path | ObjectFile, id_column: str, image_column: str, ca
     if category_column is not None:
         wanted.append(("category_column", category_column))
     optional = () if category_required else ("category_column",)
-    for frame in read_columns(path, wanted, field="manifest", optional=optional):
+    for frame in read_columns(path, wanted, field="manifest", rows=rows, optional=optional):
         if frame[id_column].isna().any() or frame[image_column].isna().any():
             raise InvalidRequest(f"manifest has empty values in {id_column!r} or {image_column!r}",
                                  field="manifest")
@@ -101,6 +122,16 @@ def iter_manifest(path: Path | ObjectFile, id_column: str, image_column: str, ca
             yield list(zip(ids, uris, [None if pd.isna(c) else str(c) for c in frame[category_column]]))
         else:
             yield [(item_id, uri, None) for item_id, uri in zip(ids, uris)]
+
+
+def source_pieces(settings: Settings, source: dict, rows: int = PIECE_ROWS) -> Iterator[list[tuple]]:
+    """The items of the manifest a score or embed job's `source` names (`manifest`, `id_column`, `image_column`;
+    an embed job's `category_column` and `category_required`), as `iter_manifest` gives them."""
+    path = locate(settings, source["manifest"])
+    if "category_column" not in source:
+        return iter_manifest(path, source["id_column"], source["image_column"], rows=rows)
+    return iter_manifest(path, source["id_column"], source["image_column"], source["category_column"],
+                         category_required=source["category_required"], rows=rows)
 
 
 def _check_exists(path: Path | ObjectFile) -> None:

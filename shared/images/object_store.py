@@ -192,6 +192,10 @@ class ObjectFile:
         """Nothing if the object exists; else ImageError (missing, forbidden) or ObjectStoreUnavailable."""
         retrying(self.store, self.uri, None, lambda fs: fs.info(self.uri))
 
+    def size(self) -> int:
+        """Its size in bytes (one HEAD request); ImageError or ObjectStoreUnavailable as `check`."""
+        return int(retrying(self.store, self.uri, None, lambda fs: fs.info(self.uri))["size"])
+
     def open(self):
         """A binary file object reading the object in blocks (the store is asked as the reader goes)."""
         return retrying(self.store, self.uri, None, lambda fs: fs.open(self.uri, "rb"))

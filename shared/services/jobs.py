@@ -47,39 +47,59 @@ def create_item_job(session: Session, kind: JobKind, *, model_ref: str, pieces: 
     `pieces` hold (item id, uri) or (item id, uri, category); `spec_for(version)` gives the job's spec (embed jobs).
     Nothing is enqueued here: the caller commits first, then calls shared.core.dispatch.enqueue_chunks (through
     shared/services/submission.py, which also checks the token's cap and records its Idempotency-Key)."""
+    job = new_item_job(session, kind, JobStatus.QUEUED, model_ref=model_ref, source=source, use_cache=use_cache,
+                       spec_for=spec_for, token_id=token_id)
+    total = 0
+    for piece in pieces:
+        total += add_items(session, job.id, piece, total, chunk_size)
+    if total == 0:
+        raise InvalidRequest("the job has no items", field="items")
+    add_chunks(session, job, [min(chunk_size, total - no * chunk_size) for no in range(-(-total // chunk_size))])
+    return job
+
+
+def new_item_job(session: Session, kind: JobKind, status: JobStatus, *, model_ref: str, source: dict,
+                 use_cache: bool, spec_for: Callable[[ModelVersion], dict] | None = None,
+                 token_id: int | None = None) -> Job:
+    """The row of a score or embed job, in its first state (queued, or preparing: shared/services/preparation.py),
+    without items yet. A score job on a model registered with task `embedding` is refused (its output is a vector,
+    not named outputs: embed jobs read it)."""
     version = model_registry.resolve(session, model_ref)
     if kind == JobKind.SCORE and version.task == EMBEDDING_TASK:
         raise Unprocessable(f"model {version.name}@{version.version} is an embedding model: its output is a vector, "
                             "not scores; embed with it (POST /api/v1/jobs/embed)", field="model")
-    job = Job(id=str(uuid.uuid4()), kind=kind, status=JobStatus.QUEUED, model_version_id=version.id,
+    job = Job(id=str(uuid.uuid4()), kind=kind, status=status, model_version_id=version.id,
               model_ref=model_ref, source=source,
               upload_folder=source.get("folder") if source.get("type") == "upload" else None,
               use_cache=use_cache, token_id=token_id, total_items=0, done_items=0, failed_items=0,
               cached_items=0, total_chunks=0, spec=spec_for(version) if spec_for else None)
     session.add(job)
     session.flush()
-    total = 0
-    for piece in pieces:
-        rows = []
-        for item in piece:
-            rows.append({"job_id": job.id, **_item_row(item), "chunk_no": total // chunk_size})
-            total += 1
-        if rows:
-            try:
-                with session.begin_nested():
-                    _insert_items(session, job.id, rows)
-            except IntegrityError:
-                raise InvalidRequest("item ids must be unique within a job; "
-                                     f"a duplicate is among {rows[0]['item_id']!r}..{rows[-1]['item_id']!r}",
-                                     field="id") from None
-    if total == 0:
-        raise InvalidRequest("the job has no items", field="items")
-    n_chunks = -(-total // chunk_size)
-    session.execute(insert(Chunk), [
-        {"job_id": job.id, "chunk_no": no, "state": ChunkState.PENDING, "attempts": 0,
-         "item_count": min(chunk_size, total - no * chunk_size)} for no in range(n_chunks)])
-    job.total_items, job.total_chunks = total, n_chunks
     return job
+
+
+def add_items(session: Session, job_id: str, piece: list[tuple], first: int, chunk_size: int) -> int:
+    """Insert a piece of a job's items, the first of them its item number `first` (which gives each its chunk).
+    Returns how many; a bad item or an id the job already has is an InvalidRequest."""
+    rows = [{"job_id": job_id, **_item_row(item), "chunk_no": (first + n) // chunk_size}
+            for n, item in enumerate(piece)]
+    if rows:
+        try:
+            with session.begin_nested():
+                _insert_items(session, job_id, rows)
+        except IntegrityError:
+            raise InvalidRequest("item ids must be unique within a job; "
+                                 f"a duplicate is among {rows[0]['item_id']!r}..{rows[-1]['item_id']!r}",
+                                 field="id") from None
+    return len(rows)
+
+
+def add_chunks(session: Session, job: Job, item_counts: list[int]) -> None:
+    """Insert the job's chunks, pending, chunk n holding item_counts[n] items, and count them on the job."""
+    session.execute(insert(Chunk), [
+        {"job_id": job.id, "chunk_no": no, "state": ChunkState.PENDING, "attempts": 0, "item_count": count}
+        for no, count in enumerate(item_counts)])
+    job.total_items, job.total_chunks = sum(item_counts), len(item_counts)
 
 
 def _item_row(item: tuple) -> dict:
@@ -137,8 +157,8 @@ def lock_job(session: Session, job_id: str) -> Job | None:
 def cancel_job(session: Session, job_id: str, who: Caller = ANYONE) -> Job:
     """Stop handing out chunks (a chunk already running finishes; its results are kept), or stop a
     training at its next batch. Only the token that created the job, or an admin, may cancel it.
-    queued|running -> canceled for the job, pending|queued|delivered -> canceled for its chunks or run.
-    Locks the job row."""
+    preparing|queued|running -> canceled for the job (a preparing job's reader stops at its next piece),
+    pending|queued|delivered -> canceled for its chunks or run. Locks the job row."""
     job = lock_job(session, job_id)
     if job is None:
         raise NotFound(f"no job {job_id}")
@@ -196,16 +216,19 @@ def job_json(session: Session, job: Job) -> dict:
     elapsed = common["timings"]["elapsed_seconds"]
     done = job.done_items
     rate = done / elapsed if elapsed and done else None
-    remaining = job.total_items - done
+    preparing = job.status == JobStatus.PREPARING
+    total = 0 if preparing else job.total_items  # while preparing, total_items counts the rows read so far
+    remaining = total - done
     eta = remaining / rate if rate and job.status not in FINAL_JOB_STATUSES else None
     common["links"]["results"] = f"/api/v1/jobs/{job.id}/results"
     return {
         **common,
         "model": {"requested": job.model_ref, "ref": f"{version.name}@{version.version}", "task": version.task},
         "progress": {
-            "total": job.total_items, "done": done, "succeeded": done - job.failed_items,
+            "total": total, "done": done, "succeeded": done - job.failed_items,
             "failed": job.failed_items, "from_cache": job.cached_items, "remaining": remaining,
-            "percent": round(100.0 * done / job.total_items, 2) if job.total_items else 0.0,
+            "percent": round(100.0 * done / total, 2) if total else 0.0,
+            "rows_read": job.total_items,
             "images_per_second": round(rate, 2) if rate else None,
             "eta_seconds": round(eta, 1) if eta is not None else None,
         },

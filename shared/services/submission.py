@@ -34,18 +34,20 @@ from sqlalchemy.orm import Session
 from shared.core import dispatch
 from shared.core.config import Settings
 from shared.core.db import session_scope
-from shared.core.errors import Unprocessable
-from shared.core.states import CHUNKED_JOB_KINDS, JobKind
+from shared.core.errors import InvalidRequest, Unprocessable
+from shared.core.states import CHUNKED_JOB_KINDS, JobKind, JobStatus
 from shared.core.tables import Job, Sweep
+from shared.images import manifests
 from shared.schemas.training import SweepRequest, TrainRequest
 from shared.search.vector_index import BuildParams
-from shared.services import index_jobs, jobs, model_imports, train_jobs, uploads
+from shared.services import index_jobs, jobs, model_imports, preparation, train_jobs, uploads
 from shared.services.embed_spec import embedding_spec
 from shared.services.model_registry import Signature
 from shared.services.quotas import check_active_jobs
 from shared.services.tokens import Caller
 
 Enqueue = Callable[[list[str]], int]
+CHECKED_MANIFEST_ROWS = 100  # a large manifest's rows read in the request: its columns and the start of its data
 
 
 def fingerprint(request: object) -> str:
@@ -54,12 +56,15 @@ def fingerprint(request: object) -> str:
 
 
 def send(job_ids: list[str]) -> int:
-    """Enqueue committed jobs by kind: every chunk of a score or embed job, a train job's run, an import job.
-    Returns how many messages the broker took."""
+    """Enqueue committed jobs by kind: every chunk of a score or embed job (or its manifest's preparation, while it
+    is preparing), a train job's run, an import job. Returns how many messages the broker took."""
     with session_scope() as session:
-        rows = session.execute(select(Job.id, Job.kind, Job.total_chunks).where(Job.id.in_(job_ids))).all()
-    sent = sum(dispatch.enqueue_chunks(row.id, list(range(row.total_chunks)))
-               for row in rows if row.kind in CHUNKED_JOB_KINDS)
+        rows = session.execute(select(Job.id, Job.kind, Job.status, Job.total_chunks)
+                               .where(Job.id.in_(job_ids))).all()
+    preparing = [row.id for row in rows if row.status == JobStatus.PREPARING]
+    sent = dispatch.enqueue_preparation(preparing) if preparing else 0
+    sent += sum(dispatch.enqueue_chunks(row.id, list(range(row.total_chunks)))
+                for row in rows if row.kind in CHUNKED_JOB_KINDS and row.status != JobStatus.PREPARING)
     for kind, enqueue in ((JobKind.TRAIN, dispatch.enqueue_train), (JobKind.IMPORT, dispatch.enqueue_imports),
                           (JobKind.INDEX, dispatch.enqueue_index)):
         ids = [row.id for row in rows if row.kind == kind]
@@ -174,6 +179,54 @@ def submit_embed(settings: Settings, *, model_ref: str, catalog: str, layer: str
                                     spec_for=partial(embedding_spec, catalog=catalog, layer=layer, normalize=normalize))
 
     return submit(create, origin=origin, request_fingerprint=request_fingerprint, discard=discard)
+
+
+def submit_score_manifest(settings: Settings, *, model_ref: str, source: dict, use_cache: bool,
+                          origin: Origin = ANONYMOUS, request_fingerprint: str | None = None) -> tuple[dict, bool]:
+    """A score job over the manifest `source` names: read into items here when it is small, else committed
+    preparing for the maintenance worker to read (`_manifest_job`)."""
+    def inline(pieces) -> tuple[dict, bool]:
+        return submit_score(settings, model_ref=model_ref, pieces=pieces, source=source, use_cache=use_cache,
+                            origin=origin, request_fingerprint=request_fingerprint)
+
+    create = partial(preparation.create_preparing_job, kind=JobKind.SCORE, model_ref=model_ref, source=source,
+                     use_cache=use_cache)
+    return _manifest_job(settings, source, inline, create, origin, request_fingerprint)
+
+
+def submit_embed_manifest(settings: Settings, *, model_ref: str, catalog: str, layer: str | None, normalize: bool,
+                          source: dict, use_cache: bool, origin: Origin = ANONYMOUS,
+                          request_fingerprint: str | None = None) -> tuple[dict, bool]:
+    """An embed job over the manifest `source` names, read here or by the maintenance worker as a score job's."""
+    spec_for = partial(embedding_spec, catalog=catalog, layer=layer, normalize=normalize)
+
+    def inline(pieces) -> tuple[dict, bool]:
+        return submit_embed(settings, model_ref=model_ref, catalog=catalog, layer=layer, normalize=normalize,
+                            pieces=pieces, source=source, use_cache=use_cache, origin=origin,
+                            request_fingerprint=request_fingerprint)
+
+    create = partial(preparation.create_preparing_job, kind=JobKind.EMBED, model_ref=model_ref, source=source,
+                     use_cache=use_cache, spec_for=spec_for)
+    return _manifest_job(settings, source, inline, create, origin, request_fingerprint)
+
+
+def _manifest_job(settings: Settings, source: dict, inline: Callable[[Iterable], tuple[dict, bool]],
+                  create: Callable[[Session], Job], origin: Origin,
+                  request_fingerprint: str | None) -> tuple[dict, bool]:
+    """A manifest up to IMGQ_INLINE_MANIFEST_BYTES (by its size: cheaper than counting rows) is read into items in
+    the request, as it always was. A larger one is only checked here (it exists inside the data roots, its header
+    has the columns, its first CHECKED_MANIFEST_ROWS rows read: a 400 with nothing stored otherwise) and its job
+    committed preparing, so the answer comes at once whatever its size; the maintenance worker reads it all
+    (preparation.py)."""
+    if manifests.size_of(manifests.locate(settings, source["manifest"])) <= settings.inline_manifest_bytes:
+        return inline(manifests.source_pieces(settings, source))
+    pieces = manifests.source_pieces(settings, source, rows=CHECKED_MANIFEST_ROWS)
+    try:
+        if not next(pieces, None):
+            raise InvalidRequest("the job has no items", field="items")
+    finally:
+        pieces.close()
+    return submit(create, origin=origin, request_fingerprint=request_fingerprint)
 
 
 def _from_upload(settings: Settings, upload_id: str, who: Caller, make: Callable[[Session, list], Job]):

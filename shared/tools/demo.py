@@ -96,7 +96,7 @@ def run_demo(settings: Settings, build_model: Callable[[int], Any], images: int 
         job = resp.json()
         print(f"job {job['id']} submitted: {job['progress']['total']} items in {job['chunks']['total']} chunks")
         last_line = ""
-        while job["status"] in ("queued", "running"):
+        while job["status"] in ("preparing", "queued", "running"):
             time.sleep(0.5)
             if any(p.poll() is not None for p in stack.processes()):
                 raise RuntimeError("a demo process died; see the logs in " + str(logs))

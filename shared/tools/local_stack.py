@@ -180,7 +180,7 @@ class LocalStack:
         deadline = time.time() + timeout
         while True:
             job = self.http.get(self.url(f"/api/v1/jobs/{job_id}"), timeout=10).json()
-            if job["status"] not in ("queued", "running"):
+            if job["status"] not in ("preparing", "queued", "running"):
                 return job
             if time.time() > deadline:
                 raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s: {job['progress']}")

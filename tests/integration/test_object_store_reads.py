@@ -13,7 +13,7 @@ import pytest
 from shared.core.errors import InvalidRequest, ObjectStoreUnavailable
 from shared.images.imaging import ImageError, read_and_hash
 from shared.images.item_reads import Places, read_item
-from shared.images.manifests import iter_manifest
+from shared.images.manifests import iter_manifest, size_of
 from shared.images.object_store import ObjectFile, StoreConfig
 from shared.tools.local_stack import free_port
 from tests.helpers import S3_KEYS, authorized_client, seed_version, write_jpeg
@@ -149,6 +149,14 @@ def test_a_manifest_in_the_store_lists_its_images_beside_it(store):
 def test_a_missing_manifest_in_the_store_is_a_clear_request_error(store):
     with pytest.raises(InvalidRequest, match=f"manifest: object not found: {PREFIX}none.csv"):
         list(iter_manifest(ObjectFile(PREFIX + "none.csv", StoreConfig(store.endpoint)), "id", "image"))
+
+
+def test_a_manifest_in_the_store_has_its_size_asked_without_reading_it_and_a_missing_one_is_a_request_error(store):
+    """The size decides whether a manifest is read in the request or off it (IMGQ_INLINE_MANIFEST_BYTES)."""
+    assert size_of(ObjectFile(PREFIX + "items.csv", StoreConfig(store.endpoint))) == len(
+        b"id,image\na,a.jpg\nb,sub/b.jpg\n")
+    with pytest.raises(InvalidRequest, match=f"manifest: object not found: {PREFIX}none.csv"):
+        size_of(ObjectFile(PREFIX + "none.csv", StoreConfig(store.endpoint)))
 
 
 @pytest.fixture(scope="module")

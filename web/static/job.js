@@ -6,7 +6,7 @@
   const { el, json, bar, num, secs, when, every, kv, plot, histogram, loadImage, download, showError } = imgq;
   const jobId = imgq.data.jobId;
   const base = `/api/v1/jobs/${encodeURIComponent(jobId)}`;
-  const OPEN = ["queued", "running"];
+  const OPEN = ["preparing", "queued", "running"];
   const summary = document.getElementById("summary");
 
   function showSummary(job, progress) {
@@ -24,6 +24,9 @@
   /* ---------------------------------------------------------------- score and embed jobs */
   function scoreProgress(job) {
     const p = job.progress;
+    if (job.status === "preparing") {  // its manifest is being read into items; the total is not known yet
+      return [bar(0, job.status, `preparing: ${p.rows_read} rows read`)];
+    }
     return [bar(p.total ? p.done / p.total : 0, job.status, `${p.done}/${p.total} (${num(p.percent)} %)`),
             el("p", { text: `succeeded ${p.succeeded}, failed ${p.failed}, from cache ${p.from_cache}, ` +
                             `${num(p.images_per_second)} images/s, ETA ${secs(p.eta_seconds)}` })];

@@ -25,6 +25,9 @@
       const frac = job.status === "succeeded" ? 1 : (p.epochs ? (p.epoch || 0) / p.epochs : 0);
       return { frac, label: `epoch ${p.epoch || 0}/${p.epochs || "?"}`, failed: null, rate: null, eta: p.eta_seconds };
     }
+    if (job.status === "preparing") {  // a large manifest being read into items: how far it is
+      return { frac: 0, label: `${p.rows_read} rows read`, failed: null, rate: null, eta: null };
+    }
     if (p.total !== undefined) {
       return { frac: p.total ? p.done / p.total : 0, label: `${p.done}/${p.total}`, failed: p.failed,
                rate: p.images_per_second, eta: p.eta_seconds };
@@ -35,7 +38,7 @@
   function row(job) {
     const p = progressOf(job);
     const model = job.model ? (job.model.ref || job.model.result || job.model.name || job.model.requested) : "";
-    const open = job.status === "queued" || job.status === "running";
+    const open = ["preparing", "queued", "running"].includes(job.status);
     const cancel = open && canWrite ? el("button", { type: "button", class: "cancel", onclick: async () => {
       if (!(await confirmAction(`Cancel job ${job.id}?`))) return;
       try { await post(`/api/v1/jobs/${encodeURIComponent(job.id)}/cancel`); clearError(); refresh(); }

@@ -60,7 +60,7 @@ class ScoredModel(Resource):
 
 
 class ItemProgress(Resource):
-    total: int
+    total: int = Field(description="the job's items; 0 while it is `preparing` (its manifest is still being read)")
     done: int = Field(description="finished items, scored or failed")
     succeeded: int
     failed: int
@@ -69,6 +69,9 @@ class ItemProgress(Resource):
     percent: float
     images_per_second: float | None
     eta_seconds: float | None
+    rows_read: int = Field(description="items read from the request or manifest so far: while the job is "
+                                       "`preparing`, how far the maintenance worker has read its manifest; then "
+                                       "equal to `total`")
 
 
 Chunks = create_model("Chunks", __base__=Resource, __module__=__name__,

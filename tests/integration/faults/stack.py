@@ -58,7 +58,7 @@ class FaultStack(LocalStack):
         while True:
             try:
                 resp = self.http.get(self.url(f"/api/v1/jobs/{job_id}"), timeout=10)
-                if resp.status_code == 200 and resp.json()["status"] not in ("queued", "running"):
+                if resp.status_code == 200 and resp.json()["status"] not in ("preparing", "queued", "running"):
                     return resp.json()
             except requests.RequestException:
                 pass

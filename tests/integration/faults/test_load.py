@@ -61,7 +61,7 @@ class Client(threading.Thread):
             self.accepted.append(job_id)
             while time.time() < self.deadline + 120:
                 status = self.timed("GET /api/v1/jobs/<id>", "GET", f"/api/v1/jobs/{job_id}").json().get("status")
-                if status not in ("queued", "running"):
+                if status not in ("preparing", "queued", "running"):
                     break
                 time.sleep(0.5)
             self.timed("GET /api/v1/jobs/<id>/results", "GET", f"/api/v1/jobs/{job_id}/results")

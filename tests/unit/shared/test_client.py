@@ -151,6 +151,16 @@ def test_watching_without_a_terminal_prints_plain_changing_lines():
     assert not any(c in out.getvalue() for c in "\r\x1b")
 
 
+def test_a_preparing_job_line_shows_the_manifest_rows_read_then_its_items():
+    preparing = {"id": "j1", "kind": "score", "status": "preparing",
+                 "progress": {"total": 0, "done": 0, "failed": 0, "percent": 0.0, "rows_read": 40000}}
+    out = io.StringIO()
+    final = watch(_Jobs([preparing, _score_job(10, "succeeded")]), "j1", poll=0, out=out, line_every=0)
+    assert final["status"] == "succeeded"
+    assert out.getvalue().splitlines() == ["job j1 score preparing: 40000 manifest rows read",
+                                           "job j1 score succeeded: 10/10 (100.0%) 5.0 images/s eta 0s failed 1"]
+
+
 def test_a_train_job_line_shows_the_epoch_and_the_latest_metrics():
     job = {"id": "t1", "kind": "train", "status": "running",
            "progress": {"phase": "fitting", "epoch": 1, "epochs": 5, "eta_seconds": 8.2}}
