@@ -42,7 +42,10 @@ def _submit(upload, from_json):
                                                                        many=frozenset({"files"})),
             responses={202: Job}, errors=(404,), submits=True, links={202: ITEM_JOB_LINKS},
             description="Items by path (relative to a data root), a manifest (CSV or Parquet) on the data roots, or "
-                        "uploaded files (multipart). Answers the queued job; follow its `links`.")
+                        "uploaded files (multipart). Answers the queued job; follow its `links`. With `export` "
+                        "(JSON only), the results are also written to that s3:// URI under IMGQ_EXPORT_ROOTS when the "
+                        "job succeeds (Parquet or CSV by its extension, `{job_id}` filled in); the job's `export` says "
+                        "how that went.")
 def create_score_job():
     settings, who = current_app.config["IMGQ_SETTINGS"], origin()
     return _submit(lambda files, form: submit_upload(settings, files, ScoreUploadForm.model_validate(form), who),

@@ -21,7 +21,7 @@ from shared.core.paths import OutsideDataRoots, is_object_uri, object_inside, pa
 from shared.images.manifests import iter_manifest
 from shared.images.object_store import ObjectFile, StoreConfig
 from shared.schemas.jobs import EmbedRequest, EmbedUploadForm, ScoreRequest, ScoreUploadForm
-from shared.services import model_imports, submission
+from shared.services import job_exports, model_imports, submission
 from shared.services.model_registry import Signature
 from shared.services.submission import Origin
 
@@ -39,6 +39,7 @@ def _manifest_path(settings: Settings, manifest: str) -> Path | ObjectFile:
 
 
 def submit_json(settings: Settings, req: ScoreRequest, origin: Origin) -> tuple[dict, bool]:
+    _check_export(settings, req.export)
     if req.items is not None:
         pieces = [[(it.id, it.uri) for it in req.items]]
         source = {"type": "items", "count": len(req.items)}
@@ -47,12 +48,14 @@ def submit_json(settings: Settings, req: ScoreRequest, origin: Origin) -> tuple[
         source = {"type": "manifest", "manifest": req.manifest, "id_column": req.id_column,
                   "image_column": req.image_column}
     return submission.submit_score(settings, model_ref=req.model, pieces=pieces, source=source, use_cache=req.cache,
-                                   origin=origin, request_fingerprint=submission.fingerprint(req.model_dump()))
+                                   origin=origin, request_fingerprint=submission.fingerprint(req.model_dump()),
+                                   export=req.export)
 
 
 def submit_embed_json(settings: Settings, req: EmbedRequest, origin: Origin) -> tuple[dict, bool]:
     """An embed job from JSON items or a manifest; a manifest's categories come from `category_column` (default
     "category", and then only if the manifest has it)."""
+    _check_export(settings, req.export)
     if req.items is not None:
         pieces = [[(it.id, it.uri, it.category) for it in req.items]]
         source = {"type": "items", "count": len(req.items)}
@@ -64,8 +67,14 @@ def submit_embed_json(settings: Settings, req: EmbedRequest, origin: Origin) -> 
                   "image_column": req.image_column, "category_column": column}
     return submission.submit_embed(settings, model_ref=req.model, catalog=req.catalog, layer=req.layer,
                                    normalize=req.normalize, pieces=pieces, source=source, use_cache=req.cache,
-                                   origin=origin,
+                                   origin=origin, export=req.export,
                                    request_fingerprint=submission.fingerprint({"kind": "embed", **req.model_dump()}))
+
+
+def _check_export(settings: Settings, export: str | None) -> None:
+    """A 400 on `export` before a manifest is read or anything is stored, when the export may not go there."""
+    if export is not None:
+        job_exports.export_uri(settings, export)
 
 
 def _save_upload(storage: FileStorage, dest: Path) -> str:

@@ -39,7 +39,7 @@ from shared.core.states import CHUNKED_JOB_KINDS, JobKind
 from shared.core.tables import Job, Sweep
 from shared.schemas.training import SweepRequest, TrainRequest
 from shared.search.vector_index import BuildParams
-from shared.services import index_jobs, jobs, model_imports, train_jobs
+from shared.services import index_jobs, job_exports, jobs, model_imports, train_jobs
 from shared.services.embed_spec import embedding_spec
 from shared.services.model_registry import Signature
 from shared.services.quotas import check_active_jobs
@@ -152,11 +152,13 @@ def _commit_once(create: Callable[[Session], str], table: type[Job] | type[Sweep
 
 def submit_score(settings: Settings, *, model_ref: str, pieces: Iterable[list[tuple[str, str]]], source: dict,
                  use_cache: bool, origin: Origin = ANONYMOUS, request_fingerprint: str | None = None,
-                 discard: Callable[[], None] | None = None) -> tuple[dict, bool]:
-    """A score job over `pieces` (lists of (item id, image uri)), split into chunks of IMGQ_CHUNK_SIZE items."""
+                 discard: Callable[[], None] | None = None, export: str | None = None) -> tuple[dict, bool]:
+    """A score job over `pieces` (lists of (item id, image uri)), split into chunks of IMGQ_CHUNK_SIZE items;
+    `export`: where its results go when it succeeds (shared/services/job_exports.py)."""
     def create(session: Session) -> Job:
-        return jobs.create_score_job(session, model_ref=model_ref, pieces=pieces, source=source,
-                                     use_cache=use_cache, chunk_size=settings.chunk_size)
+        return _with_export(session, settings, export, jobs.create_score_job(
+            session, model_ref=model_ref, pieces=pieces, source=source, use_cache=use_cache,
+            chunk_size=settings.chunk_size))
 
     return submit(create, origin=origin, request_fingerprint=request_fingerprint, discard=discard)
 
@@ -164,15 +166,23 @@ def submit_score(settings: Settings, *, model_ref: str, pieces: Iterable[list[tu
 def submit_embed(settings: Settings, *, model_ref: str, catalog: str, layer: str | None, normalize: bool,
                  pieces: Iterable[list[tuple[str, str, str | None]]], source: dict, use_cache: bool,
                  origin: Origin = ANONYMOUS, request_fingerprint: str | None = None,
-                 discard: Callable[[], None] | None = None) -> tuple[dict, bool]:
+                 discard: Callable[[], None] | None = None, export: str | None = None) -> tuple[dict, bool]:
     """An embed job over `pieces` (lists of (item id, image uri, category)) into `catalog`, chunked as scoring;
     its space (the version, layer and normalisation) is decided here, at submission (shared/services/embed_spec.py)."""
     def create(session: Session) -> Job:
-        return jobs.create_item_job(session, JobKind.EMBED, model_ref=model_ref, pieces=pieces, source=source,
-                                    use_cache=use_cache, chunk_size=settings.chunk_size,
-                                    spec_for=partial(embedding_spec, catalog=catalog, layer=layer, normalize=normalize))
+        return _with_export(session, settings, export, jobs.create_item_job(
+            session, JobKind.EMBED, model_ref=model_ref, pieces=pieces, source=source, use_cache=use_cache,
+            chunk_size=settings.chunk_size,
+            spec_for=partial(embedding_spec, catalog=catalog, layer=layer, normalize=normalize)))
 
     return submit(create, origin=origin, request_fingerprint=request_fingerprint, discard=discard)
+
+
+def _with_export(session: Session, settings: Settings, export: str | None, job: Job) -> Job:
+    """The job, with its results' export (its URI with the job's id) added in the same transaction."""
+    if export is not None:
+        job_exports.add_export(session, job.id, job_exports.export_uri(settings, export, job.id))
+    return job
 
 
 def submit_train(req: TrainRequest, *, origin: Origin = ANONYMOUS,
