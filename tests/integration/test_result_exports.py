@@ -159,3 +159,34 @@ def test_an_export_whose_store_is_away_at_the_finish_is_written_by_a_sweep_once_
     assert {r["id"]: (r["status"], r["error"], r["v"]) for r in table.to_pylist()} == api_rows(client, job_id)
     sweep(settings, lambda job_id, nos: len(nos))  # written once: a later sweep leaves it
     assert client.get(f"/api/v1/jobs/{job_id}").json["export"]["tries"] == 3
+
+
+def big_pieces(parts: int, fail_after: int | None = None):
+    """A stand-in for the Parquet writer's pieces: `parts` pieces of 6 MiB (more than one upload part in all),
+    raising after `fail_after` of them if given."""
+    def pieces(job_id, **_):
+        for n in range(parts):
+            if n == fail_after:
+                raise RuntimeError("the results' database went away")
+            yield bytes([n]) * (6 * 1024 * 1024)
+    return pieces
+
+
+def test_a_large_export_goes_up_as_a_multipart_upload_and_a_failed_one_leaves_no_object(setup, monkeypatch):
+    from shared.services import result_exports
+
+    settings, client, server = setup
+    monkeypatch.setattr(result_exports, "results_parquet", big_pieces(6))
+    job_id = submit(client, ROOT + "{job_id}.parquet").json["id"]
+    run_to_the_end(settings, job_id)
+    assert client.get(f"/api/v1/jobs/{job_id}").json["export"]["status"] == "written"
+    head = server.client().head_object(Bucket=BUCKET, Key=f"out/{job_id}.parquet")
+    assert head["ContentLength"] == 36 * 1024 * 1024
+    assert int(head["ETag"].strip('"').rsplit("-", 1)[1]) >= 2  # a multipart object's ETag ends in -<parts>
+    monkeypatch.setattr(result_exports, "results_parquet", big_pieces(6, fail_after=4))
+    failed_id = submit(client, ROOT + "{job_id}.parquet").json["id"]
+    run_to_the_end(settings, failed_id)
+    export = client.get(f"/api/v1/jobs/{failed_id}").json["export"]
+    assert export["status"] == "pending" and "went away" in export["error"]
+    assert keys_in(server, BUCKET) == [f"out/{job_id}.parquet"]
+    assert server.client().list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
