@@ -18,7 +18,8 @@
   giving up their last chunk), and those closed elsewhere without it (a chunk given up at a worker's claim, a worker
   that died between finishing the last chunk and recording it), among the jobs created within `DRIFT_CATCH_UP`;
 - score and embed jobs that succeeded with an `export` still pending get it written (shared/services/job_exports.py):
-  the same catch-up as drift, and every sweep tries again an export whose store was away;
+  the same catch-up as drift, every sweep tries again an export whose store was away, and one whose writer died
+  (its lease older than `heartbeat_timeout`) is taken over;
 - upload folders of jobs finished over `upload_retention` ago, and folders no job owns (an upload cut
   off by a web crash) older than `orphan_upload_after`, are removed;
 - the time of the sweep is recorded, for /readyz and /metrics.
@@ -171,12 +172,13 @@ def record_missing_drift(settings: Settings, now, closed_now: set[str]) -> int:
 
 
 def write_pending_exports(settings: Settings, now, closed_now: set[str]) -> int:
-    """The result exports of succeeded jobs still pending (job_exports.pending_after_finish: tried before, or closed
-    by this sweep or over SEND_GRACE_SECONDS ago) among the jobs created within DRIFT_CATCH_UP, written now; a store
-    still away leaves them pending for the next sweep. Returns how many were written."""
+    """The result exports of succeeded jobs still pending (tried before, or closed by this sweep or over
+    SEND_GRACE_SECONDS ago) or left writing by a process that died (job_exports.to_catch_up), among the jobs created
+    within DRIFT_CATCH_UP, written now; a store still away leaves them pending for the next sweep. Returns how many
+    were written."""
     with session_scope() as session:
-        job_ids = job_exports.pending_after_finish(session, closed_now, now - timedelta(seconds=SEND_GRACE_SECONDS),
-                                                   now - DRIFT_CATCH_UP)
+        job_ids = job_exports.to_catch_up(session, closed_now, now - timedelta(seconds=SEND_GRACE_SECONDS),
+                                          now - DRIFT_CATCH_UP, now - timedelta(seconds=settings.heartbeat_timeout))
     written = 0
     for job_id in job_ids:
         try:

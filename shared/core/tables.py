@@ -377,8 +377,9 @@ class ScoreDrift(Base):
 
 class ResultExport(Base):
     """Where a score or embed job's results are written when it succeeds (its `export` option), and how that went:
-    pending (not written yet, or to be tried again: `error` says why), written (`rows` results) or failed (the
-    store refused it for good: a 403, a bad bucket). Written with the job; changed by shared/services/job_exports."""
+    pending (not written yet, or to be tried again: `error` says why), writing (a process holds it: `updated_at` is
+    its lease), written (`rows` results) or failed (the store refused it for good: a 403, a bad bucket). Written with
+    the job; changed by shared/services/job_exports."""
     __tablename__ = "result_exports"
 
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)

@@ -13,12 +13,15 @@ Invariants:
 - Tried by the task that finished the job's last chunk, and by every sweep for a succeeded job whose export is still
   pending (worker/sweeper.py), so a process that died, or a store that was away, delays the export but never loses
   it. A 404 (no such bucket) or a 403 is the export's failure, for good; anything else leaves it pending.
-- Recorded once: only a pending export moves to written or failed (compare-and-set on its status). Two processes may
-  write the same object at once; it is the same file either way, and the last complete upload stands.
+- One writer at a time: a process claims the export (pending -> writing, compare-and-set) and renews its lease
+  (`updated_at`) as it writes; a writing export whose lease is older than IMGQ_HEARTBEAT_TIMEOUT belongs to a dead
+  process and a sweep takes it over. Only the claimed export moves on (writing -> written | failed | pending), once.
 """
 from __future__ import annotations
 
 import logging
+import time
+from datetime import timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -34,7 +37,8 @@ from shared.schemas.jobs import EXPORT_PLACEHOLDER
 from shared.services import result_exports
 
 log = logging.getLogger(__name__)
-PENDING, WRITTEN, FAILED = "pending", "written", "failed"
+PENDING, WRITING, WRITTEN, FAILED = "pending", "writing", "written", "failed"
+LEASE_RENEWAL = 5.0  # seconds between renewals of a writer's lease
 PART_BYTES = 16 * 1024 * 1024  # one part of the multipart upload (S3's smallest is 5 MiB)
 _SAMPLE_ID = "00000000-0000-0000-0000-000000000000"
 
@@ -57,13 +61,12 @@ def add_export(session: Session, job_id: str, uri: str) -> None:
 
 def write_export(job_id: str, settings: Settings) -> str | None:
     """Once the job has succeeded: its results written to its export's URI, and the outcome recorded. Returns the
-    export's status after this call, or None when there was nothing to do (no export, not succeeded, done)."""
-    with session_scope() as session:
-        row = session.get(ResultExport, job_id)
-        job = session.get(Job, job_id)
-        if row is None or row.status != PENDING or job is None or job.status != JobStatus.SUCCEEDED:
-            return None
-        uri, rows = row.uri, job.done_items
+    export's status after this call, or None when there was nothing to do (no export, not succeeded, written, or
+    another live process writing it)."""
+    claimed = _claim(job_id, utcnow() - timedelta(seconds=settings.heartbeat_timeout))
+    if claimed is None:
+        return None
+    uri, rows = claimed
     try:
         _write(settings, job_id, uri)
     except Exception as exc:  # noqa: BLE001 - sorted: the store refused it for good, or try again later
@@ -76,9 +79,34 @@ def write_export(job_id: str, settings: Settings) -> str | None:
     return _record(job_id, WRITTEN, rows, None)
 
 
-def _record(job_id: str, status: str, rows: int | None, error: str | None) -> str:
+def _claim(job_id: str, stale_before) -> tuple[str, int] | None:
+    """pending | writing (its lease older than `stale_before`: a dead writer) -> writing, for a succeeded job;
+    (its URI, its result count), or None when the export is not this process's to write."""
     with session_scope() as session:
-        session.execute(update(ResultExport).where(ResultExport.job_id == job_id, ResultExport.status == PENDING)
+        job = session.get(Job, job_id)
+        if job is None or job.status != JobStatus.SUCCEEDED:
+            return None
+        claimed = session.execute(update(ResultExport).where(
+            ResultExport.job_id == job_id,
+            (ResultExport.status == PENDING) | ((ResultExport.status == WRITING)
+                                                & (ResultExport.updated_at < stale_before)))
+            .values(status=WRITING, updated_at=utcnow())).rowcount
+        if not claimed:
+            return None
+        return session.scalar(select(ResultExport.uri).where(ResultExport.job_id == job_id)), job.done_items
+
+
+def _renew(job_id: str) -> None:
+    """The writer's lease, renewed: it is alive and writing."""
+    with session_scope() as session:
+        session.execute(update(ResultExport).where(ResultExport.job_id == job_id, ResultExport.status == WRITING)
+                        .values(updated_at=utcnow()))
+
+
+def _record(job_id: str, status: str, rows: int | None, error: str | None) -> str:
+    """writing -> `status` (written, failed, or pending again), counting the try."""
+    with session_scope() as session:
+        session.execute(update(ResultExport).where(ResultExport.job_id == job_id, ResultExport.status == WRITING)
                         .values(status=status, rows=rows, error=error, tries=ResultExport.tries + 1,
                                 updated_at=utcnow()))
         return session.scalar(select(ResultExport.status).where(ResultExport.job_id == job_id))
@@ -90,10 +118,14 @@ def _write(settings: Settings, job_id: str, uri: str) -> None:
     pieces = result_exports.results_csv(job_id) if uri.endswith(".csv") else result_exports.results_parquet(job_id)
     fs = object_store.filesystem(object_store.StoreConfig.from_settings(settings))
     file = fs.open(uri, "wb", block_size=PART_BYTES)
+    renewed = time.monotonic()
     try:
         for piece in pieces:
             if piece:
                 file.write(piece)
+            if time.monotonic() - renewed > LEASE_RENEWAL:
+                _renew(job_id)
+                renewed = time.monotonic()
         file.close()  # the last part, then the upload's completion (or one PUT for a small file)
     except BaseException:
         try:
@@ -104,10 +136,12 @@ def _write(settings: Settings, job_id: str, uri: str) -> None:
         raise
 
 
-def pending_after_finish(session: Session, job_ids_closed: set[str], finished_before, created_after) -> list[str]:
-    """Succeeded jobs whose export is still pending: tried before (by the finishing task) or closed over a grace
-    ago or by this sweep (`job_ids_closed`), among the jobs created after `created_after`."""
+def to_catch_up(session: Session, job_ids_closed: set[str], finished_before, created_after, stale_before) -> list[str]:
+    """Succeeded jobs whose export is pending, tried before (by the finishing task) or closed over a grace ago or by
+    this sweep (`job_ids_closed`), or writing under a lease older than `stale_before` (its writer died); among the
+    jobs created after `created_after`."""
+    pending = (ResultExport.status == PENDING) & (
+        (ResultExport.tries > 0) | (Job.finished_at < finished_before) | Job.id.in_(sorted(job_ids_closed)))
+    abandoned = (ResultExport.status == WRITING) & (ResultExport.updated_at < stale_before)
     return list(session.scalars(select(ResultExport.job_id).join(Job, Job.id == ResultExport.job_id).where(
-        ResultExport.status == PENDING, Job.status == JobStatus.SUCCEEDED, Job.created_at >= created_after,
-        (ResultExport.tries > 0) | (Job.finished_at < finished_before) | Job.id.in_(sorted(job_ids_closed)))))
-
+        Job.status == JobStatus.SUCCEEDED, Job.created_at >= created_after, pending | abandoned)))

@@ -190,3 +190,33 @@ def test_a_large_export_goes_up_as_a_multipart_upload_and_a_failed_one_leaves_no
     assert export["status"] == "pending" and "went away" in export["error"]
     assert keys_in(server, BUCKET) == [f"out/{job_id}.parquet"]
     assert server.client().list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+
+
+def test_an_export_being_written_is_left_to_its_writer_and_taken_over_once_its_lease_is_stale(setup):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from shared.core.tables import ResultExport, utcnow
+
+    settings, client, server = setup
+    job_id = submit(client, ROOT + "{job_id}.parquet").json["id"]
+    server.stop()
+    run_to_the_end(settings, job_id)  # pending, tried once
+    server.start()
+    server.put_files(BUCKET, "", {})
+
+    def held_since(moment):  # as a writer (this test) holding the export since `moment` leaves it
+        with session_scope() as session:
+            session.execute(update(ResultExport).where(ResultExport.job_id == job_id)
+                            .values(status="writing", updated_at=moment))
+
+    held_since(utcnow())
+    sweep(settings, lambda job_id, nos: len(nos))
+    assert client.get(f"/api/v1/jobs/{job_id}").json["export"]["status"] == "writing"
+    assert keys_in(server, BUCKET) == []
+    held_since(utcnow() - timedelta(seconds=settings.heartbeat_timeout + 60))  # its writer died
+    sweep(settings, lambda job_id, nos: len(nos))
+    export = client.get(f"/api/v1/jobs/{job_id}").json["export"]
+    assert (export["status"], export["rows"], export["tries"]) == ("written", 11, 2)
+    assert keys_in(server, BUCKET) == [f"out/{job_id}.parquet"]

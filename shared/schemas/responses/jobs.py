@@ -79,9 +79,10 @@ Chunks = create_model("Chunks", __base__=Resource, __module__=__name__,
 class Export(Resource):
     """Where the job's results are exported when it succeeds (its `export` option), and how that went."""
     uri: str
-    status: Literal["pending", "written", "failed"] = Field(
-        description="pending: not written yet (or the store was away: tried again by each sweep); written; failed: "
-                    "the store refused it for good (no such bucket, access denied)")
+    status: Literal["pending", "writing", "written", "failed"] = Field(
+        description="pending: not written yet (or the store was away: tried again by each sweep); writing: a "
+                    "process is writing it now; written; failed: the store refused it for good (no such bucket, "
+                    "access denied)")
     rows: int | None = Field(description="results written, once written")
     error: str | None = Field(description="why the last try did not write it")
     tries: int
