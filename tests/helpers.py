@@ -243,19 +243,24 @@ S3_KEYS = {"AWS_ACCESS_KEY_ID": "imgq-test", "AWS_SECRET_ACCESS_KEY": "imgq-test
 
 class MotoS3:
     """A real S3 server on loopback: moto's server mode as its own process (`moto_server`) on a free port, so its
-    access rules (`deny_from_now_on`) are its alone. `env` is what a process needs to reach it."""
+    access rules (`deny_from_now_on`) are its alone. `env` is what a process needs to reach it. `stop()` then
+    `start()` takes it away and brings it back on the same port, empty (moto keeps its buckets in memory)."""
 
     def __init__(self, log_dir: Path):
-        import subprocess
-        import sys
-
         from shared.tools.local_stack import free_port
 
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.env = {**S3_KEYS, "IMGQ_S3_ENDPOINT_URL": self.endpoint}
         log_dir.mkdir(parents=True, exist_ok=True)
-        self._log = open(log_dir / f"moto-{self.port}.log", "wb")
+        self._log_file = log_dir / f"moto-{self.port}.log"
+        self.start()
+
+    def start(self) -> None:
+        import subprocess
+        import sys
+
+        self._log = open(self._log_file, "ab")
         server = Path(sys.executable).with_name("moto_server")
         self.process = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(self.port)], stdout=self._log,
                                         stderr=subprocess.STDOUT, env={**os.environ, **S3_KEYS})

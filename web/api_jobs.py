@@ -45,7 +45,10 @@ def _submit(upload, from_json):
                         "upload sent in parts (409 once a job took it), or uploaded files (multipart). Answers the "
                         "queued job; follow its `links`. A manifest over IMGQ_INLINE_MANIFEST_BYTES is checked (its "
                         "columns, its first rows) and answered at once with the job `preparing` while a worker reads "
-                        "it (`progress.rows_read`); a bad row found later fails the job with the same reason.")
+                        "it (`progress.rows_read`); a bad row found later fails the job with the same reason. With "
+                        "`export` (JSON only), the results are also written to that s3:// URI under "
+                        "IMGQ_EXPORT_ROOTS when the job succeeds (Parquet or CSV by its extension, `{job_id}` filled "
+                        "in); the job's `export` says how that went.")
 def create_score_job():
     settings, who = current_app.config["IMGQ_SETTINGS"], origin()
     return _submit(lambda files, form: submit_upload(settings, files, ScoreUploadForm.model_validate(form), who),

@@ -20,7 +20,7 @@ from shared.core.config import Settings
 from shared.core.errors import InvalidRequest
 from shared.core.paths import path_inside
 from shared.schemas.jobs import EmbedRequest, EmbedUploadForm, ScoreRequest, ScoreUploadForm
-from shared.services import model_imports, submission
+from shared.services import job_exports, model_imports, submission
 from shared.services.model_registry import Signature
 from shared.services.submission import Origin
 from web.auth import caller
@@ -29,27 +29,30 @@ DEFAULT_CATEGORY_COLUMN = "category"
 
 
 def submit_json(settings: Settings, req: ScoreRequest, origin: Origin) -> tuple[dict, bool]:
+    _check_export(settings, req.export)
     if req.upload is not None:
         return submission.submit_score_upload(settings, model_ref=req.model, upload_id=req.upload,
-                                              use_cache=req.cache, who=caller(), origin=origin)
+                                              use_cache=req.cache, who=caller(), origin=origin, export=req.export)
     fp = submission.fingerprint(req.model_dump())
     if req.items is None:
         source = {"type": "manifest", "manifest": req.manifest, "id_column": req.id_column,
                   "image_column": req.image_column}
         return submission.submit_score_manifest(settings, model_ref=req.model, source=source, use_cache=req.cache,
-                                                origin=origin, request_fingerprint=fp)
+                                                origin=origin, request_fingerprint=fp, export=req.export)
     return submission.submit_score(settings, model_ref=req.model, pieces=[[(it.id, it.uri) for it in req.items]],
                                    source={"type": "items", "count": len(req.items)}, use_cache=req.cache,
-                                   origin=origin, request_fingerprint=fp)
+                                   origin=origin, request_fingerprint=fp, export=req.export)
 
 
 def submit_embed_json(settings: Settings, req: EmbedRequest, origin: Origin) -> tuple[dict, bool]:
     """An embed job from JSON items or a manifest; a manifest's categories come from `category_column` (default
     "category", and then only if the manifest has it); an upload's files all get `category`."""
+    _check_export(settings, req.export)
     if req.upload is not None:
         return submission.submit_embed_upload(settings, model_ref=req.model, upload_id=req.upload,
                                               catalog=req.catalog, layer=req.layer, normalize=req.normalize,
-                                              category=req.category, use_cache=req.cache, who=caller(), origin=origin)
+                                              category=req.category, use_cache=req.cache, who=caller(), origin=origin,
+                                              export=req.export)
     fp = submission.fingerprint({"kind": "embed", **req.model_dump()})
     space = {"catalog": req.catalog, "layer": req.layer, "normalize": req.normalize}
     if req.items is None:
@@ -57,11 +60,18 @@ def submit_embed_json(settings: Settings, req: EmbedRequest, origin: Origin) -> 
                   "image_column": req.image_column, "category_column": req.category_column or DEFAULT_CATEGORY_COLUMN,
                   "category_required": req.category_column is not None}
         return submission.submit_embed_manifest(settings, model_ref=req.model, **space, source=source,
-                                                use_cache=req.cache, origin=origin, request_fingerprint=fp)
+                                                use_cache=req.cache, origin=origin, request_fingerprint=fp,
+                                                export=req.export)
     return submission.submit_embed(settings, model_ref=req.model, **space,
                                    pieces=[[(it.id, it.uri, it.category) for it in req.items]],
                                    source={"type": "items", "count": len(req.items)}, use_cache=req.cache,
-                                   origin=origin, request_fingerprint=fp)
+                                   origin=origin, request_fingerprint=fp, export=req.export)
+
+
+def _check_export(settings: Settings, export: str | None) -> None:
+    """A 400 on `export` before a manifest is read or anything is stored, when the export may not go there."""
+    if export is not None:
+        job_exports.export_uri(settings, export)
 
 
 def _save_upload(storage: FileStorage, dest: Path) -> str:

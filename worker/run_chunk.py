@@ -25,7 +25,7 @@ from shared.core.db import session_scope
 from shared.core.logs import bind
 from shared.images.item_reads import web_policy
 from shared.images.object_store import StoreConfig
-from shared.services import drift
+from shared.services import drift, job_exports
 from worker import chunk_lifecycle, chunk_work, metrics
 from worker.chunk_lifecycle import ClaimedChunk
 from worker.chunk_work import ChunkWork, ModelUnusable
@@ -142,6 +142,7 @@ def run_chunk(job_id: str, chunk_no: int, *, worker: str, models: ModelCache, se
                 chunk_lifecycle.release(session, job_id, held_no, attempt, f"{type(exc).__name__}: {exc}")
         raise
     record_drift(job_id, settings)
+    record_export(job_id, settings)
     return "done"
 
 
@@ -152,6 +153,15 @@ def record_drift(job_id: str, settings: Settings) -> None:
         drift.record_job_drift(job_id, settings.drift_threshold)
     except Exception:  # noqa: BLE001 - the task's boundary: the scores stand, only the drift figure is missing
         log.exception("job %s: output drift not recorded", job_id)
+
+
+def record_export(job_id: str, settings: Settings) -> None:
+    """When this task's chunks finished a job with an `export`: its results written there (shared/services/
+    job_exports.py; a store away leaves it pending for the sweeper). The chunks are done whatever happens here."""
+    try:
+        job_exports.write_export(job_id, settings)
+    except Exception:  # noqa: BLE001 - the task's boundary: the results stand, the sweeper tries the export again
+        log.exception("job %s: results not exported", job_id)
 
 
 def _options(claimed: ClaimedChunk, settings: Settings) -> ScoreOptions:

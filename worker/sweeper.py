@@ -21,6 +21,9 @@
 - score jobs that succeeded without their output drift recorded get it: those this sweep closed (including by
   giving up their last chunk), and those closed elsewhere without it (a chunk given up at a worker's claim, a worker
   that died between finishing the last chunk and recording it), among the jobs created within `DRIFT_CATCH_UP`;
+- score and embed jobs that succeeded with an `export` still pending get it written (shared/services/job_exports.py):
+  the same catch-up as drift, every sweep tries again an export whose store was away, and one whose writer died
+  (its lease older than `heartbeat_timeout`) is taken over;
 - upload folders of jobs finished over `upload_retention` ago, and folders no job owns (an upload cut
   off by a web crash) older than `orphan_upload_after`, are removed; so are uploads in parts that no job took and
   nobody added to for `orphan_upload_after` (shared/services/uploads.py);
@@ -56,7 +59,7 @@ from shared.core.states import (
     RunState,
 )
 from shared.core.tables import Chunk, Job, ScoreDrift, TrainRun, utcnow
-from shared.services import drift, uploads
+from shared.services import drift, job_exports, uploads
 from shared.services.jobs import lock_job
 from worker import chunk_lifecycle, index_builder, model_importer
 
@@ -80,6 +83,7 @@ def sweep(settings: Settings, enqueue, enqueue_train=None,
     finished = _close_finished_jobs(settings)
     closed = len(finished)
     record_missing_drift(settings, now, closed_ids | finished)
+    write_pending_exports(settings, now, closed_ids | finished)
     sent = sum(enqueue(job_id, sorted(set(nos))) for job_id, nos in to_send.items())
     trains = _sweep_train_runs(settings, now, depth(TRAIN_QUEUE))
     if trains and enqueue_train is not None:
@@ -174,6 +178,23 @@ def record_missing_drift(settings: Settings, now, closed_now: set[str]) -> int:
         except Exception:  # noqa: BLE001 - the sweep goes on: only the job's drift figure is missing
             log.exception("job %s: output drift not recorded", job_id)
     return recorded
+
+
+def write_pending_exports(settings: Settings, now, closed_now: set[str]) -> int:
+    """The result exports of succeeded jobs still pending (tried before, or closed by this sweep or over
+    SEND_GRACE_SECONDS ago) or left writing by a process that died (job_exports.to_catch_up), among the jobs created
+    within DRIFT_CATCH_UP, written now; a store still away leaves them pending for the next sweep. Returns how many
+    were written."""
+    with session_scope() as session:
+        job_ids = job_exports.to_catch_up(session, closed_now, now - timedelta(seconds=SEND_GRACE_SECONDS),
+                                          now - DRIFT_CATCH_UP, now - timedelta(seconds=settings.heartbeat_timeout))
+    written = 0
+    for job_id in job_ids:
+        try:
+            written += job_exports.write_export(job_id, settings) == job_exports.WRITTEN
+        except Exception:  # noqa: BLE001 - the sweep goes on: this export stays pending for the next one
+            log.exception("job %s: results not exported", job_id)
+    return written
 
 
 def _sweep_train_runs(settings: Settings, now, depth: int | None) -> list[str]:

@@ -118,6 +118,14 @@ def _roots(env: dict, name: str) -> tuple[tuple[Path, ...], tuple[str, ...]]:
     return tuple(local), tuple(remote)
 
 
+def _export_roots(env: dict, name: str) -> tuple[str, ...]:
+    """URI prefixes only (`s3://bucket/prefix/`): a result export is written to a store, never to a local folder."""
+    local, remote = _roots(env, name)
+    if local:
+        raise ConfigError(f"{name}: only s3:// URI prefixes, not local folders: {', '.join(map(str, local))}")
+    return remote
+
+
 def _networks(env: dict, name: str) -> str:
     """A comma-separated list of IP addresses and networks, checked here and parsed where it is used."""
     raw = (env.get(name) or "").strip()
@@ -144,6 +152,7 @@ class Settings:
     broker_transport_options: dict = field(hash=False)
     data_roots: tuple[Path, ...]
     object_roots: tuple[str, ...]  # IMGQ_DATA_ROOTS's URI prefixes (s3://bucket/prefix/), normalised
+    export_roots: tuple[str, ...]  # IMGQ_EXPORT_ROOTS: URI prefixes a job's results may be exported to (written)
     s3_endpoint_url: str | None
     web_items: str  # IMGQ_WEB_ITEMS: "https" (default), "http" (http:// too) or "off"
     web_allow_networks: str  # IMGQ_WEB_ALLOW_NETWORKS: addresses the image-URL guard lets through (comma-separated)
@@ -238,6 +247,9 @@ def load_settings(env: dict | None = None) -> Settings:
         broker_transport_options=options,
         data_roots=data_roots,
         object_roots=object_roots,
+        # where a job's `export` may write its results: URI prefixes of their own, never the data roots (which are
+        # read, and a job must not overwrite the catalog it reads); none: exports are refused
+        export_roots=_export_roots(env, "IMGQ_EXPORT_ROOTS"),
         # an S3-compatible store (MinIO, moto, Ceph); unset: AWS. Credentials and region: the standard AWS variables
         s3_endpoint_url=_url(env, "IMGQ_S3_ENDPOINT_URL"),
         # further tries of an object read after a 5xx, throttling, a refused or reset connection (backoff between)

@@ -399,3 +399,19 @@ class UploadFile(Base):
     stored: Mapped[str] = mapped_column(String(200))  # the file's name inside the upload's folder
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
+
+
+class ResultExport(Base):
+    """Where a score or embed job's results are written when it succeeds (its `export` option), and how that went:
+    pending (not written yet, or to be tried again: `error` says why), writing (a process holds it: `updated_at` is
+    its lease), written (`rows` results) or failed (the store refused it for good: a 403, a bad bucket). Written with
+    the job; changed by shared/services/job_exports."""
+    __tablename__ = "result_exports"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    uri: Mapped[str] = mapped_column(String(1100))
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    rows: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    tries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -7,9 +7,10 @@ shared/core/names.py.
 """
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import AfterValidator, Field, StringConstraints, model_validator
 
 from shared.core.names import ModelRef, Name
 from shared.models.embedding_space import LayerName
@@ -19,6 +20,26 @@ MAX_INLINE_ITEMS = 10_000
 UploadId = Annotated[str, StringConstraints(min_length=1, max_length=32),
                      Field(description="an upload's id (POST /api/v1/uploads): its files are the items, their names "
                                        "the ids")]
+EXPORT_FORMATS = ("parquet", "csv")  # an export's file format, from its URI's extension
+EXPORT_PLACEHOLDER = "{job_id}"
+
+
+def _export_template(value: str) -> str:
+    """An export URI as the client writes it: `s3://bucket/key.parquet` or `.csv`, `{job_id}` its only placeholder
+    (whether its prefix is allowed is decided with the settings, shared/services/job_exports.py)."""
+    if not value.startswith("s3://"):
+        raise ValueError("an export is an s3:// URI under IMGQ_EXPORT_ROOTS")
+    other = re.sub(re.escape(EXPORT_PLACEHOLDER), "", value)
+    if "{" in other or "}" in other:
+        raise ValueError(f"{EXPORT_PLACEHOLDER} is the only placeholder an export URI may hold")
+    if not value.endswith(tuple("." + f for f in EXPORT_FORMATS)):
+        raise ValueError(f"an export URI ends in {' or '.join('.' + f for f in EXPORT_FORMATS)}")
+    return value
+
+
+EXPORT_DESCRIPTION = ("where the job's results are written when it succeeds: `s3://bucket/prefix/{job_id}.parquet` "
+                      "(or `.csv`), under IMGQ_EXPORT_ROOTS; `{job_id}` is the only placeholder")
+ExportUri = Annotated[str, StringConstraints(min_length=6, max_length=1000), AfterValidator(_export_template)]
 
 
 class Item(Strict):
@@ -36,6 +57,7 @@ class ScoreRequest(Strict):
     id_column: Column = "id"
     image_column: Column = "image"
     cache: bool = True
+    export: ExportUri | None = Field(default=None, description=EXPORT_DESCRIPTION)
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -77,6 +99,7 @@ class EmbedRequest(Strict):
     upload: UploadId | None = None
     category: Category | None = Field(default=None, description="with `upload`: the category of all its files")
     cache: bool = True
+    export: ExportUri | None = Field(default=None, description=EXPORT_DESCRIPTION)
 
     @model_validator(mode="after")
     def _one_source(self):

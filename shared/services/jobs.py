@@ -20,7 +20,7 @@ from shared.core.db import get_or_404, is_postgres
 from shared.core.errors import Forbidden, InvalidRequest, NotFound, Unprocessable
 from shared.core.keyset import Key
 from shared.core.states import FINAL_JOB_STATUSES, OPEN_JOB_STATUSES, ChunkState, JobKind, JobStatus, RunState
-from shared.core.tables import Chunk, Job, JobItem, ModelVersion, Result, TrainRun, utcnow
+from shared.core.tables import Chunk, Job, JobItem, ModelVersion, Result, ResultExport, TrainRun, utcnow
 from shared.core.vocab import EMBEDDING_TASK
 from shared.models.outputs import output_columns
 from shared.services import drift, index_jobs, model_imports, model_registry
@@ -236,7 +236,16 @@ def job_json(session: Session, job: Job) -> dict:
         "cache": job.use_cache,
         **({"embedding": embedding_json(job)} if job.kind == JobKind.EMBED else {}),
         **({"drift": drift.job_drift(session, job.id)} if job.kind == JobKind.SCORE else {}),
+        **_export_json(session.get(ResultExport, job.id)),
     }
+
+
+def _export_json(row: ResultExport | None) -> dict:
+    """A job's `export` (shared/services/job_exports.py), when it has one."""
+    if row is None:
+        return {}
+    return {"export": {"uri": row.uri, "status": row.status, "rows": row.rows, "error": row.error, "tries": row.tries,
+                       "updated_at": row.updated_at.isoformat() if row.updated_at else None}}
 
 
 def jobs_page(session: Session, *, status: JobStatus | None = None, model: str | None = None,

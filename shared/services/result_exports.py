@@ -1,4 +1,4 @@
-"""A job's results as a Parquet file, streamed: one row group per keyset page of results, each page read in a
+"""A job's results as a Parquet (or CSV) file, streamed: one row group per keyset page of results, each page read in a
 short transaction of its own and written out before the next is read.
 
 Invariants: at most one page (`row_group_rows` results) is held in memory, never the whole job; the file's columns
@@ -9,6 +9,7 @@ leave with the page that made them (the footer with the last), and the file ends
 """
 from __future__ import annotations
 
+import csv
 import io
 from collections.abc import Iterator
 
@@ -100,3 +101,21 @@ def results_parquet(job_id: str, *, row_group_rows: int = ROW_GROUP_ROWS, url: s
     finally:
         writer.close()
     yield spool.take()
+
+
+def results_csv(job_id: str, *, rows: int = ROW_GROUP_ROWS, url: str | None = None) -> Iterator[bytes]:
+    """The job's results as CSV bytes (UTF-8) in pieces, the CSV download's columns and cells, read a page of `rows`
+    at a time in short transactions (for a writer that may wait on a store between pages)."""
+    with session_scope(url) as session:
+        columns = jobs.output_columns_of(session, jobs.get_job(session, job_id))
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["id", "status", "error", "from_cache", *columns])
+    for page in _pages(job_id, rows, url):
+        for item_id, status, error, from_cache, outputs, *category in page:
+            outputs = {**(outputs or {}), **({"category": category[0]} if category else {})}
+            writer.writerow([item_id, status, error or "", int(bool(from_cache)),
+                             *[outputs.get(c, "") for c in columns]])
+        yield buf.getvalue().encode()
+        buf.seek(0)
+        buf.truncate()

@@ -40,7 +40,7 @@ from shared.core.tables import Job, Sweep
 from shared.images import manifests
 from shared.schemas.training import SweepRequest, TrainRequest
 from shared.search.vector_index import BuildParams
-from shared.services import index_jobs, jobs, model_imports, preparation, train_jobs, uploads
+from shared.services import index_jobs, job_exports, jobs, model_imports, preparation, train_jobs, uploads
 from shared.services.embed_spec import embedding_spec
 from shared.services.model_registry import Signature
 from shared.services.quotas import check_active_jobs
@@ -158,19 +158,21 @@ def _commit_once(create: Callable[[Session], str], table: type[Job] | type[Sweep
 
 def submit_score(settings: Settings, *, model_ref: str, pieces: Iterable[list[tuple[str, str]]], source: dict,
                  use_cache: bool, origin: Origin = ANONYMOUS, request_fingerprint: str | None = None,
-                 discard: Callable[[], None] | None = None) -> tuple[dict, bool]:
-    """A score job over `pieces` (lists of (item id, image uri)), split into chunks of IMGQ_CHUNK_SIZE items."""
+                 discard: Callable[[], None] | None = None, export: str | None = None) -> tuple[dict, bool]:
+    """A score job over `pieces` (lists of (item id, image uri)), split into chunks of IMGQ_CHUNK_SIZE items;
+    `export`: where its results go when it succeeds (shared/services/job_exports.py)."""
     def create(session: Session) -> Job:
         return jobs.create_score_job(session, model_ref=model_ref, pieces=pieces, source=source,
                                      use_cache=use_cache, chunk_size=settings.chunk_size)
 
-    return submit(create, origin=origin, request_fingerprint=request_fingerprint, discard=discard)
+    return submit(_with_export(settings, export, create), origin=origin, request_fingerprint=request_fingerprint,
+                  discard=discard)
 
 
 def submit_embed(settings: Settings, *, model_ref: str, catalog: str, layer: str | None, normalize: bool,
                  pieces: Iterable[list[tuple[str, str, str | None]]], source: dict, use_cache: bool,
                  origin: Origin = ANONYMOUS, request_fingerprint: str | None = None,
-                 discard: Callable[[], None] | None = None) -> tuple[dict, bool]:
+                 discard: Callable[[], None] | None = None, export: str | None = None) -> tuple[dict, bool]:
     """An embed job over `pieces` (lists of (item id, image uri, category)) into `catalog`, chunked as scoring;
     its space (the version, layer and normalisation) is decided here, at submission (shared/services/embed_spec.py)."""
     def create(session: Session) -> Job:
@@ -178,35 +180,51 @@ def submit_embed(settings: Settings, *, model_ref: str, catalog: str, layer: str
                                     use_cache=use_cache, chunk_size=settings.chunk_size,
                                     spec_for=partial(embedding_spec, catalog=catalog, layer=layer, normalize=normalize))
 
-    return submit(create, origin=origin, request_fingerprint=request_fingerprint, discard=discard)
+    return submit(_with_export(settings, export, create), origin=origin, request_fingerprint=request_fingerprint,
+                  discard=discard)
+
+
+def _with_export(settings: Settings, export: str | None, create: Callable[[Session], Job]) -> Callable[[Session], Job]:
+    """`create`, adding the job's results export (its URI with the job's id) in the same transaction."""
+    if export is None:
+        return create
+
+    def create_exporting(session: Session) -> Job:
+        job = create(session)
+        job_exports.add_export(session, job.id, job_exports.export_uri(settings, export, job.id))
+        return job
+
+    return create_exporting
 
 
 def submit_score_manifest(settings: Settings, *, model_ref: str, source: dict, use_cache: bool,
-                          origin: Origin = ANONYMOUS, request_fingerprint: str | None = None) -> tuple[dict, bool]:
+                          origin: Origin = ANONYMOUS, request_fingerprint: str | None = None,
+                          export: str | None = None) -> tuple[dict, bool]:
     """A score job over the manifest `source` names: read into items here when it is small, else committed
     preparing for the maintenance worker to read (`_manifest_job`)."""
     def inline(pieces) -> tuple[dict, bool]:
         return submit_score(settings, model_ref=model_ref, pieces=pieces, source=source, use_cache=use_cache,
-                            origin=origin, request_fingerprint=request_fingerprint)
+                            origin=origin, request_fingerprint=request_fingerprint, export=export)
 
-    create = partial(preparation.create_preparing_job, kind=JobKind.SCORE, model_ref=model_ref, source=source,
-                     use_cache=use_cache)
+    create = _with_export(settings, export, partial(preparation.create_preparing_job, kind=JobKind.SCORE,
+                                                    model_ref=model_ref, source=source, use_cache=use_cache))
     return _manifest_job(settings, source, inline, create, origin, request_fingerprint)
 
 
 def submit_embed_manifest(settings: Settings, *, model_ref: str, catalog: str, layer: str | None, normalize: bool,
                           source: dict, use_cache: bool, origin: Origin = ANONYMOUS,
-                          request_fingerprint: str | None = None) -> tuple[dict, bool]:
+                          request_fingerprint: str | None = None, export: str | None = None) -> tuple[dict, bool]:
     """An embed job over the manifest `source` names, read here or by the maintenance worker as a score job's."""
     spec_for = partial(embedding_spec, catalog=catalog, layer=layer, normalize=normalize)
 
     def inline(pieces) -> tuple[dict, bool]:
         return submit_embed(settings, model_ref=model_ref, catalog=catalog, layer=layer, normalize=normalize,
                             pieces=pieces, source=source, use_cache=use_cache, origin=origin,
-                            request_fingerprint=request_fingerprint)
+                            request_fingerprint=request_fingerprint, export=export)
 
-    create = partial(preparation.create_preparing_job, kind=JobKind.EMBED, model_ref=model_ref, source=source,
-                     use_cache=use_cache, spec_for=spec_for)
+    create = _with_export(settings, export, partial(preparation.create_preparing_job, kind=JobKind.EMBED,
+                                                    model_ref=model_ref, source=source, use_cache=use_cache,
+                                                    spec_for=spec_for))
     return _manifest_job(settings, source, inline, create, origin, request_fingerprint)
 
 
@@ -245,24 +263,26 @@ def _upload_source(upload_id: str, items: list) -> dict:
 
 
 def submit_score_upload(settings: Settings, *, model_ref: str, upload_id: str, use_cache: bool, who: Caller,
-                        origin: Origin = ANONYMOUS) -> tuple[dict, bool]:
+                        origin: Origin = ANONYMOUS, export: str | None = None) -> tuple[dict, bool]:
     """A score job over the files of an upload sent in parts (shared/services/uploads.py), its ids their names; the
     fingerprint holds the files' names and hashes, so the same folder uploaded again under the same key replays."""
-    fp = fingerprint({"model": model_ref, "cache": use_cache, "files": uploads.content_of(upload_id)})
+    fp = fingerprint({"model": model_ref, "cache": use_cache, "export": export, "files": uploads.content_of(upload_id)})
 
     def make(session: Session, items: list) -> Job:
         return jobs.create_score_job(session, model_ref=model_ref, pieces=[items], use_cache=use_cache,
                                      source=_upload_source(upload_id, items), chunk_size=settings.chunk_size)
 
-    return submit(_from_upload(settings, upload_id, who, make), origin=origin, request_fingerprint=fp)
+    return submit(_with_export(settings, export, _from_upload(settings, upload_id, who, make)), origin=origin,
+                  request_fingerprint=fp)
 
 
 def submit_embed_upload(settings: Settings, *, model_ref: str, upload_id: str, catalog: str, layer: str | None,
                         normalize: bool, category: str | None, use_cache: bool, who: Caller,
-                        origin: Origin = ANONYMOUS) -> tuple[dict, bool]:
+                        origin: Origin = ANONYMOUS, export: str | None = None) -> tuple[dict, bool]:
     """An embed job over the files of an upload sent in parts, all in `category`."""
     fp = fingerprint({"kind": "embed", "model": model_ref, "catalog": catalog, "layer": layer, "normalize": normalize,
-                      "category": category, "cache": use_cache, "files": uploads.content_of(upload_id)})
+                      "category": category, "cache": use_cache, "export": export,
+                      "files": uploads.content_of(upload_id)})
 
     def make(session: Session, items: list) -> Job:
         return jobs.create_item_job(session, JobKind.EMBED, model_ref=model_ref,
@@ -271,7 +291,8 @@ def submit_embed_upload(settings: Settings, *, model_ref: str, upload_id: str, c
                                     chunk_size=settings.chunk_size,
                                     spec_for=partial(embedding_spec, catalog=catalog, layer=layer, normalize=normalize))
 
-    return submit(_from_upload(settings, upload_id, who, make), origin=origin, request_fingerprint=fp)
+    return submit(_with_export(settings, export, _from_upload(settings, upload_id, who, make)), origin=origin,
+                  request_fingerprint=fp)
 
 
 def submit_train(req: TrainRequest, *, origin: Origin = ANONYMOUS,

@@ -79,6 +79,19 @@ Chunks = create_model("Chunks", __base__=Resource, __module__=__name__,
                       total=(int, ...), **{state.value: (int, ...) for state in ChunkState})
 
 
+class Export(Resource):
+    """Where the job's results are exported when it succeeds (its `export` option), and how that went."""
+    uri: str
+    status: Literal["pending", "writing", "written", "failed"] = Field(
+        description="pending: not written yet (or the store was away: tried again by each sweep); writing: a "
+                    "process is writing it now; written; failed: the store refused it for good (no such bucket, "
+                    "access denied)")
+    rows: int | None = Field(description="results written, once written")
+    error: str | None = Field(description="why the last try did not write it")
+    tries: int
+    updated_at: Timestamp
+
+
 class ScoreJob(JobBase):
     kind: Literal["score"]
     links: ItemJobLinks
@@ -89,6 +102,7 @@ class ScoreJob(JobBase):
     drift: FreeForm | None = Field(None, description="a score job's output distribution against its reference (the "
                                    "training data, or the version's previous job): statistic, value, threshold, "
                                    "exceeded, per-output detail; null until the job finished (embed jobs: absent)")
+    export: Export | None = Field(None, description="absent when the job was submitted without `export`")
 
 
 class Embedding(Resource):
