@@ -263,6 +263,8 @@ def results_page(session: Session, job: Job, *, after: Key | None, limit: int,
 def _output_columns(session: Session, job: Job) -> list[str]:
     if job.kind == JobKind.EMBED:
         return ["category", "dim"]  # the vectors themselves are in the catalog's embeddings, not in results
+    if job.kind != JobKind.SCORE or job.model_version_id is None:
+        return []  # a train, import or index job has no results: the header alone, as its JSON page is empty
     version = session.get(ModelVersion, job.model_version_id)
     return output_columns(version.task, version.output_names, version.class_names)
 
