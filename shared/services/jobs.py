@@ -296,6 +296,8 @@ def output_columns_of(session: Session, job: Job) -> list[str]:
     """The columns a download of the job's results has after id, status, error and from_cache."""
     if job.kind == JobKind.EMBED:
         return ["category", "dim"]  # the vectors themselves are in the catalog's embeddings, not in results
+    if job.kind != JobKind.SCORE or job.model_version_id is None:
+        return []  # a train, import or index job has no results: the header alone, as its JSON page is empty
     version = session.get(ModelVersion, job.model_version_id)
     return output_columns(version.task, version.output_names, version.class_names)
 

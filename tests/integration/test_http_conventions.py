@@ -8,7 +8,8 @@ import io
 import pytest
 
 from shared.core.db import session_scope
-from shared.core.tables import Schedule, TrainMetric
+from shared.core.states import JobKind, JobStatus
+from shared.core.tables import Job, Schedule, TrainMetric
 from shared.services import uploads
 from tests.helpers import assert_error, seed_embeddings, seed_version
 
@@ -92,3 +93,15 @@ def test_epochs_of_a_job_that_does_not_train_or_does_not_exist_are_4xx(client, c
     assert "epochs" not in job.json["links"]
     assert_error(client.get(f"/api/v1/jobs/{job.json['id']}/epochs"), 400, "InvalidRequest")
     assert_error(client.get("/api/v1/jobs/00000000-0000-0000-0000-000000000000/epochs"), 404, "NotFound")
+
+
+def test_a_train_jobs_results_are_empty_as_json_and_as_csv(client, configured):
+    """A job of a kind without items (here a train job from an architecture: no model version) has no results:
+    an empty page, and a CSV of the header alone, never a 500."""
+    with session_scope() as session:
+        session.add(Job(id="11111111-1111-1111-1111-111111111111", kind=JobKind.TRAIN, status=JobStatus.QUEUED,
+                        model_ref="cats", source={"type": "train"}))
+    url = "/api/v1/jobs/11111111-1111-1111-1111-111111111111/results"
+    assert client.get(url).json["results"] == []
+    resp = client.get(f"{url}?format=csv")
+    assert resp.status_code == 200 and resp.get_data(as_text=True).splitlines() == ["id,status,error,from_cache"]
