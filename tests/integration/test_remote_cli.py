@@ -137,7 +137,11 @@ def test_exit_codes_a_cron_job_can_act_on(pg_stack, tmp_path):
     assert wrong.returncode == 4 and "401" in wrong.stderr
     down = imgq("jobs", "list", "--server", f"http://127.0.0.1:{free_port()}", env=env)
     assert down.returncode == 3 and "cannot reach" in down.stderr
-    unknown = imgq("score", "--manifest", "x.csv", "--model", "no-such-model", env=env)
+    (pg_stack.data / "exit-codes").mkdir(exist_ok=True)
+    (pg_stack.data / "exit-codes" / "items.csv").write_text("id,image\na,a.jpg\n")  # the manifest is checked first
+    missing = imgq("score", "--manifest", "exit-codes/none.csv", "--model", "no-such-model", env=env)
+    assert missing.returncode == 2 and "manifest not found" in missing.stderr
+    unknown = imgq("score", "--manifest", "exit-codes/items.csv", "--model", "no-such-model", env=env)
     assert unknown.returncode == 2 and "no-such-model" in unknown.stderr
     nothing = imgq("jobs", "list", env=_env(tmp_path))
     assert nothing.returncode == 2 and "IMGQ_SERVER" in nothing.stderr
