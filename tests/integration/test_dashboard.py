@@ -295,6 +295,7 @@ def test_sweep_schedules_and_operations_pages_show_real_data_and_hostile_text_as
     page.locator("#shadow-confusion tbody tr").first.wait_for()
     assert page.locator("#shadow-confusion thead th").count() >= 2
     assert "agreement" in page.locator("#shadow").inner_text()
+    page.locator("#lineage", has_text="onerror").wait_for()  # drawn after the shadow diff: wait for it
     assert hostile in page.locator("#lineage").inner_text()
 
     page = admin.goto("/schedules")
