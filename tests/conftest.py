@@ -72,6 +72,21 @@ def client(app):
     return authorized_client(app)
 
 
+@pytest.fixture(scope="module")
+def regression(model_files):
+    """The regression test model as a worker's model cache loads it (version 7, a log1p target): for scoring code
+    run in the test's own process."""
+    from shared.core.tables import ModelVersion
+    from shared.services.model_registry import sha256_file
+    from worker.model_cache import load
+
+    file = model_files["regression"]
+    return load(ModelVersion(id=7, name="m", version=1, task="regression", input_height=32, input_width=32,
+                             resize_mode="stretch", pixel_scale="unit", output_names=["value"], class_names=None,
+                             target_transform={"kind": "log1p"}, path=str(file), sha256=sha256_file(file),
+                             size_bytes=1))
+
+
 @pytest.fixture(scope="session")
 def model_files(tmp_path_factory):
     """Keras files for each task, plus one that asks for arbitrary code (a Lambda layer)."""

@@ -159,19 +159,6 @@ def test_a_manifest_in_the_store_has_its_size_asked_without_reading_it_and_a_mis
         size_of(ObjectFile(PREFIX + "none.csv", StoreConfig(store.endpoint)))
 
 
-@pytest.fixture(scope="module")
-def regression(model_files):
-    from shared.core.tables import ModelVersion
-    from shared.services.model_registry import sha256_file
-    from worker.model_cache import load
-
-    file = model_files["regression"]
-    return load(ModelVersion(id=7, name="m", version=1, task="regression", input_height=32, input_width=32,
-                             resize_mode="stretch", pixel_scale="unit", output_names=["value"], class_names=None,
-                             target_transform={"kind": "log1p"}, path=str(file), sha256=sha256_file(file),
-                             size_bytes=1))
-
-
 def score(items, model, where: Places, batch_size: int = 4, written: dict | None = None) -> dict:
     """{item id: result} of scoring `items`, written into `written` batch by batch (so a caller sees what was
     written before an exception)."""

@@ -9,25 +9,13 @@ import pytest
 from PIL import Image
 from prometheus_client import REGISTRY
 
-from shared.core.tables import ModelVersion
-from shared.services.model_registry import sha256_file
 from tests.helpers import write_jpeg
 from worker import metrics
-from worker.model_cache import load
 from worker.scoring import ScoreOptions, score_items
 
 
 def sample(name: str, **labels) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-@pytest.fixture(scope="module")
-def regression(model_files):
-    file = model_files["regression"]
-    return load(ModelVersion(id=7, name="m", version=1, task="regression", input_height=32, input_width=32,
-                             resize_mode="stretch", pixel_scale="unit", output_names=["value"], class_names=None,
-                             target_transform={"kind": "log1p"}, path=str(file), sha256=sha256_file(file),
-                             size_bytes=1))
 
 
 def score(items, model, root, **options) -> dict:
