@@ -116,8 +116,8 @@ def pg_stack(tmp_path_factory):
     url = create_pg_database()
     upgrade(url)
     broker = f"{REDIS_BASE}/9"
-    redis.Redis.from_url(broker).flushdb()
-    # a key prefix of its own: another test run on the same Redis never takes this run's tasks
+    # a key prefix of its own: another test run on the same Redis (or another xdist worker of this one, whose stack
+    # shares the database number) never takes this run's tasks, and nothing needs flushing
     stack = make_stack(tmp_path_factory.mktemp("pg-stack"), {"DATABASE_URL": url, "BROKER_URL": broker,
                                                          "IMGQ_BROKER_PREFIX": f"imgq-test-{uuid.uuid4().hex[:8]}:"})
     stack.database_url = url
@@ -170,7 +170,14 @@ def s3_server(tmp_path):
 
 def pytest_collection_modifyitems(items):
     """Everything under tests/integration/ talks to real servers or processes: mark it so `-m "not integration"`
-    runs the unit tests alone (seconds, no servers)."""
+    runs the unit tests alone (seconds, no servers).
+
+    Under pytest-xdist (`-n 2 --dist loadgroup`, the README's command) each module is one group, so a module's
+    fixtures (a stack, a trained model) are built once, on one worker; the fault suite is a single group, run
+    in order on one worker: its tests share a session's private servers and write one reliability report."""
     for item in items:
-        if "integration" in item.path.parts:
+        parts = item.path.parts
+        if "integration" in parts:
             item.add_marker(pytest.mark.integration)
+        group = "faults" if "faults" in parts else item.path.stem
+        item.add_marker(pytest.mark.xdist_group(group))
