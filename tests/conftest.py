@@ -109,7 +109,6 @@ def model_files(tmp_path_factory):
 @pytest.fixture(scope="session")
 def pg_stack(tmp_path_factory):
     """Web front and a Celery worker as real processes on PostgreSQL and Redis."""
-    import redis
 
     from shared.core.migrate import upgrade
 

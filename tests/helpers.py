@@ -297,6 +297,15 @@ class MotoS3:
             s3.put_object(Bucket=bucket, Key=f"{prefix}/{name}" if prefix else name,
                           Body=body if isinstance(body, bytes) else Path(body).read_bytes())
 
+    def gets_of(self, bucket: str, key: str) -> int:
+        """How many GET requests for the object `bucket/key` the server has answered so far, from its access log
+        (path-style addressing: the endpoint is an IP address)."""
+        import re
+
+        self._log.flush()
+        pattern = re.compile(rf'"GET /{re.escape(bucket)}/{re.escape(key)}(\?[^ ]*)? HTTP/')
+        return sum(bool(pattern.search(line)) for line in self._log_file.read_text(errors="replace").splitlines())
+
     def reader_allowed_only(self, bucket: str) -> dict:
         """Switch on moto's IAM checks with a user who may read `bucket` alone: every other bucket answers 403.
         Returns that user's keys (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) for the reading side."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from shared.core.db import session_scope
+from shared.core.errors import ObjectStoreUnavailable
 from shared.core.states import JobKind
 from worker import chunk_lifecycle, embedding_store
 from worker.chunk_lifecycle import JobModel
@@ -38,6 +39,8 @@ def prepare(job_id: str, job: JobModel, models: ModelCache) -> ChunkWork:
     version = job.version
     try:
         loaded = models.get(version)
+    except ObjectStoreUnavailable:
+        raise  # the store's outage, not the model's fault: the task goes back to the queue (worker/tasks.py)
     except Exception as exc:
         raise ModelUnusable(f"cannot load model {version.name}@{version.version}: {exc}") from exc
     if job.kind != JobKind.EMBED:

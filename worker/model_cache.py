@@ -6,14 +6,18 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from shared.core.config import Settings
+from shared.core.paths import is_object_uri
 from shared.core.tables import ModelVersion
 from shared.images.imaging import Preprocessing
 from shared.models.model_inspect import load_keras_safely
-from shared.services.model_registry import sha256_file, signature_of
+from shared.services.model_files import sha256_file, version_file
+from shared.services.model_registry import signature_of
 from worker import metrics, pixel_scaling
 
 log = logging.getLogger(__name__)
@@ -69,8 +73,10 @@ def traced_predict(tf, model, prep: Preprocessing):
     return predict
 
 
-def load(version: ModelVersion) -> LoadedModel:
-    path = Path(version.path)
+def load(version: ModelVersion, settings: Settings | None = None) -> LoadedModel:
+    """The version's model from its file: in place in a local model store, else this machine's copy of the object
+    (downloaded once, checked against its hash: shared/services/model_files.py; `settings` say where)."""
+    path = version_file(version, settings) if is_object_uri(version.path) else Path(version.path)
     if not path.is_file():
         raise FileNotFoundError(f"model file of {version.name}@{version.version} is missing: {path}")
     if sha256_file(path) != version.sha256:
@@ -82,9 +88,9 @@ def load(version: ModelVersion) -> LoadedModel:
 
 
 class ModelCache:
-    def __init__(self, capacity: int, loader=load):
+    def __init__(self, capacity: int, loader=None, settings: Settings | None = None):
         self.capacity = capacity
-        self._loader = loader
+        self._loader = loader or partial(load, settings=settings)
         self._models: OrderedDict[int, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self.loads = 0

@@ -37,6 +37,7 @@ from shared.core.dispatch import (
     enqueue_train,
     queue_depth,
 )
+from shared.core.errors import ObjectStoreUnavailable
 from worker import metrics, presence  # noqa: F401  (presence: its signal handlers report this worker)
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def models():
     if _models is None:
         from worker.model_cache import ModelCache
 
-        _models = ModelCache(configured_settings().model_cache_size)
+        _models = ModelCache(configured_settings().model_cache_size, settings=configured_settings())
     return _models
 
 
@@ -105,8 +106,9 @@ def _mark_delivered(request=None, **_):
 
 
 def requeue_on_outage(task):
-    """A task that could not reach the database did not do its work: its message goes back to the queue
-    (after a pause, so an outage is not a busy loop) instead of being acknowledged as done."""
+    """A task that could not reach the database (or the object store, after its retries) did not do its work: its
+    message goes back to the queue (after a pause, so an outage is not a busy loop) instead of being acknowledged as
+    done."""
     @functools.wraps(task)
     def run(*args, **kwargs):
         from shared.core.db import is_outage
@@ -114,9 +116,10 @@ def requeue_on_outage(task):
         try:
             return task(*args, **kwargs)
         except Exception as exc:
-            if not is_outage(exc):
+            if not (is_outage(exc) or isinstance(exc, ObjectStoreUnavailable)):
                 raise
-            log.warning("%s%s: database unavailable (%s); message requeued", task.__name__, args[1:], exc)
+            what = "object store" if isinstance(exc, ObjectStoreUnavailable) else "database"
+            log.warning("%s%s: %s unavailable (%s); message requeued", task.__name__, args[1:], what, exc)
             time.sleep(configured_settings().outage_retry_delay)
             raise Reject(exc, requeue=True) from exc
     return run

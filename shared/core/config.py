@@ -126,6 +126,19 @@ def _export_roots(env: dict, name: str) -> tuple[str, ...]:
     return remote
 
 
+def _model_store(env: dict, data_dir: Path) -> tuple[Path, str | None]:
+    """IMGQ_MODEL_STORE: a local folder (versions are files there), or an s3:// prefix (versions are objects there;
+    the local folder under IMGQ_HOME only stages imports and holds temporary files)."""
+    raw = (env.get("IMGQ_MODEL_STORE") or "").strip()
+    if "://" not in raw:
+        return Path(raw or data_dir / "models").expanduser().resolve(), None
+    try:
+        uri = object_root(raw)
+    except ValueError as exc:
+        raise ConfigError(f"IMGQ_MODEL_STORE: {exc}") from None
+    return (data_dir / "models").resolve(), uri
+
+
 def _networks(env: dict, name: str) -> str:
     """A comma-separated list of IP addresses and networks, checked here and parsed where it is used."""
     raw = (env.get(name) or "").strip()
@@ -160,7 +173,9 @@ class Settings:
     s3_retries: int
     read_threads: int
     upload_dir: Path
-    model_store: Path
+    model_store: Path  # the local model folder: every version's file, or (with model_store_uri) staging and temp
+    model_store_uri: str | None  # IMGQ_MODEL_STORE as an s3:// prefix: versions are stored there, read via the cache
+    model_cache_dir: Path  # IMGQ_MODEL_CACHE_DIR: this machine's copies of stored versions, one per content hash
     chunk_size: int
     inline_manifest_bytes: int
     chain_seconds: float
@@ -240,6 +255,7 @@ def load_settings(env: dict | None = None) -> Settings:
     if not data_roots and not object_roots:
         data_roots = (data_dir / "data",)
     decode_threads = _int(env, "IMGQ_DECODE_THREADS", max(2, os.cpu_count() or 2))
+    model_store, model_store_uri = _model_store(env, data_dir)
     return Settings(
         data_dir=data_dir,
         database_url=database_url,
@@ -261,7 +277,10 @@ def load_settings(env: dict | None = None) -> Settings:
         # item reads in flight per worker process (object-store reads wait on the network: more than the decoders)
         read_threads=_int(env, "IMGQ_READ_THREADS", decode_threads, maximum=256),
         upload_dir=Path(env.get("IMGQ_UPLOAD_DIR") or data_dir / "uploads").expanduser().resolve(),
-        model_store=Path(env.get("IMGQ_MODEL_STORE") or data_dir / "models").expanduser().resolve(),
+        # a local folder (the default), or an s3:// prefix that every machine reads (shared/models/model_files.py)
+        model_store=model_store,
+        model_store_uri=model_store_uri,
+        model_cache_dir=Path(env.get("IMGQ_MODEL_CACHE_DIR") or data_dir / "model-cache").expanduser().resolve(),
         chunk_size=_int(env, "IMGQ_CHUNK_SIZE", 256),
         inline_manifest_bytes=_int(env, "IMGQ_INLINE_MANIFEST_BYTES", 1024 ** 2, minimum=0),
         chain_seconds=_float(env, "IMGQ_CHAIN_SECONDS", 60.0, zero_allowed=True),
@@ -325,7 +344,8 @@ def get_settings() -> Settings:
 
 def ensure_dirs(settings: Settings) -> None:
     """Create the data folders (and the embedded broker's); entry points call it, never an import."""
-    for path in (settings.data_dir, settings.upload_dir, settings.model_store, *settings.data_roots):
+    for path in (settings.data_dir, settings.upload_dir, settings.model_store, settings.model_cache_dir,
+                 *settings.data_roots):
         path.mkdir(parents=True, exist_ok=True)
     if settings.result_backend.startswith("file://"):
         Path(settings.result_backend[len("file://"):]).mkdir(parents=True, exist_ok=True)

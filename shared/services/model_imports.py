@@ -94,7 +94,7 @@ def store_version(settings: Settings, job_id: str, source: dict, staged: Path, s
                 row = registry.import_model(
                     session, staged, source["name"], registry.Signature(**source["signature"]),
                     settings.model_store, description=source.get("description"), promote=source.get("promote"),
-                    shown=source["file"], shapes=shapes)
+                    shown=source["file"], shapes=shapes, settings=settings)
                 session.execute(update(Job).where(Job.id == job_id).values(model_version_id=row.id))
                 return f"{row.name}@{row.version}"
         except IntegrityError:

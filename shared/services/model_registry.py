@@ -6,7 +6,6 @@ sent it, never by a server path.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -15,6 +14,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -27,6 +27,10 @@ from shared.core.tables import MAX_VERSION, ModelAlias, ModelVersion, utcnow
 from shared.core.vocab import EMBEDDING_TASK, PIXEL_SCALES, RESIZE_MODES, TASKS
 from shared.models import targets
 from shared.models.outputs import default_output_names
+from shared.services.model_files import sha256_file, store_file
+
+if TYPE_CHECKING:
+    from shared.core.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -140,14 +144,6 @@ def inspect_file(path: Path, timeout: float = 300, shown: str | None = None) -> 
     return info
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_version(version, field: str = "version") -> int:
     """A version number that fits its column (1 .. 2^31-1), else InvalidRequest naming `field`."""
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
@@ -157,8 +153,10 @@ def check_version(version, field: str = "version") -> int:
 
 def import_model(session: Session, src: Path, name: str, signature: Signature, store: Path,
                  *, description: str | None = None, lineage: dict | None = None,
-                 promote: bool | None = None, shown: str | None = None, shapes: dict | None = None) -> ModelVersion:
-    """Store a copy of `src` and register it as the next version of `name`.
+                 promote: bool | None = None, shown: str | None = None, shapes: dict | None = None,
+                 settings: Settings | None = None) -> ModelVersion:
+    """Store a copy of `src` (in the local folder `store`, then, when `settings` name an object-store model store,
+    uploaded there: shared/services/model_files.py) and register it as the next version of `name`.
 
     `promote=None` makes the first version of a name its production version. Errors name the file as
     `shown` (e.g. the uploaded file's name; default: `src`'s own name). `shapes`: what `inspect_file` said of
@@ -183,7 +181,8 @@ def import_model(session: Session, src: Path, name: str, signature: Signature, s
     tmp = dest.with_suffix(".tmp")
     shutil.copyfile(src, tmp)
     os.replace(tmp, dest)
-    row = ModelVersion(name=name, version=version, path=str(dest), sha256=digest,
+    stored = store_file(dest, settings, name) if settings is not None else str(dest)
+    row = ModelVersion(name=name, version=version, path=stored, sha256=digest,
                        size_bytes=dest.stat().st_size, description=description, lineage=lineage,
                        **signature.as_columns())
     session.add(row)

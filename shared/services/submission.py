@@ -178,7 +178,8 @@ def submit_embed(settings: Settings, *, model_ref: str, catalog: str, layer: str
     def create(session: Session) -> Job:
         return jobs.create_item_job(session, JobKind.EMBED, model_ref=model_ref, pieces=pieces, source=source,
                                     use_cache=use_cache, chunk_size=settings.chunk_size,
-                                    spec_for=partial(embedding_spec, catalog=catalog, layer=layer, normalize=normalize))
+                                    spec_for=partial(embedding_spec, catalog=catalog, layer=layer, normalize=normalize,
+                                                     settings=settings))
 
     return submit(_with_export(settings, export, create), origin=origin, request_fingerprint=request_fingerprint,
                   discard=discard)
@@ -215,7 +216,8 @@ def submit_embed_manifest(settings: Settings, *, model_ref: str, catalog: str, l
                           source: dict, use_cache: bool, origin: Origin = ANONYMOUS,
                           request_fingerprint: str | None = None, export: str | None = None) -> tuple[dict, bool]:
     """An embed job over the manifest `source` names, read here or by the maintenance worker as a score job's."""
-    spec_for = partial(embedding_spec, catalog=catalog, layer=layer, normalize=normalize)
+    spec_for = partial(embedding_spec, catalog=catalog, layer=layer, normalize=normalize,
+                                                     settings=settings)
 
     def inline(pieces) -> tuple[dict, bool]:
         return submit_embed(settings, model_ref=model_ref, catalog=catalog, layer=layer, normalize=normalize,
@@ -289,7 +291,8 @@ def submit_embed_upload(settings: Settings, *, model_ref: str, upload_id: str, c
                                     pieces=[[(*item, category) for item in items]],
                                     source=_upload_source(upload_id, items), use_cache=use_cache,
                                     chunk_size=settings.chunk_size,
-                                    spec_for=partial(embedding_spec, catalog=catalog, layer=layer, normalize=normalize))
+                                    spec_for=partial(embedding_spec, catalog=catalog, layer=layer, normalize=normalize,
+                                                     settings=settings))
 
     return submit(_with_export(settings, export, _from_upload(settings, upload_id, who, make)), origin=origin,
                   request_fingerprint=fp)

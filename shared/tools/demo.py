@@ -37,7 +37,8 @@ def _register_model(settings: Settings, build_model: Callable[[int], Any]) -> st
                              target_transform={"kind": "log1p"})
     with session_scope() as session:
         v = registry.import_model(session, path, MODEL_NAME, sig, settings.model_store, promote=True,
-                                  description="imgq demo: untrained VGG-style page-view regressor")
+                                  description="imgq demo: untrained VGG-style page-view regressor",
+                                  settings=settings)
         return f"{v.name}@{v.version}"
 
 

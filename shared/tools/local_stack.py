@@ -34,6 +34,9 @@ class LocalStack:
         self.beat = beat
         self.worker_args = worker_args
         self.metrics = metrics  # each worker and the maintenance process serve /metrics on a port of their own
+        # settings of one process alone, by its name ("web", "maintenance", a worker's): e.g. an IMGQ_HOME of its
+        # own, as on another machine that shares only the database, the broker and the object store
+        self.process_env: dict[str, dict[str, str]] = {}
         self.metrics_ports: dict[str, int] = {}
         self.web: subprocess.Popen | None = None
         self.workers: dict[str, subprocess.Popen] = {}
@@ -53,7 +56,8 @@ class LocalStack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "ab")
         self._logs.append(log)
-        return subprocess.Popen([sys.executable, "-m", "shared.tools.cli", *args], env=self.env, stdout=log,
+        env = {**self.env, **self.process_env.get(name, {})}
+        return subprocess.Popen([sys.executable, "-m", "shared.tools.cli", *args], env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
     def start_web(self) -> None:

@@ -10,7 +10,10 @@ import shutil
 import uuid
 
 import pytest
+from sqlalchemy import select
 
+from shared.core.db import session_scope
+from shared.core.tables import ModelVersion
 from shared.images.synthetic import write_catalog
 from tests.helpers import (
     REDIS_BASE,
@@ -26,6 +29,7 @@ from tests.helpers import (
 pytestmark = pytest.mark.integration
 
 BUCKET_ROOT = "s3://crawl-bucket/2026/"
+MODEL_STORE = "s3://model-bucket/store/"
 
 
 @pytest.fixture(scope="module")
@@ -40,19 +44,24 @@ def s3_stack(tmp_path_factory, model_files):
     web = TlsFiles(manifest.parent, tmp / "tls")
     url = create_pg_database()
     upgrade(url)
-    # the worker trusts the test's CA (SSL_CERT_FILE) and lets 127.0.0.1 (only) through the address guard
+    # the worker trusts the test's CA (SSL_CERT_FILE) and lets 127.0.0.1 (only) through the address guard; the
+    # model store is a bucket, and the worker has an IMGQ_HOME (so a model cache) of its own, as on another machine
     stack = make_stack(tmp, {"DATABASE_URL": url, "BROKER_URL": f"{REDIS_BASE}/9", **server.env,
                              "IMGQ_BROKER_PREFIX": f"imgq-test-{uuid.uuid4().hex[:8]}:",
                              "IMGQ_DATA_ROOTS": f"{tmp / 'data'}:{BUCKET_ROOT}", "IMGQ_READ_THREADS": "8",
+                             "IMGQ_MODEL_STORE": MODEL_STORE,
                              "SSL_CERT_FILE": str(web.cert), "IMGQ_WEB_ALLOW_NETWORKS": "127.0.0.1/32"})
+    stack.process_env["worker"] = {"IMGQ_HOME": str(tmp / "worker-home")}
+    stack.worker_home = tmp / "worker-home"
     server.put_files("crawl-bucket", "2026/catalog", {p.name: p for p in manifest.parent.iterdir()})
     server.put_files("other-bucket", "2026", {"x.jpg": manifest.parent / "sku-000000.jpg"})
+    server.put_files("model-bucket", "", {})
     try:
         stack.start()
         stack.model = f"s3-{uuid.uuid4().hex[:6]}"
         import_model_http(stack, model_files["regression"], stack.model, target_transform="log1p")
         stack.database_url = url
-        stack.tls_files, stack.catalog = web, manifest
+        stack.tls_files, stack.catalog, stack.s3 = web, manifest, server
         yield stack
     finally:
         stack.stop()
@@ -84,6 +93,22 @@ def test_a_job_on_a_bucket_scores_exactly_as_the_same_job_on_local_files(s3_stac
     assert len(from_bucket) == 23 and set(from_bucket) == set(from_folder)
     assert sum(r["status"] == "ok" for r in from_bucket.values()) == 20
     assert {k: comparable(r) for k, r in from_bucket.items()} == {k: comparable(r) for k, r in from_folder.items()}
+
+
+def test_the_worker_downloads_the_model_from_the_store_once_into_its_own_cache(s3_stack):
+    resp = s3_stack.http.get(s3_stack.url(f"/api/v1/models/{s3_stack.model}/versions/1"), timeout=10)
+    assert resp.status_code == 200, resp.text
+    with session_scope(s3_stack.database_url) as session:
+        version = session.scalars(select(ModelVersion).where(ModelVersion.name == s3_stack.model)).one()
+        path, sha256 = version.path, version.sha256
+    assert path.startswith(MODEL_STORE + s3_stack.model + "/")
+    key = path.removeprefix("s3://model-bucket/")
+    run_job(s3_stack, {"manifest": "catalog/items.csv"})  # at least one job has loaded it (the test above ran two)
+    cache = s3_stack.worker_home / "model-cache"
+    assert sorted(p.name for p in cache.glob("*.keras")) == [f"{sha256}.keras"]
+    assert s3_stack.s3.gets_of("model-bucket", key) == 1
+    run_job(s3_stack, {"manifest": BUCKET_ROOT + "catalog/items.csv"})
+    assert s3_stack.s3.gets_of("model-bucket", key) == 1  # kept in memory, and on disk for the next process
 
 
 def test_bad_objects_are_their_items_errors_and_the_rest_is_scored(s3_stack):

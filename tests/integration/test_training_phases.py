@@ -346,7 +346,7 @@ def signature(**over) -> dict:
 
 def test_without_a_production_version_the_gate_promotes():
     result = comparison.compare_with_production(request(gate={}), None, regression_data(), signature(),
-                                                {"mae": 2.0}, None)
+                                                {"mae": 2.0}, None, None)
     assert result["production"] is None and result["gate"]["decision"] == "promoted"
     assert registration.decide(result) == registration.Decision(True, "promoted", "no production version yet")
 
@@ -355,7 +355,7 @@ def test_a_production_version_that_takes_another_input_is_kept_for_a_person_to_c
     production = SimpleNamespace(name="views", version=3, input_height=32, input_width=32, resize_mode="stretch",
                                  pixel_scale="raw", path="/nowhere.keras")
     result = comparison.compare_with_production(request(gate={}), None, regression_data(), signature(),
-                                                {"mae": 0.1}, production)
+                                                {"mae": 0.1}, production, None)
     assert result["production"] == "views@3" and "production_metrics" not in result
     assert result["gate"] == {"decision": "kept", "reason": "production takes a different input; compare by hand"}
     assert not registration.decide(result).promote

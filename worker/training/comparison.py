@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from shared.core.config import Settings
 from shared.core.db import session_scope
 from shared.core.errors import NotFound
 from shared.core.tables import ModelVersion
 from shared.images.imaging import Preprocessing
 from shared.models.model_inspect import load_keras_safely
 from shared.schemas.training import TrainRequest
+from shared.services.model_files import version_file
 from shared.services.model_registry import resolve
 from worker.training import evaluate, gate
 from worker.training.data import TrainingData
@@ -74,7 +76,7 @@ def shadow_sample(data: TrainingData, size: int, seed: int) -> tuple[list[str], 
 
 
 def compare_with_production(req: TrainRequest, model, data: TrainingData, signature: dict, metrics: dict,
-                            production) -> dict:
+                            production, settings: Settings) -> dict:
     """The gate's decision (worker/training/gate.py) over the candidate's and production's answers on the same
     holdout, with a shadow diff of both on a sample of the catalog. `production`: production_version(req.model)."""
     task = req.task
@@ -86,7 +88,7 @@ def compare_with_production(req: TrainRequest, model, data: TrainingData, signat
     if not same_input(production, signature):
         result["gate"] = {"decision": "kept", "reason": "production takes a different input; compare by hand"}
         return result
-    prod_model = load_keras_safely(production.path)
+    prod_model = load_keras_safely(str(version_file(production, settings)))
     scale, truth = signature["pixel_scale"], holdout_truth(task, data)
     candidate = holdout_answers(task, model, data, scale, signature["target_transform"])
     answers = holdout_answers(task, prod_model, data, scale, production.target_transform)

@@ -33,6 +33,7 @@ from shared.images.image_cache import DecodedImageCache
 from shared.images.imaging import Preprocessing
 from shared.models.model_inspect import load_keras_safely
 from shared.schemas.training import CrawlCheck, DatasetRef, TrainRequest
+from shared.services.model_files import version_file
 from worker.training import data as training_data
 from worker.training import evaluate, gate, lifecycle
 
@@ -228,7 +229,7 @@ def check_crawl(req: TrainRequest, production, settings: Settings) -> dict:
     task, columns = req.task, list(req.dataset.target_columns)
     frame = training_data.rows_added_since(load_dataset(settings.data_roots, training_data.dataset_spec(req.dataset)),
                                            req.dataset.added_since)
-    model = load_keras_safely(production.path)
+    model = load_keras_safely(str(version_file(production, settings)))
     new = read_rows(task, frame, columns, model, production, settings)
     trained, _ = production_dataset(production, settings)
     holdout = training_truth = None

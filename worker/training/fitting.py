@@ -24,6 +24,7 @@ from shared.core.paths import OutsideDataRoots, resolve_inside
 from shared.images.imaging import Preprocessing
 from shared.models.model_inspect import load_keras_safely
 from shared.schemas.training import TrainRequest
+from shared.services.model_files import version_file
 from worker import pixel_scaling
 from worker.training import models
 from worker.training.data import TrainingData
@@ -67,7 +68,7 @@ def new_model(req: TrainRequest, parent, data: TrainingData, prep: Preprocessing
                "keypoints": len(req.dataset.target_columns)}[req.task]
     head = models.HeadSpec(task=req.task, outputs=outputs)
     if parent is not None:
-        return models.head_for_existing(load_keras_safely(parent.path), head)
+        return models.head_for_existing(load_keras_safely(str(version_file(parent, settings))), head)
     return models.build_model(req.base.architecture, (prep.height, prep.width), head,
                               backbone_weights=_resolve_weights(req.base.backbone_weights, settings),
                               width=req.base.width, seed=req.seed, pixel_scale=prep.pixel_scale)

@@ -80,7 +80,8 @@ def register(req: TrainRequest, job_id: str, model, signature: dict, lineage: di
         with session_scope() as session:
             # promote=None: the first version of a new name becomes production, later ones wait for the gate
             registered = import_model(session, path, req.model, Signature(**signature), settings.model_store,
-                                      description=f"trained by job {job_id}", lineage=lineage, promote=None)
+                                      description=f"trained by job {job_id}", lineage=lineage, promote=None,
+                                      settings=settings)
             session.expunge(registered)
     return registered
 

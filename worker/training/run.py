@@ -168,7 +168,7 @@ def train(job_id: str, attempt: int | None, settings: Settings) -> None:
     heartbeat.progress.update(phase="evaluating", eta_seconds=None)
     metrics, signature = evaluate_holdout(req.task, model, data, prep), candidate_signature(req.task, prep, data)
     comparison = compare_with_production(req, model, data, signature, metrics,
-                                         production_version(req.model)) if req.gate else None
+                                         production_version(req.model), settings) if req.gate else None
     heartbeat.progress.update(phase="registering")
     if not patiently(owned, job_id, attempt):
         raise Superseded()
