@@ -57,14 +57,19 @@ def sha256_file(path: Path | str) -> str:
     return digest.hexdigest()
 
 
-def store_file(local: Path, settings: Settings, name: str) -> str:
-    """What a version registered from `local` (already in the local model folder, named `<name>/<file>`) records
-    as its path: `local` itself with a local store, else the URI it was uploaded to (`<prefix><name>/<file>`)."""
+def store_file(local: Path, sha256: str, settings: Settings, name: str) -> str:
+    """What a version registered from `local` (already in the local model folder, named `<name>/<file>`, its
+    content hash `sha256`) records as its path: `local` itself with a local store; else the URI it was uploaded to
+    (`<prefix><name>/<file>`), and `local` becomes this machine's cached copy (nothing to download here later)."""
     if settings.model_store_uri is None:
         return str(local)
     uri = f"{settings.model_store_uri}{name}/{local.name}"
-    _store_call(settings, uri, lambda fs: fs.put_file(str(local), uri))
-    log.info("model file stored at %s (%d bytes)", uri, local.stat().st_size)
+    size = local.stat().st_size
+    store_call(settings, uri, lambda fs: fs.put_file(str(local), uri))
+    settings.model_cache_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(settings.model_cache_dir / f"{sha256}.lock"):
+        os.replace(local, settings.model_cache_dir / f"{sha256}.keras")
+    log.info("model file stored at %s (%d bytes)", uri, size)
     return uri
 
 
@@ -82,7 +87,7 @@ def local_file(path: str, sha256: str, settings: Settings, shown: str) -> Path:
         fd, part = tempfile.mkstemp(dir=cache, prefix=f"{sha256[:12]}-", suffix=".part")
         os.close(fd)
         try:
-            _store_call(settings, path, lambda fs: fs.get_file(path, part), shown)
+            store_call(settings, path, lambda fs: fs.get_file(path, part), shown)
             size = os.path.getsize(part)
             if sha256_file(part) != sha256:
                 raise ValueError(f"model file of {shown} does not match its checksum (as downloaded from {path})")
@@ -102,7 +107,7 @@ def version_file(version, settings: Settings) -> Path:
     return local_file(version.path, version.sha256, settings, f"{version.name}@{version.version}")
 
 
-def _store_call(settings: Settings, uri: str, call, shown: str | None = None):
+def store_call(settings: Settings, uri: str, call, shown: str | None = None):
     """`call(fs)` through object_store.retrying (backoff on 5xx, throttling, resets); a missing or forbidden object
     becomes FileNotFoundError or PermissionError naming the model (ImageError is an item's error, not a model's)."""
     try:

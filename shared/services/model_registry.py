@@ -181,10 +181,10 @@ def import_model(session: Session, src: Path, name: str, signature: Signature, s
     tmp = dest.with_suffix(".tmp")
     shutil.copyfile(src, tmp)
     os.replace(tmp, dest)
-    stored = store_file(dest, settings, name) if settings is not None else str(dest)
-    row = ModelVersion(name=name, version=version, path=stored, sha256=digest,
-                       size_bytes=dest.stat().st_size, description=description, lineage=lineage,
-                       **signature.as_columns())
+    size = dest.stat().st_size
+    stored = store_file(dest, digest, settings, name) if settings is not None else str(dest)
+    row = ModelVersion(name=name, version=version, path=stored, sha256=digest, size_bytes=size,
+                       description=description, lineage=lineage, **signature.as_columns())
     session.add(row)
     session.flush()
     has_production = session.get(ModelAlias, (name, PRODUCTION)) is not None

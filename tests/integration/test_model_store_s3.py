@@ -36,7 +36,8 @@ def shapes(model_files):
 
 @pytest.fixture
 def stored(s3_server, tmp_path, monkeypatch, model_files, shapes):
-    """A version of `pageviews` registered with the model store in the bucket; returns (row, settings)."""
+    """A version of `pageviews` registered with the model store in the bucket; returns the row and the settings of
+    another machine (another IMGQ_HOME) that reads it; then the registering machine's."""
     for key, value in s3_server.env.items():
         monkeypatch.setenv(key, value)
     s3_server.put_files(BUCKET, "", {})
@@ -50,7 +51,7 @@ def stored(s3_server, tmp_path, monkeypatch, model_files, shapes):
                                Signature(task="regression", input_height=32, input_width=32), settings.model_store,
                                settings=settings, shapes=shapes)
             session.expunge(row)
-    return row, settings
+    return row, settings_for(tmp_path, s3_server, home="reader"), settings  # the reader is another machine
 
 
 def key_of(row) -> str:
@@ -58,14 +59,17 @@ def key_of(row) -> str:
 
 
 def test_a_registered_version_is_uploaded_and_recorded_by_its_uri(stored, s3_server, model_files):
-    row, _ = stored
+    row, _, _ = stored
     assert row.path == f"s3://{BUCKET}/{PREFIX}pageviews/v1-{row.sha256[:12]}.keras"
     body = s3_server.client().get_object(Bucket=BUCKET, Key=key_of(row))["Body"].read()
     assert body == model_files["regression"].read_bytes()
 
 
-def test_a_machine_downloads_a_version_once_and_other_machines_each_once(stored, s3_server, tmp_path):
-    row, settings = stored
+def test_the_registering_machine_keeps_its_copy_as_its_cache_and_others_download_once(stored, s3_server, tmp_path):
+    row, settings, registering = stored
+    assert not any(registering.model_store.rglob("*.keras"))  # moved into its cache, not kept twice
+    assert version_file(row, registering) == registering.model_cache_dir / f"{row.sha256}.keras"
+    assert s3_server.gets_of(BUCKET, key_of(row)) == 0
     first = version_file(row, settings)
     assert first == settings.model_cache_dir / f"{row.sha256}.keras"
     assert sha256_file(first) == row.sha256
@@ -73,13 +77,13 @@ def test_a_machine_downloads_a_version_once_and_other_machines_each_once(stored,
     for _ in range(3):  # the same machine again: its copy, checked, and no request to the store
         assert version_file(row, settings) == first
     assert s3_server.gets_of(BUCKET, key_of(row)) == 1
-    other = settings_for(tmp_path, s3_server, home="other-machine")  # another IMGQ_HOME: another cache
+    other = settings_for(tmp_path, s3_server, home="third-machine")  # another IMGQ_HOME: another cache
     assert version_file(row, other) == other.model_cache_dir / f"{row.sha256}.keras"
     assert s3_server.gets_of(BUCKET, key_of(row)) == 2
 
 
 def test_processes_of_one_machine_share_one_download(stored, s3_server):
-    row, settings = stored
+    row, settings, _ = stored
     copies, errors = [], []
 
     def fetch():
@@ -99,7 +103,7 @@ def test_processes_of_one_machine_share_one_download(stored, s3_server):
 
 
 def test_a_damaged_copy_is_downloaded_again(stored, s3_server):
-    row, settings = stored
+    row, settings, _ = stored
     copy = version_file(row, settings)
     copy.write_bytes(copy.read_bytes()[:-100])  # cut short on disk
     assert sha256_file(version_file(row, settings)) == row.sha256
@@ -107,7 +111,7 @@ def test_a_damaged_copy_is_downloaded_again(stored, s3_server):
 
 
 def test_an_object_whose_bytes_are_not_the_versions_is_refused_and_not_cached(stored, s3_server):
-    row, settings = stored
+    row, settings, _ = stored
     s3_server.put_files(BUCKET, "", {key_of(row): b"not the model at all"})
     with pytest.raises(ValueError, match="pageviews@1 does not match its checksum"):
         version_file(row, settings)
@@ -115,14 +119,14 @@ def test_an_object_whose_bytes_are_not_the_versions_is_refused_and_not_cached(st
 
 
 def test_a_missing_object_is_the_models_error(stored, s3_server):
-    row, settings = stored
+    row, settings, _ = stored
     s3_server.client().delete_object(Bucket=BUCKET, Key=key_of(row))
     with pytest.raises(FileNotFoundError, match=f"model file of pageviews@1 is missing: {row.path}"):
         version_file(row, settings)
 
 
 def test_a_store_that_does_not_answer_is_the_stores_error(stored, tmp_path):
-    row, _ = stored
+    row, _, _ = stored
     gone = load_settings({"IMGQ_HOME": str(tmp_path / "third"), "IMGQ_MODEL_STORE": f"s3://{BUCKET}/{PREFIX}",
                           "IMGQ_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "IMGQ_S3_RETRIES": "1"})
     with pytest.raises(ObjectStoreUnavailable, match="did not answer"):

@@ -75,11 +75,11 @@ def new_model(req: TrainRequest, parent, data: TrainingData, prep: Preprocessing
 
 
 def build_or_resume_model(req: TrainRequest, parent, data: TrainingData, prep: Preprocessing, settings: Settings, *,
-                          checkpoint_epoch: int, checkpoint_path: str | None) -> tuple[keras.Model, int]:
+                          checkpoint_epoch: int, checkpoint_path: Path | str | None) -> tuple[keras.Model, int]:
     """(model, the epoch it has finished): the last checkpoint when its file is there, compiled with the
     trainable flags and optimizer state of the phase it was in; otherwise a new model (epoch 0, not compiled)."""
-    if checkpoint_epoch > 0 and checkpoint_path and Path(checkpoint_path).is_file():
-        return load_keras_safely(checkpoint_path, compile=True), checkpoint_epoch
+    if checkpoint_epoch > 0 and checkpoint_path is not None and Path(checkpoint_path).is_file():
+        return load_keras_safely(str(checkpoint_path), compile=True), checkpoint_epoch
     return new_model(req, parent, data, prep, settings), 0
 
 
@@ -206,13 +206,18 @@ class EpochRecorder(keras.callbacks.Callback):
     """Checkpoint and metrics each epoch, progress and cancellation each batch.
 
     `heartbeat` is the attempt's AttemptHeartbeat (its `canceled` and `superseded` events, its `progress` dict);
-    `record(number, metrics, seconds, path)` writes an epoch's row once its checkpoint file is in place
-    (attempt.record_epoch). Only the newest checkpoint is kept in `folder`."""
+    `record(number, metrics, seconds, path)` writes an epoch's row once its checkpoint is in place
+    (attempt.record_epoch): `publish(file)` says where (the file's path, or the URI it was uploaded to:
+    worker/training/checkpoints.py) and `discard(path)` removes the one it replaces. Only the newest checkpoint is
+    kept in `folder`."""
 
-    def __init__(self, folder: Path, heartbeat, record, *, steps: int, epochs: int, clock=time.monotonic):
+    def __init__(self, folder: Path, heartbeat, record, *, steps: int, epochs: int, clock=time.monotonic,
+                 publish=None, discard=None):
         super().__init__()
         self.folder, self.heartbeat, self.record = folder, heartbeat, record
         self.steps, self.epochs, self.clock = steps, epochs, clock
+        self.publish, self.discard = publish or (lambda path: path), discard
+        self._published: str | None = None
         self._epoch_start = self._last = clock()
         self.train_seconds = 0.0
 
@@ -241,8 +246,12 @@ class EpochRecorder(keras.callbacks.Callback):
         if self.heartbeat.superseded.is_set():
             return  # a newer attempt owns the run: write nothing
         metrics = {k: float(v) for k, v in (logs or {}).items() if np.isscalar(v)}
-        self.record(number, metrics, seconds, path)
+        published = self.publish(path)
+        self.record(number, metrics, seconds, published)
         self.heartbeat.progress.update(epoch=number, step=0)
         for old in self.folder.glob("epoch-*.keras"):
             if old != path:
                 old.unlink(missing_ok=True)
+        if self.discard is not None and self._published not in (None, published):
+            self.discard(self._published)  # the previous epoch's, in the store (a local one is gone already)
+        self._published = published

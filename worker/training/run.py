@@ -16,7 +16,6 @@ Exit codes: 0 done, canceled or superseded; 3 failed for good (recorded); anythi
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -28,14 +27,13 @@ from shared.core.config import Settings, get_settings
 from shared.core.db import session_scope
 from shared.core.errors import ImgqError
 from shared.core.logs import bind, configure_logging
-from shared.core.paths import path_inside
 from shared.core.tables import Job, ModelVersion
 from shared.images.imaging import Preprocessing
 from shared.schemas.training import TrainRequest
 from worker.device import configure_tensorflow
 from worker.heartbeat import interval_for
 from worker.metrics import observed_epochs
-from worker.training import crawl_check, lifecycle
+from worker.training import checkpoints, crawl_check, lifecycle
 from worker.training import data as training_data
 from worker.training.attempt import (
     AttemptHeartbeat,
@@ -125,13 +123,6 @@ def check_increment(job_id: str, attempt: int | None, req: TrainRequest, heartbe
         raise crawl_check.Quarantined(checked["reason"])
 
 
-def checkpoint_folder(settings: Settings, job_id: str, attempt: int | None) -> Path:
-    """The attempt's own checkpoint folder: a superseded attempt never deletes the live one's files."""
-    folder = path_inside(settings.data_dir, "checkpoints", job_id, f"attempt-{attempt or 0}")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
 def fit_model(start: AttemptStart, data, prep: Preprocessing, settings: Settings, heartbeat: AttemptHeartbeat,
               folder: Path):
     """The model built, or resumed from the last checkpoint, and fitted phase by phase (worker.training.fitting);
@@ -141,11 +132,14 @@ def fit_model(start: AttemptStart, data, prep: Preprocessing, settings: Settings
     req = start.request
     steps = fitting.steps_per_epoch(len(data.splits["train"].ids), req.batch_size)
     report(heartbeat, phase="training", steps_per_epoch=steps, data_stats=data.stats)
+    resume_from = checkpoints.fetch(settings, start.checkpoint_path, folder) if start.checkpoint_epoch else None
     model, start_epoch = fitting.build_or_resume_model(req, start.parent, data, prep, settings,
                                                        checkpoint_epoch=start.checkpoint_epoch,
-                                                       checkpoint_path=start.checkpoint_path)
+                                                       checkpoint_path=resume_from)
     record = observed_epochs(req.model, partial(record_epoch, heartbeat.job_id, heartbeat.attempt))
-    recorder = fitting.EpochRecorder(folder, heartbeat, record, steps=steps, epochs=req.epochs)
+    recorder = fitting.EpochRecorder(folder, heartbeat, record, steps=steps, epochs=req.epochs,
+                                     publish=partial(checkpoints.publish, settings, heartbeat.job_id),
+                                     discard=partial(checkpoints.discard, settings))
     learned_weights = start.parent is not None or bool(req.base.backbone_weights)
     fitting.fit(model, req, fitting.plan_phases(req, learned_weights=learned_weights),
                 fitting.make_datasets(req, data, prep), fitting.callbacks_for(req, recorder), steps=steps,
@@ -163,7 +157,7 @@ def train(job_id: str, attempt: int | None, settings: Settings) -> None:
     prepare_tensorflow(req.seed, req.deterministic)
     check_increment(job_id, attempt, req, heartbeat, settings)
     prep, data = load_data(req, start.parent, settings)
-    folder = checkpoint_folder(settings, job_id, attempt)
+    folder = checkpoints.folder_for(settings, job_id, attempt)
     model = fit_model(start, data, prep, settings, heartbeat, folder)
     heartbeat.progress.update(phase="evaluating", eta_seconds=None)
     metrics, signature = evaluate_holdout(req.task, model, data, prep), candidate_signature(req.task, prep, data)
@@ -177,7 +171,7 @@ def train(job_id: str, attempt: int | None, settings: Settings) -> None:
     patiently(record_training_reference, version, model, data)
     patiently(finish, job_id, attempt, req, version, metrics, comparison, data)
     heartbeat.stop()
-    shutil.rmtree(folder.parent, ignore_errors=True)  # every attempt's checkpoints: the job is done
+    checkpoints.remove_all(settings, job_id, folder)  # every attempt's checkpoints: the job is done
     log.info("train job %s done: %s@%s holdout %s", job_id, req.model, version.version, metrics)
 
 

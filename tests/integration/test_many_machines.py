@@ -1,0 +1,127 @@
+"""Workers as on other machines: each worker process has an IMGQ_HOME of its own (so its own model cache and
+checkpoint folders), and shares with the web front and the maintenance process only PostgreSQL, Redis and a model
+store in a bucket of a real S3 server (moto's server mode on loopback). A train job killed mid-run on one worker
+resumes on the other from the checkpoint in the store; its new version is stored in the bucket and scores on the
+other worker through that worker's own cache."""
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from shared.core.db import session_scope
+from shared.core.tables import ModelVersion, TrainRun
+from tests.helpers import REDIS_BASE, MotoS3, create_pg_database, drop_pg_database, make_stack
+
+pytestmark = pytest.mark.integration
+
+MODEL_STORE = "s3://model-bucket/store/"
+
+
+@pytest.fixture(scope="module")
+def machines(tmp_path_factory):
+    """Web front and maintenance on the "main host" home; workers `w1` and `w2` (not started) with homes of
+    their own; 600 scikit-learn digits as PNG files with a CSV in the data root."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from shared.core.migrate import upgrade
+
+    tmp = tmp_path_factory.mktemp("machines")
+    server = MotoS3(tmp / "moto")
+    server.put_files("model-bucket", "", {})
+    url = create_pg_database()
+    upgrade(url)
+    stack = make_stack(tmp, {"DATABASE_URL": url, "BROKER_URL": f"{REDIS_BASE}/9", **server.env,
+                             "IMGQ_BROKER_PREFIX": f"imgq-machines-{uuid.uuid4().hex[:8]}:",
+                             "IMGQ_MODEL_STORE": MODEL_STORE, "IMGQ_HOME": str(tmp / "main-home")})
+    for name in ("w1", "w2"):
+        stack.process_env[name] = {"IMGQ_HOME": str(tmp / f"{name}-home")}
+    stack.homes = {name: tmp / f"{name}-home" for name in ("w1", "w2")}
+    digits = load_digits()
+    folder = stack.data / "digits"
+    folder.mkdir(parents=True)
+    lines = ["id,image,label"]
+    for i in range(600):
+        Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8), "L").save(folder / f"d{i:04d}.png")
+        lines.append(f"digit-{i:04d},d{i:04d}.png,{digits.target[i]}")
+    (folder / "digits.csv").write_text("\n".join(lines) + "\n")
+    stack.database_url, stack.s3 = url, server
+    try:
+        stack.authenticate()
+        stack.start_web()
+        stack.start_maintenance()
+        stack.wait_healthy(120)
+        yield stack
+    finally:
+        stack.stop()
+        server.stop()
+        from shared.core.db import engine_for
+
+        engine_for(url).dispose()
+        drop_pg_database(url)
+        shutil.rmtree(tmp / "data", ignore_errors=True)
+
+
+def keys_under(server, prefix: str) -> list[str]:
+    listed = server.client().list_objects_v2(Bucket="model-bucket", Prefix=prefix)
+    return sorted(o["Key"] for o in listed.get("Contents", []))
+
+
+def test_a_train_job_killed_on_one_machine_resumes_on_another_from_the_checkpoint_in_the_store(machines):
+    name = f"digits-{uuid.uuid4().hex[:6]}"
+    machines.start_worker("w1")
+    resp = machines.http.post(machines.url("/api/v1/jobs/train"), timeout=120, json={
+        "model": name, "task": "classification", "input_size": 32, "epochs": 8, "batch_size": 32,
+        "dataset": {"path": "digits/digits.csv", "image_column": "image", "id_column": "id", "label_column": "label"},
+        "base": {"architecture": "vgg", "width": 8}, "optimizer": {"name": "adam", "learning_rate": 0.002}})
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["id"]
+    deadline = time.time() + 300
+    while True:
+        progress = machines.http.get(machines.url(f"/api/v1/jobs/{job_id}"), timeout=10).json()["progress"]
+        if progress["checkpoint_epoch"] >= 2:
+            break
+        assert time.time() < deadline, progress
+        time.sleep(0.3)
+    with session_scope(machines.database_url) as session:
+        recorded = session.scalars(select(TrainRun.checkpoint_path).where(TrainRun.job_id == job_id)).one()
+    assert recorded.startswith(f"{MODEL_STORE}checkpoints/{job_id}/attempt-1/epoch-")
+    machines.kill_worker("w1")  # SIGKILL: the worker, its pool process and the training process
+    machines.workers.pop("w1")
+    machines.start_worker("w2")  # another machine: w1's folders are not there for it
+    job = machines.wait_job(job_id, timeout=600, poll=1.0)
+    assert job["status"] == "succeeded", job
+    assert job["progress"]["resumed_from_epoch"] >= 2 and job["progress"]["attempts"] == 2
+    epochs = machines.http.get(machines.url(f"/api/v1/jobs/{job_id}/epochs"), timeout=30).json()["epochs"]
+    assert [e["epoch"] for e in epochs] == list(range(1, 9))  # no gap, no duplicate
+    assert "resuming from checkpoint " + f"{MODEL_STORE}checkpoints/{job_id}/attempt-1/" in \
+        (machines.homes["w2"] / "train-logs" / f"{job_id}.log").read_text()
+    # the checkpoints are gone from the store once the version is registered, and the version is in the bucket
+    assert keys_under(machines.s3, f"store/checkpoints/{job_id}/") == []
+    with session_scope(machines.database_url) as session:
+        version = session.scalars(select(ModelVersion).where(ModelVersion.name == name)).one()
+        path, sha256 = version.path, version.sha256
+    assert path.startswith(f"{MODEL_STORE}{name}/")
+    assert keys_under(machines.s3, f"store/{name}/") == [path.removeprefix("s3://model-bucket/")]
+    key = path.removeprefix("s3://model-bucket/")
+    assert [p.name for p in (machines.homes["w2"] / "model-cache").glob("*.keras")] == [f"{sha256}.keras"]
+    assert not any((machines.homes["w2"] / "models").rglob("*.keras"))  # registered from w2: its cache, not twice
+
+    # the new version scores on w1 (back, and w2 gone) through w1's own cache: one download, then none
+    machines.kill_worker("w2")
+    machines.workers.pop("w2")
+    machines.start_worker("w1")
+    files = [f"digits/d{i:04d}.png" for i in range(590, 600)]
+    for round_no in range(2):
+        resp = machines.http.post(machines.url("/api/v1/jobs/score"), timeout=60, json={
+            "model": f"{name}@1", "cache": False, "items": [{"id": f"r{round_no}-{f}", "uri": f} for f in files]})
+        assert resp.status_code == 202, resp.text
+        scored = machines.wait_job(resp.json()["id"], timeout=240)
+        assert scored["status"] == "succeeded" and scored["progress"]["done"] == 10, scored
+    assert [p.name for p in (machines.homes["w1"] / "model-cache").glob("*.keras")] == [f"{sha256}.keras"]
+    assert machines.s3.gets_of("model-bucket", key) == 1
