@@ -333,6 +333,77 @@ class MotoS3:
         self._log.close()
 
 
+class TcpProxy:
+    """A TCP forwarder from a free loopback port to `target_port`, to take a server away from its clients and bring
+    it back without touching it: `stop()` closes the listening socket and every connection through it (clients then
+    see resets, then refused connections), `start()` listens again on the same port."""
+
+    def __init__(self, target_port: int):
+        from shared.tools.local_stack import free_port
+
+        self.target = ("127.0.0.1", target_port)
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.start()
+
+    def start(self) -> None:
+        import socket
+        import threading
+
+        self._conns: set = set()
+        self._lock = threading.Lock()
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", self.port))
+        self._listener.listen(128)
+        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
+
+    def _accept(self, listener) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # stopped
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns.update((client, upstream))
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src, dst) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                self._close(sock)
+
+    def _close(self, sock) -> None:
+        import socket
+
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+
+    def stop(self) -> None:
+        self._close(self._listener)  # shutdown wakes the thread blocked in accept()
+        with self._lock:
+            conns, self._conns = list(self._conns), set()
+        for sock in conns:
+            self._close(sock)
+
+
 class TlsFiles:
     """A real HTTPS server on loopback serving a folder's files, with a certificate for localhost and 127.0.0.1
     signed by itself (`cert`: the CA file a client trusts, e.g. through SSL_CERT_FILE). `/redirect?to=URL` answers

@@ -170,7 +170,8 @@ def _options(claimed: ClaimedChunk, settings: Settings) -> ScoreOptions:
                         threads=settings.decode_threads, use_cache=claimed.use_cache, fast_jpeg=settings.fast_jpeg,
                         read_timeout=settings.read_timeout, decode_timeout=settings.decode_timeout,
                         object_roots=settings.object_roots, store=StoreConfig.from_settings(settings),
-                        read_threads=settings.read_threads, web=web_policy(settings))
+                        read_threads=settings.read_threads, web=web_policy(settings),
+                        outage_wait=settings.store_outage_wait)
 
 
 def _lookup(work: ChunkWork):

@@ -14,6 +14,7 @@ Each batch's model time and size, and each image's decode time, are observed onc
 from __future__ import annotations
 
 import contextvars
+import logging
 import math
 import queue
 import threading
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.core.errors import ObjectStoreUnavailable
 from shared.images.https_items import FetchPolicy
 from shared.images.imaging import ImageError, load_for_model
 from shared.images.item_reads import Places, read_item
@@ -33,6 +35,9 @@ from shared.images.object_store import StoreConfig
 from shared.models.outputs import interpret
 from worker import metrics
 from worker.item_pool import ItemPool
+
+log = logging.getLogger(__name__)
+OUTAGE_PAUSE_FIRST, OUTAGE_PAUSE_MAX = 1.0, 10.0  # seconds between reads of a batch while the store is away
 
 
 @dataclass
@@ -60,6 +65,7 @@ class ScoreOptions:
     store: StoreConfig = StoreConfig()
     read_threads: int = 0  # reads in flight; 0: `threads`
     web: FetchPolicy | None = None  # how image URLs are fetched (None: refused)
+    outage_wait: float = 0.0  # how long a batch is read again while the object store is away (IMGQ_STORE_OUTAGE_WAIT)
 
 
 def _fetch(item, opts):
@@ -106,6 +112,25 @@ def _read(batch, opts, reads: ItemPool) -> list[tuple]:
     context = contextvars.copy_context()
     return reads.map(lambda it: context.copy().run(_fetch, it, opts), batch, opts.read_timeout,
                      lambda it: (it[0], None, None, f"reading the image timed out after {opts.read_timeout:g} s"))
+
+
+def _read_through_outages(batch, opts, reads: ItemPool, sleep=time.sleep) -> list[tuple]:
+    """`_read`, again after a pause while the object store is away (ObjectStoreUnavailable: every retry of a read
+    failed to reach it), for at most `opts.outage_wait` seconds: the chunk stays claimed and heartbeating meanwhile,
+    so an outage costs time, never an item's error or one of the chunk's attempts. Past that, the outage is raised
+    and ends the attempt (the chunk goes back to pending)."""
+    give_up = time.monotonic() + opts.outage_wait
+    pause = OUTAGE_PAUSE_FIRST
+    while True:
+        try:
+            return _read(batch, opts, reads)
+        except ObjectStoreUnavailable as exc:
+            if time.monotonic() + pause > give_up:
+                raise
+            log.warning("object store away (%s): the batch of %d items is read again in %.0f s", exc, len(batch),
+                        pause)
+            sleep(pause)
+            pause = min(OUTAGE_PAUSE_MAX, pause * 2)
 
 
 def _prepare(fetched, model, opts, pool, lookup_cache, reading) -> Prepared:
@@ -212,7 +237,8 @@ def score_items(items: Iterable[tuple[str, str]], model, opts: ScoreOptions,
 def _score_batches(items, model, reading, opts, pools, lookup_cache, write_batch) -> None:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgq-write") as writer:
         reads, decodes = pools
-        read_ahead = _prefetch((_read(b, opts, reads) for b in _batches(items, opts.batch_size)), 1, "imgq-read")
+        read_ahead = _prefetch((_read_through_outages(b, opts, reads) for b in _batches(items, opts.batch_size)), 1,
+                               "imgq-read")
         produce = (_prepare(fetched, model, opts, decodes, lookup_cache, reading) for fetched in read_ahead)
         pending = None  # the previous batch's write runs while the model predicts this one
         for prepared in _prefetch(produce):

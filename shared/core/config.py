@@ -197,6 +197,7 @@ class Settings:
     decode_timeout: float
     worker_start_timeout: float
     outage_retry_delay: float
+    store_outage_wait: float  # IMGQ_STORE_OUTAGE_WAIT: how long a worker holds a batch while the object store is away
     lost_after: float
     upload_retention: float
     orphan_upload_after: float
@@ -303,6 +304,9 @@ def load_settings(env: dict | None = None) -> Settings:
         decode_timeout=_float(env, "IMGQ_DECODE_TIMEOUT", 60.0),
         worker_start_timeout=_float(env, "IMGQ_WORKER_START_TIMEOUT", 300.0),
         outage_retry_delay=_float(env, "IMGQ_OUTAGE_RETRY_DELAY", 2.0),
+        # a batch whose reads find the object store away (after IMGQ_S3_RETRIES) is read again, its chunk held and
+        # heartbeating, for this long before the chunk's attempt ends: an outage is waited out, not counted
+        store_outage_wait=_float(env, "IMGQ_STORE_OUTAGE_WAIT", 300.0, zero_allowed=True),
         lost_after=_float(env, "IMGQ_LOST_AFTER", 30.0),
         upload_retention=_float(env, "IMGQ_UPLOAD_RETENTION", 7 * 24 * 3600.0),
         orphan_upload_after=_float(env, "IMGQ_ORPHAN_UPLOAD_AFTER", 3600.0),

@@ -14,12 +14,23 @@ import pytest
 from sqlalchemy import select
 
 from shared.core.db import session_scope
-from shared.core.tables import ModelVersion, TrainRun
-from tests.helpers import REDIS_BASE, MotoS3, create_pg_database, drop_pg_database, make_stack
+from shared.core.tables import Chunk, ModelVersion, TrainRun
+from tests.helpers import (
+    REDIS_BASE,
+    MotoS3,
+    TcpProxy,
+    create_pg_database,
+    drop_pg_database,
+    import_model_http,
+    make_stack,
+    tiny_cnn,
+    write_jpeg,
+)
 
 pytestmark = pytest.mark.integration
 
 MODEL_STORE = "s3://model-bucket/store/"
+CRAWL = "s3://crawl-bucket/2026/"
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +47,10 @@ def machines(tmp_path_factory):
     server.put_files("model-bucket", "", {})
     url = create_pg_database()
     upgrade(url)
+    proxy = TcpProxy(server.port)  # the way to the store, which a test may cut
     stack = make_stack(tmp, {"DATABASE_URL": url, "BROKER_URL": f"{REDIS_BASE}/9", **server.env,
+                             "IMGQ_S3_ENDPOINT_URL": proxy.endpoint,
+                             "IMGQ_DATA_ROOTS": f"{tmp / 'data'}:{CRAWL}",
                              "IMGQ_BROKER_PREFIX": f"imgq-machines-{uuid.uuid4().hex[:8]}:",
                              "IMGQ_MODEL_STORE": MODEL_STORE, "IMGQ_HOME": str(tmp / "main-home")})
     for name in ("w1", "w2"):
@@ -50,7 +64,7 @@ def machines(tmp_path_factory):
         Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8), "L").save(folder / f"d{i:04d}.png")
         lines.append(f"digit-{i:04d},d{i:04d}.png,{digits.target[i]}")
     (folder / "digits.csv").write_text("\n".join(lines) + "\n")
-    stack.database_url, stack.s3 = url, server
+    stack.database_url, stack.s3, stack.proxy = url, server, proxy
     try:
         stack.authenticate()
         stack.start_web()
@@ -59,6 +73,7 @@ def machines(tmp_path_factory):
         yield stack
     finally:
         stack.stop()
+        proxy.stop()
         server.stop()
         from shared.core.db import engine_for
 
@@ -125,3 +140,39 @@ def test_a_train_job_killed_on_one_machine_resumes_on_another_from_the_checkpoin
         assert scored["status"] == "succeeded" and scored["progress"]["done"] == 10, scored
     assert [p.name for p in (machines.homes["w1"] / "model-cache").glob("*.keras")] == [f"{sha256}.keras"]
     assert machines.s3.gets_of("model-bucket", key) == 1
+
+
+def test_the_store_away_for_15_s_mid_job_loses_no_item_and_turns_none_into_an_error(machines, tmp_path):
+    photos = {f"p{i:02d}.jpg": write_jpeg(tmp_path / f"p{i:02d}.jpg", seed=i) for i in range(40)}
+    machines.s3.put_files("crawl-bucket", "2026/outage", photos)
+    file = tmp_path / "scorer.keras"
+    tiny_cnn(32, 1).save(file)
+    name = f"scorer-{uuid.uuid4().hex[:6]}"
+    import_model_http(machines, file, name)
+    if not machines.workers:
+        machines.start_worker("w1")
+    items = [{"id": f"item-{n:04d}", "uri": f"{CRAWL}outage/p{n % 40:02d}.jpg"} for n in range(1200)]
+    resp = machines.http.post(machines.url("/api/v1/jobs/score"), timeout=60,
+                              json={"model": name, "cache": False, "items": items})
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["id"]
+    deadline = time.time() + 240
+    while (done := machines.http.get(machines.url(f"/api/v1/jobs/{job_id}"), timeout=10).json()["progress"]
+           ["done"]) < 16:
+        assert time.time() < deadline, "no chunk scored"
+        time.sleep(0.05)
+    machines.proxy.stop()  # mid-job: connections cut, then refused
+    time.sleep(15)
+    machines.proxy.start()
+    assert done < 1200  # the outage came while items were left to read
+    job = machines.wait_job(job_id, timeout=300)
+    assert job["status"] == "succeeded", job
+    assert (job["progress"]["done"], job["progress"]["failed"]) == (1200, 0), job["progress"]
+    results = machines.all_results(job_id)
+    assert sorted(r["id"] for r in results) == [i["id"] for i in items]  # each once
+    assert all(r["status"] == "ok" for r in results)
+    with session_scope(machines.database_url) as session:
+        attempts = session.scalars(select(Chunk.attempts).where(Chunk.job_id == job_id)).all()
+    assert max(attempts) == 1  # waited out, not retried: the outage used no chunk's attempts
+    logs = "".join((machines.log_dir / f"{w}.log").read_text() for w in machines.workers)
+    assert "object store away" in logs

@@ -1,4 +1,6 @@
 """The batched scoring pipeline, without Celery or a database: real images, a real Keras model."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -6,6 +8,7 @@ from shared.core.tables import ModelVersion
 from shared.images.imaging import Preprocessing, load_for_model
 from shared.services.model_registry import sha256_file
 from tests.helpers import write_jpeg
+from worker import scoring
 from worker.model_cache import ModelCache, load
 from worker.scoring import ScoreOptions, score_items
 
@@ -166,3 +169,27 @@ def test_an_item_whose_read_hangs_becomes_its_error_and_the_rest_score(tmp_path,
     assert results["stuck"]["status"] == "error"
     assert results["stuck"]["error"] == "reading the image timed out after 1 s"
     assert all(r["status"] == "ok" for i, r in results.items() if i != "stuck")
+
+
+def test_a_batch_is_read_again_while_the_store_is_away_and_the_outage_is_raised_past_the_wait(monkeypatch):
+    from shared.core.errors import ObjectStoreUnavailable
+
+    outcomes = [ObjectStoreUnavailable("refused"), ObjectStoreUnavailable("refused"), ["read"]]
+    calls, pauses = [], []
+
+    def read(batch, opts, reads):
+        calls.append(batch)
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(scoring, "_read", read)
+    opts = ScoreOptions(roots=(), batch_size=2, max_pixels=10**6, max_bytes=10**6, threads=1, outage_wait=60)
+    assert scoring._read_through_outages(["a", "b"], opts, None, sleep=pauses.append) == ["read"]
+    assert calls == [["a", "b"]] * 3 and pauses == [1.0, 2.0]  # the same batch, whole, after growing pauses
+
+    outcomes[:] = [ObjectStoreUnavailable("refused")] * 3
+    with pytest.raises(ObjectStoreUnavailable):
+        scoring._read_through_outages(["a"], replace(opts, outage_wait=0.5), None, sleep=pauses.append)
+    assert pauses == [1.0, 2.0]  # no wait fits in half a second: raised at once
