@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "score_throughput": ([], ["--quick"]),
     "score_scale": ([], ["--quick"]),
     "train_throughput": ([], ["--quick"]),
+    "score_remote": ([], ["--quick"]),  # S3 and HTTPS items against local files (issue 18)
     "similar_search": ([], ["--n", "20000"]),
     "response_validation": ([], []),
     "cli_session": ([], []),  # the README's recorded terminal session (a .txt, no targets)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -52,10 +53,21 @@ class StoreConfig:
                    max(10, settings.read_threads))
 
 
-@lru_cache(maxsize=8)
+_MAKING = threading.Lock()
+
+
 def filesystem(config: StoreConfig):
-    """An s3fs file system for `config`, made once per process and config. s3fs's and botocore's own retries are
-    off: `read_object` retries, within its deadline, so the per-item read timeout keeps its meaning."""
+    """An s3fs file system for `config`, made once per process and config, its session (credentials, client)
+    set up before any read: the first reads of a worker come from many threads at once, and each would otherwise
+    set up a session of its own (a credential lookup and a client each, seconds in all on 2 cores)."""
+    with _MAKING:
+        return _filesystem(config)
+
+
+@lru_cache(maxsize=8)
+def _filesystem(config: StoreConfig):
+    """s3fs's and botocore's own retries are off: `read_object` retries, within its deadline, so the per-item read
+    timeout keeps its meaning."""
     import s3fs
 
     fs = s3fs.S3FileSystem(
@@ -63,6 +75,10 @@ def filesystem(config: StoreConfig):
         config_kwargs={"retries": {"max_attempts": 1, "mode": "standard"}, "max_pool_connections": config.connections,
                        "connect_timeout": min(config.timeout, 10.0), "read_timeout": config.timeout})
     fs.retries = 1  # one try per call (a class attribute in s3fs, not a constructor argument)
+    try:
+        fs.connect()  # the session now, once (no request is sent: credentials and the client are made locally)
+    except Exception as exc:  # noqa: BLE001 - e.g. no credentials: each read then reports it as its own error
+        log.info("object store session not set up in advance: %s", exc)
     return fs
 
 
