@@ -180,3 +180,33 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.integration)
         group = "faults" if "faults" in parts else item.path.stem
         item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_configure(config):
+    """An xdist controller names its run (xdist's --testrunuid, passed on to every worker) before the workers start,
+    so that it knows where they spool the fault report's rows."""
+    if not hasattr(config, "workerinput") and hasattr(config.option, "testrunuid") and not config.option.testrunuid:
+        config.option.testrunuid = uuid.uuid4().hex
+
+
+def pytest_sessionfinish(session):
+    """The controller of an xdist run writes the fault report once, from every worker's spooled rows
+    (tests/integration/faults/report.py); a plain run writes it from its session fixture instead."""
+    config = session.config
+    run_id = getattr(config.option, "testrunuid", None)
+    if hasattr(config, "workerinput") or not run_id:
+        return
+    import shlex
+    import shutil
+
+    from tests.integration.faults.report import FaultReport, spool_folder
+
+    folder = spool_folder(run_id)
+    if not folder.is_dir():
+        return
+    command = shlex.join([".venv/bin/python", "-m", "pytest", *config.invocation_params.args])
+    path = FaultReport.merged(folder).write(command=command)
+    shutil.rmtree(folder, ignore_errors=True)
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    if path is not None and terminal is not None:
+        terminal.write_line(f"reliability report written to {path}")

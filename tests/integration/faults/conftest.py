@@ -14,7 +14,7 @@ import uuid
 import pytest
 import redis
 
-from tests.integration.faults.report import FaultReport
+from tests.integration.faults.report import FaultReport, spool_folder
 from tests.integration.faults.servers import PrivatePostgres, PrivateRedis
 
 MARKERS = (
@@ -83,9 +83,14 @@ def fault_broker(private_redis):
 
 @pytest.fixture(scope="session", autouse=True)
 def fault_report(request):
-    """The session's FaultReport; written to docs/reliability.md at the end if a test recorded anything."""
+    """The session's FaultReport; written to docs/reliability.md at the end if a test recorded anything (under
+    pytest-xdist: spooled for the controller, which writes every worker's rows as one file)."""
     report = FaultReport()
     yield report
+    workerinput = getattr(request.config, "workerinput", None)
+    if workerinput is not None:
+        report.spool(spool_folder(workerinput["testrunuid"]), workerinput["workerid"])
+        return
     args = request.config.invocation_params.args
     command = shlex.join([".venv/bin/python", "-m", "pytest", *args])
     path = report.write(command=command)

@@ -1,16 +1,18 @@
 """The reliability report: rows that fault tests record, written as Markdown at the end of a session.
 
 One `FaultReport` lives for the whole pytest session (a session fixture), so rows recorded by every
-test module end up in one file, `docs/reliability.md` by default. Invariants: nothing is written
-unless a row or a randomized run was recorded; the commit is read before the file is written, and
-the report's own file does not make the tree count as dirty.
+test module end up in one file, `docs/reliability.md` by default. Under pytest-xdist each worker spools its rows
+as JSON and the controller merges them into that one file (tests/conftest.py, `pytest_sessionfinish`).
+Invariants: nothing is written unless a row or a randomized run was recorded; the commit is read before the file
+is written, and the report's own file does not make the tree count as dirty.
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -88,6 +90,28 @@ class FaultReport:
     def is_empty(self) -> bool:
         return not self.rows and not self.random_runs and not self.load_rows
 
+    def spool(self, folder: Path, worker: str) -> Path | None:
+        """Under pytest-xdist: this worker's rows as JSON in `folder` (shared by the run's workers), for the
+        controller to merge (`merged`) and write once; None when nothing was recorded."""
+        if self.is_empty():
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{worker}.json"
+        path.write_text(json.dumps(asdict(self)))
+        return path
+
+    @classmethod
+    def merged(cls, folder: Path) -> FaultReport:
+        """One report of every worker's spooled rows (workers in name order, each in its own order)."""
+        report = cls()
+        for path in sorted(folder.glob("*.json")):
+            data = json.loads(path.read_text())
+            report.rows += [FaultRow(**r) for r in data["rows"]]
+            report.random_runs += [RandomRun(**r) for r in data["random_runs"]]
+            if data["load_rows"]:
+                report.load_rows, report.load_notes = [LoadRow(**r) for r in data["load_rows"]], data["load_notes"]
+        return report
+
     def write(self, path: Path | str = DEFAULT_PATH, command: str | None = None) -> Path | None:
         """Write the Markdown file (creating its folder); returns its path, or None when nothing was recorded."""
         if self.is_empty():
@@ -129,6 +153,13 @@ class FaultReport:
                                                       f"{r.p50_ms:.1f}", f"{r.p95_ms:.1f}", f"{r.p99_ms:.1f}",
                                                       r.statuses] for r in self.load_rows])]
         return "\n".join(lines) + "\n"
+
+
+def spool_folder(run_id: str) -> Path:
+    """Where the xdist workers of run `run_id` (xdist's testrunuid, the same in every worker) spool their rows."""
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"imgq-fault-report-{run_id}"
 
 
 def _check_verdict(verdict: str) -> None:

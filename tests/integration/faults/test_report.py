@@ -62,3 +62,22 @@ def test_the_date_is_in_utc():
     report.record(fault="f", case="c", recover_seconds=0.0, items=0, lost=0, duplicated=0, verdict="pass")
     text = report.render(commit="abc1234", now=datetime(2026, 11, 25, 21, 5, tzinfo=timezone.utc))
     assert "- date: 2026-11-25 21:05 UTC" in text
+
+
+def test_rows_spooled_by_xdist_workers_merge_into_one_report(tmp_path):
+    from tests.integration.faults.report import LoadRow
+
+    first, second, idle = FaultReport(), FaultReport(), FaultReport()
+    first.record(fault="kill worker", case="a", recover_seconds=1.0, items=5, lost=0, duplicated=0, verdict="pass")
+    second.record(fault="restart redis", case="b", recover_seconds=None, items=7, lost=0, duplicated=0,
+                  verdict="pass")
+    second.record_random_run(seed=7, faults=["kill worker at 1.0s"], verdict="pass")
+    second.record_load([LoadRow("GET /jobs", 10, 5.0, 1.0, 2.0, 3.0, "200: 10")], "ten requests")
+    assert idle.spool(tmp_path, "gw2") is None  # nothing recorded: nothing spooled
+    first.spool(tmp_path, "gw0")
+    second.spool(tmp_path, "gw1")
+    merged = FaultReport.merged(tmp_path)
+    assert [r.fault for r in merged.rows] == ["kill worker", "restart redis"]
+    assert merged.random_runs == second.random_runs and merged.load_rows == second.load_rows
+    assert merged.load_notes == "ten requests"
+    assert "2 cases, 2 pass, 0 fail." in merged.render(commit="abc")
