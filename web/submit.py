@@ -8,7 +8,6 @@ commits nothing (an error, or a repeated Idempotency-Key), they are removed agai
 from __future__ import annotations
 
 import hashlib
-import shutil
 import uuid
 from functools import partial
 from pathlib import Path
@@ -18,9 +17,8 @@ from werkzeug.utils import secure_filename
 
 from shared.core.config import Settings
 from shared.core.errors import InvalidRequest
-from shared.core.paths import path_inside
 from shared.schemas.jobs import EmbedRequest, EmbedUploadForm, ScoreRequest, ScoreUploadForm
-from shared.services import job_exports, model_imports, submission
+from shared.services import job_exports, model_imports, submission, upload_files
 from shared.services.model_registry import Signature
 from shared.services.submission import Origin
 from web.auth import caller
@@ -98,18 +96,19 @@ def upload_names(files: list[FileStorage]) -> list[str]:
 
 
 def _stage_upload(settings: Settings, files: list[FileStorage]):
-    """Stream the files to a new folder of the upload dir. Returns ([(item id, path)], their hashes, the folder,
-    and the callable that removes it)."""
+    """Stream the files to a new upload folder (local, or a prefix of the object store: shared/services/upload_files).
+    Returns ([(item id, uri)], their hashes, the folder's name, and the callable that removes it)."""
     names = upload_names(files)
-    folder = path_inside(settings.upload_dir, uuid.uuid4().hex)
-    folder.mkdir(parents=True)
-    discard = partial(shutil.rmtree, folder, ignore_errors=True)
+    folder = uuid.uuid4().hex
+    upload_files.make_folder(settings, folder)
+    discard = partial(upload_files.remove_folder, settings, folder)
     try:
         items, hashes = [], []
         for i, (name, storage) in enumerate(zip(names, files)):
-            path = path_inside(folder, f"{i:06d}-{secure_filename(name) or 'file'}")
-            hashes.append(_save_upload(storage, path))
-            items.append((name, str(path)))
+            stored = f"{i:06d}-{secure_filename(name) or 'file'}"
+            uri, _, sha = upload_files.write(settings, folder, storage.stream, lambda _sha, s=stored: s)
+            hashes.append(sha)
+            items.append((name, uri))
     except BaseException:
         discard()
         raise
@@ -124,7 +123,7 @@ def submit_upload(settings: Settings, files: list[FileStorage], form: ScoreUploa
     fp = submission.fingerprint({"model": form.model, "cache": form.cache,
                                  "files": list(zip([i for i, _ in items], hashes))})
     return submission.submit_score(settings, model_ref=form.model, pieces=[items], use_cache=form.cache,
-                                   source={"type": "upload", "count": len(items), "folder": folder.name},
+                                   source={"type": "upload", "count": len(items), "folder": folder},
                                    origin=origin, request_fingerprint=fp, discard=discard)
 
 
@@ -136,7 +135,7 @@ def submit_embed_upload(settings: Settings, files: list[FileStorage], form: Embe
                                  "files": list(zip([i for i, _ in items], hashes))})
     return submission.submit_embed(settings, model_ref=form.model, catalog=form.catalog, layer=form.layer,
                                    normalize=form.normalize, pieces=[[(*item, form.category) for item in items]],
-                                   source={"type": "upload", "count": len(items), "folder": folder.name},
+                                   source={"type": "upload", "count": len(items), "folder": folder},
                                    use_cache=form.cache, origin=origin, request_fingerprint=fp, discard=discard)
 
 

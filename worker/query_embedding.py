@@ -37,7 +37,7 @@ def _image_bytes(image: dict, settings: Settings) -> bytes:
             return base64.b64decode(image["data"], validate=True)
         except (binascii.Error, ValueError):
             raise ImageError("the query image is not valid base64") from None
-    places = Places.of(settings, settings.readable_roots(image.get("folder")))
+    places = Places.of(settings, image.get("folder"))
     return bytes(read_item(image["uri"], places, settings.max_image_bytes)[0])
 
 

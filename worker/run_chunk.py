@@ -169,7 +169,8 @@ def _options(claimed: ClaimedChunk, settings: Settings) -> ScoreOptions:
                         max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes,
                         threads=settings.decode_threads, use_cache=claimed.use_cache, fast_jpeg=settings.fast_jpeg,
                         read_timeout=settings.read_timeout, decode_timeout=settings.decode_timeout,
-                        object_roots=settings.object_roots, store=StoreConfig.from_settings(settings),
+                        object_roots=settings.readable_object_roots(claimed.upload_folder),
+                        store=StoreConfig.from_settings(settings),
                         read_threads=settings.read_threads, web=web_policy(settings),
                         outage_wait=settings.store_outage_wait)
 

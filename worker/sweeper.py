@@ -34,7 +34,6 @@ heartbeat_timeout + sweep_interval.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -59,7 +58,7 @@ from shared.core.states import (
     RunState,
 )
 from shared.core.tables import Chunk, Job, ScoreDrift, TrainRun, utcnow
-from shared.services import drift, job_exports, uploads
+from shared.services import drift, job_exports, upload_files, uploads
 from shared.services.jobs import lock_job
 from worker import chunk_lifecycle, index_builder, model_importer
 
@@ -254,27 +253,25 @@ def _stalled_preparations(settings: Settings, now) -> list[str]:
 
 def remove_old_uploads(settings: Settings) -> int:
     """Remove upload folders of jobs finished over `upload_retention` ago, and folders no job owns that are
-    older than `orphan_upload_after` (an upload cut off by a crash of the web front)."""
-    folder = settings.upload_dir
-    if not folder.is_dir():
-        return 0
-    names = {p.name: p for p in folder.iterdir() if p.is_dir()}
+    older than `orphan_upload_after` (an upload cut off by a crash of the web front); local folders or prefixes of
+    the object store alike (shared/services/upload_files.py: only a folder nobody owns has its files listed)."""
+    names = upload_files.folder_names(settings)
     if not names:
         return 0
     retention_cut = utcnow() - timedelta(seconds=settings.upload_retention)
     with session_scope() as session:
         owners = dict(session.execute(select(Job.upload_folder, Job.status).where(
-            Job.upload_folder.in_(list(names)))).all())
+            Job.upload_folder.in_(names))).all())
         expired = set(session.scalars(select(Job.upload_folder).where(
-            Job.upload_folder.in_(list(names)), Job.status.in_(FINAL_JOB_STATUSES), Job.finished_at < retention_cut)))
-        owners.update(dict.fromkeys(uploads.open_upload_ids(session, list(names))))  # remove_idle decides for them
+            Job.upload_folder.in_(names), Job.status.in_(FINAL_JOB_STATUSES), Job.finished_at < retention_cut)))
+        owners.update(dict.fromkeys(uploads.open_upload_ids(session, names)))  # remove_idle decides for them
         uploads.forget_taken(session, list(expired))
     orphan_cut = time.time() - settings.orphan_upload_after
     removed = 0
-    for name, path in names.items():
-        orphan = name not in owners and path.stat().st_mtime < orphan_cut
+    for name in names:
+        orphan = name not in owners and upload_files.last_written(settings, name) < orphan_cut
         if name in expired or orphan:
-            shutil.rmtree(path, ignore_errors=True)
+            upload_files.remove_folder(settings, name)
             removed += 1
             log.info("removed upload folder %s (%s)", name, "orphan" if orphan else "retention over")
     return removed

@@ -126,17 +126,17 @@ def _export_roots(env: dict, name: str) -> tuple[str, ...]:
     return remote
 
 
-def _model_store(env: dict, data_dir: Path) -> tuple[Path, str | None]:
-    """IMGQ_MODEL_STORE: a local folder (versions are files there), or an s3:// prefix (versions are objects there;
-    the local folder under IMGQ_HOME only stages imports and holds temporary files)."""
-    raw = (env.get("IMGQ_MODEL_STORE") or "").strip()
+def _folder_or_store(env: dict, name: str, default: Path) -> tuple[Path, str | None]:
+    """IMGQ_MODEL_STORE, IMGQ_UPLOAD_DIR: a local folder (files there), or an s3:// prefix (objects there; the local
+    folder `default` then only stages and holds temporary files)."""
+    raw = (env.get(name) or "").strip()
     if "://" not in raw:
-        return Path(raw or data_dir / "models").expanduser().resolve(), None
+        return Path(raw or default).expanduser().resolve(), None
     try:
         uri = object_root(raw)
     except ValueError as exc:
-        raise ConfigError(f"IMGQ_MODEL_STORE: {exc}") from None
-    return (data_dir / "models").resolve(), uri
+        raise ConfigError(f"{name}: {exc}") from None
+    return default.resolve(), uri
 
 
 def _networks(env: dict, name: str) -> str:
@@ -172,7 +172,8 @@ class Settings:
     web_per_host: int
     s3_retries: int
     read_threads: int
-    upload_dir: Path
+    upload_dir: Path  # the local upload folder (unused when upload_store_uri is set)
+    upload_store_uri: str | None  # IMGQ_UPLOAD_DIR as an s3:// prefix: uploads are objects there (upload_files.py)
     model_store: Path  # the local model folder: every version's file, or (with model_store_uri) staging and temp
     model_store_uri: str | None  # IMGQ_MODEL_STORE as an s3:// prefix: versions are stored there, read via the cache
     model_cache_dir: Path  # IMGQ_MODEL_CACHE_DIR: this machine's copies of stored versions, one per content hash
@@ -226,7 +227,13 @@ class Settings:
 
     def readable_roots(self, upload_folder: str | None = None) -> tuple[Path, ...]:
         """Folders a job may read images from: the configured roots, and its own upload folder only."""
-        return (*self.data_roots, *((self.upload_dir / upload_folder,) if upload_folder else ()))
+        own = (self.upload_dir / upload_folder,) if upload_folder and self.upload_store_uri is None else ()
+        return (*self.data_roots, *own)
+
+    def readable_object_roots(self, upload_folder: str | None = None) -> tuple[str, ...]:
+        """Object-store prefixes a job may read images from: the configured ones, and its own upload folder's."""
+        own = (f"{self.upload_store_uri}{upload_folder}/",) if upload_folder and self.upload_store_uri else ()
+        return (*self.object_roots, *own)
 
 
 def load_settings(env: dict | None = None) -> Settings:
@@ -256,7 +263,8 @@ def load_settings(env: dict | None = None) -> Settings:
     if not data_roots and not object_roots:
         data_roots = (data_dir / "data",)
     decode_threads = _int(env, "IMGQ_DECODE_THREADS", max(2, os.cpu_count() or 2))
-    model_store, model_store_uri = _model_store(env, data_dir)
+    model_store, model_store_uri = _folder_or_store(env, "IMGQ_MODEL_STORE", data_dir / "models")
+    upload_dir, upload_store_uri = _folder_or_store(env, "IMGQ_UPLOAD_DIR", data_dir / "uploads")
     return Settings(
         data_dir=data_dir,
         database_url=database_url,
@@ -277,7 +285,8 @@ def load_settings(env: dict | None = None) -> Settings:
         web_per_host=_int(env, "IMGQ_WEB_PER_HOST", 8, maximum=256),
         # item reads in flight per worker process (object-store reads wait on the network: more than the decoders)
         read_threads=_int(env, "IMGQ_READ_THREADS", decode_threads, maximum=256),
-        upload_dir=Path(env.get("IMGQ_UPLOAD_DIR") or data_dir / "uploads").expanduser().resolve(),
+        upload_dir=upload_dir,
+        upload_store_uri=upload_store_uri,
         # a local folder (the default), or an s3:// prefix that every machine reads (shared/models/model_files.py)
         model_store=model_store,
         model_store_uri=model_store_uri,

@@ -28,9 +28,11 @@ class Places:
     web: FetchPolicy | None = None
 
     @classmethod
-    def of(cls, settings: Settings, roots: tuple[Path, ...]) -> Places:
-        """The places a process configured by `settings` reads from, with these local folders."""
-        return cls(roots, settings.object_roots, StoreConfig.from_settings(settings), web_policy(settings))
+    def of(cls, settings: Settings, upload_folder: str | None = None) -> Places:
+        """The places a process configured by `settings` reads from for a job: the data roots, and the job's own
+        upload folder (a local folder or a store prefix, shared/services/upload_files.py) when it has one."""
+        return cls(settings.readable_roots(upload_folder), settings.readable_object_roots(upload_folder),
+                   StoreConfig.from_settings(settings), web_policy(settings))
 
 
 def web_policy(settings: Settings) -> FetchPolicy | None:

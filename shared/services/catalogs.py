@@ -89,4 +89,4 @@ def thumbnail(session: Session, settings: Settings, catalog: str, item_id: str, 
                           .order_by(Embedding.created_at.desc()).limit(1)).first()
     if row is None:
         raise NotFound(f"catalog {catalog} has no item {item_id!r}")
-    return thumbnails.jpeg_of(settings, settings.readable_roots(row.upload_folder), row.uri, item_id, size)
+    return thumbnails.jpeg_of(settings, row.upload_folder, row.uri, item_id, size)

@@ -2,7 +2,8 @@
 
 Invariants: the image path is the item's own stored uri, read by `shared/images/item_reads.read_item` from the data
 roots (folders and object-store prefixes) and the job's own upload folder (never another job's uploads:
-`Settings.readable_roots`), so neither '..', an absolute path elsewhere, another bucket nor a symlink leads out.
+`Settings.readable_roots`, `readable_object_roots`), so neither '..', an absolute path elsewhere, another bucket
+nor a symlink leads out.
 A job's thumbnails are cached under `<IMGQ_HOME>/thumbnails/<job id>/`, named by a hash of (item id, size): a cached
 file is written whole (temporary name, then rename) and never changes, since an item's uri never does.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -31,13 +31,14 @@ def check_size(size: int) -> None:
         raise InvalidRequest(f"size must be between {THUMBNAIL_SIZES[0]} and {THUMBNAIL_SIZES[1]}", field="size")
 
 
-def jpeg_of(settings: Settings, roots: tuple[Path, ...], uri: str, item_id: str, size: int) -> bytes:
-    """A JPEG of the image at `uri` (inside `roots`), its longer edge at most `size` pixels, EXIF orientation
-    applied; NotFound when the path leads outside the roots or the file is missing or not an image."""
+def jpeg_of(settings: Settings, upload_folder: str | None, uri: str, item_id: str, size: int) -> bytes:
+    """A JPEG of the image at `uri` (inside the data roots or the item's job's own `upload_folder`), its longer edge
+    at most `size` pixels, EXIF orientation applied; NotFound when the path leads outside them or the file is
+    missing or not an image."""
     from PIL import Image, ImageOps
 
     try:
-        places = Places.of(settings, roots)
+        places = Places.of(settings, upload_folder)
         data, _ = read_item(uri, places, settings.max_image_bytes, shown=item_id)
         with Image.open(io.BytesIO(data)) as img:
             img = ImageOps.exif_transpose(img)
@@ -60,7 +61,7 @@ def job_item_thumbnail(session: Session, settings: Settings, job_id: str, item_i
     cached = path_inside(settings.data_dir / "thumbnails", job.id, f"{key}.jpg")
     if cached.exists():
         return cached.read_bytes()
-    data = jpeg_of(settings, settings.readable_roots(job.upload_folder), uri, item_id, size)
+    data = jpeg_of(settings, job.upload_folder, uri, item_id, size)
     cached.parent.mkdir(parents=True, exist_ok=True)
     partial = cached.with_name(f"{key}.{os.getpid()}.part")
     partial.write_bytes(data)

@@ -2,9 +2,10 @@
 needed), which one score or embed job then takes as its items.
 
 Invariants:
-- An upload's files live in IMGQ_UPLOAD_DIR/<upload id>, the folder a single-request upload would use; a file is
-  stored under a name made of the hashes of its name and of its bytes, written whole (a temporary file renamed), so
-  two names never share a file and a file sent again lands on itself.
+- An upload's files live in the folder <upload id> of IMGQ_UPLOAD_DIR (a local folder, or a prefix in an object
+  store: shared/services/upload_files.py), as a single-request upload's do; a file is stored under a name made of the
+  hashes of its name and of its bytes, written whole (a temporary file renamed), so two names never share a file and
+  a file sent again lands on itself.
 - A name (the item id) is stored once per upload: a part sent again adds nothing (`repeated`), and the same name
   with other bytes is a Conflict that refuses the whole part. Totals are counted from the rows, never kept.
 - Only the token that made an upload, or an admin, may see, add to, use or delete it (Forbidden otherwise).
@@ -17,11 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
 import uuid
 from collections.abc import Iterable
 from datetime import timedelta
-from pathlib import Path
+from functools import partial
 from typing import BinaryIO
 
 from sqlalchemy import delete, func, select
@@ -30,8 +30,8 @@ from sqlalchemy.orm import Session
 from shared.core.config import Settings
 from shared.core.db import insert_ignoring_conflicts, session_scope
 from shared.core.errors import Conflict, Forbidden, InvalidRequest, NotFound
-from shared.core.paths import path_inside
 from shared.core.tables import Upload, UploadFile, utcnow
+from shared.services import upload_files
 from shared.services.tokens import ANYONE, Caller
 
 MAX_NAME = 500  # upload_files.name, job_items.item_id
@@ -42,7 +42,7 @@ _BLOCK = 1 << 20
 def new_upload(settings: Settings, who: Caller = ANYONE) -> dict:
     """An empty upload and its folder (made first: a folder without its row is an orphan the sweeper removes)."""
     upload_id = uuid.uuid4().hex
-    path_inside(settings.upload_dir, upload_id).mkdir(parents=True)
+    upload_files.make_folder(settings, upload_id)
     with session_scope() as session:
         row = Upload(id=upload_id, token_id=who.token_id)
         session.add(row)
@@ -90,26 +90,12 @@ def stored_name(name: str, sha256: str) -> str:
     return f"{hashlib.sha256(name.encode()).hexdigest()[:24]}-{sha256[:24]}{suffix.group(0).lower() if suffix else ''}"
 
 
-def _write(folder: Path, stream: BinaryIO) -> tuple[Path, int, str]:
-    """The stream as a temporary file of `folder`: (its path, size, sha256)."""
-    digest, size = hashlib.sha256(), 0
-    tmp = path_inside(folder, f".part-{uuid.uuid4().hex}")
-    with open(tmp, "wb") as out:
-        for block in iter(lambda: stream.read(_BLOCK), b""):
-            digest.update(block)
-            size += len(block)
-            out.write(block)
-    return tmp, size, digest.hexdigest()
-
-
-def _store(folder: Path, files: Iterable[tuple[str, BinaryIO]]) -> list[dict]:
-    """Each file written whole under its stored name; the rows to insert."""
+def _store(settings: Settings, upload_id: str, files: Iterable[tuple[str, BinaryIO]]) -> list[dict]:
+    """Each file written whole under its stored name (shared/services/upload_files.py); the rows to insert."""
     rows = []
     for name, stream in files:
-        tmp, size, sha = _write(folder, stream)
-        stored = stored_name(name, sha)
-        tmp.replace(path_inside(folder, stored))
-        rows.append({"name": name, "stored": stored, "size_bytes": size, "sha256": sha})
+        uri, size, sha = upload_files.write(settings, upload_id, stream, partial(stored_name, name))
+        rows.append({"name": name, "stored": stored_name(name, sha), "size_bytes": size, "sha256": sha})
     return rows
 
 
@@ -121,11 +107,10 @@ def add_files(settings: Settings, upload_id: str, files: list[tuple[str, BinaryI
                                  "id)", field="files")
     with session_scope() as session:
         _unused(find_upload(session, upload_id, who), "take files")
-    folder = path_inside(settings.upload_dir, upload_id)
-    folder.mkdir(parents=True, exist_ok=True)  # gone only if the sweeper took the upload meanwhile: a 404 below
+    upload_files.make_folder(settings, upload_id)  # gone only if the sweeper took the upload meanwhile: a 404 below
     rows = []
     try:
-        rows = _store(folder, files)
+        rows = _store(settings, upload_id, files)
         with session_scope() as session:
             row = find_upload(session, upload_id, who, lock=True)
             _unused(row, "take files")
@@ -134,7 +119,7 @@ def add_files(settings: Settings, upload_id: str, files: list[tuple[str, BinaryI
             session.flush()
             return {"added": added, "repeated": len(rows) - added, "upload": upload_json(session, row)}
     except BaseException:
-        _remove_unrecorded(upload_id, folder, rows)
+        _remove_unrecorded(settings, upload_id, rows)
         raise
 
 
@@ -154,19 +139,16 @@ def _insert(session: Session, upload_id: str, rows: list[dict]) -> int:
     return len(inserted)
 
 
-def _remove_unrecorded(upload_id: str, folder: Path, rows: list[dict]) -> None:
-    """After a refused part: remove the files it wrote that no row of the upload names, and stray temporary files
-    (with the database away, only those: the sweeper removes the rest with the upload)."""
+def _remove_unrecorded(settings: Settings, upload_id: str, rows: list[dict]) -> None:
+    """After a refused part: remove the files it wrote that no row of the upload names (with the database away,
+    none: the sweeper removes the rest with the upload). A file cut off while written was removed by its writer."""
     try:
         with session_scope() as session:
             kept = set(session.scalars(select(UploadFile.stored).where(UploadFile.upload_id == upload_id)))
     except Exception:  # noqa: BLE001 - the part's own error is the one to report
         kept = {row["stored"] for row in rows}
-    for row in rows:
-        if row["stored"] not in kept:
-            (folder / row["stored"]).unlink(missing_ok=True)
-    for tmp in folder.glob(".part-*"):
-        tmp.unlink(missing_ok=True)
+    upload_files.remove(settings, [upload_files.file_uri(settings, upload_id, row["stored"]) for row in rows
+                                   if row["stored"] not in kept])
 
 
 def delete_upload(settings: Settings, upload_id: str, who: Caller = ANYONE) -> None:
@@ -176,7 +158,7 @@ def delete_upload(settings: Settings, upload_id: str, who: Caller = ANYONE) -> N
         _unused(row, "be deleted")
         session.execute(delete(UploadFile).where(UploadFile.upload_id == upload_id))
         session.delete(row)
-    shutil.rmtree(path_inside(settings.upload_dir, upload_id), ignore_errors=True)
+    upload_files.remove_folder(settings, upload_id)
 
 
 def take(session: Session, settings: Settings, upload_id: str, who: Caller = ANYONE) -> list[tuple[str, str]]:
@@ -185,8 +167,7 @@ def take(session: Session, settings: Settings, upload_id: str, who: Caller = ANY
     taken or empty: NotFound, Forbidden, Conflict, InvalidRequest, each naming the field `upload`."""
     row = find_upload(session, upload_id, who, lock=True, field="upload")
     _unused(row, "be used again", field="upload")
-    folder = settings.upload_dir / upload_id
-    items = [(name, str(folder / stored)) for name, stored in session.execute(
+    items = [(name, upload_files.file_uri(settings, upload_id, stored)) for name, stored in session.execute(
         select(UploadFile.name, UploadFile.stored).where(UploadFile.upload_id == upload_id)
         .order_by(UploadFile.name)).all()]
     if not items:
@@ -215,7 +196,7 @@ def remove_idle(settings: Settings, idle_after: float) -> int:
         idle = list(session.scalars(select(Upload.id).where(Upload.job_id.is_(None), Upload.updated_at < cut)))
         _forget(session, idle)
     for upload_id in idle:
-        shutil.rmtree(path_inside(settings.upload_dir, upload_id), ignore_errors=True)
+        upload_files.remove_folder(settings, upload_id)
     return len(idle)
 
 

@@ -1,8 +1,10 @@
 """Workers as on other machines: each worker process has an IMGQ_HOME of its own (so its own model cache and
-checkpoint folders), and shares with the web front and the maintenance process only PostgreSQL, Redis and a model
-store in a bucket of a real S3 server (moto's server mode on loopback). A train job killed mid-run on one worker
-resumes on the other from the checkpoint in the store; its new version is stored in the bucket and scores on the
-other worker through that worker's own cache."""
+checkpoint folders), and shares with the web front and the maintenance process only PostgreSQL, Redis and buckets of
+a real S3 server (moto's server mode on loopback, reached through a TCP proxy a test may cut): the model store, the
+upload folder and the crawl. A train job killed mid-run on one worker resumes on the other from the checkpoint in the
+store; its new version is stored in the bucket and scores on the other worker through that worker's own cache.
+Uploaded files (in parts, or in one request) go to the bucket, never to the web front's disk, and score on a worker
+that shares no folder with the web front. The store away for 15 s mid-job costs no item and no attempt."""
 from __future__ import annotations
 
 import shutil
@@ -31,6 +33,7 @@ pytestmark = pytest.mark.integration
 
 MODEL_STORE = "s3://model-bucket/store/"
 CRAWL = "s3://crawl-bucket/2026/"
+UPLOADS = "s3://upload-bucket/uploads/"
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +48,7 @@ def machines(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("machines")
     server = MotoS3(tmp / "moto")
     server.put_files("model-bucket", "", {})
+    server.put_files("upload-bucket", "", {})
     url = create_pg_database()
     upgrade(url)
     proxy = TcpProxy(server.port)  # the way to the store, which a test may cut
@@ -52,7 +56,8 @@ def machines(tmp_path_factory):
                              "IMGQ_S3_ENDPOINT_URL": proxy.endpoint,
                              "IMGQ_DATA_ROOTS": f"{tmp / 'data'}:{CRAWL}",
                              "IMGQ_BROKER_PREFIX": f"imgq-machines-{uuid.uuid4().hex[:8]}:",
-                             "IMGQ_MODEL_STORE": MODEL_STORE, "IMGQ_HOME": str(tmp / "main-home")})
+                             "IMGQ_MODEL_STORE": MODEL_STORE, "IMGQ_UPLOAD_DIR": UPLOADS,
+                             "IMGQ_HOME": str(tmp / "main-home")})
     for name in ("w1", "w2"):
         stack.process_env[name] = {"IMGQ_HOME": str(tmp / f"{name}-home")}
     stack.homes = {name: tmp / f"{name}-home" for name in ("w1", "w2")}
@@ -64,7 +69,7 @@ def machines(tmp_path_factory):
         Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8), "L").save(folder / f"d{i:04d}.png")
         lines.append(f"digit-{i:04d},d{i:04d}.png,{digits.target[i]}")
     (folder / "digits.csv").write_text("\n".join(lines) + "\n")
-    stack.database_url, stack.s3, stack.proxy = url, server, proxy
+    stack.database_url, stack.s3, stack.proxy, stack.main_home = url, server, proxy, tmp / "main-home"
     try:
         stack.authenticate()
         stack.start_web()
@@ -82,8 +87,8 @@ def machines(tmp_path_factory):
         shutil.rmtree(tmp / "data", ignore_errors=True)
 
 
-def keys_under(server, prefix: str) -> list[str]:
-    listed = server.client().list_objects_v2(Bucket="model-bucket", Prefix=prefix)
+def keys_under(server, prefix: str, bucket: str = "model-bucket") -> list[str]:
+    listed = server.client().list_objects_v2(Bucket=bucket, Prefix=prefix)
     return sorted(o["Key"] for o in listed.get("Contents", []))
 
 
@@ -176,3 +181,49 @@ def test_the_store_away_for_15_s_mid_job_loses_no_item_and_turns_none_into_an_er
     assert max(attempts) == 1  # waited out, not retried: the outage used no chunk's attempts
     logs = "".join((machines.log_dir / f"{w}.log").read_text() for w in machines.workers)
     assert "object store away" in logs
+
+
+def test_uploads_go_to_the_store_and_score_on_a_worker_that_shares_no_folder_with_the_web_front(machines, tmp_path):
+    import io
+
+    photos = {f"shot-{i}.jpg": write_jpeg(tmp_path / f"shot-{i}.jpg", seed=100 + i).read_bytes() for i in range(6)}
+    file = tmp_path / "uploads-scorer.keras"
+    tiny_cnn(32, 1, seed=3).save(file)
+    name = f"uploads-{uuid.uuid4().hex[:6]}"
+    import_model_http(machines, file, name)
+    if not machines.workers:
+        machines.start_worker("w1")
+    http = machines.http
+    # in parts: two requests, then a job that takes the upload
+    upload = http.post(machines.url("/api/v1/uploads"), timeout=30).json()["id"]
+    names = sorted(photos)
+    for part in (names[:3], names[3:]):
+        resp = http.post(machines.url(f"/api/v1/uploads/{upload}/files"), timeout=60,
+                         files=[("files", (n, io.BytesIO(photos[n]), "image/jpeg")) for n in part])
+        assert resp.status_code == 200 and resp.json()["added"] == 3, resp.text
+    assert len(keys_under(machines.s3, f"uploads/{upload}/", "upload-bucket")) == 6
+    resp = http.post(machines.url("/api/v1/jobs/score"), json={"model": name, "upload": upload, "cache": False},
+                     timeout=60)
+    assert resp.status_code == 202, resp.text
+    in_parts = machines.wait_job(resp.json()["id"], timeout=240)
+    # in one request
+    resp = http.post(machines.url("/api/v1/jobs/score"), data={"model": name, "cache": "false"}, timeout=60,
+                     files=[("files", (n, io.BytesIO(photos[n]), "image/jpeg")) for n in names])
+    assert resp.status_code == 202, resp.text
+    at_once = machines.wait_job(resp.json()["id"], timeout=240)
+    results = []
+    for job in (in_parts, at_once):
+        assert job["status"] == "succeeded" and (job["progress"]["done"], job["progress"]["failed"]) == (6, 0), job
+        results.append({r["id"]: r["outputs"] for r in machines.all_results(job["id"])})
+    assert results[0] == results[1] and sorted(results[0]) == names
+    uploaded = [p for p in (machines.main_home / "uploads").rglob("*") if p.is_file()]
+    assert uploaded == []  # nothing of them on the web front's disk
+    thumb = http.get(machines.url(f"/api/v1/jobs/{at_once['id']}/items/{names[0]}/thumbnail"), timeout=30)
+    assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8", thumb.text[:200]
+    # an unused upload deleted: its objects go with it
+    unused = http.post(machines.url("/api/v1/uploads"), timeout=30).json()["id"]
+    http.post(machines.url(f"/api/v1/uploads/{unused}/files"), timeout=60,
+              files=[("files", ("x.jpg", io.BytesIO(photos[names[0]]), "image/jpeg"))]).raise_for_status()
+    assert len(keys_under(machines.s3, f"uploads/{unused}/", "upload-bucket")) == 1
+    assert http.delete(machines.url(f"/api/v1/uploads/{unused}"), timeout=30).status_code == 204
+    assert keys_under(machines.s3, f"uploads/{unused}/", "upload-bucket") == []

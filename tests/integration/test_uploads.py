@@ -15,7 +15,7 @@ from shared.core.db import session_scope
 from shared.core.errors import NotFound
 from shared.core.tables import Job, JobItem, Upload, utcnow
 from shared.services import jobs, uploads
-from tests.helpers import authorized_client, seed_version
+from tests.helpers import authorized_client, migrated_database, seed_version
 from worker.sweeper import remove_old_uploads
 
 
@@ -128,3 +128,58 @@ def test_two_requests_taking_one_upload_at_once_make_one_job(app, client, config
     assert refused["error"]["job"] == made["id"] and refused["error"]["problems"][0]["field"] == "upload"
     with session_scope() as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 1
+
+
+@pytest.fixture
+def in_a_bucket(monkeypatch, tmp_path, s3_server):
+    """Settings on SQLite whose upload folder is a prefix of a bucket on a real S3 server (moto, loopback)."""
+    from shared.core.config import get_settings
+    from tests.helpers import configure_process
+
+    for key, value in {**s3_server.env, "IMGQ_UPLOAD_DIR": "s3://upload-bucket/up/",
+                       "IMGQ_ORPHAN_UPLOAD_AFTER": "1"}.items():
+        monkeypatch.setenv(key, value)
+    s3_server.put_files("upload-bucket", "", {})
+    with migrated_database("sqlite", tmp_path) as url:
+        yield configure_process(monkeypatch, tmp_path, url)
+    get_settings.cache_clear()
+
+
+def keys(server, folder: str = "") -> list[str]:
+    listed = server.client().list_objects_v2(Bucket="upload-bucket", Prefix=f"up/{folder}")
+    return sorted(o["Key"] for o in listed.get("Contents", []))
+
+
+def test_uploads_in_a_bucket_are_objects_read_by_their_job_and_swept_as_folders_are(in_a_bucket, s3_server):
+    settings = in_a_bucket
+    seed_version("m")
+    idle, busy, taken = (_upload_with(settings, f"{n}.jpg") for n in ("idle", "busy", "taken"))
+    s3_server.put_files("upload-bucket", "up/0123456789abcdef0123456789abcdef", {"cut-off.jpg": b"x"})
+    assert len(keys(s3_server)) == 4 and not any(settings.upload_dir.rglob("*.jpg"))  # nothing on local disk
+    with session_scope() as session:
+        items = uploads.take(session, settings, taken)
+        job = jobs.create_score_job(session, model_ref="m", pieces=[items], use_cache=True, chunk_size=4,
+                                    source={"type": "upload", "count": 1, "folder": taken, "upload": taken})
+        uploads.mark_taken(session, taken, job.id)
+        job_id = job.id
+    assert [uri.rsplit("/", 1)[0] for _, uri in items] == [f"s3://upload-bucket/up/{taken}"]
+    from shared.images.item_reads import Places, read_item
+
+    places = Places.of(settings, taken)  # the job's own folder, and only it
+    assert bytes(read_item(items[0][1], places, 100)[0]) == b"taken.jpg"
+    other = keys(s3_server, busy)[0]
+    with pytest.raises(Exception, match="outside the data roots"):
+        read_item(f"s3://upload-bucket/{other}", places, 100)
+
+    time.sleep(1.5)  # past IMGQ_ORPHAN_UPLOAD_AFTER for the folder no row owns
+    _idle_for(idle, settings.orphan_upload_after + 60)
+    _idle_for(busy, 0)  # added to just now
+    assert uploads.remove_idle(settings, settings.orphan_upload_after) == 1
+    assert remove_old_uploads(settings) == 1  # the cut-off folder; the busy one is owned, the taken one is in use
+    assert keys(s3_server, idle) == [] and keys(s3_server, "0123456789abcdef") == []
+    assert len(keys(s3_server, busy)) == 1 and len(keys(s3_server, taken)) == 1
+    with session_scope() as session:
+        row = session.get(Job, job_id)
+        row.status, row.finished_at = "succeeded", utcnow() - timedelta(seconds=settings.upload_retention + 60)
+    assert remove_old_uploads(settings) == 1
+    assert keys(s3_server, taken) == [] and len(keys(s3_server, busy)) == 1
