@@ -17,6 +17,9 @@ this same 2-core machine, so their own CPU (moto is Python, and decodes nothing 
 server encrypts every byte) is taken from the worker's: a store on other machines costs the worker less. The
 figure is what one worker gets here, not a property of S3.
 
+Also measured: the S3 server's own ceiling, GETs/s of the same objects to a plain boto3 client in as many threads
+with nothing else running, and s3 / that ceiling (how much of what the server gives the worker takes).
+
 Targets (reported, never asserted): s3 / local >= 0.8 (issue 18); https / local is reported without a target.
 
     python benchmarks/score_remote.py             # 1,000 images, 3 rounds (~10 min on 2 cores)
@@ -95,6 +98,18 @@ def run_job(http, stack, manifest: str, model: str, n: int) -> dict:
     return {"seconds": round(seconds, 2), "items_per_s": round(n / seconds, 1)}
 
 
+def server_ceiling(moto, files: list[str], threads: int) -> float:
+    """GETs per second the S3 server answers for these objects to a plain boto3 client in `threads` threads, with
+    nothing else running: the most any reader could get from it on this machine."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    s3 = moto.client()
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda f: s3.get_object(Bucket=BUCKET, Key=f"catalog/{f}")["Body"].read(), files))
+    return round(len(files) / (time.perf_counter() - t0), 1)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     run = BenchRun("score_remote", args, "imgq-bench-remote-", f", model {args.model}, {args.repeats} rounds")
@@ -139,7 +154,9 @@ def main(argv=None) -> int:
             report["rounds"].append(timings)
         medians = {k: statistics.median(r[k]["items_per_s"] for r in report["rounds"]) for k in KINDS}
         report["medians_items_per_s"] = medians
+        report["s3_server_gets_per_s"] = server_ceiling(moto, files, args.read_threads)
         report["ratios"] = {"s3_over_local": round(medians["s3"] / medians["local"], 3),
+                            "s3_over_server_ceiling": round(medians["s3"] / report["s3_server_gets_per_s"], 3),
                             "https_over_local": round(medians["https"] / medians["local"], 3)}
         report["targets"] = {"s3_over_local": verdict(GOALS, "s3_over_local", report["ratios"]["s3_over_local"])}
     moto.stop()
@@ -163,6 +180,9 @@ def markdown(report: dict) -> str:
             lines.append(md_row(targets, f"{kind}: items/s, median (min-max) of {len(values)}",
                                 f"{statistics.median(values):,.1f} ({min(values):,.1f}-{max(values):,.1f})",
                                 report["rounds"][-1][kind]))
+    if report.get("s3_server_gets_per_s"):
+        lines.append(md_row(targets, "the S3 server alone: GETs/s to boto3 in as many threads",
+                            f"{report['s3_server_gets_per_s']:,.1f}"))
     for key, value in (report.get("ratios") or {}).items():
         lines.append(md_row(targets, key.replace("_", " "), f"{value:.2f}", None, key if key in targets else None))
     if report.get("errors"):
