@@ -38,7 +38,7 @@ def create_app(settings: Settings) -> Flask:
     celery_app.configure(settings)
     app = Flask("imgq")
     app.config["IMGQ_SETTINGS"] = settings
-    app.config["IMGQ_INDEXES"] = similar.new_holder()  # catalogs' vector indexes, loaded on first query
+    app.config["IMGQ_INDEXES"] = similar.new_holder(settings)  # catalogs' vector indexes, loaded on first query
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json.sort_keys = False
     access_log.register(app)  # first: its request id and clock cover every other hook

@@ -28,7 +28,7 @@ from shared.core.db import is_outage, session_scope
 from shared.core.states import OPEN_JOB_STATUSES, JobKind
 from shared.core.tables import Embedding, Job, VectorIndex, utcnow
 from shared.search.vector_index import BuildParams, CatalogIndex
-from shared.services import index_jobs
+from shared.services import index_jobs, index_store
 from worker.heartbeat import Heartbeat, interval_for
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,8 @@ def _build(spec: dict, progress: _Progress) -> CatalogIndex:
                               progress=lambda done, total: progress(done, total))
 
 
-def _extend(spec: dict, base: VectorIndex, progress: _Progress) -> tuple[CatalogIndex, int]:
-    index = CatalogIndex.load(Path(base.path))
+def _extend(spec: dict, base: VectorIndex, progress: _Progress, settings: Settings) -> tuple[CatalogIndex, int]:
+    index = CatalogIndex.load(index_store.local_folder(settings, base.path))
     missing = {i for i in _live_ids(spec["catalog"], spec["space"]) if not index.contains(i)}
     progress(0, len(missing), force=True)
     ids, categories, vectors = read_vectors(spec["catalog"], spec["space"], only=missing)
@@ -128,7 +128,7 @@ def _build_and_save(job_id: str, spec: dict, folder: Path, settings: Settings) -
     with Heartbeat(partial(index_jobs.record_heartbeat, job_id), interval_for(settings.heartbeat_timeout),
                    label=f"index job {job_id}", name="imgq-index-heartbeat"):
         if spec["mode"] == "delta":
-            index, added = _extend(spec, _base_of(spec), progress)
+            index, added = _extend(spec, _base_of(spec), progress, settings)
         else:
             index, added = _build(spec, progress), None
         index.save(folder)
@@ -158,9 +158,10 @@ def run_index_job(job_id: str, settings: Settings) -> str:
         log.exception("index job %s failed", job_id)
         index_jobs.fail(job_id, f"{type(exc).__name__}: {exc}")
         return "failed"
-    version = index_jobs.register_version(job_id, spec, index, folder, watermark, added)
+    path = index_store.publish(settings, folder)  # the folder itself, or its copy in the object store
+    version = index_jobs.register_version(job_id, spec, index, path, watermark, added)
     if version is None:
-        shutil.rmtree(folder, ignore_errors=True)
+        index_store.discard(settings, path)
         return "job is final"
     log.info("index job %s: %s of catalog %s, space %s: version %s, %d vectors, %.1f s", job_id, spec["mode"],
              spec["catalog"], spec["space"], version, index.size, time.monotonic() - started)

@@ -25,10 +25,12 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from shared.core.errors import InvalidRequest
-from shared.core.paths import OutsideDataRoots, resolve_inside
+from shared.core.paths import OutsideDataRoots, is_object_uri, object_inside, resolve_inside
 from shared.core.vocab import MANIFEST_SUFFIXES, manifest_suffix
 from shared.images.imaging import ImageError, content_hash, decode_rgb
+from shared.images.item_reads import Places
 from shared.images.manifests import check_suffix, read_columns
+from shared.images.object_store import ObjectFile
 
 SPLITS = ("train", "validation", "holdout")
 EXAMPLES = 20  # how many example ids a report lists per problem
@@ -67,27 +69,35 @@ class DatasetSpec(BaseModel):
 
 @dataclass(frozen=True)
 class _Source:
-    """One manifest to read: where its images live and, in a crawler folder, its category."""
+    """One manifest to read: where its images live and, in a crawler folder, its category. A manifest in an object
+    store (an ObjectFile) has `object_folder` (its own prefix, against which relative image paths are read) and the
+    allowed `object_roots` instead of an image_base."""
 
-    manifest: Path
-    image_base: Path
+    manifest: Path | ObjectFile
+    image_base: Path | None
     category: str | None = None
     fallback_base: Path | None = None  # crawler CSV next to its folder: paths may also be relative to the CSV
+    object_folder: str | None = None
+    object_roots: tuple[str, ...] = ()
 
 
 # ----------------------------------------------------------------------------------------------- loading
 
-def load_dataset(roots: tuple[Path, ...], spec: DatasetSpec) -> pd.DataFrame:
+def load_dataset(roots: tuple[Path, ...], spec: DatasetSpec, places: Places | None = None) -> pd.DataFrame:
     """One row per item: ``item_id`` (str), ``path`` (resolved absolute str, or None), ``error`` (None, or why
     the path is unusable, e.g. outside the data roots), ``label`` (str, with a label column or a crawler folder),
     ``category`` (crawler folder), each target column (float; empty cells are NaN) and ``manifest``.
 
     The files themselves are not opened (see :func:`check_dataset`); a path inside a root that does not exist
     is returned as is. Problems with the spec itself raise :class:`InvalidRequest` naming the field.
+
+    With `places` (shared/images/item_reads.Places), `spec.path` may be one manifest in an object store
+    (`s3://bucket/prefix/train.csv`, inside places.object_roots; no globs or crawler folders there): its images are
+    read relative to its own prefix, or named by full `s3://` URIs, and a row's ``path`` is the image's URI.
     """
     roots = tuple(Path(r).expanduser().resolve() for r in roots)
     _validate_spec(spec)
-    sources = _find_sources(roots, spec)
+    sources = [_object_source(places, spec)] if is_object_uri(spec.path) else _find_sources(roots, spec)
     frames = [_read_source(roots, spec, source) for source in sources]
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if frame.empty:
@@ -130,6 +140,21 @@ def _find_sources(roots: tuple[Path, ...], spec: DatasetSpec) -> list[_Source]:
     if not target.is_file():
         raise InvalidRequest(f"dataset not found: {spec.path}", field="path")
     return [_manifest_source(target)]
+
+
+def _object_source(places: Places | None, spec: DatasetSpec) -> _Source:
+    """The one manifest a dataset in an object store names, checked against the allowed prefixes."""
+    if any(ch in spec.path for ch in _GLOB_CHARS):
+        raise InvalidRequest("a dataset in an object store is one manifest: no globs or crawler folders there",
+                             field="path")
+    try:
+        uri = object_inside(places.object_roots if places else (), spec.path)
+    except OutsideDataRoots as exc:
+        raise InvalidRequest(str(exc), field="path") from None
+    manifest = ObjectFile(uri, places.store)
+    check_suffix(manifest, "path")
+    return _Source(manifest=manifest, image_base=None, object_folder=manifest.folder,
+                   object_roots=places.object_roots)
 
 
 def _inside(roots: tuple[Path, ...], path: Path) -> bool:
@@ -279,7 +304,7 @@ def _read_source(roots: tuple[Path, ...], spec: DatasetSpec, source: _Source) ->
         out["category"] = pd.Series([source.category] * len(out), dtype=object)
     for column in spec.target_columns or []:
         out[column] = _numeric(table[column], name, column)
-    out["manifest"] = str(source.manifest)
+    out["manifest"] = source.manifest.uri if isinstance(source.manifest, ObjectFile) else str(source.manifest)
     return out
 
 
@@ -317,6 +342,8 @@ def _numeric(values: pd.Series, manifest: str, column: str) -> pd.Series:
 
 def _relative_id(source: _Source, image: str) -> str:
     """Default item id: the image path relative to the manifest folder (in a crawler folder, '<category>/<file>')."""
+    if source.object_folder is not None:
+        return image.removeprefix(source.object_folder + "/")
     given = Path(image)
     if given.is_absolute():
         for base in (source.image_base, source.manifest.parent):
@@ -337,7 +364,15 @@ def _relative_id(source: _Source, image: str) -> str:
     return f"{source.category}/{rel}"
 
 
-def _resolve_image(roots: tuple[Path, ...], source: _Source, image: str) -> Path:
+def _resolve_image(roots: tuple[Path, ...], source: _Source, image: str) -> Path | str:
+    if source.object_folder is not None:  # a manifest in a store: objects beside it, or named in full
+        if is_object_uri(image):
+            return object_inside(source.object_roots, image)
+        if Path(image).is_absolute():
+            return resolve_inside(roots, image)
+        return object_inside(source.object_roots, f"{source.object_folder}/{image}")
+    if is_object_uri(image):
+        raise OutsideDataRoots(f"an object is read from a dataset in the object store only: {image}")
     if Path(image).is_absolute():
         return resolve_inside(roots, image)
     resolved = resolve_inside(roots, str(source.image_base / image))

@@ -27,7 +27,9 @@ from pathlib import Path
 import numpy as np
 import PIL
 
+from shared.core.paths import is_object_uri
 from shared.images.imaging import Geometry, ImageError, Preprocessing, load_for_model, read_and_hash, scale_pixels
+from shared.images.item_reads import Places, read_item
 
 CACHE_FORMAT = 1
 _GEOMETRY_FIELDS = ("orig_width", "orig_height", "scale_x", "scale_y", "pad_x", "pad_y", "input_width", "input_height")
@@ -56,8 +58,10 @@ def preprocessing_key(prep: Preprocessing) -> str:
 class DecodedImageCache:
     """Decoded model inputs on disk; thread-safe, and safe to share between processes."""
 
-    def __init__(self, folder: Path, prep: Preprocessing, *, max_pixels: int, max_bytes: int | None = None):
+    def __init__(self, folder: Path, prep: Preprocessing, *, max_pixels: int, max_bytes: int | None = None,
+                 places: Places | None = None):
         self.prep = prep
+        self.places = places  # where an object-store uri (s3://...) is read from; None: local files only
         self.max_pixels = int(max_pixels)
         self.max_bytes = max_bytes
         self.key = preprocessing_key(prep)
@@ -80,7 +84,10 @@ class DecodedImageCache:
         """
         digest = None
         try:
-            data, digest = read_and_hash(Path(path), max_bytes=self.max_bytes)
+            if isinstance(path, str) and is_object_uri(path) and self.places is not None:
+                data, digest = read_item(path, self.places, self.max_bytes or 2 ** 62)
+            else:
+                data, digest = read_and_hash(Path(path), max_bytes=self.max_bytes)
             array, geometry = self._load_hashed(data, digest)
             if not pixels:
                 array = scale_pixels(array.astype(np.float32), self.prep.pixel_scale)

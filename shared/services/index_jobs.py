@@ -150,9 +150,10 @@ def find_version(session: Session, catalog: str, space: str, version: int) -> Ve
                                                     VectorIndex.version == version))
 
 
-def register_version(job_id: str, spec: dict, index: CatalogIndex, folder: Path, watermark,
+def register_version(job_id: str, spec: dict, index: CatalogIndex, path: str, watermark,
                      added: int | None) -> int | None:
-    """running -> succeeded with `index` (saved in `folder`) as the next version of its (catalog, space), in one
+    """running -> succeeded with `index` (saved at `path`: its folder, or its copy in the object store,
+    shared/services/index_store.py) as the next version of its (catalog, space), in one
     transaction, under the job row's lock; None when the job was final. `added`: a delta's new vectors."""
     for attempt in range(1, STORE_TRIES + 1):
         try:
@@ -167,7 +168,7 @@ def register_version(job_id: str, spec: dict, index: CatalogIndex, folder: Path,
                     catalog=spec["catalog"], space=spec["space"], version=version,
                     model_version_id=job.model_version_id, mode=spec["mode"], base_version=spec.get("base_version"),
                     params={**spec["params"], "built": described, **({"added": added} if added is not None else {})},
-                    dim=index.dim, item_count=index.size, path=str(folder), watermark=watermark, job_id=job_id))
+                    dim=index.dim, item_count=index.size, path=str(path), watermark=watermark, job_id=job_id))
                 job.status, job.finished_at, job.heartbeat_at = JobStatus.SUCCEEDED, utcnow(), utcnow()
                 job.spec = {**spec, "version": version}
                 job.done_items = job.total_items = added if added is not None else index.size

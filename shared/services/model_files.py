@@ -67,7 +67,7 @@ def store_file(local: Path, sha256: str, settings: Settings, name: str) -> str:
     size = local.stat().st_size
     store_call(settings, uri, lambda fs: fs.put_file(str(local), uri))
     settings.model_cache_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(settings.model_cache_dir / f"{sha256}.lock"):
+    with locked(settings.model_cache_dir / f"{sha256}.lock"):
         os.replace(local, settings.model_cache_dir / f"{sha256}.keras")
     log.info("model file stored at %s (%d bytes)", uri, size)
     return uri
@@ -81,13 +81,13 @@ def local_file(path: str, sha256: str, settings: Settings, shown: str) -> Path:
     cache = settings.model_cache_dir
     cache.mkdir(parents=True, exist_ok=True)
     copy = cache / f"{sha256}.keras"
-    with _locked(cache / f"{sha256}.lock"):
+    with locked(cache / f"{sha256}.lock"):
         if copy.is_file() and sha256_file(copy) == sha256:
             return copy
         fd, part = tempfile.mkstemp(dir=cache, prefix=f"{sha256[:12]}-", suffix=".part")
         os.close(fd)
         try:
-            store_call(settings, path, lambda fs: fs.get_file(path, part), shown)
+            store_call(settings, path, lambda fs: fs.get_file(path, part), f"model file of {shown}")
             size = os.path.getsize(part)
             if sha256_file(part) != sha256:
                 raise ValueError(f"model file of {shown} does not match its checksum (as downloaded from {path})")
@@ -107,13 +107,12 @@ def version_file(version, settings: Settings) -> Path:
     return local_file(version.path, version.sha256, settings, f"{version.name}@{version.version}")
 
 
-def store_call(settings: Settings, uri: str, call, shown: str | None = None):
+def store_call(settings: Settings, uri: str, call, what: str = "the model store"):
     """`call(fs)` through object_store.retrying (backoff on 5xx, throttling, resets); a missing or forbidden object
-    becomes FileNotFoundError or PermissionError naming the model (ImageError is an item's error, not a model's)."""
+    becomes FileNotFoundError or PermissionError naming `what` (ImageError is an item's error, not a model's)."""
     try:
         return retrying(StoreConfig.from_settings(settings), uri, None, call)
     except ImageError as exc:
-        what = f"model file of {shown}" if shown else "model store"
         if str(exc).startswith("object not found"):
             raise FileNotFoundError(f"{what} is missing: {uri}") from None
         if str(exc).startswith("access denied"):
@@ -122,7 +121,7 @@ def store_call(settings: Settings, uri: str, call, shown: str | None = None):
 
 
 @contextlib.contextmanager
-def _locked(lock_path: Path):
+def locked(lock_path: Path):
     """An exclusive lock between the processes of this machine (flock: released if the holder dies)."""
     with open(lock_path, "a+b") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)

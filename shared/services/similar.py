@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import logging
 from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -28,7 +28,7 @@ from shared.core.tables import Embedding, Job, VectorIndex
 from shared.schemas.catalogs import SimilarQuery
 from shared.search.index_holder import IndexHolder
 from shared.search.vector_index import CatalogIndex, Hit
-from shared.services import model_registry
+from shared.services import index_store, model_registry
 from shared.services.index_jobs import latest
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class _Resolved:
     classifier: str | None = None  # "name@version" of category_from
 
 
-def _load_index(key, version: int) -> CatalogIndex:
+def _load_index(settings: Settings, key, version: int) -> CatalogIndex:
     catalog, space = key
     with session_scope() as session:
         path = session.scalar(select(VectorIndex.path).where(
@@ -50,12 +50,13 @@ def _load_index(key, version: int) -> CatalogIndex:
     if path is None:
         raise NotFound(f"index version {version} of catalog {catalog} is gone")
     log.info("loading index of catalog %s, space %s, version %s", catalog, space, version)
-    return CatalogIndex.load(Path(path))
+    return CatalogIndex.load(index_store.local_folder(settings, path))
 
 
-def new_holder() -> IndexHolder:
-    """The loaded indexes of one server (the web app keeps one; the CLI makes one per command)."""
-    return IndexHolder(_load_index)
+def new_holder(settings: Settings) -> IndexHolder:
+    """The loaded indexes of one server (the web app keeps one; the CLI makes one per command); a version in the
+    object store is read through this machine's cache (shared/services/index_store.py)."""
+    return IndexHolder(partial(_load_index, settings))
 
 
 def current_index(session: Session, catalog: str, space: str | None) -> VectorIndex:

@@ -1,8 +1,9 @@
 """Workers as on other machines: each worker process has an IMGQ_HOME of its own (so its own model cache and
 checkpoint folders), and shares with the web front and the maintenance process only PostgreSQL, Redis and buckets of
 a real S3 server (moto's server mode on loopback, reached through a TCP proxy a test may cut): the model store, the
-upload folder and the crawl. A train job killed mid-run on one worker resumes on the other from the checkpoint in the
-store; its new version is stored in the bucket and scores on the other worker through that worker's own cache.
+upload folder and the crawl. A train job on a dataset in the crawl bucket, killed mid-run on one worker, resumes on
+the other from the checkpoint in the store; its new version is stored in the bucket and scores on the other worker
+through that worker's own cache.
 Uploaded files (in parts, or in one request) go to the bucket, never to the web front's disk, and score on a worker
 that shares no folder with the web front. The store away for 15 s mid-job costs no item and no attempt."""
 from __future__ import annotations
@@ -39,7 +40,7 @@ UPLOADS = "s3://upload-bucket/uploads/"
 @pytest.fixture(scope="module")
 def machines(tmp_path_factory):
     """Web front and maintenance on the "main host" home; workers `w1` and `w2` (not started) with homes of
-    their own; 600 scikit-learn digits as PNG files with a CSV in the data root."""
+    their own; 600 scikit-learn digits as PNG files with a CSV in the crawl bucket."""
     from PIL import Image
     from sklearn.datasets import load_digits
 
@@ -62,13 +63,14 @@ def machines(tmp_path_factory):
         stack.process_env[name] = {"IMGQ_HOME": str(tmp / f"{name}-home")}
     stack.homes = {name: tmp / f"{name}-home" for name in ("w1", "w2")}
     digits = load_digits()
-    folder = stack.data / "digits"
+    folder = tmp / "digits"  # made here, then put in the crawl bucket: no process reads this folder
     folder.mkdir(parents=True)
     lines = ["id,image,label"]
     for i in range(600):
         Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8), "L").save(folder / f"d{i:04d}.png")
         lines.append(f"digit-{i:04d},d{i:04d}.png,{digits.target[i]}")
     (folder / "digits.csv").write_text("\n".join(lines) + "\n")
+    server.put_files("crawl-bucket", "2026/digits", {p.name: p for p in folder.iterdir()})
     stack.database_url, stack.s3, stack.proxy, stack.main_home = url, server, proxy, tmp / "main-home"
     try:
         stack.authenticate()
@@ -87,6 +89,10 @@ def machines(tmp_path_factory):
         shutil.rmtree(tmp / "data", ignore_errors=True)
 
 
+def version_lineage(stack, name: str) -> dict:
+    return stack.http.get(stack.url(f"/api/v1/models/{name}/versions/1"), timeout=10).json()["lineage"]
+
+
 def keys_under(server, prefix: str, bucket: str = "model-bucket") -> list[str]:
     listed = server.client().list_objects_v2(Bucket=bucket, Prefix=prefix)
     return sorted(o["Key"] for o in listed.get("Contents", []))
@@ -97,7 +103,8 @@ def test_a_train_job_killed_on_one_machine_resumes_on_another_from_the_checkpoin
     machines.start_worker("w1")
     resp = machines.http.post(machines.url("/api/v1/jobs/train"), timeout=120, json={
         "model": name, "task": "classification", "input_size": 32, "epochs": 8, "batch_size": 32,
-        "dataset": {"path": "digits/digits.csv", "image_column": "image", "id_column": "id", "label_column": "label"},
+        "dataset": {"path": f"{CRAWL}digits/digits.csv", "image_column": "image", "id_column": "id",
+                    "label_column": "label"},
         "base": {"architecture": "vgg", "width": 8}, "optimizer": {"name": "adam", "learning_rate": 0.002}})
     assert resp.status_code == 202, resp.text
     job_id = resp.json()["id"]
@@ -127,6 +134,7 @@ def test_a_train_job_killed_on_one_machine_resumes_on_another_from_the_checkpoin
         version = session.scalars(select(ModelVersion).where(ModelVersion.name == name)).one()
         path, sha256 = version.path, version.sha256
     assert path.startswith(f"{MODEL_STORE}{name}/")
+    assert version_lineage(machines, name)["dataset"]["path"] == f"{CRAWL}digits/digits.csv"
     assert keys_under(machines.s3, f"store/{name}/") == [path.removeprefix("s3://model-bucket/")]
     key = path.removeprefix("s3://model-bucket/")
     assert [p.name for p in (machines.homes["w2"] / "model-cache").glob("*.keras")] == [f"{sha256}.keras"]
@@ -136,7 +144,7 @@ def test_a_train_job_killed_on_one_machine_resumes_on_another_from_the_checkpoin
     machines.kill_worker("w2")
     machines.workers.pop("w2")
     machines.start_worker("w1")
-    files = [f"digits/d{i:04d}.png" for i in range(590, 600)]
+    files = [f"{CRAWL}digits/d{i:04d}.png" for i in range(590, 600)]
     for round_no in range(2):
         resp = machines.http.post(machines.url("/api/v1/jobs/score"), timeout=60, json={
             "model": f"{name}@1", "cache": False, "items": [{"id": f"r{round_no}-{f}", "uri": f} for f in files]})

@@ -207,3 +207,35 @@ def test_a_manifest_in_a_store_that_does_not_answer_is_a_503_and_no_job(configur
     assert resp.status_code == 503, resp.get_json()
     assert "the object store did not answer" in resp.get_json()["error"]["message"]
     assert client.get("/api/v1/jobs").get_json()["jobs"] == []
+
+
+def test_a_training_dataset_may_be_one_manifest_in_the_store_with_its_images_beside_it(store, tmp_path):
+    from shared.images.datasets import DatasetSpec, load_dataset
+    from shared.images.image_cache import DecodedImageCache
+    from shared.images.imaging import Preprocessing
+
+    store.put_files("crawl-bucket", "2026/train", {
+        "a.jpg": store.local,
+        "train.csv": ("id,image,label\n"
+                      "one,a.jpg,cat\n"
+                      f"two,{PREFIX}a.jpg,dog\n"  # named in full
+                      "three,../../2025/a.jpg,cat\n"  # climbs out of the prefix
+                      "four,s3://other-bucket/2026/a.jpg,dog\n").encode()})
+    spec = DatasetSpec(path=PREFIX + "train/train.csv", image_column="image", id_column="id", label_column="label")
+    frame = load_dataset((store.local.parent,), spec, places(store)).set_index("item_id")
+    assert frame.loc["one", "path"] == PREFIX + "train/a.jpg" and frame.loc["two", "path"] == PREFIX + "a.jpg"
+    assert frame.loc["three", "error"] == f"invalid path ('.' or '..' in the key): {PREFIX}train/../../2025/a.jpg"
+    assert frame.loc["four", "error"] == "path outside the data roots: s3://other-bucket/2026/a.jpg"
+    assert frame.loc["one", "manifest"] == PREFIX + "train/train.csv"
+
+    cache = DecodedImageCache(tmp_path / "cache", Preprocessing(16, 16), max_pixels=10**7, places=places(store))
+    from_object = cache.load(frame.loc["one", "path"], pixels=True)
+    from_file = cache.load(store.local, pixels=True)
+    assert from_object[2] == from_file[2] and (from_object[0] == from_file[0]).all()  # same bytes, same pixels
+
+    for path, problem in [(PREFIX + "train/*.csv", "no globs"), ("s3://other-bucket/2026/train.csv", "outside"),
+                          (PREFIX + "train/none.csv", "not found")]:
+        with pytest.raises(InvalidRequest, match=problem):
+            load_dataset((), DatasetSpec(path=path, image_column="image"), places(store))
+    with pytest.raises(InvalidRequest, match="outside"):  # without places, a URI is outside the data roots
+        load_dataset((store.local.parent,), spec)

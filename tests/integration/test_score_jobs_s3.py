@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from shared.core.db import session_scope
-from shared.core.tables import ModelVersion
+from shared.core.tables import ModelVersion, VectorIndex
 from shared.images.synthetic import write_catalog
 from tests.helpers import (
     REDIS_BASE,
@@ -164,6 +165,17 @@ def test_an_embed_job_on_a_bucket_stores_the_same_vectors_and_an_object_can_be_a
         "catalog": "bucket-catalog", "k": 3, "image_uri": BUCKET_ROOT + "catalog/sku-000004.jpg"})
     assert resp.status_code == 200, resp.text
     assert resp.json()["results"][0]["id"] == "sku-000004"
+    # the index version is in the model store's bucket, checksums last, and the web front searched its own copy
+    with session_scope(s3_stack.database_url) as session:
+        path = session.scalars(select(VectorIndex.path).where(VectorIndex.catalog == "bucket-catalog")).one()
+    assert path.startswith(f"{MODEL_STORE}indexes/bucket-catalog/") and path.endswith("/")
+    listed = s3_stack.s3.client().list_objects_v2(Bucket="model-bucket", Prefix=path.removeprefix("s3://model-bucket/"))
+    names = {o["Key"].rsplit("/", 1)[1] for o in listed["Contents"]}
+    assert {"checksums.json", "index.json"} <= names
+    home = s3_stack.env["IMGQ_HOME"]
+    assert not list(Path(home, "models", "indexes").rglob("*.faiss"))  # not kept beside the store
+    copies = [p for p in Path(home, "model-cache", "indexes").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert len(copies) == 1 and {p.name for p in copies[0].iterdir()} == names
 
 
 def test_items_named_by_https_urls_score_as_the_same_files_and_internal_redirects_are_refused(s3_stack):

@@ -28,8 +28,7 @@ from shared.core.config import Settings
 from shared.core.db import session_scope
 from shared.core.errors import ImgqError
 from shared.core.tables import ScheduleRun, TrainRun
-from shared.images.datasets import assign_splits, load_dataset
-from shared.images.image_cache import DecodedImageCache
+from shared.images.datasets import assign_splits
 from shared.images.imaging import Preprocessing
 from shared.models.model_inspect import load_keras_safely
 from shared.schemas.training import CrawlCheck, DatasetRef, TrainRequest
@@ -189,7 +188,7 @@ def read_rows(task: str, frame: pd.DataFrame, columns: list[str], model, product
                          pixel_scale=production.pixel_scale)
     usable = frame[frame["error"].isna()] if "error" in frame.columns else frame
     usable = usable[usable[columns].notna().all(axis=1)] if columns else usable
-    cache = DecodedImageCache(settings.data_dir / "image-cache", prep, max_pixels=settings.max_image_pixels)
+    cache = training_data.image_cache(settings, prep)
     loaded = cache.load_many(usable["path"].tolist(), threads=settings.decode_threads, pixels=True)
     ok = np.array([entry[0] is not None for entry in loaded], dtype=bool)
     usable, loaded = usable[ok], [e for e, good in zip(loaded, ok) if good]
@@ -213,9 +212,9 @@ def production_dataset(production, settings: Settings) -> tuple[pd.DataFrame | N
     ref = DatasetRef.model_validate(lineage["dataset"])
     splits = (lineage.get("hyperparameters") or {}).get("splits") or {}
     try:
-        frame = training_data.rows_added_since(load_dataset(settings.data_roots, training_data.dataset_spec(ref)),
+        frame = training_data.rows_added_since(training_data.read_dataset(settings, training_data.dataset_spec(ref)),
                                                ref.added_since) if ref.added_since else \
-            load_dataset(settings.data_roots, training_data.dataset_spec(ref))
+            training_data.read_dataset(settings, training_data.dataset_spec(ref))
     except (OSError, ValueError, ImgqError) as exc:  # moved or gone since: the check goes on without it
         log.warning("crawl check: production's dataset %s cannot be read: %s", ref.path, exc)
         return None, None
@@ -227,8 +226,8 @@ def check_crawl(req: TrainRequest, production, settings: Settings) -> dict:
     """The report on the rows `req` adds (see the module docstring); production is the version its name's
     production alias points at (detached)."""
     task, columns = req.task, list(req.dataset.target_columns)
-    frame = training_data.rows_added_since(load_dataset(settings.data_roots, training_data.dataset_spec(req.dataset)),
-                                           req.dataset.added_since)
+    frame = training_data.rows_added_since(
+        training_data.read_dataset(settings, training_data.dataset_spec(req.dataset)), req.dataset.added_since)
     model = load_keras_safely(str(version_file(production, settings)))
     new = read_rows(task, frame, columns, model, production, settings)
     trained, _ = production_dataset(production, settings)

@@ -12,6 +12,7 @@ from shared.core.config import Settings
 from shared.images.datasets import DatasetSpec, assign_splits, load_dataset
 from shared.images.image_cache import DecodedImageCache
 from shared.images.imaging import Preprocessing
+from shared.images.item_reads import Places
 from shared.models import targets as target_transforms
 from shared.schemas.training import DatasetRef, TrainRequest
 
@@ -43,6 +44,17 @@ def dataset_spec(ref) -> DatasetSpec:
                        target_columns=list(ref.target_columns), label_column=ref.label_column)
 
 
+def read_dataset(settings: Settings, spec: DatasetSpec) -> pd.DataFrame:
+    """The dataset's rows from the data roots: local folders, or one manifest in the object store."""
+    return load_dataset(settings.data_roots, spec, Places.of(settings))
+
+
+def image_cache(settings: Settings, prep: Preprocessing) -> DecodedImageCache:
+    """The machine's decoded-image cache at `prep`, reading objects as the data roots allow."""
+    return DecodedImageCache(settings.data_dir / "image-cache", prep, max_pixels=settings.max_image_pixels,
+                             places=Places.of(settings))
+
+
 def rows_added_since(frame: pd.DataFrame, since) -> pd.DataFrame:
     """Rows of the manifests written after `since` (the previous schedule slot)."""
     written = {m: os.path.getmtime(m) for m in frame["manifest"].dropna().unique()}
@@ -51,7 +63,7 @@ def rows_added_since(frame: pd.DataFrame, since) -> pd.DataFrame:
 
 
 def _frame(req: TrainRequest, settings: Settings, parent_lineage: dict | None) -> tuple[pd.DataFrame, dict]:
-    frame = load_dataset(settings.data_roots, dataset_spec(req.dataset))
+    frame = read_dataset(settings, dataset_spec(req.dataset))
     if req.dataset.added_since is not None:
         frame = rows_added_since(frame, req.dataset.added_since)
     stats = {"rows": int(len(frame))}
@@ -63,7 +75,7 @@ def _frame(req: TrainRequest, settings: Settings, parent_lineage: dict | None) -
         elif parent_lineage and parent_lineage.get("dataset"):
             earlier = dataset_spec(DatasetRef.model_validate(parent_lineage["dataset"]))
         if earlier is not None:
-            old = load_dataset(settings.data_roots, earlier)
+            old = read_dataset(settings, earlier)
             old = old[~old["item_id"].isin(set(frame["item_id"]))]
             old = old.sample(frac=req.mix_in.fraction, random_state=req.seed) if len(old) else old
             stats["mixed_in_rows"] = int(len(old))
@@ -102,7 +114,7 @@ def prepare(req: TrainRequest, settings: Settings, prep: Preprocessing, *, paren
         class_names = (parent.class_names if parent is not None else None) or req.class_names or found
     else:
         class_names = None
-    cache = DecodedImageCache(settings.data_dir / "image-cache", prep, max_pixels=settings.max_image_pixels)
+    cache = image_cache(settings, prep)
     started = time.perf_counter()
     loaded = cache.load_many(frame["path"].tolist(), threads=settings.decode_threads, pixels=True)
     ok = np.array([entry[0] is not None for entry in loaded])
