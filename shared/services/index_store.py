@@ -23,7 +23,8 @@ from pathlib import Path
 
 from shared.core.config import Settings
 from shared.core.paths import is_object_uri
-from shared.services.model_files import locked, sha256_file, store_call
+from shared.services.model_files import sha256_file
+from shared.services.store_files import locked, store_call
 
 log = logging.getLogger(__name__)
 CHECKSUMS = "checksums.json"

@@ -17,7 +17,6 @@ its message goes back to the queue (worker/tasks.requeue_on_outage), the job doe
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
@@ -27,14 +26,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.core.paths import is_object_uri
-from shared.images.imaging import ImageError
-from shared.images.object_store import StoreConfig, retrying
+from shared.services.store_files import locked, store_call
 
 if TYPE_CHECKING:
     from shared.core.config import Settings
 
 log = logging.getLogger(__name__)
-
 
 
 @lru_cache(maxsize=1)
@@ -105,27 +102,3 @@ def local_file(path: str, sha256: str, settings: Settings, shown: str) -> Path:
 def version_file(version, settings: Settings) -> Path:
     """`local_file` for a ModelVersion row."""
     return local_file(version.path, version.sha256, settings, f"{version.name}@{version.version}")
-
-
-def store_call(settings: Settings, uri: str, call, what: str = "the model store"):
-    """`call(fs)` through object_store.retrying (backoff on 5xx, throttling, resets); a missing or forbidden object
-    becomes FileNotFoundError or PermissionError naming `what` (ImageError is an item's error, not a model's)."""
-    try:
-        return retrying(StoreConfig.from_settings(settings), uri, None, call)
-    except ImageError as exc:
-        if str(exc).startswith("object not found"):
-            raise FileNotFoundError(f"{what} is missing: {uri}") from None
-        if str(exc).startswith("access denied"):
-            raise PermissionError(f"{what}: access denied (403) to {uri}") from None
-        raise OSError(f"{what}: {exc}") from None
-
-
-@contextlib.contextmanager
-def locked(lock_path: Path):
-    """An exclusive lock between the processes of this machine (flock: released if the holder dies)."""
-    with open(lock_path, "a+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 from shared.core.config import Settings
 from shared.core.paths import path_inside
-from shared.services.model_files import store_call
+from shared.services.store_files import store_call
 
 _BLOCK = 1 << 20
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from shared.core.config import Settings
 from shared.core.paths import is_object_uri, path_inside
-from shared.services.model_files import store_call
+from shared.services.store_files import store_call
 
 log = logging.getLogger(__name__)
 
