@@ -7,12 +7,10 @@ import threading
 import time
 from collections import OrderedDict
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 
 from shared.core.config import Settings
-from shared.core.paths import is_object_uri
 from shared.core.tables import ModelVersion
 from shared.images.imaging import Preprocessing
 from shared.models.model_inspect import load_keras_safely
@@ -76,7 +74,7 @@ def traced_predict(tf, model, prep: Preprocessing):
 def load(version: ModelVersion, settings: Settings | None = None) -> LoadedModel:
     """The version's model from its file: in place in a local model store, else this machine's copy of the object
     (downloaded once, checked against its hash: shared/services/model_files.py; `settings` say where)."""
-    path = version_file(version, settings) if is_object_uri(version.path) else Path(version.path)
+    path = version_file(version, settings)
     if not path.is_file():
         raise FileNotFoundError(f"model file of {version.name}@{version.version} is missing: {path}")
     if sha256_file(path) != version.sha256:

@@ -287,7 +287,7 @@ def load_settings(env: dict | None = None) -> Settings:
         read_threads=_int(env, "IMGQ_READ_THREADS", decode_threads, maximum=256),
         upload_dir=upload_dir,
         upload_store_uri=upload_store_uri,
-        # a local folder (the default), or an s3:// prefix that every machine reads (shared/models/model_files.py)
+        # a local folder (the default), or an s3:// prefix that every machine reads (shared/services/model_files.py)
         model_store=model_store,
         model_store_uri=model_store_uri,
         model_cache_dir=Path(env.get("IMGQ_MODEL_CACHE_DIR") or data_dir / "model-cache").expanduser().resolve(),
@@ -357,8 +357,7 @@ def get_settings() -> Settings:
 
 def ensure_dirs(settings: Settings) -> None:
     """Create the data folders (and the embedded broker's); entry points call it, never an import."""
-    for path in (settings.data_dir, settings.upload_dir, settings.model_store, settings.model_cache_dir,
-                 *settings.data_roots):
+    for path in (settings.data_dir, settings.upload_dir, settings.model_store, *settings.data_roots):
         path.mkdir(parents=True, exist_ok=True)
     if settings.result_backend.startswith("file://"):
         Path(settings.result_backend[len("file://"):]).mkdir(parents=True, exist_ok=True)

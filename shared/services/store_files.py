@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,12 +18,14 @@ if TYPE_CHECKING:
     from shared.core.config import Settings
 
 
-def store_call(settings: Settings, uri: str, call, what: str = "the stored file"):
-    """`call(fs)` through object_store.retrying (backoff on 5xx, throttling, resets); a missing or forbidden object
-    becomes FileNotFoundError or PermissionError naming `what` (ImageError is an item's error, not a file's); a
-    store that stays away is ObjectStoreUnavailable, as for items."""
+def store_call(settings: Settings, uri: str, call, what: str = "the stored file", *, retry: bool = True):
+    """`call(fs)` through object_store.retrying (backoff on 5xx, throttling, resets; `retry=False` for a call that
+    cannot be repeated, such as one consuming a stream); a missing or forbidden object becomes FileNotFoundError or
+    PermissionError naming `what` (ImageError is an item's error, not a file's); a store that stays away is
+    ObjectStoreUnavailable, as for items."""
+    config = StoreConfig.from_settings(settings)
     try:
-        return retrying(StoreConfig.from_settings(settings), uri, None, call)
+        return retrying(config if retry else replace(config, retries=0), uri, None, call)
     except ImageError as exc:
         if str(exc).startswith("object not found"):
             raise FileNotFoundError(f"{what} is missing: {uri}") from None

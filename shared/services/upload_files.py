@@ -60,13 +60,13 @@ def write(settings: Settings, folder: str, stream: BinaryIO, name_for: Callable[
                 size += len(block)
                 out.write(block)
 
-    store_call(settings, part, upload)
-    sha = digest.hexdigest()
-    final = base + name_for(sha)
     try:
+        store_call(settings, part, upload, "upload", retry=False)  # the stream is read once: a failure is the request's
+        sha = digest.hexdigest()
+        final = base + name_for(sha)
         store_call(settings, final, lambda fs: fs.mv(part, final))
     finally:
-        remove(settings, [part])
+        remove(settings, [part])  # what a failed upload left (closing a cut-off stream commits what it had), if any
     return final, size, sha
 
 

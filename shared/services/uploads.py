@@ -94,7 +94,7 @@ def _store(settings: Settings, upload_id: str, files: Iterable[tuple[str, Binary
     """Each file written whole under its stored name (shared/services/upload_files.py); the rows to insert."""
     rows = []
     for name, stream in files:
-        uri, size, sha = upload_files.write(settings, upload_id, stream, partial(stored_name, name))
+        _, size, sha = upload_files.write(settings, upload_id, stream, partial(stored_name, name))
         rows.append({"name": name, "stored": stored_name(name, sha), "size_bytes": size, "sha256": sha})
     return rows
 
