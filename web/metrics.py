@@ -4,6 +4,7 @@ their tree's multiprocess folder (shared/core/prometheus.py) so that whichever w
 all. Labels are bounded: the Flask endpoint name (never the URL), a known method or "other", the status code."""
 from __future__ import annotations
 
+import logging
 import threading
 
 from prometheus_client import Histogram, generate_latest
@@ -13,6 +14,7 @@ from shared.core import liveness, prometheus
 from shared.core.db import session_scope
 from shared.services import drift, jobs
 
+log = logging.getLogger(__name__)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 REQUEST_SECONDS = Histogram("imgq_http_request_duration_seconds", "HTTP requests by route (the Flask endpoint name; "
                             "unmatched for a URL no route serves), method and status code",
@@ -43,11 +45,17 @@ class QueueCollector:
                                   "against its reference; IMGQ_DRIFT_THRESHOLD flags it", labels=["model"]))
 
     def collect(self):
+        """The figures from the database; a database that does not answer leaves them out of this scrape (the
+        request counters are still served, and /readyz says what is wrong)."""
         job_counts, chunks, items, swept, drifts = self._families()
-        with session_scope() as session:
-            last = liveness.last_beat(session, liveness.SWEEPER)
-            figures = jobs.queue_figures(session)
-            latest_drift = drift.latest_by_model(session)
+        try:
+            with session_scope() as session:
+                last = liveness.last_beat(session, liveness.SWEEPER)
+                figures = jobs.queue_figures(session)
+                latest_drift = drift.latest_by_model(session)
+        except Exception as exc:  # noqa: BLE001 - a scrape must answer with what it has
+            log.warning("database figures left out of /metrics: %s", type(exc).__name__)
+            return
         swept.add_metric([], last.timestamp() if last is not None else 0.0)
         for (kind, status), n in figures["jobs"].items():
             job_counts.add_metric([kind, status], n)

@@ -121,13 +121,18 @@ def test_a_3000_item_job_survives_three_kill_9s_of_workers_and_pool_processes(st
     assert check.results == 3000 and check.lost == check.duplicated == 0
     restarted = f"cpu-{stack.workers['w1'].pid}@"
     rows = chunk_rows(stack.database_url, job_id)
-    assert any(worker and worker.startswith(restarted) for _, _, worker, _, _ in rows.values()), \
-        "the restarted worker never scored a chunk"
     assert max(attempts for _, attempts, _, _, _ in rows.values()) >= 2  # some chunk did die and retry
+    # the restarted worker came back whole: a pool process that preloaded the models. Whether it got a chunk of
+    # this job is a race with w2, which may finish the job while w1 starts (TensorFlow's import, under load)
+    children = wait_until(lambda: stack.pool_children("w1"), 240, "a pool process of the restarted w1")
+    wait_until(lambda: any(f"pool process {pid} preloaded" in stack.log_text("w1") for pid in children), 240,
+               "the restarted w1's pool process to preload the production models")
+    scored_by_restarted = sum(bool(worker and worker.startswith(restarted)) for _, _, worker, _, _ in rows.values())
     fault_report.record(fault="kill -9: pool process of w1, whole w1 (restarted), pool process of w2",
                         case="score, 3,000 items, 2 workers", recover_seconds=None, items=check.items,
                         lost=check.lost, duplicated=check.duplicated, verdict="pass",
-                        notes=f"finished {time.time() - faults[-1][0]:.0f} s after the last kill")
+                        notes=f"finished {time.time() - faults[-1][0]:.0f} s after the last kill; the restarted "
+                              f"w1 scored {scored_by_restarted} of {len(rows)} chunks")
 
 
 def make_fifo(path):
