@@ -139,8 +139,10 @@ def test_a_candidate_one_image_better_on_270_is_kept_as_not_significant(pg_stack
 def test_a_candidate_as_accurate_with_a_much_worse_log_loss_is_kept_naming_the_guard(pg_stack, colours):
     """The candidate's catalog has the same truth as production's, with three labels in ten flipped off the
     holdout (production's: one in ten): it answers every holdout item right (the majority) but about 70 % sure at
-    best, against production's 90 %, a log-loss about three times production's. Fixed by the data: no model can be
-    surer of identical images than the share of their labels that agree, without a higher training loss."""
+    best, against production's 90 %. Fixed by the data: no model can be surer of identical images than the share of
+    their labels that agree, without a higher training loss. How close each training comes to those shares varies
+    between runs on 2 busy cores: the candidate's log-loss was 1.7 to 3 times production's in CI runs, far past
+    the guard's 10 %."""
     name, folder = colours
     colour_manifest(folder, name, "noisy.csv", blue="a", noise=0.3)
     job = pg_stack.wait_job(post(pg_stack, colour_request(name, f"{name}/noisy.csv", gate={}))["id"], timeout=300,
@@ -149,7 +151,7 @@ def test_a_candidate_as_accurate_with_a_much_worse_log_loss_is_kept_naming_the_g
     result = job["comparison"]
     decision = result["gate"]
     assert result["candidate_metrics"]["accuracy"] == result["production_metrics"]["accuracy"] == 1.0
-    assert result["candidate_metrics"]["log_loss"] > 2 * result["production_metrics"]["log_loss"]
+    assert result["candidate_metrics"]["log_loss"] > 1.5 * result["production_metrics"]["log_loss"]
     [guard] = [g for g in decision["guards"] if g["name"] == "log_loss"]
     assert not guard["passed"] and guard["tolerance"] == 0.1
     assert decision["decision"] == "kept" and "guard log_loss" in decision["reason"], decision
