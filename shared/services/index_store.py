@@ -24,7 +24,7 @@ from pathlib import Path
 from shared.core.config import Settings
 from shared.core.paths import is_object_uri
 from shared.services.model_files import sha256_file
-from shared.services.store_files import locked, store_call
+from shared.services.store_files import locked, remove_prefix, store_call
 
 log = logging.getLogger(__name__)
 CHECKSUMS = "checksums.json"
@@ -51,10 +51,7 @@ def publish(settings: Settings, folder: Path) -> str:
 def discard(settings: Settings, path: str) -> None:
     """Remove a published folder no version records (its job was final by the time it was built)."""
     if is_object_uri(path):
-        try:
-            store_call(settings, path, lambda fs: fs.rm(path, recursive=True))
-        except FileNotFoundError:
-            pass
+        remove_prefix(settings, path)
     else:
         shutil.rmtree(path, ignore_errors=True)
 

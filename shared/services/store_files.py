@@ -34,6 +34,14 @@ def store_call(settings: Settings, uri: str, call, what: str = "the stored file"
         raise OSError(f"{what}: {exc}") from None
 
 
+def remove_prefix(settings: Settings, prefix: str) -> None:
+    """Remove every object under `prefix` (a "folder" of the store); one already gone is not an error."""
+    try:
+        store_call(settings, prefix, lambda fs: fs.rm(prefix, recursive=True))
+    except FileNotFoundError:
+        pass
+
+
 @contextlib.contextmanager
 def locked(lock_path: Path):
     """An exclusive lock between the processes of this machine (flock: released if the holder dies)."""

@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 from shared.core.config import Settings
 from shared.core.paths import path_inside
-from shared.services.store_files import store_call
+from shared.services.store_files import remove_prefix, store_call
 
 _BLOCK = 1 << 20
 
@@ -105,11 +105,7 @@ def remove_folder(settings: Settings, folder: str) -> None:
     if settings.upload_store_uri is None:
         shutil.rmtree(path_inside(settings.upload_dir, folder), ignore_errors=True)
         return
-    prefix = folder_uri(settings, folder)
-    try:
-        store_call(settings, prefix, lambda fs: fs.rm(prefix, recursive=True))
-    except FileNotFoundError:
-        pass
+    remove_prefix(settings, folder_uri(settings, folder))
 
 
 def folder_names(settings: Settings) -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from shared.core.config import Settings
 from shared.core.paths import is_object_uri, path_inside
-from shared.services.store_files import store_call
+from shared.services.store_files import remove_prefix, store_call
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,6 @@ def remove_all(settings: Settings, job_id: str, folder: Path) -> None:
         return
     prefix = _prefix(settings, job_id)
     try:
-        store_call(settings, prefix, lambda fs: fs.rm(prefix, recursive=True))
-    except FileNotFoundError:
-        pass
+        remove_prefix(settings, prefix)
     except Exception as exc:  # noqa: BLE001 - the version is registered; leftovers cost space only
         log.warning("could not remove the checkpoints under %s: %s", prefix, exc)
