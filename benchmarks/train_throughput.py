@@ -10,10 +10,10 @@ One run measures, on this machine:
       seconds, epoch 1 excluded (it includes tracing). The job's wall time (POST -> finished_at) is
       reported too, with where it went (queue + claim, process start + data + epoch 1, epochs, evaluation
       + registration);
-  (b) a bare `model.fit` in this process on the same cached tensors, through the job's own phase functions
+  (b) a bare `model.fit` in this process on the same tensors held in memory, through the job's own phase functions
       on (a)'s request: its Preprocessing (worker.training.run.preprocessing_for: 60x60 stretch, "raw"), its
       data (worker.training.data.prepare: the same split, uint8 pixels from the decoded-image cache the jobs
-      filled), its model, tf.data pipelines (shuffle, batch, scale per batch, prefetch) and compilation
+      filled, read from its pixel files into arrays: the job reads them from the files a batch at a time), its model, tf.data pipelines (shuffle, batch, scale per batch, prefetch) and compilation
       (worker.training.fitting: new_model, make_datasets, plan_phases, fit), with no database, heartbeat,
       checkpoints or per-batch callback; timed the same way (on_epoch_begin -> on_epoch_end, which includes
       the validation pass, epoch 1 excluded);
@@ -54,6 +54,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -260,7 +261,10 @@ def bare_fit(manifest_rel: str, args, s, with_batch_hook: bool = True) -> dict:
 
     req = TrainRequest.model_validate(train_body(manifest_rel, args))
     prep = preprocessing_for(req, None)
-    data = training_data.prepare(req, s, prep)  # every entry is in the jobs' cache by now: all hits
+    with tempfile.TemporaryDirectory(prefix="bare-fit-pixels-") as pixels:
+        data = training_data.prepare(req, s, prep, folder=Path(pixels))  # every entry is in the jobs' cache: all hits
+        for split in data.splits.values():
+            split.x = split.x[:]  # in memory: the bare fit's tensors, where the job reads its pixel files
     stats, train = data.stats, data.splits["train"]
     log(f"(b) data: {len(train.ids)} train / {len(data.splits['validation'].ids)} validation tensors "
         f"({train.x.dtype}) in {stats['load_seconds']:.2f}s (cache hits {stats['cache_hits']}, "

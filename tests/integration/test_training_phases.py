@@ -277,7 +277,9 @@ def test_load_data_splits_decodes_through_the_cache_and_transforms_the_targets(t
                               "IMGQ_DECODE_THREADS": "2"})
     req = request(target_transform="log1p", splits={"validation": 0.25, "holdout": 0.25})
 
-    prep, data = run.load_data(req, None, settings)
+    (tmp_path / "pixels-1").mkdir()
+    (tmp_path / "pixels-2").mkdir()
+    prep, data = run.load_data(req, None, settings, tmp_path / "pixels-1")
     sizes = data.stats["split_sizes"]
     assert sum(sizes.values()) == 40 and all(sizes.values())
     assert (data.stats["cache_misses"], data.stats["cache_hits"]) == (40, 0)
@@ -285,7 +287,7 @@ def test_load_data_splits_decodes_through_the_cache_and_transforms_the_targets(t
     assert train.x.dtype == np.uint8 and train.x.shape[1:] == (16, 16, 3)
     assert np.allclose(train.y, np.log1p(train.raw_targets))
     assert data.target_transform == {"kind": "log1p"} and data.output_names == ["views"]
-    _, again = run.load_data(req, None, settings)
+    _, again = run.load_data(req, None, settings, tmp_path / "pixels-2")
     assert (again.stats["cache_misses"], again.stats["cache_hits"]) == (0, 40)
     assert again.splits["holdout"].ids == data.splits["holdout"].ids  # a fixed holdout
 

@@ -67,12 +67,14 @@ def same_input(production, signature: dict) -> bool:
 
 def shadow_sample(data: TrainingData, size: int, seed: int) -> tuple[list[str], np.ndarray | None, list]:
     """(ids, uint8 pixels, geometries) of up to `size` items drawn from every split, the same for the same seed."""
-    pool = [(sid, x, g) for split in data.splits.values() for sid, x, g in zip(split.ids, split.x, split.geometries)]
+    pool = [(split, i) for split in data.splits.values() for i in range(len(split.ids))]
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(pool), size=min(size, len(pool)), replace=False) if pool else []
     if not len(pick):
         return [], None, []
-    return [pool[i][0] for i in pick], np.stack([pool[i][1] for i in pick]), [pool[i][2] for i in pick]
+    chosen = [pool[i] for i in pick]
+    return ([split.ids[i] for split, i in chosen], np.stack([split.x[i] for split, i in chosen]),
+            [split.geometries[i] for split, i in chosen])
 
 
 def compare_with_production(req: TrainRequest, model, data: TrainingData, signature: dict, metrics: dict,

@@ -1,9 +1,12 @@
-"""Training data: dataset rows -> decoded tensors (through the on-disk cache) and targets, per split."""
+"""Training data: dataset rows -> decoded pixels (through the on-disk cache, into a pixel file per split on the
+worker's disk: worker/training/pixel_files.py) and targets, per split. Memory holds the rows and targets, never the
+dataset's pixels."""
 from __future__ import annotations
 
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,6 +18,10 @@ from shared.images.imaging import Preprocessing
 from shared.images.item_reads import Places
 from shared.models import targets as target_transforms
 from shared.schemas.training import DatasetRef, TrainRequest
+from worker.training.pixel_files import PixelFile, PixelWriter
+
+SPLITS = ("train", "validation", "holdout")
+DECODE_BLOCK = 512  # rows decoded at a time: the most pixels prepare holds
 
 
 class DataError(ValueError):
@@ -24,7 +31,7 @@ class DataError(ValueError):
 @dataclass
 class Split:
     ids: list[str]
-    x: np.ndarray  # uint8 pixels (N, H, W, 3): a quarter of float32; scaled to the input range per batch
+    x: PixelFile | np.ndarray  # uint8 pixels (N, H, W, 3), read by index; scaled to the input range per batch
     y: np.ndarray
     geometries: list
     raw_targets: np.ndarray | None = None  # regression/keypoints in the user's units (pixels for keypoints)
@@ -102,9 +109,9 @@ def _targets(req: TrainRequest, frame: pd.DataFrame, class_names: list[str] | No
     return frame[list(req.dataset.target_columns)].to_numpy(dtype=np.float64)
 
 
-def prepare(req: TrainRequest, settings: Settings, prep: Preprocessing, *, parent=None, progress=None) -> TrainingData:
-    """Load, split (by item id hash, salted with the model name), decode through the cache, and
-    turn targets into what the model learns."""
+def prepare(req: TrainRequest, settings: Settings, prep: Preprocessing, *, folder: Path, parent=None) -> TrainingData:
+    """Load, split (by item id hash, salted with the model name), decode through the cache into a pixel file per
+    split in `folder` (the attempt's workspace: pixel_files.workspace), and turn targets into what the model learns."""
     frame, stats = _frame(req, settings, parent.lineage if parent is not None else None)
     if frame.empty:
         raise DataError("the dataset has no usable rows")
@@ -116,12 +123,12 @@ def prepare(req: TrainRequest, settings: Settings, prep: Preprocessing, *, paren
         class_names = None
     cache = image_cache(settings, prep)
     started = time.perf_counter()
-    loaded = cache.load_many(frame["path"].tolist(), threads=settings.decode_threads, pixels=True)
-    ok = np.array([entry[0] is not None for entry in loaded])
+    ok, geometries, pixels = decode_into_files(cache, frame, folder, (prep.height, prep.width, 3),
+                                               threads=settings.decode_threads)
     stats.update(unreadable=int((~ok).sum()), load_seconds=round(time.perf_counter() - started, 3),
                  decode_seconds=round(cache.stats.decode_seconds, 3), cache_hits=cache.stats.hits,
                  cache_misses=cache.stats.misses)
-    frame, loaded = frame[ok].reset_index(drop=True), [e for e, good in zip(loaded, ok) if good]
+    frame, geometries = frame[ok].reset_index(drop=True), [g for g, good in zip(geometries, ok) if good]
     y_all = _targets(req, frame, class_names)
     transform = {"kind": "none"}
     output_names = None
@@ -131,25 +138,39 @@ def prepare(req: TrainRequest, settings: Settings, prep: Preprocessing, *, paren
     elif req.task == "keypoints":
         output_names = req.keypoint_names or [f"p{i}" for i in range(len(req.dataset.target_columns) // 2)]
     splits = {}
-    for name in ("train", "validation", "holdout"):
+    for name in SPLITS:
         mask = (frame["split"] == name).to_numpy()
-        rows = [e for e, m in zip(loaded, mask) if m]
-        geoms = [e[1] for e in rows]
-        x = np.stack([e[0] for e in rows]) if rows else np.zeros((0, prep.height, prep.width, 3), np.uint8)
+        geoms = [g for g, m in zip(geometries, mask) if m]
         raw = y_all[mask]
         if req.task == "regression":
             y = target_transforms.forward(transform, raw).astype(np.float32)
         elif req.task == "keypoints":
-            y = np.stack([_normalise_points(r, g) for r, g in zip(raw, geoms)]).astype(np.float32) if rows \
+            y = np.stack([_normalise_points(r, g) for r, g in zip(raw, geoms)]).astype(np.float32) if geoms \
                 else np.zeros((0, raw.shape[1]), np.float32)
         else:
             y = raw
-        splits[name] = Split(ids=frame["item_id"][mask].tolist(), x=x, y=y, geometries=geoms,
+        splits[name] = Split(ids=frame["item_id"][mask].tolist(), x=pixels[name], y=y, geometries=geoms,
                              raw_targets=None if req.task == "classification" else raw)
     stats["split_sizes"] = {k: len(v.ids) for k, v in splits.items()}
     if not len(splits["train"].ids) or not len(splits["validation"].ids):
         raise DataError(f"too few usable rows to train: split sizes {stats['split_sizes']}")
     return TrainingData(splits, class_names, transform, output_names, stats)
+
+
+def decode_into_files(cache: DecodedImageCache, frame: pd.DataFrame, folder: Path, image_shape: tuple[int, int, int],
+                      *, threads: int, block: int = DECODE_BLOCK) -> tuple[np.ndarray, list, dict[str, PixelFile]]:
+    """(which rows decoded, their geometries (None where not), a pixel file per split of the rows that did, in row
+    order), decoding `block` rows at a time: memory holds one block of pixels whatever the frame's length."""
+    writers = {name: PixelWriter(Path(folder) / f"{name}.pixels", image_shape) for name in SPLITS}
+    paths, split_of = frame["path"].tolist(), frame["split"].tolist()
+    ok, geometries = np.zeros(len(paths), dtype=bool), [None] * len(paths)
+    for start in range(0, len(paths), block):
+        loaded = cache.load_many(paths[start:start + block], threads=threads, pixels=True)
+        for row, (pixels, geometry, _, _) in enumerate(loaded, start):
+            if pixels is not None:
+                writers[split_of[row]].append(pixels)
+                ok[row], geometries[row] = True, geometry
+    return ok, geometries, {name: writer.finish() for name, writer in writers.items()}
 
 
 def _normalise_points(row: np.ndarray, geom) -> np.ndarray:

@@ -86,40 +86,49 @@ def build_or_resume_model(req: TrainRequest, parent, data: TrainingData, prep: P
 # --------------------------------------------------------------------------------------------- the data
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, pixel_scale: str, seed: int, shuffle: bool):
-    """uint8 pixels -> (shuffled) batches in the model's input range, scaled in the pipeline one batch at a time as
-    serving scales them (worker/pixel_scaling.py): the validation pipeline."""
+def read_pixels(x, indices):
+    """A tf.data op: the uint8 pixels of `x` (a PixelFile, or an array in memory) at a batch of `indices`, read in
+    Python (pread releases the GIL, so parallel calls overlap)."""
     import tensorflow as tf
 
-    def scale(x, y):
-        return pixel_scaling.scale_pixels_tf(x, pixel_scale), y
+    images = tf.numpy_function(lambda i: x[i], [indices], tf.uint8, stateful=False)
+    return tf.ensure_shape(images, (None, *x.shape[1:]))
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
+
+def make_dataset(x, y: np.ndarray, batch_size: int, *, pixel_scale: str, seed: int, shuffle: bool):
+    """uint8 pixels (a PixelFile or an array) -> (shuffled) batches in the model's input range, read a batch at a
+    time and scaled in the pipeline as serving scales them (worker/pixel_scaling.py): the validation pipeline."""
+    import tensorflow as tf
+
+    targets = tf.constant(y)
+    items = tf.data.Dataset.range(len(x))
     if shuffle:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(scale, num_parallel_calls=tf.data.AUTOTUNE)
+        items = items.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)  # indices only: 8 bytes each
+    ds = items.batch(batch_size).map(
+        lambda i: (pixel_scaling.scale_pixels_tf(read_pixels(x, i), pixel_scale), tf.gather(targets, i)),
+        num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, pixel_scale: str, seed: int, epochs: range,
+def train_dataset(x, y: np.ndarray, batch_size: int, *, pixel_scale: str, seed: int, epochs: range,
                   augmentation=None):
     """The training batches of `epochs` one after the other (fit with steps_per_epoch): each epoch in a stateless
-    permutation of (seed, epoch), each image augmented by (seed, its index, epoch), then scaled per batch as serving
-    scales. Neither depends on parallelism or on where a resumed run starts."""
+    permutation of (seed, epoch) of the whole split, its batches read by index from `x` (a PixelFile, or an array),
+    each image augmented by (seed, its index, epoch), then scaled per batch as serving scales. Neither depends on
+    parallelism or on where a resumed run starts; memory holds the batches in flight, not the split."""
     import tensorflow as tf
 
     from worker.training.augmentation import epoch_order
 
-    images, targets = tf.constant(x), tf.constant(y)
+    targets = tf.constant(y)
 
     def one_epoch(epoch):
-        items = tf.data.Dataset.from_tensor_slices(epoch_order(seed, epoch, len(x)))
+        batches = tf.data.Dataset.from_tensor_slices(epoch_order(seed, epoch, len(x))).batch(batch_size)
+        read = batches.map(lambda i: (read_pixels(x, i), i), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if augmentation is None:
-            pairs = items.map(lambda i: (tf.gather(images, i), tf.gather(targets, i)))
-        else:
-            pairs = items.map(lambda i: (augmentation(tf.gather(images, i), i, epoch), tf.gather(targets, i)),
-                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return pairs.batch(batch_size)
+            return read.map(lambda images, i: (images, tf.gather(targets, i)))
+        return read.unbatch().map(lambda image, i: (augmentation(image, i, epoch), tf.gather(targets, i)),
+                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
 
     ds = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(one_epoch)
     ds = ds.map(lambda x, y: (pixel_scaling.scale_pixels_tf(x, pixel_scale), y), num_parallel_calls=tf.data.AUTOTUNE,

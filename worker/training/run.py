@@ -33,7 +33,7 @@ from shared.schemas.training import TrainRequest
 from worker.device import configure_tensorflow
 from worker.heartbeat import interval_for
 from worker.metrics import observed_epochs
-from worker.training import checkpoints, crawl_check, lifecycle
+from worker.training import checkpoints, crawl_check, lifecycle, pixel_files
 from worker.training import data as training_data
 from worker.training.attempt import (
     AttemptHeartbeat,
@@ -99,10 +99,11 @@ def preprocessing_for(req: TrainRequest, parent) -> Preprocessing:
     return Preprocessing(size, size, resize_mode=resize, pixel_scale=scale)
 
 
-def load_data(req: TrainRequest, parent, settings: Settings) -> tuple[Preprocessing, training_data.TrainingData]:
-    """(the preprocessing, the split and decoded data): see worker.training.data.prepare."""
+def load_data(req: TrainRequest, parent, settings: Settings, folder: Path
+              ) -> tuple[Preprocessing, training_data.TrainingData]:
+    """(the preprocessing, the split and decoded data, its pixels in `folder`): see worker.training.data.prepare."""
     prep = preprocessing_for(req, parent)
-    return prep, training_data.prepare(req, settings, prep, parent=parent)
+    return prep, training_data.prepare(req, settings, prep, folder=folder, parent=parent)
 
 
 def check_increment(job_id: str, attempt: int | None, req: TrainRequest, heartbeat: AttemptHeartbeat,
@@ -156,8 +157,20 @@ def train(job_id: str, attempt: int | None, settings: Settings) -> None:
     started = time.monotonic()
     prepare_tensorflow(req.seed, req.deterministic)
     check_increment(job_id, attempt, req, heartbeat, settings)
-    prep, data = load_data(req, start.parent, settings)
     folder = checkpoints.folder_for(settings, job_id, attempt)
+    with pixel_files.workspace(settings, job_id, attempt) as pixels:  # the decoded pixels, on this machine's disk
+        version, metrics = fit_and_register(start, attempt, heartbeat, settings, pixels, folder, started)
+    heartbeat.stop()
+    checkpoints.remove_all(settings, job_id, folder)  # every attempt's checkpoints: the job is done
+    log.info("train job %s done: %s@%s holdout %s", job_id, req.model, version.version, metrics)
+
+
+def fit_and_register(start: AttemptStart, attempt: int | None, heartbeat: AttemptHeartbeat, settings: Settings,
+                     pixels: Path, folder: Path, started: float) -> tuple[ModelVersion, dict]:
+    """The data decoded into `pixels`, the model fitted (checkpoints in `folder`), evaluated, compared with
+    production when the request asks, registered and the job finished: (the version, its holdout metrics)."""
+    req, job_id = start.request, heartbeat.job_id
+    prep, data = load_data(req, start.parent, settings, pixels)
     model = fit_model(start, data, prep, settings, heartbeat, folder)
     heartbeat.progress.update(phase="evaluating", eta_seconds=None)
     metrics, signature = evaluate_holdout(req.task, model, data, prep), candidate_signature(req.task, prep, data)
@@ -170,9 +183,7 @@ def train(job_id: str, attempt: int | None, settings: Settings) -> None:
     version = patiently(register, req, job_id, model, signature, lineage, settings)
     patiently(record_training_reference, version, model, data)
     patiently(finish, job_id, attempt, req, version, metrics, comparison, data)
-    heartbeat.stop()
-    checkpoints.remove_all(settings, job_id, folder)  # every attempt's checkpoints: the job is done
-    log.info("train job %s done: %s@%s holdout %s", job_id, req.model, version.version, metrics)
+    return version, metrics
 
 
 def main(argv: list[str]) -> int:
