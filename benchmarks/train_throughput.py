@@ -13,7 +13,8 @@ One run measures, on this machine:
   (b) a bare `model.fit` in this process on the same tensors held in memory, through the job's own phase functions
       on (a)'s request: its Preprocessing (worker.training.run.preprocessing_for: 60x60 stretch, "raw"), its
       data (worker.training.data.prepare: the same split, uint8 pixels from the decoded-image cache the jobs
-      filled, read from its pixel files into arrays: the job reads them from the files a batch at a time), its model, tf.data pipelines (shuffle, batch, scale per batch, prefetch) and compilation
+      filled, read from its pixel files into arrays, where the job reads them from the files a batch at a time),
+      its model, tf.data pipelines (shuffle, batch, scale per batch, prefetch) and compilation
       (worker.training.fitting: new_model, make_datasets, plan_phases, fit), with no database, heartbeat,
       checkpoints or per-batch callback; timed the same way (on_epoch_begin -> on_epoch_end, which includes
       the validation pass, epoch 1 excluded);

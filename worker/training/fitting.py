@@ -29,6 +29,8 @@ from worker import pixel_scaling
 from worker.training import models
 from worker.training.data import TrainingData
 
+PREFETCH_BATCHES = 2  # batches ready ahead of the step: a fixed few (AUTOTUNE may hold many, memory growing)
+
 
 def seed(value: int, *, deterministic: bool = False) -> None:
     """Python, NumPy and TensorFlow seeded; with `deterministic`, TensorFlow's op determinism on as well.
@@ -107,7 +109,7 @@ def make_dataset(x, y: np.ndarray, batch_size: int, *, pixel_scale: str, seed: i
     ds = items.batch(batch_size).map(
         lambda i: (pixel_scaling.scale_pixels_tf(read_pixels(x, i), pixel_scale), tf.gather(targets, i)),
         num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return ds.prefetch(PREFETCH_BATCHES)
 
 
 def train_dataset(x, y: np.ndarray, batch_size: int, *, pixel_scale: str, seed: int, epochs: range,
@@ -133,7 +135,7 @@ def train_dataset(x, y: np.ndarray, batch_size: int, *, pixel_scale: str, seed: 
     ds = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(one_epoch)
     ds = ds.map(lambda x, y: (pixel_scaling.scale_pixels_tf(x, pixel_scale), y), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return ds.prefetch(PREFETCH_BATCHES)
 
 
 def make_datasets(req: TrainRequest, data: TrainingData, prep: Preprocessing) -> tuple:

@@ -15,7 +15,9 @@ Exit codes: 0 done, canceled or superseded; 3 failed for good (recorded); anythi
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -182,8 +184,19 @@ def fit_and_register(start: AttemptStart, attempt: int | None, heartbeat: Attemp
     lineage = lineage_of(req, job_id, start.parent, data, metrics, duration=time.monotonic() - started)
     version = patiently(register, req, job_id, model, signature, lineage, settings)
     patiently(record_training_reference, version, model, data)
+    data.stats["peak_rss_bytes"] = peak_rss_bytes()  # in the job's "data": memory stays flat as datasets grow
     patiently(finish, job_id, attempt, req, version, metrics, comparison, data)
     return version, metrics
+
+
+def peak_rss_bytes() -> int:
+    """The most resident memory this training process has held so far: VmHWM, its own since its exec (getrusage's
+    ru_maxrss would also count the worker process it was started from)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def main(argv: list[str]) -> int:

@@ -46,11 +46,10 @@ def test_a_writer_refuses_an_image_of_another_shape_or_type(tmp_path):
 
 def test_a_workspace_is_removed_when_its_attempt_ends_even_by_an_error(tmp_path):
     settings = load_settings({"IMGQ_HOME": str(tmp_path / "home")})
-    with pytest.raises(RuntimeError):
-        with pixel_files.workspace(settings, "job-1", 2) as folder:
-            (folder / "train.pixels").write_bytes(b"x" * 100)
-            assert folder.name == "job-1-attempt-2"
-            raise RuntimeError("the fit failed")
+    with pytest.raises(RuntimeError), pixel_files.workspace(settings, "job-1", 2) as folder:
+        (folder / "train.pixels").write_bytes(b"x" * 100)
+        assert folder.name == "job-1-attempt-2"
+        raise RuntimeError("the fit failed")
     assert not folder.exists()
 
 
