@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "score_throughput": ([], ["--quick"]),
     "score_scale": ([], ["--quick"]),
     "train_throughput": ([], ["--quick"]),
+    "train_memory": ([], ["--quick"]),  # a train job's peak memory at 10,000 and 50,000 images (issue 18)
     "score_remote": ([], ["--quick"]),  # S3 and HTTPS items against local files (issue 18)
     "similar_search": ([], ["--n", "20000"]),
     "response_validation": ([], []),

@@ -235,3 +235,32 @@ def test_uploads_go_to_the_store_and_score_on_a_worker_that_shares_no_folder_wit
     assert len(keys_under(machines.s3, f"uploads/{unused}/", "upload-bucket")) == 1
     assert http.delete(machines.url(f"/api/v1/uploads/{unused}"), timeout=30).status_code == 204
     assert keys_under(machines.s3, f"uploads/{unused}/", "upload-bucket") == []
+
+
+def test_a_train_job_on_the_bucket_learns_exactly_what_the_same_job_on_local_files_learns(machines):
+    """The same deterministic request (same name, so the same split) on the crawl bucket and on a local copy of its
+    files: the same epochs' losses and the same holdout metrics, whichever place the pixels came from."""
+    local = machines.data / "digits-copy"
+    local.mkdir(parents=True, exist_ok=True)
+    for key in keys_under(machines.s3, "2026/digits/", "crawl-bucket"):
+        body = machines.s3.client().get_object(Bucket="crawl-bucket", Key=key)["Body"].read()
+        (local / key.rsplit("/", 1)[1]).write_bytes(body)
+    if not machines.workers:
+        machines.start_worker("w1")
+    name = f"same-{uuid.uuid4().hex[:6]}"
+    learned = []
+    for dataset in (f"{CRAWL}digits/digits.csv", "digits-copy/digits.csv"):
+        resp = machines.http.post(machines.url("/api/v1/jobs/train"), timeout=120, json={
+            "model": name, "task": "classification", "input_size": 32, "epochs": 2, "batch_size": 32, "seed": 7,
+            "deterministic": True, "base": {"architecture": "vgg", "width": 8},
+            "dataset": {"path": dataset, "image_column": "image", "id_column": "id", "label_column": "label"}})
+        assert resp.status_code == 202, resp.text
+        job = machines.wait_job(resp.json()["id"], timeout=600, poll=1.0)
+        assert job["status"] == "succeeded", job
+        epochs = machines.http.get(machines.url(f"/api/v1/jobs/{job['id']}/epochs"), timeout=30).json()["epochs"]
+        learned.append(([(e["epoch"], e["loss"], e["val_loss"]) for e in epochs], job["holdout_metrics"],
+                        job["data"]["split_sizes"]))
+    (bucket_epochs, bucket_holdout, bucket_sizes), (local_epochs, local_holdout, local_sizes) = learned
+    assert bucket_sizes == local_sizes and sum(bucket_sizes.values()) == 600
+    assert [e[0] for e in bucket_epochs] == [1, 2]
+    assert bucket_epochs == local_epochs and bucket_holdout == local_holdout

@@ -131,3 +131,4 @@ def test_a_fine_tune_mixes_in_earlier_items(pg_stack, digits):
     assert job["status"] == "succeeded", job
     assert job["data"]["rows"] == 897 and job["data"]["mixed_in_rows"] == 450  # half of the first night's 900
     assert sum(job["data"]["split_sizes"].values()) == 897 + 450
+    assert 200 * 2**20 < job["data"]["peak_rss_bytes"] < 8 * 2**30  # the trainer's own VmHWM: TensorFlow and more
