@@ -333,6 +333,80 @@ class MotoS3:
         self._log.close()
 
 
+# Azurite's well-known development account key (public, in its documentation)
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+AZURITE_BIN = Path(__file__).resolve().parent.parent / ".ci" / "tools" / "node_modules" / ".bin" / "azurite-blob"
+
+
+def azurite_binary() -> str | None:
+    """Azurite's Blob server (Microsoft's emulator of Azure Blob Storage, from npm): on PATH, or where .ci/run puts it
+    (`npm install --prefix .ci/tools azurite`)."""
+    import shutil
+
+    return shutil.which("azurite-blob") or (str(AZURITE_BIN) if AZURITE_BIN.exists() else None)
+
+
+class Azurite:
+    """A real Azure Blob Storage server on loopback (Azurite, in memory) on a free port; `env` is what a process needs
+    to reach it (adlfs reads AZURE_STORAGE_CONNECTION_STRING), through `endpoint_port` (a TcpProxy's, to cut it)."""
+
+    def __init__(self, log_dir: Path):
+        import subprocess
+
+        from shared.tools.local_stack import free_port
+
+        self.port = free_port()
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_dir / f"azurite-{self.port}.log", "ab")
+        self.process = subprocess.Popen([azurite_binary(), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
+                                         "--inMemoryPersistence", "--skipApiVersionCheck", "--loose"],
+                                        stdout=self._log, stderr=subprocess.STDOUT)
+        self._wait_ready()
+
+    def connection_string(self, port: int | None = None) -> str:
+        return (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
+                f"BlobEndpoint=http://127.0.0.1:{port or self.port}/devstoreaccount1;")
+
+    def env(self, port: int | None = None) -> dict:
+        return {"AZURE_STORAGE_CONNECTION_STRING": self.connection_string(port)}
+
+    def filesystem(self):
+        import adlfs
+
+        return adlfs.AzureBlobFileSystem(connection_string=self.connection_string(), skip_instance_cache=True)
+
+    def put_files(self, container: str, prefix: str, files: dict) -> None:
+        """`files`: name -> local Path or bytes, written under `container/prefix/` (the container made if new)."""
+        fs = self.filesystem()
+        if not fs.exists(container):
+            fs.mkdir(container)
+        for name, body in files.items():
+            data = body.read_bytes() if isinstance(body, Path) else body
+            fs.pipe_file(f"{container}/{prefix}/{name}".replace("//", "/"), data)
+
+    def _wait_ready(self, timeout: float = 30) -> None:
+        import socket
+        import time
+
+        stop = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > stop or self.process.poll() is not None:
+                    raise RuntimeError(f"azurite-blob on port {self.port} did not start") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except Exception:  # noqa: BLE001
+            self.process.kill()
+        self._log.close()
+
+
 class TcpProxy:
     """A TCP forwarder from a free loopback port to `target_port`, to take a server away from its clients and bring
     it back without touching it: `stop()` closes the listening socket and every connection through it (clients then

@@ -122,7 +122,8 @@ def _export_roots(env: dict, name: str) -> tuple[str, ...]:
     """URI prefixes only (`s3://bucket/prefix/`): a result export is written to a store, never to a local folder."""
     local, remote = _roots(env, name)
     if local:
-        raise ConfigError(f"{name}: only s3:// URI prefixes, not local folders: {', '.join(map(str, local))}")
+        raise ConfigError(f"{name}: only object-store URI prefixes (s3://, az://...), not local folders: "
+                          f"{', '.join(map(str, local))}")
     return remote
 
 

@@ -24,7 +24,8 @@ from contextlib import contextmanager
 from types import MappingProxyType
 
 CONTEXT_FIELDS = ("job_id", "chunk_id", "attempt", "request_id")
-QUIET_LOGGERS = {"alembic.runtime.plugins": logging.WARNING}  # a line per plugin at every start
+QUIET_LOGGERS = {"alembic.runtime.plugins": logging.WARNING,  # a line per plugin at every start
+                 "azure": logging.WARNING}  # azure-core (adlfs, az://) logs every request and response at INFO
 ROLES = ("web", "worker", "maintenance", "beat", "trainer", "flower", "cli")
 HANDLER_NAME = "imgq"
 

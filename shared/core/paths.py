@@ -72,7 +72,9 @@ def path_inside(root: Path, *parts: str) -> Path:
     return dest
 
 
-OBJECT_SCHEMES = ("s3",)  # URI prefixes a data root may name (read through fsspec/s3fs: shared/images/object_store.py)
+# URI prefixes a data root (or the model store, uploads, exports) may name, read through fsspec
+# (shared/images/object_store.py): s3fs for s3://, adlfs for az:// and abfs:// (Azure Blob Storage), gcsfs for gs://
+OBJECT_SCHEMES = ("s3", "az", "abfs", "gs", "gcs")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
 
@@ -89,6 +91,9 @@ def object_root(raw: str) -> str:
     scheme, _, rest = raw.partition("://")
     if scheme.lower() not in OBJECT_SCHEMES:
         raise ValueError(f"{raw!r}: only {', '.join(s + '://' for s in OBJECT_SCHEMES)} URI prefixes are supported")
+    missing = missing_library(scheme.lower())
+    if missing:
+        raise ValueError(f"{raw!r}: {missing}")
     bucket, _, prefix = rest.partition("/")
     if not _BUCKET.fullmatch(bucket):
         raise ValueError(f"{raw!r}: {bucket!r} is not a bucket name")
@@ -96,6 +101,21 @@ def object_root(raw: str) -> str:
     if any(p in (".", "..") or "\x00" in p for p in parts):
         raise ValueError(f"{raw!r}: a prefix may not hold '.' or '..'")
     return f"{scheme.lower()}://{bucket}/" + "".join(p + "/" for p in parts)
+
+
+def missing_library(scheme: str) -> str | None:
+    """What to install for a scheme whose fsspec implementation is not there (e.g. "Install adlfs to access ...");
+    None when it is. Looked up without importing it."""
+    import importlib.util
+
+    from fsspec.registry import known_implementations
+
+    known = known_implementations.get(scheme)
+    if known is None:
+        return f"no fsspec implementation of {scheme}://"
+    if importlib.util.find_spec(known["class"].split(".")[0]) is None:
+        return known.get("err") or f"install the fsspec implementation of {scheme}://"
+    return None
 
 
 def object_inside(prefixes: tuple[str, ...], uri: str) -> str:

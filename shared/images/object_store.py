@@ -1,4 +1,5 @@
-"""Reading objects from a store (`s3://bucket/key`, through fsspec/s3fs): an item's bytes and hash, a manifest.
+"""Reading objects from a store (`s3://bucket/key` through fsspec/s3fs; `az://container/key` through adlfs, or
+another protocol of OBJECT_SCHEMES whose fsspec implementation is installed): an item's bytes and hash, a manifest.
 
 Invariants:
 - Only URIs already checked by `shared/core/paths.object_inside` reach here; this module reads, it does not decide
@@ -11,7 +12,10 @@ Invariants:
   `ObjectStoreUnavailable`, which ends the chunk's attempt instead of marking the item.
 - Endpoint: IMGQ_S3_ENDPOINT_URL (Settings); credentials and region: botocore's own chain (AWS_ACCESS_KEY_ID,
   AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_DEFAULT_REGION or AWS_REGION, AWS_PROFILE).
-  Nothing connects until the first read.
+  Another protocol is configured by its library's own environment (adlfs: AZURE_STORAGE_CONNECTION_STRING, or
+  AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY or Azure AD's variables) and by fsspec's
+  FSSPEC_<PROTOCOL>_<ARGUMENT> variables; its errors are sorted as S3's are (status codes, missing, denied,
+  network), and IMGQ_S3_RETRIES applies to it too. Nothing connects until the first read.
 """
 from __future__ import annotations
 
@@ -56,18 +60,28 @@ class StoreConfig:
 _MAKING = threading.Lock()
 
 
-def filesystem(config: StoreConfig):
-    """An s3fs file system for `config`, made once per process and config, its session (credentials, client)
-    set up before any read: the first reads of a worker come from many threads at once, and each would otherwise
-    set up a session of its own (a credential lookup and a client each, seconds in all on 2 cores)."""
+def protocol_of(uri: str) -> str:
+    """The fsspec protocol of an object URI (`s3`, `az`...), as paths.object_root normalised its scheme."""
+    return uri.partition("://")[0].lower()
+
+
+def filesystem(config: StoreConfig, protocol: str = "s3"):
+    """The file system of `protocol` for `config`, made once per process, config and protocol, its session
+    (credentials, client) set up before any read: the first reads of a worker come from many threads at once, and
+    each would otherwise set up a session of its own (a credential lookup and a client each, seconds in all on 2
+    cores)."""
     with _MAKING:
-        return _filesystem(config)
+        return _filesystem(config, protocol)
 
 
 @lru_cache(maxsize=8)
-def _filesystem(config: StoreConfig):
+def _filesystem(config: StoreConfig, protocol: str):
     """s3fs's and botocore's own retries are off: `read_object` retries, within its deadline, so the per-item read
-    timeout keeps its meaning."""
+    timeout keeps its meaning. Another protocol is its library's, as its environment configures it."""
+    if protocol != "s3":
+        import fsspec
+
+        return fsspec.filesystem(protocol, skip_instance_cache=True)
     import s3fs
 
     fs = s3fs.S3FileSystem(
@@ -93,13 +107,16 @@ def read_object(config: StoreConfig, uri: str, *, max_bytes: int, deadline: floa
 
 
 def _get(fs, uri: str, limit: int) -> bytes:
-    """At most `limit` bytes of the object in one ranged GET. S3 answers a range on an empty object with 416
-    (InvalidRange): that object is empty, which the decoder reports as such, like an empty file."""
+    """At most `limit` bytes of the object in one ranged GET. A store answers a range on an empty object with 416
+    (S3's InvalidRange; Azure's status 416): that object is empty, which the decoder reports as such, like an empty
+    file."""
     try:
         return fs.cat_file(uri, start=0, end=limit)
-    except OSError as exc:
+    except Exception as exc:
         error = _client_error(exc)
         if error is not None and error.response.get("Error", {}).get("Code") == "InvalidRange":
+            return b""
+        if error is None and _status_of(exc) == 416:
             return b""
         raise
 
@@ -119,7 +136,7 @@ def _client_error(exc: BaseException):
 def retrying(config: StoreConfig, uri: str, deadline: float | None, call):
     """`call(fs)`, tried again after a transient failure with exponential backoff and jitter, at most
     `config.retries` more times and never sleeping past `deadline`."""
-    fs = filesystem(config)
+    fs = filesystem(config, protocol_of(uri))
     for attempt in range(config.retries + 1):
         try:
             return call(fs)
@@ -162,9 +179,16 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return "missing", "not found"
     if isinstance(exc, PermissionError):
         return "denied", "access denied"
+    status = next((code for err in chain if isinstance(code := _status_of(err), int) and code >= 400), None)
+    if status is not None:  # another library's HTTP error (adlfs' azure-core: status_code; gcsfs: code)
+        return _by_code("", status), f"{status} from the store"
     if any(isinstance(err, _network_errors()) for err in chain):
         return "transient", f"{type(exc).__name__}: {str(exc)[:200]}"
     return "other", f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def _status_of(exc: BaseException):
+    return getattr(exc, "status_code", None) or getattr(exc, "code", None)
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
@@ -175,7 +199,12 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     import aiohttp
     from botocore.exceptions import BotoCoreError
 
-    return BotoCoreError, ConnectionError, TimeoutError, asyncio.TimeoutError, aiohttp.ClientError
+    errors = (BotoCoreError, ConnectionError, TimeoutError, asyncio.TimeoutError, aiohttp.ClientError)
+    try:  # adlfs's: a refused connection or a response cut off (ServiceResponseError) are the way's
+        from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+    except ImportError:
+        return errors
+    return (*errors, ServiceRequestError, ServiceResponseError)
 
 
 def _by_code(code: str, status: int) -> str:

@@ -13,6 +13,7 @@ from typing import Annotated
 from pydantic import AfterValidator, Field, StringConstraints, model_validator
 
 from shared.core.names import ModelRef, Name
+from shared.core.paths import is_object_uri
 from shared.models.embedding_space import LayerName
 from shared.schemas.common import Category, Column, ItemId, Strict, Uri
 
@@ -27,8 +28,8 @@ EXPORT_PLACEHOLDER = "{job_id}"
 def _export_template(value: str) -> str:
     """An export URI as the client writes it: `s3://bucket/key.parquet` or `.csv`, `{job_id}` its only placeholder
     (whether its prefix is allowed is decided with the settings, shared/services/job_exports.py)."""
-    if not value.startswith("s3://"):
-        raise ValueError("an export is an s3:// URI under IMGQ_EXPORT_ROOTS")
+    if not is_object_uri(value):
+        raise ValueError("an export is an object-store URI (s3://, az://...) under IMGQ_EXPORT_ROOTS")
     other = re.sub(re.escape(EXPORT_PLACEHOLDER), "", value)
     if "{" in other or "}" in other:
         raise ValueError(f"{EXPORT_PLACEHOLDER} is the only placeholder an export URI may hold")

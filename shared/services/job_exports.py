@@ -116,7 +116,7 @@ def _write(settings: Settings, job_id: str, uri: str) -> None:
     """The job's results streamed into the object at `uri`, in the format its extension names; on any failure the
     upload is aborted, so no partial object is left."""
     pieces = result_exports.results_csv(job_id) if uri.endswith(".csv") else result_exports.results_parquet(job_id)
-    fs = object_store.filesystem(object_store.StoreConfig.from_settings(settings))
+    fs = object_store.filesystem(object_store.StoreConfig.from_settings(settings), object_store.protocol_of(uri))
     file = fs.open(uri, "wb", block_size=PART_BYTES)
     renewed = time.monotonic()
     try:

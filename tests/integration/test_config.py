@@ -55,7 +55,7 @@ def test_data_roots_may_name_object_store_prefixes_beside_folders(tmp_path):
 
 
 @pytest.mark.parametrize("env, message", [
-    ({"IMGQ_DATA_ROOTS": "gs://bucket/x"}, "only s3:// URI prefixes"),
+    ({"IMGQ_DATA_ROOTS": "ftp://bucket/x"}, "only s3://, az://, abfs://, gs://, gcs:// URI prefixes"),
     ({"IMGQ_DATA_ROOTS": "s3://Not_A_Bucket/"}, "not a bucket name"),
     ({"IMGQ_S3_ENDPOINT_URL": "minio:9000"}, "IMGQ_S3_ENDPOINT_URL must be an http:// or https:// URL"),
     ({"IMGQ_S3_RETRIES": "21"}, "IMGQ_S3_RETRIES must be at most 20"),

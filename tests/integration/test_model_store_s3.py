@@ -143,7 +143,7 @@ def test_a_local_store_keeps_the_file_where_it_is(tmp_path, model_files):
 
 @pytest.mark.parametrize("raw, problem", [("s3://Bad_Bucket/x", "is not a bucket name"),
                                           ("s3://bucket/../x", "may not hold '.' or '..'"),
-                                          ("ftp://bucket/x", "only s3:// URI prefixes")])
+                                          ("ftp://bucket/x", "only s3://, az://")])
 def test_a_bad_model_store_uri_is_a_configuration_error(tmp_path, raw, problem):
     with pytest.raises(ConfigError, match=problem):
         load_settings({"IMGQ_HOME": str(tmp_path), "IMGQ_MODEL_STORE": raw})

@@ -127,7 +127,7 @@ def test_a_csv_export_holds_the_csv_downloads_bytes(setup):
     (ROOT + "../elsewhere/{job_id}.parquet", "'..' in the key"),
     (ROOT + "{jobid}.parquet", "the only placeholder"),
     (ROOT + "{job_id}.json", "ends in .parquet or .csv"),
-    ("/srv/out/{job_id}.parquet", "s3:// URI"),
+    ("/srv/out/{job_id}.parquet", "object-store URI (s3://, az://...)"),
 ])
 def test_a_bad_export_uri_is_a_400_on_export_with_nothing_stored(setup, export, reason):
     _, client, server = setup
