@@ -119,8 +119,11 @@ def test_ctrl_c_while_waiting_stops_watching_and_leaves_the_job(pg_stack, tmp_pa
     stack, name = pg_stack, f"sigint-{free_port()}"
     _import(stack, tmp_path, model_files, name)
     job_id = _long_job(stack, tmp_path, name)
+    # Ctrl-C as a terminal gives it: SIGINT at its default, whatever the suite's own disposition (a shell runs a
+    # background job, `.ci/run &`, with SIGINT ignored, and a child keeps an ignored signal ignored)
     proc = subprocess.Popen([sys.executable, "-m", "shared.tools.cli", "jobs", "watch", job_id],
-                            env=_remote(stack, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=_remote(stack, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(3)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
