@@ -521,3 +521,30 @@ class TlsFiles:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def scored(stack, body: dict) -> dict:
+    """A score job of `body` with `stack.model`, the score cache off, run to success: its results by item id."""
+    resp = stack.http.post(stack.url("/api/v1/jobs/score"), json={"model": stack.model, "cache": False, **body},
+                           timeout=60)
+    assert resp.status_code == 202, resp.text
+    job = stack.wait_job(resp.json()["id"], timeout=240)
+    assert job["status"] == "succeeded", job
+    return {r["id"]: r for r in stack.all_results(job["id"])}
+
+
+def comparable(result: dict) -> tuple:
+    """What must be equal between two jobs' results for one item, wherever its bytes were read from."""
+    return result["status"], result.get("outputs"), result.get("content_hash"), result.get("error")
+
+
+def stop_with_database(stack, database_url: str, *servers) -> None:
+    """A stack's processes stopped, then `servers` (each with stop(): object stores, proxies), then its database
+    dropped."""
+    from shared.core.db import engine_for
+
+    stack.stop()
+    for server in servers:
+        server.stop()
+    engine_for(database_url).dispose()
+    drop_pg_database(database_url)

@@ -24,10 +24,12 @@ from tests.helpers import (
     Azurite,
     TcpProxy,
     azurite_binary,
+    comparable,
     create_pg_database,
-    drop_pg_database,
     import_model_http,
     make_stack,
+    scored,
+    stop_with_database,
     write_jpeg,
 )
 
@@ -80,27 +82,8 @@ def az_stack(tmp_path_factory, model_files):
         stack.database_url, stack.azurite, stack.proxy = url, server, proxy
         yield stack
     finally:
-        stack.stop()
-        proxy.stop()
-        server.stop()
-        from shared.core.db import engine_for
-
-        engine_for(url).dispose()
-        drop_pg_database(url)
+        stop_with_database(stack, url, proxy, server)
         shutil.rmtree(tmp / "data", ignore_errors=True)
-
-
-def run_job(stack, body: dict) -> dict:
-    resp = stack.http.post(stack.url("/api/v1/jobs/score"), json={"model": stack.model, "cache": False, **body},
-                           timeout=60)
-    assert resp.status_code == 202, resp.text
-    job = stack.wait_job(resp.json()["id"], timeout=240)
-    assert job["status"] == "succeeded", job
-    return {r["id"]: r for r in stack.all_results(job["id"])}
-
-
-def comparable(result: dict) -> tuple:
-    return result["status"], result.get("outputs"), result.get("content_hash"), result.get("error")
 
 
 def blobs_under(stack, path: str) -> list[str]:
@@ -109,8 +92,8 @@ def blobs_under(stack, path: str) -> list[str]:
 
 
 def test_a_job_on_a_container_scores_exactly_as_the_same_job_on_local_files_with_the_model_from_the_store(az_stack):
-    from_container = run_job(az_stack, {"manifest": CRAWL + "catalog/items.csv"})
-    from_folder = run_job(az_stack, {"manifest": "catalog/items.csv"})
+    from_container = scored(az_stack, {"manifest": CRAWL + "catalog/items.csv"})
+    from_folder = scored(az_stack, {"manifest": "catalog/items.csv"})
     assert len(from_container) == 23 and sum(r["status"] == "ok" for r in from_container.values()) == 20
     assert {k: comparable(r) for k, r in from_container.items()} == {k: comparable(r) for k, r in from_folder.items()}
     with session_scope(az_stack.database_url) as session:
@@ -123,7 +106,7 @@ def test_a_job_on_a_container_scores_exactly_as_the_same_job_on_local_files_with
 
 def test_bad_objects_are_their_items_errors_and_the_rest_is_scored(az_stack):
     az_stack.azurite.put_files("crawl", "2026/catalog", {"empty.jpg": b""})
-    results = run_job(az_stack, {"items": [
+    results = scored(az_stack, {"items": [
         {"id": "good", "uri": CRAWL + "catalog/sku-000001.jpg"},
         {"id": "missing", "uri": CRAWL + "catalog/none.jpg"},
         {"id": "empty", "uri": CRAWL + "catalog/empty.jpg"},

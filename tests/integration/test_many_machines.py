@@ -23,9 +23,9 @@ from tests.helpers import (
     MotoS3,
     TcpProxy,
     create_pg_database,
-    drop_pg_database,
     import_model_http,
     make_stack,
+    stop_with_database,
     tiny_cnn,
     write_jpeg,
 )
@@ -79,13 +79,7 @@ def machines(tmp_path_factory):
         stack.wait_healthy(120)
         yield stack
     finally:
-        stack.stop()
-        proxy.stop()
-        server.stop()
-        from shared.core.db import engine_for
-
-        engine_for(url).dispose()
-        drop_pg_database(url)
+        stop_with_database(stack, url, proxy, server)
         shutil.rmtree(tmp / "data", ignore_errors=True)
 
 

@@ -20,10 +20,12 @@ from tests.helpers import (
     REDIS_BASE,
     MotoS3,
     TlsFiles,
+    comparable,
     create_pg_database,
-    drop_pg_database,
     import_model_http,
     make_stack,
+    scored,
+    stop_with_database,
     tiny_cnn,
 )
 
@@ -65,32 +67,13 @@ def s3_stack(tmp_path_factory, model_files):
         stack.tls_files, stack.catalog, stack.s3 = web, manifest, server
         yield stack
     finally:
-        stack.stop()
-        server.stop()
-        web.stop()
-        from shared.core.db import engine_for
-
-        engine_for(url).dispose()
-        drop_pg_database(url)
+        stop_with_database(stack, url, server, web)
         shutil.rmtree(tmp / "data", ignore_errors=True)
 
 
-def run_job(stack, body: dict) -> dict:
-    resp = stack.http.post(stack.url("/api/v1/jobs/score"), json={"model": stack.model, "cache": False, **body},
-                           timeout=60)
-    assert resp.status_code == 202, resp.text
-    job = stack.wait_job(resp.json()["id"], timeout=240)
-    assert job["status"] == "succeeded", job
-    return {r["id"]: r for r in stack.all_results(job["id"])}
-
-
-def comparable(result: dict) -> tuple:
-    return result["status"], result.get("outputs"), result.get("content_hash"), result.get("error")
-
-
 def test_a_job_on_a_bucket_scores_exactly_as_the_same_job_on_local_files(s3_stack):
-    from_bucket = run_job(s3_stack, {"manifest": BUCKET_ROOT + "catalog/items.csv"})
-    from_folder = run_job(s3_stack, {"manifest": "catalog/items.csv"})
+    from_bucket = scored(s3_stack, {"manifest": BUCKET_ROOT + "catalog/items.csv"})
+    from_folder = scored(s3_stack, {"manifest": "catalog/items.csv"})
     assert len(from_bucket) == 23 and set(from_bucket) == set(from_folder)
     assert sum(r["status"] == "ok" for r in from_bucket.values()) == 20
     assert {k: comparable(r) for k, r in from_bucket.items()} == {k: comparable(r) for k, r in from_folder.items()}
@@ -104,16 +87,16 @@ def test_the_worker_downloads_the_model_from_the_store_once_into_its_own_cache(s
         path, sha256 = version.path, version.sha256
     assert path.startswith(MODEL_STORE + s3_stack.model + "/")
     key = path.removeprefix("s3://model-bucket/")
-    run_job(s3_stack, {"manifest": "catalog/items.csv"})  # at least one job has loaded it (the test above ran two)
+    scored(s3_stack, {"manifest": "catalog/items.csv"})  # at least one job has loaded it (the test above ran two)
     cache = s3_stack.worker_home / "model-cache"
     assert sorted(p.name for p in cache.glob("*.keras")) == [f"{sha256}.keras"]
     assert s3_stack.s3.gets_of("model-bucket", key) == 1
-    run_job(s3_stack, {"manifest": BUCKET_ROOT + "catalog/items.csv"})
+    scored(s3_stack, {"manifest": BUCKET_ROOT + "catalog/items.csv"})
     assert s3_stack.s3.gets_of("model-bucket", key) == 1  # kept in memory, and on disk for the next process
 
 
 def test_bad_objects_are_their_items_errors_and_the_rest_is_scored(s3_stack):
-    results = run_job(s3_stack, {"items": [
+    results = scored(s3_stack, {"items": [
         {"id": "good", "uri": BUCKET_ROOT + "catalog/sku-000001.jpg"},
         {"id": "missing", "uri": BUCKET_ROOT + "catalog/none.jpg"},
         {"id": "other-bucket", "uri": "s3://other-bucket/2026/x.jpg"},
@@ -184,8 +167,8 @@ def test_items_named_by_https_urls_score_as_the_same_files_and_internal_redirect
     base = s3_stack.tls_files.base
     with open(s3_stack.catalog) as fh:
         rows = list(csv.DictReader(fh))
-    by_url = run_job(s3_stack, {"items": [{"id": r["id"], "uri": f"{base}/{r['image']}"} for r in rows]})
-    from_folder = run_job(s3_stack, {"manifest": "catalog/items.csv"})
+    by_url = scored(s3_stack, {"items": [{"id": r["id"], "uri": f"{base}/{r['image']}"} for r in rows]})
+    from_folder = scored(s3_stack, {"manifest": "catalog/items.csv"})
     assert set(by_url) == set(from_folder) and sum(r["status"] == "ok" for r in by_url.values()) == 20
     assert {k for k, r in by_url.items() if r["status"] == "error"} == \
         {k for k, r in from_folder.items() if r["status"] == "error"}  # the broken files, fetched whole
@@ -193,7 +176,7 @@ def test_items_named_by_https_urls_score_as_the_same_files_and_internal_redirect
         {k: comparable(r)[:3] for k, r in from_folder.items() if r["status"] == "ok"}
 
     port = base.rsplit(":", 1)[1]
-    bad = run_job(s3_stack, {"items": [
+    bad = scored(s3_stack, {"items": [
         {"id": "metadata", "uri": f"{base}/redirect?to=https://169.254.169.254/latest/meta-data/"},
         {"id": "loopback-by-redirect", "uri": f"{base}/redirect?to=https://127.0.0.2:{port}/sku-000001.jpg"},
         {"id": "missing", "uri": f"{base}/none.jpg"},
