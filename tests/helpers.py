@@ -548,3 +548,19 @@ def stop_with_database(stack, database_url: str, *servers) -> None:
         server.stop()
     engine_for(database_url).dispose()
     drop_pg_database(database_url)
+
+
+def store_away_mid_job(stack, job_id: str, proxy, seconds: float, *, after_done: int = 16) -> int:
+    """Once the job has `after_done` items done, the way to its store (`proxy`) cut for `seconds` (connections reset,
+    then refused) and restored; returns how many items were done when it was cut."""
+    import time
+
+    deadline = time.time() + 240
+    while (done := stack.http.get(stack.url(f"/api/v1/jobs/{job_id}"), timeout=10).json()["progress"]
+           ["done"]) < after_done:
+        assert time.time() < deadline, "no chunk scored"
+        time.sleep(0.05)
+    proxy.stop()
+    time.sleep(seconds)
+    proxy.start()
+    return done

@@ -30,6 +30,7 @@ from tests.helpers import (
     make_stack,
     scored,
     stop_with_database,
+    store_away_mid_job,
     write_jpeg,
 )
 
@@ -187,14 +188,7 @@ def test_the_store_away_for_10_s_mid_job_loses_no_item_and_uses_no_attempt(az_st
                               json={"model": az_stack.model, "cache": False, "items": items})
     assert resp.status_code == 202, resp.text
     job_id = resp.json()["id"]
-    deadline = time.time() + 240
-    while (done := az_stack.http.get(az_stack.url(f"/api/v1/jobs/{job_id}"), timeout=10).json()["progress"]
-           ["done"]) < 16:
-        assert time.time() < deadline, "no chunk scored"
-        time.sleep(0.05)
-    az_stack.proxy.stop()  # connections cut, then refused
-    time.sleep(10)
-    az_stack.proxy.start()
+    done = store_away_mid_job(az_stack, job_id, az_stack.proxy, 10)
     assert done < 900
     job = az_stack.wait_job(job_id, timeout=300)
     assert job["status"] == "succeeded", job

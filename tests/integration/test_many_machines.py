@@ -26,6 +26,7 @@ from tests.helpers import (
     import_model_http,
     make_stack,
     stop_with_database,
+    store_away_mid_job,
     tiny_cnn,
     write_jpeg,
 )
@@ -163,14 +164,7 @@ def test_the_store_away_for_15_s_mid_job_loses_no_item_and_turns_none_into_an_er
                               json={"model": name, "cache": False, "items": items})
     assert resp.status_code == 202, resp.text
     job_id = resp.json()["id"]
-    deadline = time.time() + 240
-    while (done := machines.http.get(machines.url(f"/api/v1/jobs/{job_id}"), timeout=10).json()["progress"]
-           ["done"]) < 16:
-        assert time.time() < deadline, "no chunk scored"
-        time.sleep(0.05)
-    machines.proxy.stop()  # mid-job: connections cut, then refused
-    time.sleep(15)
-    machines.proxy.start()
+    done = store_away_mid_job(machines, job_id, machines.proxy, 15)
     assert done < 1200  # the outage came while items were left to read
     job = machines.wait_job(job_id, timeout=300)
     assert job["status"] == "succeeded", job
