@@ -167,13 +167,18 @@ def s3_server(tmp_path):
     server.stop()
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
     """Everything under tests/integration/ talks to real servers or processes: mark it so `-m "not integration"`
     runs the unit tests alone (seconds, no servers).
 
     Under pytest-xdist (`-n 2 --dist loadgroup`, the README's command) each module is one group, so a module's
     fixtures (a stack, a trained model) are built once, on one worker; the fault suite is a single group, run
-    in order on one worker: its tests share a session's private servers and write one reliability report."""
+    in order on one worker: its tests share a session's private servers and write one reliability report.
+
+    tryfirst: xdist's worker reads the xdist_group marks in its own pytest_collection_modifyitems, and its plugin is
+    registered after this conftest, so it would run first (pluggy calls the last registered first) and find no
+    marks: every test was then scheduled on its own, and each module's fixtures were built on both workers."""
     for item in items:
         parts = item.path.parts
         if "integration" in parts:
