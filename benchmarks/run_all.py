@@ -37,7 +37,8 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "train_throughput": ([], ["--quick"]),
     "train_memory": ([], ["--quick"]),  # a train job's peak memory at 10,000 and 50,000 images (issue 18)
     "score_remote": ([], ["--quick"]),  # S3 and HTTPS items against local files (issue 18)
-    "similar_search": ([], ["--n", "20000"]),
+    "similar_search": ([], ["--n", "20000", "--cnn-sizes", "1000,5000,20000"]),  # synthetic and CNN vectors
+    "similar_http": ([], ["--quick"]),  # image queries over HTTP: p50/p95/max latency, q/s, 1 and 10 clients
     "response_validation": ([], []),
     "cli_session": ([], []),  # the README's recorded terminal session (a .txt, no targets)
 }

@@ -2,7 +2,7 @@
 """Similar-image search benchmark: build time, queries per second, latency and recall@10 of shared.search's vector
 indexes (exact, IVF, HNSW) on synthetic embeddings, and the category filter done two ways.
 
-Usage: .venv/bin/python benchmarks/similar_search.py [--n 100000] [--dim 1280|2048] [--datasets random,clustered]
+Usage: .venv/bin/python benchmarks/similar_search.py [--n 100000] [--dim 1280|2048] [--datasets random,clustered,cnn]
 
 Phases, per data set (each index is built, measured and dropped before the next, so at most the vectors and one
 index are in memory: 2 x n x dim x 4 bytes):
@@ -10,7 +10,11 @@ index are in memory: 2 x n x dim x 4 bytes):
      each, drawn at random. `random`: uniform on the sphere, the worst case (no structure: the true neighbours are
      barely nearer than any other vector). `clustered`: --clusters gaussian clusters, each a random centre plus a
      32-dimensional gaussian (norm about 1) plus isotropic noise (norm about 0.5): nearest neighbours that mean
-     something, as in image embeddings.
+     something. `cnn`: a CNN's pooled features over photo crops (benchmarks/cnn_vectors.py, made once in a process
+     of its own and cached): post-ReLU, all components >= 0, a high similarity between any two vectors and
+     categories that overlap, as real image embeddings are; one category per --cnn-sizes (default about 1k, 10k and
+     100k vectors) with --cnn-queries held-out crops each, and phases 2 and 3 run on each category by itself (what a
+     per-category sub-index sees); --n, --dim, --queries and --categories do not apply to it.
   2. indexes: CatalogIndex.build with BuildParams(kind=...) for exact, ivf and hnsw (the defaults, or the --nlist,
      --nprobe, --hnsw-m, --ef-construction, --ef-search given): build seconds; recall@10 against the exact index on
      every query; CatalogIndex.search timed one query per call and --batch queries per call (queries per second,
@@ -37,6 +41,7 @@ import gc
 import itertools
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -59,7 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--n", type=int, default=100_000, help="vectors per data set (default 100000)")
     p.add_argument("--dim", type=int, default=1280, help="dimension (default 1280; 2048 for the bigger models)")
     p.add_argument("--queries", type=int, default=1000, help="held-out queries (recall is over all of them)")
-    p.add_argument("--datasets", default="random,clustered")
+    p.add_argument("--datasets", default="random,clustered,cnn")
+    p.add_argument("--cnn-sizes", default="1000,10000,100000", help="vectors per category of the cnn data set")
+    p.add_argument("--cnn-queries", type=int, default=200, help="held-out query crops per cnn category")
     p.add_argument("--clusters", type=int, default=200)
     p.add_argument("--categories", type=int, default=20)
     p.add_argument("--batch", type=int, default=64, help="queries per call in the batch figures")
@@ -72,8 +79,9 @@ def parse_args(argv=None):
     p.add_argument("--wait-idle", type=float, default=60.0)
     args = p.parse_args(argv)
     args.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
-    if set(args.datasets) - {"random", "clustered"} or min(args.n, args.queries, args.categories, args.batch) < 1:
-        p.error("datasets are random and/or clustered; counts must be positive")
+    if set(args.datasets) - {"random", "clustered", "cnn"} or min(args.n, args.queries, args.categories,
+                                                                  args.batch) < 1:
+        p.error("datasets are random, clustered and/or cnn; counts must be positive")
     args.overrides = {k: getattr(args, k) for k in ("nlist", "nprobe", "hnsw_m", "ef_construction", "ef_search")
                       if getattr(args, k) is not None}
     return args
@@ -264,17 +272,59 @@ def run_dataset(name: str, args) -> dict:
     base, queries = data[:args.n], np.ascontiguousarray(data[args.n:])
     rng = np.random.default_rng(3)
     cat_of, qcat = rng.integers(0, args.categories, args.n), rng.integers(0, args.categories, args.queries)
-    names = [f"category-{c:02d}" for c in range(args.categories)]
-    ids, cats = [str(i) for i in range(args.n)], [names[c] for c in cat_of]
-    members = [np.flatnonzero(cat_of == c) for c in range(args.categories)]
-    selectors = [faiss.IDSelectorBitmap(np.packbits(cat_of == c, bitorder="little")) for c in range(args.categories)]
-    ftruth = filtered_truth(base, members, queries, qcat)
-    auto_kind = resolve_kind(args.n, BuildParams(**args.overrides))[0]
-    out: dict = {"indexes": {}, "sweeps": {}, "filter": [], "auto_kind": auto_kind}
+    return evaluate(base, queries, cat_of, qcat, args, filters=True)
+
+
+def run_cnn(args) -> dict[str, dict]:
+    """The cnn data set: phases 2 and 3 on each category by itself, as its per-category sub-index sees it."""
+    made = subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "cnn_vectors.py"), "--sizes",
+                           args.cnn_sizes, "--queries", str(args.cnn_queries)], stdout=subprocess.PIPE, text=True,
+                          check=True)
+    path = Path(made.stdout.strip().splitlines()[-1])
+    with np.load(path) as data:
+        vectors, category, query, sizes = data["vectors"], data["category"], data["query"], data["sizes"].tolist()
+    out = {}
+    for c, size in enumerate(sizes):
+        base = np.ascontiguousarray(vectors[(category == c) & ~query])
+        queries = np.ascontiguousarray(vectors[(category == c) & query])
+        common.log(f"cnn, category of {size}: {len(base)} x {base.shape[1]} vectors, {len(queries)} queries")
+        zeros = np.zeros(len(base), dtype=int), np.zeros(len(queries), dtype=int)
+        out[f"cnn, category of {size:,}"] = {"distribution": distribution(base, queries),
+                                              **evaluate(base, queries, *zeros, args, filters=False)}
+    return out
+
+
+def distribution(base: np.ndarray, queries: np.ndarray, pairs: int = 20_000) -> dict:
+    """What makes real embeddings harder than synthetic ones: the similarity of any two vectors, and zeros."""
+    rng = np.random.default_rng(5)
+    a, b = rng.integers(0, len(base), pairs), rng.integers(0, len(base), pairs)
+    cosine = np.einsum("ij,ij->i", base[a], base[b])
+    return {"random_pair_cosine_mean": round(float(cosine.mean()), 4),
+            "random_pair_cosine_p5_p95": [round(float(x), 4) for x in np.percentile(cosine, [5, 95])],
+            "zero_share": round(float(np.mean(base[:2000] == 0)), 4),
+            "negative_share": round(float(np.mean(base[:2000] < 0)), 4),
+            "file": "benchmarks/cnn_vectors.py", "queries": len(queries)}
+
+
+def evaluate(base: np.ndarray, queries: np.ndarray, cat_of: np.ndarray, qcat: np.ndarray, args, filters: bool) -> dict:
+    """Phases 2 and 3 on `base` and `queries`, and phase 4 over the categories `cat_of` / `qcat` when `filters`."""
+    n, n_categories = len(base), int(cat_of.max()) + 1
+    names = [f"category-{c:02d}" for c in range(n_categories)]
+    ids, cats = [str(i) for i in range(n)], [names[c] for c in cat_of]
+    if filters:
+        members = [np.flatnonzero(cat_of == c) for c in range(n_categories)]
+        selectors = [faiss.IDSelectorBitmap(np.packbits(cat_of == c, bitorder="little")) for c in range(n_categories)]
+        ftruth = filtered_truth(base, members, queries, qcat)
+    auto_kind = resolve_kind(n, BuildParams(**args.overrides))[0]
+    out: dict = {"n": n, "dim": int(base.shape[1]), "queries": len(queries), "indexes": {}, "sweeps": {},
+                 "filter": [], "auto_kind": auto_kind}
     truth = None
     for kind in KINDS:
         params = BuildParams(kind=kind, **args.overrides)
-        index, seconds = build(ids, [None] * args.n, base, params)
+        if kind == "ivf" and resolve_kind(n, params)[0] == "exact":
+            common.log(f"  ivf: {n} vectors leave no more lists than nprobe {params.nprobe}: it would be exact")
+            continue
+        index, seconds = build(ids, [None] * n, base, params)
         hits = index.search(queries, K)
         found = ids_of(hits)
         if kind == "exact":
@@ -292,15 +342,17 @@ def run_dataset(name: str, args) -> dict:
         out["indexes"][kind] = row
         if kind != "exact":
             out["sweeps"][kind] = sweep(index, kind, queries, truth, args)
-        out["filter"].append(global_filtered(index, kind, params, selectors, queries, qcat, ftruth, args))
+        if filters:
+            out["filter"].append(global_filtered(index, kind, params, selectors, queries, qcat, ftruth, args))
         del index
         gc.collect()
-    out["filter"].insert(0, per_category(base, ids, cats, names, queries, qcat, ftruth, args))
+    if filters:
+        out["filter"].insert(0, per_category(base, ids, cats, names, queries, qcat, ftruth, args))
     for row in out["filter"]:
         common.log(f"  filter, {row['design']} {row['kind']}: recall@10 {row['recall_at_10']}, "
                    f"{row['single']['qps']:.0f} q/s single, {row['batch']['qps']:.0f} q/s in batches")
     out["targets"] = targets(out, out["auto_kind"])
-    out["targets_by_kind"] = {kind: targets(out, kind) for kind in ("ivf", "hnsw")}
+    out["targets_by_kind"] = {kind: targets(out, kind) for kind in ("ivf", "hnsw") if kind in out["indexes"]}
     return out
 
 
@@ -312,6 +364,17 @@ def targets(out: dict, kind: str) -> dict:
                                                   round(auto["single"]["qps"] / exact_single, 1)),
             "batch_qps_vs_exact": common.verdict(TARGETS, "batch_qps_vs_exact",
                                                  round(auto["batch"]["qps"] / exact_batch, 1))}
+
+
+def headline_targets(datasets: dict) -> dict:
+    """Per data set, the targets of its default index; where that is exact (a small category), of HNSW instead."""
+    out = {}
+    for name, data in datasets.items():
+        kind = data["auto_kind"] if data["auto_kind"] != "exact" else "hnsw"
+        label = f"{name}, {kind}" + (" (default)" if kind == data["auto_kind"] else " (the default is exact here)")
+        for key, verdict in data["targets_by_kind"].get(kind, {}).items():
+            out[f"{label}: {key}"] = verdict
+    return out
 
 
 def fastest_exact(exact: dict) -> tuple[float, float]:
@@ -326,8 +389,9 @@ def fastest_exact(exact: dict) -> tuple[float, float]:
 def markdown(report: dict) -> str:
     run = report["run"]
     lines = [f"# similar_search — {run['timestamp']}", "",
-             (f"{run['n']} vectors x {run['dim']} per data set, {run['queries']} held-out queries, k={K}, batches of "
-              f"{run['batch']}, {run['categories']} categories; {run['cpus']} CPUs "
+             (f"{run['n']} vectors x {run['dim']} per synthetic data set, {run['queries']} held-out queries, "
+              f"{run['categories']} categories; cnn categories of {run['cnn_sizes']} vectors with "
+              f"{run['cnn_queries']} queries each; k={K}, batches of {run['batch']}; {run['cpus']} CPUs "
               f"({run['machine'].get('cpu_model')}), "
               f"FAISS {run['faiss']} with {run['omp_threads']} threads, commit {run['git_commit']}, "
               f"total {run['seconds_total']} s"),
@@ -337,8 +401,15 @@ def markdown(report: dict) -> str:
     for name, out in report["datasets"].items():
         e = out["indexes"]["exact"]
         exact_single, exact_batch = fastest_exact(e)
-        lines += ["", f"## {name}", "", (f"exact top-1 score {out['exact_scores']['top1_mean']}, 10th "
-                                         f"{out['exact_scores']['top10_mean']} (means over the queries)"), "",
+        lines += ["", f"## {name}", "", (f"{out['n']:,} x {out['dim']} vectors, {out['queries']} queries; exact "
+                                         f"top-1 score {out['exact_scores']['top1_mean']}, 10th "
+                                         f"{out['exact_scores']['top10_mean']} (means over the queries)")]
+        if "distribution" in out:
+            d = out["distribution"]
+            lines.append(f"cosine of two random vectors: mean {d['random_pair_cosine_mean']}, 5th-95th percentile "
+                         f"{d['random_pair_cosine_p5_p95']}; zero components {d['zero_share']:.1%}, negative "
+                         f"{d['negative_share']:.1%}")
+        lines += ["",
                   "| index | build s | recall@10 | single q/s | p50 ms | p95 ms | batch q/s | batch p50 ms | "
                   "batch p95 ms | q/s vs the faster exact (single, batch) | our CPU (single, batch) | "
                   "other processes' CPU |",
@@ -361,8 +432,9 @@ def markdown(report: dict) -> str:
         for kind, rows in out["sweeps"].items():
             lines += [f"| {kind} {r['setting']} | {r['recall_at_10']} | {r['single_qps']:.0f} | {r['p95_ms']:.2f} |"
                       for r in rows]
-        lines += ["", "| category filter | index | recall@10 | single q/s | p50 ms | p95 ms | batch q/s | "
-                  "batch p95 ms |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+        if out["filter"]:
+            lines += ["", "| category filter | index | recall@10 | single q/s | p50 ms | p95 ms | batch q/s | "
+                      "batch p95 ms |", "|---|---|---:|---:|---:|---:|---:|---:|"]
         for r in out["filter"]:
             s, b = r["single"], r["batch"]
             lines.append(f"| {r['design']} | {r['kind']} | {r['recall_at_10']} | {s['qps']:.0f} | {s['p50_ms']:.2f} | "
@@ -379,9 +451,13 @@ def main() -> int:
     faiss.omp_set_num_threads(args.threads)
     t_start, stamp = time.time(), time.strftime("%Y%m%d-%H%M%S")
     quiet = common.wait_for_quiet(args.wait_idle)
-    report = {"datasets": {name: run_dataset(name, args) for name in args.datasets}}
+    datasets = {}
+    for name in args.datasets:
+        datasets.update(run_cnn(args) if name == "cnn" else {name: run_dataset(name, args)})
+    report = {"datasets": datasets, "targets": headline_targets(datasets)}
     report["run"] = {"timestamp": stamp, "n": args.n, "dim": args.dim, "queries": args.queries, "batch": args.batch,
                      "categories": args.categories, "clusters": args.clusters, "seconds_per_figure": args.seconds,
+                     "cnn_sizes": args.cnn_sizes, "cnn_queries": args.cnn_queries,
                      "params": BuildParams(**args.overrides).model_dump(), "cpus": os.cpu_count(),
                      "omp_threads": faiss.omp_get_max_threads(), "faiss": faiss.__version__,
                      "numpy": np.__version__, "python": platform.python_version(), "machine": common.machine(),
