@@ -132,3 +132,9 @@ def test_a_fine_tune_mixes_in_earlier_items(pg_stack, digits):
     assert job["data"]["rows"] == 897 and job["data"]["mixed_in_rows"] == 450  # half of the first night's 900
     assert sum(job["data"]["split_sizes"].values()) == 897 + 450
     assert 200 * 2**20 < job["data"]["peak_rss_bytes"] < 8 * 2**30  # the trainer's own VmHWM: TensorFlow and more
+    phases = job["data"]["phase_seconds"]  # where the attempt's time went, in the order the phases ran
+    assert list(phases) == ["process_start", "attempt_start", "crawl_check", "load_data", "build_and_fit", "evaluate",
+                            "compare_with_production", "register", "drift_reference"]
+    assert phases["process_start"] > 0.5  # Python and the imports, TensorFlow among them, before train() began
+    assert phases["build_and_fit"] > phases["evaluate"] > 0
+    assert sum(phases.values()) <= job["timings"]["elapsed_seconds"] + 0.5  # one process, started after the claim

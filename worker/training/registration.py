@@ -19,6 +19,7 @@ from shared.core.config import Settings
 from shared.core.db import session_scope
 from shared.core.tables import ModelVersion, ScheduleRun, TrainRun, utcnow
 from shared.images.imaging import Preprocessing
+from shared.models.model_inspect import inspection_json
 from shared.schemas.training import TrainRequest
 from shared.services.model_registry import Signature, import_model, set_alias
 from worker.training import lifecycle
@@ -79,9 +80,12 @@ def register(req: TrainRequest, job_id: str, model, signature: dict, lineage: di
         model.save(path)
         with session_scope() as session:
             # promote=None: the first version of a new name becomes production, later ones wait for the gate
+            # shapes from the model in hand: a file an upload brings is inspected in a fresh process with
+            # safe_mode on (model_registry.inspect_file), but this one imgq built itself, and a fresh
+            # process costs Python and TensorFlow's start (about 5 s) while this transaction is open
             registered = import_model(session, path, req.model, Signature(**signature), settings.model_store,
                                       description=f"trained by job {job_id}", lineage=lineage, promote=None,
-                                      settings=settings)
+                                      shapes=inspection_json(model), settings=settings)
             session.expunge(registered)
     return registered
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import resource
 import sys
 import time
@@ -54,6 +55,36 @@ from worker.training.registration import candidate_signature, finish, lineage_of
 
 log = logging.getLogger("worker.training.run")  # its module's name: run with -m, __name__ is "__main__"
 FAILED_FOR_GOOD = 3
+
+
+class PhaseClock:
+    """Seconds of an attempt's phases, in the order they ran: the job's `data.phase_seconds`, so that a slow job
+    says where its time went. The first, `process_start`, is Python's start and the imports before `train`."""
+
+    def __init__(self) -> None:
+        self.started = self._last = time.monotonic()
+        self.seconds: dict[str, float] = {}
+        age = process_age_seconds()
+        if age is not None:
+            self.seconds["process_start"] = age
+
+    def lap(self, phase: str) -> None:
+        """`phase` ended now: it took the time since the previous lap (added, if it ran before)."""
+        now = time.monotonic()
+        self.seconds[phase] = round(self.seconds.get(phase, 0.0) + now - self._last, 3)
+        self._last = now
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+def process_age_seconds() -> float | None:
+    """Seconds since this process started, from /proc (Linux); None elsewhere."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return round(max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK")), 3)
+    return None
 
 
 @dataclass
@@ -152,39 +183,48 @@ def fit_model(start: AttemptStart, data, prep: Preprocessing, settings: Settings
 
 def train(job_id: str, attempt: int | None, settings: Settings) -> None:
     """One attempt of a train job, phase by phase; raises Canceled or Superseded when told to stop."""
+    clock = PhaseClock()
     start = patiently(start_attempt, job_id)
     req = start.request
     heartbeat = start_heartbeat(job_id, attempt, interval_for(settings.heartbeat_timeout, at_most=5.0),
                                 phase="loading data", epoch=start.checkpoint_epoch)
-    started = time.monotonic()
     prepare_tensorflow(req.seed, req.deterministic)
+    clock.lap("attempt_start")
     check_increment(job_id, attempt, req, heartbeat, settings)
+    clock.lap("crawl_check")
     folder = checkpoints.folder_for(settings, job_id, attempt)
     with pixel_files.workspace(settings, job_id, attempt) as pixels:  # the decoded pixels, on this machine's disk
-        version, metrics = fit_and_register(start, attempt, heartbeat, settings, pixels, folder, started)
+        version, metrics = fit_and_register(start, attempt, heartbeat, settings, pixels, folder, clock)
     heartbeat.stop()
     checkpoints.remove_all(settings, job_id, folder)  # every attempt's checkpoints: the job is done
     log.info("train job %s done: %s@%s holdout %s", job_id, req.model, version.version, metrics)
 
 
 def fit_and_register(start: AttemptStart, attempt: int | None, heartbeat: AttemptHeartbeat, settings: Settings,
-                     pixels: Path, folder: Path, started: float) -> tuple[ModelVersion, dict]:
+                     pixels: Path, folder: Path, clock: PhaseClock) -> tuple[ModelVersion, dict]:
     """The data decoded into `pixels`, the model fitted (checkpoints in `folder`), evaluated, compared with
     production when the request asks, registered and the job finished: (the version, its holdout metrics)."""
     req, job_id = start.request, heartbeat.job_id
     prep, data = load_data(req, start.parent, settings, pixels)
+    clock.lap("load_data")
     model = fit_model(start, data, prep, settings, heartbeat, folder)
+    clock.lap("build_and_fit")
     heartbeat.progress.update(phase="evaluating", eta_seconds=None)
     metrics, signature = evaluate_holdout(req.task, model, data, prep), candidate_signature(req.task, prep, data)
+    clock.lap("evaluate")
     comparison = compare_with_production(req, model, data, signature, metrics,
                                          production_version(req.model), settings) if req.gate else None
+    clock.lap("compare_with_production")
     heartbeat.progress.update(phase="registering")
     if not patiently(owned, job_id, attempt):
         raise Superseded()
-    lineage = lineage_of(req, job_id, start.parent, data, metrics, duration=time.monotonic() - started)
+    lineage = lineage_of(req, job_id, start.parent, data, metrics, duration=clock.elapsed())
     version = patiently(register, req, job_id, model, signature, lineage, settings)
+    clock.lap("register")
     patiently(record_training_reference, version, model, data)
+    clock.lap("drift_reference")
     data.stats["peak_rss_bytes"] = peak_rss_bytes()  # in the job's "data": memory stays flat as datasets grow
+    data.stats["phase_seconds"] = clock.seconds  # the last phase, closing the run, is the one not in it
     patiently(finish, job_id, attempt, req, version, metrics, comparison, data)
     return version, metrics
 
