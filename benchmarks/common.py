@@ -481,11 +481,13 @@ def machine() -> dict:
 
 
 def git_dirty() -> list[str]:
-    """Files changed in the working tree (the benchmark runs the code as it is on disk)."""
+    """Files changed in the working tree, new ones included (the benchmark runs the code as it is on disk); results
+    files aside: an earlier benchmark of the same run_all writes them, and they are not code."""
     try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT,
                              capture_output=True, text=True, timeout=10).stdout
-        return [line[3:] for line in out.splitlines() if line.strip()]
+        return [line[3:] for line in out.splitlines()
+                if line.strip() and not line[3:].startswith(("benchmarks/results/", "benchmarks/.cache/"))]
     except Exception:
         return []
 

@@ -46,10 +46,11 @@ class IndexInputError(InvalidRequest, ValueError):
 class BuildParams(BaseModel):
     """How a CatalogIndex is built and searched; validated, since it comes from HTTP requests.
 
-    Defaults from benchmarks/similar_search.py (100,000 x 1,280 clustered vectors, 2 cores): HNSW at efSearch 64
-    finds 0.9999 of the true top 10, single queries 80x as fast as exact search; IVF at nprobe 16 finds all of them,
-    60x as fast, but is slower than HNSW at equal recall. At 20,000 vectors efConstruction 200 found no more than
-    100, for twice the build time."""
+    Defaults from benchmarks/similar_search.py (2 cores; benchmarks/results/similar_search-20261207-140134.md): on
+    100,000 x 1,280 clustered vectors HNSW at efSearch 64 finds 0.9999 of the true top 10, single queries 49x as
+    fast as exact search, and IVF at nprobe 16 all of them at 39x; on a CNN's pooled features (all >= 0, a cosine
+    of 0.98 between any two) HNSW at efSearch 64 finds 0.984 (32: 0.934) and IVF at nprobe 16 only 0.81. At 20,000
+    vectors efConstruction 200 found no more than 100, for twice the build time."""
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: IndexKind = "auto"  # auto: exact below exact_below vectors in a sub-index, else `approximate`
