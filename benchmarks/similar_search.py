@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Similar-image search benchmark: build time, queries per second, latency and recall@10 of shared.search's vector
-indexes (exact, IVF, HNSW) on synthetic embeddings, and the category filter done two ways.
+indexes (exact, IVF, HNSW) on synthetic embeddings and on a CNN's pooled features,
+and the category filter done two ways.
 
 Usage: .venv/bin/python benchmarks/similar_search.py [--n 100000] [--dim 1280|2048] [--datasets random,clustered,cnn]
 
