@@ -1,72 +1,39 @@
-"""What score_scale.py scores: photo-like JPEGs (made once, reused), manifests of many items over them, and the
-demo-size model registered through the public registry.
+"""What score_scale.py scores: photo-size JPEGs (benchmarks/photo_catalog.py, made once and shared with the other
+benchmarks), manifests of many items over them, and the demo-size model registered through the public registry.
 
-The JPEGs are ~200x260 textured scenes (a smooth colour field, soft-edged objects, texture at two scales and
-sensor grain), so that they decode like photos rather than like flat shapes; they live under
-benchmarks/.cache/catalogs/, inside a data root of every benchmark run.
+The JPEGs are about 600x800, cut from the photos bundled with scikit-learn and scikit-image, each distinct; they
+live under benchmarks/.cache/catalogs/, inside a data root of every benchmark run.
 """
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
-from common import CATALOG_DIR, log
+from photo_catalog import PHOTO_DIR, SIZE, ensure_photo_catalog, photo_rows
 
 MODEL_NAME = "bench-scale-vgg60"
 INPUT_SIZE = 60
-PHOTO_SIZE = (200, 260)  # width x height
-PHOTO_DIR = CATALOG_DIR.parent / f"scale-photos-{PHOTO_SIZE[0]}x{PHOTO_SIZE[1]}"
+PHOTO_SIZE = SIZE  # width x height of a portrait photo; landscape ones are the other way round
 
 
-def scene(rng, width: int, height: int):
-    """A textured scene: a smooth colour field, a few soft-edged objects, texture at two scales and grain."""
-    import numpy as np
-    from PIL import Image, ImageDraw, ImageFilter
-
-    img = Image.fromarray(rng.integers(0, 256, (4, 3, 3), dtype=np.uint8), "RGB").resize((width, height),
-                                                                                          Image.BICUBIC)
-    draw = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(3, 8))):
-        x0, y0 = int(rng.integers(-20, width)), int(rng.integers(-20, height))
-        box = [x0, y0, x0 + int(rng.integers(15, width // 2)), y0 + int(rng.integers(15, height // 2))]
-        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
-        (draw.ellipse if rng.random() < 0.6 else draw.rectangle)(box, fill=colour)
-    img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.7, 1.8))))
-    pixels = np.asarray(img, dtype=np.float32)
-    for cell, amplitude in ((12, rng.uniform(8, 16)), (2, rng.uniform(5, 10))):
-        coarse = rng.normal(0, 1, (height // cell + 2, width // cell + 2)).astype(np.float32)
-        texture = np.asarray(Image.fromarray(coarse, "F").resize((width, height), Image.BILINEAR))
-        pixels += amplitude * texture[..., None]
-    pixels += rng.normal(0, 3, pixels.shape).astype(np.float32)
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
-
-
-def ensure_photos(n: int) -> list[str]:
-    """Absolute paths of `n` photo-like JPEGs (made once, seeded; a larger set serves a smaller run)."""
-    import numpy as np
-
-    marker = PHOTO_DIR / "photos.json"
-    have = json.loads(marker.read_text()).get("files", 0) if marker.exists() else 0
-    if have < n:
-        log(f"photos: writing {n} JPEGs of about {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} to {PHOTO_DIR} (once)")
-        PHOTO_DIR.mkdir(parents=True, exist_ok=True)
-        rng = np.random.default_rng(10)
-        for i in range(n):
-            w, h = (int(v * rng.uniform(0.9, 1.1)) for v in PHOTO_SIZE)
-            scene(rng, w, h).save(PHOTO_DIR / f"photo-{i:05d}.jpg", "JPEG", quality=85)
-        marker.write_text(json.dumps({"files": n, "size": PHOTO_SIZE, "seed": 10}))
-    return [str(PHOTO_DIR / f"photo-{i:05d}.jpg") for i in range(n)]
+def ensure_photos(n: int) -> tuple[list[str], dict]:
+    """Absolute paths of `n` distinct photo-size JPEGs (made once; a larger catalog serves a smaller run), and the
+    catalog's description (mean kB, bits per pixel, sides)."""
+    info = ensure_photo_catalog(n)
+    return [str(PHOTO_DIR / image) for _, image, _ in photo_rows()[:n]], info
 
 
 def items_manifest(folder: Path, name: str, n: int, photos: list[str]) -> str:
-    """A CSV manifest of `n` items with distinct ids cycling over `photos`; its path relative to `folder`."""
+    """A CSV manifest of `n` items with distinct ids cycling over `photos`; its path relative to `folder`. Written
+    a million rows at a time, so a 10-million-row manifest costs no more memory than a small one."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.csv"
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["id", "image"])
-        writer.writerows((f"{name}-{k:07d}", photos[k % len(photos)]) for k in range(n))
+        for start in range(0, n, 1_000_000):
+            stop = min(n, start + 1_000_000)
+            writer.writerows((f"{name}-{k:08d}", photos[k % len(photos)]) for k in range(start, stop))
     return path.name
 
 
@@ -84,4 +51,3 @@ def register_model(store: Path) -> None:
     with session_scope() as session:
         registry.import_model(session, path, MODEL_NAME, sig, store, promote=True,
                               description="score_scale benchmark: untrained VGG-style regressor")
-

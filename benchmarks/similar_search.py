@@ -20,8 +20,9 @@ index are in memory: 2 x n x dim x 4 bytes):
      --nprobe, --hnsw-m, --ef-construction, --ef-search given): build seconds; recall@10 against the exact index on
      every query; CatalogIndex.search timed one query per call and --batch queries per call (queries per second,
      p50 and p95 latency per call, for --seconds each). The row marked auto is what BuildParams() picks for n.
-     Exact search is also timed with its BLAS path forced for batches (by default FAISS takes it only from queries x
-     dimension >= 128,000, so not for 64 queries of 1,280) and on one thread for single queries; the faster exact
+     Exact search is also timed with its BLAS path forced for batches (FAISS takes it from queries x dimension >=
+     faiss.cvar.distance_compute_blas_threshold: 128,000 by default, 10,240 as shared/search/vector_index.py sets
+     it, so 8 queries of 1,280) and on one thread for single queries; the faster exact
      figure is the baseline of the speed ratios.
   3. sweep: recall@10 and single-query speed of the built IVF and HNSW at other nprobe / efSearch (FAISS search
      parameters on the same index, as CatalogIndex passes them), to choose the defaults.
@@ -165,8 +166,8 @@ def speed(call, queries: np.ndarray, args) -> dict:
 
 
 def exact_alternatives(index: CatalogIndex, queries: np.ndarray, args) -> dict:
-    """How fast exact search could be, for a fair baseline: batches with FAISS's BLAS path forced (FAISS takes it only
-    from queries x dimension >= 128,000, faiss.cvar.distance_compute_blas_threshold: not for 64 x 1280), and single
+    """How fast exact search could be, for a fair baseline: batches with FAISS's BLAS path forced (FAISS takes it
+    from queries x dimension >= faiss.cvar.distance_compute_blas_threshold, which imgq lowers to 10,240), and single
     queries on one OpenMP thread (FAISS splits one query's scan across threads, which waits on a busy machine)."""
     call = lambda q: index.search(q, K)  # noqa: E731
     default = faiss.cvar.distance_compute_blas_threshold

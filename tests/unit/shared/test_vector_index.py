@@ -255,3 +255,24 @@ def test_searches_from_several_threads_agree_while_another_thread_adds(catalogs)
     for t in threads:
         t.join()
     assert errors == [] and index.size == 2600
+
+
+def test_a_batch_takes_faiss_blas_path_and_finds_what_single_queries_find():
+    """Batches of 8 or more 1,280-wide queries are scanned as one BLAS product (faiss's threshold, which this module
+    lowers from 128,000), single queries one at a time; both paths give brute force's answer."""
+    import faiss
+
+    from shared.search import vector_index
+
+    dim, n = 1280, 3000
+    assert faiss.cvar.distance_compute_blas_threshold == vector_index.BLAS_FROM_QUERIES_X_DIM <= 8 * dim
+    rng = np.random.default_rng(7)
+    vectors = normalised(np.abs(rng.standard_normal((n, dim))))  # post-ReLU-like: every cosine high, near ties
+    queries = normalised(np.abs(rng.standard_normal((16, dim))))
+    ids = items(n)
+    index = CatalogIndex.build(ids, [None] * n, vectors, BuildParams(kind="exact"))
+    batched = hit_ids(index.search(queries, 10))
+    single = [hit_ids(index.search(queries[i:i + 1], 10))[0] for i in range(len(queries))]
+    truth = brute_force(vectors, ids, queries, 10)
+    assert recall(batched, truth) == 1.0 and recall(single, truth) == 1.0
+    assert [set(row) for row in batched] == [set(row) for row in single]
