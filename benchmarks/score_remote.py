@@ -112,7 +112,8 @@ def server_ceiling(moto, files: list[str], threads: int) -> float:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    run = BenchRun("score_remote", args, "imgq-bench-remote-", f", model {args.model}, {args.repeats} rounds")
+    name = "score_remote" if args.model == "demo_vgg" else f"score_remote_{args.model}"  # one results series each
+    run = BenchRun(name, args, "imgq-bench-remote-", f", model {args.model}, {args.repeats} rounds")
     report: dict = {"errors": [], "rounds": []}
     from tests.helpers import MotoS3, TlsFiles
 
