@@ -57,12 +57,13 @@ def test_a_root_list_keeps_s3_uris_whole_though_colons_separate_its_entries():
 
 @pytest.mark.parametrize("raw, normal", [("s3://crawl-bucket/2026", "s3://crawl-bucket/2026/"),
                                          ("S3://crawl-bucket//2026/x/", "s3://crawl-bucket/2026/x/"),
-                                         ("s3://crawl-bucket", "s3://crawl-bucket/")])
+                                         ("s3://crawl-bucket", "s3://crawl-bucket/"),
+                                         ("gs://crawl-bucket/2026", "gs://crawl-bucket/2026/")])
 def test_an_object_root_is_a_folder_prefix(raw, normal):
     assert object_root(raw) == normal
 
 
-@pytest.mark.parametrize("raw", ["gs://bucket/x", "s3://Bad_Bucket/x", "s3:///x", "s3://bucket/a/../b"])
+@pytest.mark.parametrize("raw", ["ftp://bucket/x", "s3://Bad_Bucket/x", "s3:///x", "s3://bucket/a/../b"])
 def test_an_unusable_object_root_is_refused(raw):
     with pytest.raises(ValueError):
         object_root(raw)
