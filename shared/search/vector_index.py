@@ -39,9 +39,10 @@ MIN_POINTS_PER_LIST = 39  # FAISS's k-means wants at least this many training ve
 ADD_CHUNK = 8192  # vectors per FAISS add call: how often `progress` hears from a build
 # FAISS scans exhaustively (exact sub-indexes, IVF's coarse quantizer, an HNSW's storage) one query at a time until
 # queries x dimension reaches this, then as one BLAS matrix product. Its default, 128,000, keeps a batch of 64
-# 1,280-wide queries on the one-at-a-time path: 550 queries/s against 4,400 through BLAS over 10,000 vectors on 2
-# cores. From 8 queries of 1,280 (5 of 2,048, 20 of 512) BLAS is as fast or faster; a single query below 10,240
-# dimensions stays on the one-at-a-time path, which is up to 4x faster for one. Process-wide, set once here.
+# 1,280-wide queries on the one-at-a-time path: 668 queries/s against 4,446 with BLAS over a category of 10,000 CNN
+# vectors on 2 cores (benchmarks/results/similar_search-20261207-140134.md). From about 8 queries of 1,280 BLAS is
+# as fast or faster; a single query below 10,240 dimensions stays on the one-at-a-time path, which is faster for
+# one. Process-wide, set once here.
 BLAS_FROM_QUERIES_X_DIM = 8 * 1280
 faiss.cvar.distance_compute_blas_threshold = BLAS_FROM_QUERIES_X_DIM
 
